@@ -1,0 +1,105 @@
+"""The weight-code contract between quantizing methods and exporters (shared math, no method logic).
+
+A method leaves each quantized weight exactly on its grid (float values) and records a `WeightCode` for it:
+``weight == (codes - zero_point) * scale + offset`` with ``scale``/``offset`` broadcast along ``axis``.
+After the float ONNX export, `edgekit.export.qdq` swaps those initializers for integer initializers +
+DequantizeLinear (+ Add for a non-zero offset, as mid-rise grids need), after checking the equality.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_ATTR = "_edgekit_weight_codes"
+
+
+@dataclass
+class WeightCode:
+    """Integer codes of one weight tensor and how to turn them back into floats."""
+
+    codes: torch.Tensor  # integer-valued tensor with the weight's shape
+    scale: torch.Tensor  # 0-d (per tensor) or 1-d along `axis`
+    axis: int | None = 0
+    bits: int = 8  # storage: int4 when bits <= 4 and the codes fit, else int8
+    offset: torch.Tensor | None = None  # same shape as scale; None means 0
+
+    def _bcast(self, t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 0 or self.axis is None:
+            return t
+        shape = [1] * self.codes.dim()
+        shape[self.axis] = -1
+        return t.reshape(shape)
+
+    def dequantize(self) -> torch.Tensor:
+        """Float weight the codes stand for (float32)."""
+        w = self.codes.to(torch.float32) * self._bcast(self.scale.to(torch.float32))
+        if self.offset is not None:
+            w = w + self._bcast(self.offset.to(torch.float32))
+        return w
+
+    def storage_bits(self) -> int:
+        """Bits per stored code: 4 if the codes fit int4 and bits <= 4, else 8."""
+        lo, hi = int(self.codes.min()), int(self.codes.max())
+        return 4 if self.bits <= 4 and -8 <= lo and hi <= 7 else 8
+
+
+def attach_codes(model: nn.Module, name: str, code: WeightCode) -> None:
+    """Record the codes of parameter `name` (a state-dict key) on the root module."""
+    if not hasattr(model, _ATTR):
+        object.__setattr__(model, _ATTR, {})
+    getattr(model, _ATTR)[name] = code
+
+
+def get_codes(model: nn.Module) -> dict[str, WeightCode]:
+    """All recorded weight codes of a model (empty dict when none)."""
+    return dict(getattr(model, _ATTR, {}))
+
+
+def clear_codes(model: nn.Module) -> None:
+    """Drop recorded codes (after a structural change that invalidates them)."""
+    if hasattr(model, _ATTR):
+        getattr(model, _ATTR).clear()
+
+
+def save_codes(codes: dict[str, WeightCode], path: Path) -> None:
+    """Write codes as safetensors + a JSON sidecar (axis/bits)."""
+    from safetensors.torch import save_file
+
+    tensors, meta = {}, {}
+    for name, c in codes.items():
+        tensors[f"{name}::codes"] = c.codes.to(torch.int16).contiguous()
+        tensors[f"{name}::scale"] = c.scale.to(torch.float32).contiguous()
+        if c.offset is not None:
+            tensors[f"{name}::offset"] = c.offset.to(torch.float32).contiguous()
+        meta[name] = {"axis": c.axis, "bits": c.bits}
+    save_file(tensors, str(path))
+    Path(str(path) + ".json").write_text(json.dumps(meta))
+
+
+def load_codes(path: Path) -> dict[str, WeightCode]:
+    """Read what `save_codes` wrote."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    meta = json.loads(Path(str(path) + ".json").read_text())
+    return {
+        n: WeightCode(tensors[f"{n}::codes"], tensors[f"{n}::scale"], m["axis"], m["bits"],
+                      tensors.get(f"{n}::offset"))
+        for n, m in meta.items()
+    }
+
+
+def symmetric_per_channel(w: torch.Tensor, bits: int, axis: int = 0) -> WeightCode:
+    """Round-to-nearest symmetric per-channel codes (levels -(2^(b-1)-1)..2^(b-1)-1)."""
+    qmax = 2 ** (bits - 1) - 1
+    dims = [d for d in range(w.dim()) if d != axis]
+    amax = w.detach().abs().amax(dim=dims) if dims else w.detach().abs()
+    scale = torch.where(amax > 0, amax / qmax, torch.ones_like(amax)).to(torch.float32)
+    shape = [1] * w.dim()
+    shape[axis] = -1
+    codes = torch.clamp(torch.round(w.detach() / scale.reshape(shape)), -qmax, qmax)
+    return WeightCode(codes.to(torch.int16), scale, axis, bits)
