@@ -114,6 +114,7 @@ def staging(out: Path, overwrite: bool = False, base: Path | None = None) -> Ite
         raise ConfigError(f"output folder {out} already exists; pass --overwrite or choose another -o")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared
     try:
         if base is not None:
             shutil.copytree(base, tmp, dirs_exist_ok=True)

@@ -1,0 +1,83 @@
+"""torch -> ONNX with the dynamo exporter, onnxslim, then integer weights from recorded codes (export.qdq)."""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import onnx
+import torch
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from ..methods._quant import WeightCode
+from ..model_io import InputSpec
+
+OPSET = 21  # int4 DequantizeLinear needs opset 21
+_TWO_GB = 2 * 1024**3
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporter's chatter (torchvision warnings, progress prints) unless something fails."""
+    buf = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+        warnings.simplefilter("ignore")
+        logging.getLogger("torch").setLevel(logging.ERROR)
+        yield
+
+
+def _dynamic_shapes(specs: Sequence[InputSpec]) -> tuple | None:
+    """torch.export dynamic_shapes from the specs' dynamic axes (None when all static)."""
+    if not any(s.dynamic for s in specs):
+        return None
+    return tuple({ax: torch.export.Dim.AUTO for ax in s.dynamic} for s in specs)
+
+
+def torch_to_onnx_proto(model: nn.Module, inputs: tuple[torch.Tensor, ...], specs: Sequence[InputSpec]) -> onnx.ModelProto:
+    """Export with torch.onnx.export(dynamo=True); input/output names from the specs."""
+    try:
+        with _quiet():
+            prog = torch.onnx.export(model, inputs, dynamo=True, opset_version=OPSET, external_data=False,
+                                     input_names=[s.name for s in specs], dynamic_shapes=_dynamic_shapes(specs),
+                                     verbose=False, report=False)
+    except Exception as e:
+        raise UnsupportedModelError(f"torch.onnx export failed: {str(e).strip().splitlines()[0][:300]} "
+                                    "(run with --verbose for the trace)") from e
+    return prog.model_proto
+
+
+def slim(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxslim: constant folding and pattern fusion; a failure keeps the unslimmed graph."""
+    import onnxslim
+
+    try:
+        with _quiet():
+            return onnxslim.slim(proto)
+    except Exception:  # slimming is an optimisation, never a reason to fail
+        return proto
+
+
+def save_onnx(proto: onnx.ModelProto, path: Path) -> None:
+    """Save, with external data only above 2 GB."""
+    path = Path(path)
+    if proto.ByteSize() > _TWO_GB:
+        onnx.save_model(proto, str(path), save_as_external_data=True, location=path.name + ".data")
+    else:
+        onnx.save_model(proto, str(path))
+
+
+def to_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], specs: Sequence[InputSpec], path: Path,
+            codes: dict[str, WeightCode] | None = None) -> dict:
+    """Full ONNX step; returns the integer-weight report of export.qdq (empty when no codes)."""
+    from .qdq import apply_codes
+
+    proto = slim(torch_to_onnx_proto(model, inputs, specs))
+    report: dict = {}
+    if codes:
+        proto, report = apply_codes(proto, codes)
+    save_onnx(proto, path)
+    return report

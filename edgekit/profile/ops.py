@@ -1,0 +1,112 @@
+"""Per-op time of one model in its runtime: ONNX Runtime profiler JSON, OpenVINO performance counters, LiteRT op list.
+
+Runs in the measuring worker *after* the timed runs, on a separate profiling session, so profiler overhead never
+enters the latency figures. Times are per inference (total over the profiled runs / runs).
+`by_type` holds every op type (bench uses it to explain slow-downs); `top` the largest nodes/types;
+`fallback_ops` the op types that ran somewhere other than the requested device.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .runners import Session, open_session
+
+TOP_N = 10
+
+
+def _summary(by_type: dict[str, list[float]], runs: int, source: str, **extra: Any) -> dict[str, Any]:
+    """Common shape: per-type ms per inference, share of the total, node-count, top-N by time."""
+    total = sum(sum(v) for v in by_type.values()) / max(runs, 1)
+    types = {t: {"time_ms": sum(v) / max(runs, 1), "count": len(v) // max(runs, 1) or len(v)}
+             for t, v in by_type.items()}
+    for v in types.values():
+        v["share"] = v["time_ms"] / total if total > 0 else 0.0
+    top = sorted(({"op_type": t, **v} for t, v in types.items()), key=lambda r: -r["time_ms"])[:TOP_N]
+    return {"source": source, "runs": runs, "total_ms": total, "by_type": types, "top": top,
+            "fallback_ops": [], **extra}
+
+
+def profile_ort(path: Path, threads: int, feeds: dict[str, np.ndarray], runs: int) -> dict[str, Any]:
+    """ONNX Runtime built-in profiler: sums '*_kernel_time' node events per op type."""
+    sess = open_session(path, "onnxruntime", threads=threads, profiling=True)
+    for _ in range(runs):
+        sess.run(feeds)
+    prof = Path(sess.info["session"].end_profiling())
+    events = json.loads(prof.read_text())
+    prof.unlink(missing_ok=True)
+    # skip the first run (one-off allocations and kernel selection) when there is more than one
+    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
+    t_min = starts[1] if len(starts) > 1 else float("-inf")
+    counted = max(len(starts) - 1, 1) if len(starts) > 1 else runs
+    by_type: dict[str, list[float]] = defaultdict(list)
+    providers: dict[str, set[str]] = defaultdict(set)
+    for e in events:
+        if (e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
+                and e.get("ts", 0) >= t_min):
+            op = e.get("args", {}).get("op_name", "?")
+            by_type[op].append(e.get("dur", 0) / 1e3)
+            providers[op].add(e.get("args", {}).get("provider", "?"))
+    out = _summary(by_type, counted, "onnxruntime-profiler")
+    out["fallback_ops"] = sorted(op for op, p in providers.items() if p - {"CPUExecutionProvider"})
+    return out
+
+
+def profile_ov(path: Path, threads: int, device: str, fallback: str | None, feeds: dict[str, np.ndarray],
+               runs: int) -> dict[str, Any]:
+    """OpenVINO performance counters (PERF_COUNT): real time of executed nodes, per node type."""
+    sess: Session = open_session(path, "openvino", threads=threads, device=device, fallback=fallback,
+                                 profiling=True)
+    req = sess.info["request"]
+    by_type: dict[str, list[float]] = defaultdict(list)
+    exec_types: dict[str, set[str]] = defaultdict(set)
+    for _ in range(runs):
+        sess.run(feeds)
+        for p in req.profiling_info:
+            if str(p.status).endswith("EXECUTED") and not str(p.status).endswith("NOT_RUN"):
+                by_type[p.node_type].append(p.real_time.total_seconds() * 1e3)
+                exec_types[p.node_type].add(p.exec_type)
+    out = _summary(by_type, runs, "openvino-perf-counters")
+    devices = list(sess.info["compiled"].get_property("EXECUTION_DEVICES"))
+    out["execution_devices"] = devices
+    if sess.info.get("fallback_used"):  # open_session falls back per model, not per op (no HETERO split)
+        out["fallback_ops"] = sorted(by_type)
+        out["note"] = f"requested {device} is not present; the whole model ran on {sess.device}"
+    out["exec_types"] = {t: sorted(v) for t, v in exec_types.items()}
+    return out
+
+
+def profile_tflite(path: Path, threads: int) -> dict[str, Any]:
+    """LiteRT: op types and counts only; its Python API exposes no per-op timing."""
+    sess = open_session(path, "tflite", threads=threads)
+    interp = sess.info["interpreter"]
+    counts: dict[str, int] = defaultdict(int)
+    try:
+        for op in interp._get_ops_details():  # noqa: SLF001 - the only op listing the Python API offers
+            counts[op["op_name"]] += 1
+    except (AttributeError, KeyError):
+        pass
+    return {"source": "none", "runs": 0, "total_ms": None,
+            "by_type": {t: {"time_ms": None, "count": c, "share": None} for t, c in counts.items()},
+            "top": [], "fallback_ops": [],
+            "note": "LiteRT's Python API has no per-op timing; use the LiteRT benchmark_model tool with "
+                    "--enable_op_profiling=true on the device"}
+
+
+def op_profile(path: Path, runtime: str, threads: int, device: str, fallback: str | None,
+               feeds: dict[str, np.ndarray], runs: int) -> dict[str, Any]:
+    """Dispatch to the runtime's profiler; the working directory receives ORT's temporary JSON."""
+    if runs <= 0:
+        return {"source": "off", "runs": 0, "total_ms": None, "by_type": {}, "top": [], "fallback_ops": []}
+    if runtime == "onnxruntime":
+        return profile_ort(path, threads, feeds, runs)
+    if runtime == "openvino":
+        return profile_ov(path, threads, device, fallback, feeds, runs)
+    return profile_tflite(path, threads)
+
+
+__all__ = ["op_profile"]

@@ -1,0 +1,167 @@
+"""Open an exported model file in its runtime with a thread count and device, behind one `Session.run` interface.
+
+Used by export validation, evaluation and profiling alike, so every number comes from the same code path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ConfigError, MissingDependencyError
+
+RUNTIMES = ("onnxruntime", "openvino", "tflite")
+_SUFFIX = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "tflite"}
+
+
+@dataclass
+class Session:
+    """A loaded model: `run(feeds)` maps input name -> array to the list of output arrays."""
+
+    runtime: str
+    device: str
+    input_names: list[str]
+    output_names: list[str]
+    run: Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def runtime_for_file(path: Path) -> str:
+    """The runtime that executes a file, from its suffix."""
+    rt = _SUFFIX.get(Path(path).suffix)
+    if rt is None:
+        raise ConfigError(f"{path}: unknown model file type; expected one of {', '.join(_SUFFIX)}")
+    return rt
+
+
+def open_session(path: Path, runtime: str | None = None, threads: int | None = None, device: str = "CPU",
+                 fallback: str | None = None, profiling: bool = False, ov_dynamic_quant: bool = False) -> Session:
+    """Load `path` in `runtime` (default: from the suffix). `device` falls back to `fallback` when absent.
+
+    OpenVINO's CPU plugin quantizes activations on the fly for layers with integer weights unless told not to;
+    that changes results by ~1% (measured on the demo CNN), so it is off unless `ov_dynamic_quant` is set.
+    """
+    runtime = runtime or runtime_for_file(path)
+    if runtime == "onnxruntime":
+        return _ort(Path(path), threads, profiling)
+    if runtime == "openvino":
+        return _ov(Path(path), threads, device, fallback, profiling, ov_dynamic_quant)
+    if runtime == "tflite":
+        return _tflite(Path(path), threads)
+    raise ConfigError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
+
+
+def _ort(path: Path, threads: int | None, profiling: bool) -> Session:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+    so.enable_profiling = profiling
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    ins = [i.name for i in sess.get_inputs()]
+    outs = [o.name for o in sess.get_outputs()]
+    return Session("onnxruntime", "CPU", ins, outs, lambda feeds: sess.run(None, feeds), {"session": sess})
+
+
+def _ov(path: Path, threads: int | None, device: str, fallback: str | None, profiling: bool,
+        dynamic_quant: bool) -> Session:
+    import openvino as ov
+
+    core = ov.Core()
+    used = device
+    if device not in core.available_devices:
+        if not fallback:
+            raise ConfigError(f"OpenVINO device {device} is not present (have {core.available_devices}); "
+                              "declare a fallback in the target profile or pick another target")
+        used = fallback
+    cfg: dict[str, Any] = {}
+    if threads and used == "CPU":
+        cfg["INFERENCE_NUM_THREADS"] = threads
+    if used == "CPU":
+        cfg["INFERENCE_PRECISION_HINT"] = "f32"  # no silent bf16/fp16 on hosts that support it
+        if not dynamic_quant:
+            cfg["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
+    if profiling:
+        cfg["PERF_COUNT"] = True
+    compiled = core.compile_model(str(path), used, cfg)
+    req = compiled.create_infer_request()
+    ins = [p.get_any_name() for p in compiled.inputs]
+    outs = [p.get_any_name() for p in compiled.outputs]
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        res = req.infer(feeds)
+        return [np.asarray(res[o]) for o in compiled.outputs]
+
+    return Session("openvino", used, ins, outs, run,
+                   {"compiled": compiled, "request": req, "requested_device": device, "fallback_used": used != device,
+                    "config": {k: str(v) for k, v in cfg.items()}})
+
+
+def _tflite(path: Path, threads: int | None) -> Session:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError as e:  # pragma: no cover - core dependency
+        raise MissingDependencyError("ai-edge-litert", "tflite") from e
+    from .._fd import captured_fds
+
+    with captured_fds():  # "Created TensorFlow Lite XNNPACK delegate" goes to fd 2
+        interp = Interpreter(model_path=str(path), num_threads=threads or None)
+        interp.allocate_tensors()
+    ind = interp.get_input_details()
+    outd = interp.get_output_details()
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        vals = list(feeds.values())
+        for i, d in enumerate(ind):
+            x = feeds.get(d["name"], vals[i] if i < len(vals) else None)
+            interp.set_tensor(d["index"], np.ascontiguousarray(x, dtype=d["dtype"]))
+        interp.invoke()
+        return [interp.get_tensor(d["index"]).copy() for d in outd]
+
+    return Session("tflite", "CPU", [d["name"] for d in ind], [d["name"] for d in outd], run, {"interpreter": interp})
+
+
+def session_inputs(sess: Session) -> list[dict[str, Any]]:
+    """Input name, shape (None for dynamic dims) and numpy dtype as the runtime sees them, for random feeds."""
+    if sess.runtime == "onnxruntime":
+        out = []
+        for i in sess.info["session"].get_inputs():
+            onnx_t = i.type.removeprefix("tensor(").removesuffix(")")
+            np_dt = np.dtype("float32") if onnx_t == "float" else np.dtype({"double": "float64"}.get(onnx_t, onnx_t))
+            shape = [d if isinstance(d, int) else None for d in i.shape]
+            out.append({"name": i.name, "shape": shape, "dtype": np_dt.name})
+        return out
+    if sess.runtime == "openvino":
+        out = []
+        for p in sess.info["compiled"].inputs:
+            ps = p.get_partial_shape()
+            shape = [d.get_length() if d.is_static else None for d in ps]
+            out.append({"name": p.get_any_name(), "shape": shape, "dtype": np.dtype(p.get_element_type().to_dtype()).name})
+        return out
+    det = sess.info["interpreter"].get_input_details()
+    return [{"name": d["name"], "shape": [int(x) if x > 0 else None for x in d.get("shape_signature", d["shape"])],
+             "dtype": np.dtype(d["dtype"]).name} for d in det]
+
+
+def random_feeds(specs: list[dict[str, Any]], hint: list[dict[str, Any]] | None = None,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded random inputs for `specs`; dynamic dims come from `hint` (manifest inputs, by position) or 1."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for k, s in enumerate(specs):
+        h = hint[k]["shape"] if hint and k < len(hint) else []
+        shape = [d if d else (h[j] if j < len(h) and isinstance(h[j], int) and h[j] > 0 else 1)
+                 for j, d in enumerate(s["shape"])]
+        dt = np.dtype(s["dtype"])
+        if dt.kind == "f":
+            feeds[s["name"]] = rng.standard_normal(shape).astype(dt)
+        elif dt.kind == "b":
+            feeds[s["name"]] = np.ones(shape, dtype=dt)
+        else:
+            feeds[s["name"]] = rng.integers(0, 100, size=shape).astype(dt)
+    return feeds

@@ -1,0 +1,183 @@
+"""Target hardware profiles: YAML data (bundled next to this file, or any user path) -> validated `TargetProfile`.
+
+A profile says how to run a model for a device on this host (runtime, device, fallback, threads), what the device
+can do (precisions, static shapes, memory budget, hardware figures for estimates, a channel-multiple hint) and how
+to measure (`MeasureProtocol`). Errors name the file, the line and the field in one line.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..errors import ConfigError
+
+Runtime = Literal["onnxruntime", "openvino", "tflite"]
+Device = Literal["CPU", "NPU", "GPU"]
+Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
+HOST_ENV = "EDGEKIT_HOST_TARGET"
+DEFAULT_HOST = "host-epyc-zen3"
+
+
+class MeasureProtocol(BaseModel):
+    """How latency is measured, so that every number in a report comes from the same fixed procedure."""
+
+    model_config = ConfigDict(extra="forbid")
+    warmup: int = Field(10, ge=0, description="untimed runs after the first inference")
+    min_runs: int = Field(50, ge=3, description="timed runs per attempt, at least")
+    min_seconds: float = Field(2.0, ge=0, description="timed seconds per attempt, at least")
+    max_cv: float = Field(0.10, gt=0, description="robust coefficient of variation above which an attempt is noisy")
+    max_repeats: int = Field(2, ge=0, description="extra attempts when noisy, before marking the result unstable")
+    profile_runs: int = Field(20, ge=0, description="runs under the per-op profiler (separate from timing); 0 = off")
+
+
+class Hardware(BaseModel):
+    """Published figures of the real device, used only for labelled estimates."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="device / SoC name")
+    cores: int = Field(ge=1, description="cores (or compute engines) of the device")
+    isa: str = Field(description="instruction set / accelerator generation")
+    peak_gflops: dict[Precision, float] = Field(description="peak GFLOP/s (GOP/s for int) at the profile's threads")
+    mem_bandwidth_gbs: float = Field(gt=0, description="peak DRAM bandwidth in GB/s")
+    source: str = Field(description="where the figures come from (details in the YAML comment)")
+
+    @model_validator(mode="after")
+    def _positive_peaks(self) -> "Hardware":
+        """A zero or missing peak would make every estimate infinite."""
+        if not self.peak_gflops or any(v <= 0 for v in self.peak_gflops.values()):
+            raise ValueError("peak_gflops needs at least one precision with a positive value")
+        return self
+
+
+class TargetProfile(BaseModel):
+    """One deployment target: runtime + device on this host, device figures, and the measuring protocol."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="profile name, as used on the command line")
+    description: str = Field(description="one line shown by `edgekit targets list`")
+    runtime: Runtime = Field(description="runtime that executes the model")
+    device: Device = Field("CPU", description="device requested from the runtime")
+    fallback: Device | None = Field(None, description="device used when `device` is absent (reported as fallback)")
+    threads: int = Field(ge=1, description="inference threads on the target")
+    precisions: list[Precision] = Field(min_length=1, description="compute precisions the target supports")
+    static_shapes: bool = Field(False, description="the device compiler needs fully static input shapes")
+    memory_budget_mb: float = Field(gt=0, description="memory a model may use (measured peak RSS above baseline)")
+    round_to: int = Field(1, ge=1, description="channel multiple that maps well to the SIMD width / MAC array")
+    hardware: Hardware
+    protocol: MeasureProtocol = Field(default_factory=MeasureProtocol)
+
+    @model_validator(mode="after")
+    def _device_for_runtime(self) -> "TargetProfile":
+        """Only OpenVINO picks devices; LiteRT and ONNX Runtime profiles run on CPU here."""
+        if self.runtime != "openvino" and self.device != "CPU":
+            raise ValueError(f"runtime {self.runtime} runs on CPU only here; set device: CPU")
+        return self
+
+
+def _bundled() -> dict[str, Path]:
+    """Bundled profile name -> YAML path."""
+    root = resources.files(__name__)
+    return {Path(str(p)).stem: Path(str(p)) for p in root.iterdir() if str(p).endswith(".yaml")}
+
+
+def list_targets() -> list[TargetProfile]:
+    """All bundled profiles, sorted by name."""
+    return [load_target(p) for _, p in sorted(_bundled().items())]
+
+
+def target_names() -> list[str]:
+    """Names of the bundled profiles."""
+    return sorted(_bundled())
+
+
+def load_target(name_or_path: str | Path | TargetProfile) -> TargetProfile:
+    """A profile by bundled name or YAML path; unknown names get 'did you mean' and the list."""
+    if isinstance(name_or_path, TargetProfile):
+        return name_or_path
+    s = str(name_or_path)
+    bundled = _bundled()
+    if s in bundled:
+        return _load_file(bundled[s])
+    p = Path(s)
+    if p.suffix in (".yaml", ".yml") or os.sep in s:
+        if not p.is_file():
+            raise ConfigError(f"target file {p} not found; pass a bundled name ({', '.join(sorted(bundled))}) "
+                              "or an existing .yaml path")
+        return _load_file(p)
+    close = difflib.get_close_matches(s, bundled, n=1, cutoff=0.5)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise ConfigError(f"unknown target '{s}'.{hint} Known: {', '.join(sorted(bundled))} "
+                      "(or pass a .yaml path; see `edgekit targets list`)")
+
+
+def host_target() -> TargetProfile:
+    """The profile describing this host (env EDGEKIT_HOST_TARGET, default the developers' Zen 3 box)."""
+    return load_target(os.environ.get(HOST_ENV, DEFAULT_HOST))
+
+
+def _load_file(path: Path) -> TargetProfile:
+    """Parse + validate one YAML file, turning every error into 'file:line: field: problem; fix'."""
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark else "?"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}:{line}: malformed YAML ({problem}); fix the syntax at that line") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: a target profile must be a YAML mapping of fields (name, runtime, ...)")
+    try:
+        return TargetProfile(**data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = [x for x in err["loc"]]
+        field = ".".join(str(x) for x in loc) or "(profile)"
+        line = _line_of(root, loc)
+        if err["type"] == "extra_forbidden":
+            known = _known_fields(loc[:-1])
+            msg = f"unknown field '{field}'; known fields here: {', '.join(known)}"
+        elif err["type"] == "missing":
+            msg = f"missing field '{field}'; add it (see a bundled profile, e.g. `edgekit targets show {DEFAULT_HOST}`)"
+        else:
+            msg = f"field '{field}': {err['msg']}"
+        raise ConfigError(f"{path}:{line}: {msg}") from None
+
+
+def _line_of(node: Any, loc: list[Any]) -> int:
+    """1-based line of the deepest YAML key/item along a pydantic error location."""
+    line = node.start_mark.line + 1 if node is not None else 1
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            hit = next(((k, v) for k, v in node.value if k.value == str(key)), None)
+            if hit is None:
+                break
+            line, node = hit[0].start_mark.line + 1, hit[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def _known_fields(loc: list[Any]) -> list[str]:
+    """Field names of the model at a nested location, for 'unknown field' hints."""
+    model: type[BaseModel] = TargetProfile
+    for key in loc:
+        ann = model.model_fields.get(str(key))
+        if ann is None or not (isinstance(ann.annotation, type) and issubclass(ann.annotation, BaseModel)):
+            break
+        model = ann.annotation
+    return list(model.model_fields)
+
+
+__all__ = ["Hardware", "MeasureProtocol", "TargetProfile", "host_target", "list_targets", "load_target",
+           "target_names"]
