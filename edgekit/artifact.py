@@ -103,6 +103,18 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     (Path(root) / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
 
 
+def _remove_stale(out: Path) -> None:
+    """Delete staging folders left by a killed process (their pid is in the name and no longer alive)."""
+    for p in out.parent.glob(f".{out.name}.tmp-*"):
+        try:
+            pid = int(p.name.split(".tmp-", 1)[1].split("-", 1)[0])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
+
+
 @contextlib.contextmanager
 def staging(out: Path, overwrite: bool = False, base: Path | None = None) -> Iterator[Path]:
     """Yield a temporary folder next to `out`; on success it replaces `out` atomically, on any failure it vanishes.
@@ -113,7 +125,8 @@ def staging(out: Path, overwrite: bool = False, base: Path | None = None) -> Ite
     if out.exists() and not overwrite and (base is None or out != Path(base).resolve()):
         raise ConfigError(f"output folder {out} already exists; pass --overwrite or choose another -o")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    _remove_stale(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared
     try:
         if base is not None:

@@ -64,6 +64,8 @@ def profile_ov(path: Path, threads: int, device: str, fallback: str | None, feed
     req = sess.info["request"]
     by_type: dict[str, list[float]] = defaultdict(list)
     exec_types: dict[str, set[str]] = defaultdict(set)
+    for _ in range(2):  # counters cover the last inference only; skip the first ones (lazy init, reorders)
+        sess.run(feeds)
     for _ in range(runs):
         sess.run(feeds)
         for p in req.profiling_info:

@@ -137,8 +137,9 @@ def _load_file(path: Path) -> TargetProfile:
     try:
         return TargetProfile(**data)
     except ValidationError as e:
-        err = e.errors()[0]
-        loc = [x for x in err["loc"]]
+        # a misspelt key shows up as both "extra" and "missing": report the misspelling, it is the cause
+        err = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]
+        loc = list(err["loc"])
         field = ".".join(str(x) for x in loc) or "(profile)"
         line = _line_of(root, loc)
         if err["type"] == "extra_forbidden":

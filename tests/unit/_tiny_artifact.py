@@ -46,3 +46,19 @@ def build(root: Path, model: nn.Module | None = None, openvino: bool = True, sha
     write_manifest(root, {"model": "model.onnx", "inputs": [{"name": "x", "shape": list(shape), "dtype": "float32"}],
                           "exports": exports})
     return root
+
+
+_CACHE: dict[str, Path] = {}
+
+
+def cached(dst: Path) -> Path:
+    """Copy of one tiny ORT+OV artifact built once per test process (the export costs seconds)."""
+    import atexit
+    import tempfile
+
+    if "art" not in _CACHE:
+        tmp = Path(tempfile.mkdtemp(prefix="edgekit-tiny-"))
+        atexit.register(shutil.rmtree, tmp, True)
+        _CACHE["art"] = build(tmp / "art")
+    shutil.copytree(_CACHE["art"], dst)
+    return dst

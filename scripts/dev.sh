@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One entry point for a fresh machine: creates .venv, installs edgekit with every extra, then
+#   demo  -> runs the main job on the bundled digits CNN
+#   test  -> runs the test suite
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+# torch is pinned in the same command as litert-torch (alone it would resolve to a multi-GB CUDA build)
+.venv/bin/python -m pip install -q -e '.[all,dev]'
+if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+  # offline data sets for `edgekit eval` (Fashion-MNIST, WordNet); optional, tests skip without them
+  if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -f /usr/share/wordnet/data.noun ]; then
+    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist wordnet-base) >/dev/null 2>&1 || \
+      echo "note: could not install dataset-fashion-mnist/wordnet-base; their eval tests will be skipped"
+  fi
+fi
+case "${1:-test}" in
+  demo) shift; exec .venv/bin/edgekit demo "$@" ;;
+  test) shift; exec .venv/bin/python -m pytest -p no:cacheprovider "$@" ;;
+  *) echo "usage: scripts/dev.sh demo|test" >&2; exit 2 ;;
+esac

@@ -1,0 +1,44 @@
+"""Shared fixtures: tiny models built in code; quiet logs; offline."""
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")
+torch.set_num_threads(2)
+
+
+class TinyNet(nn.Module):
+    """conv-BN-ReLU -> pool -> linear: the smallest model every path must handle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.conv(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+def tiny_net() -> TinyNet:
+    """Factory used by --arch tests (tests.conftest:tiny_net)."""
+    torch.manual_seed(0)
+    m = TinyNet()
+    with torch.no_grad():
+        m.bn.running_mean.uniform_(-0.5, 0.5)
+        m.bn.running_var.uniform_(0.5, 2.0)
+    return m.eval()
+
+
+@pytest.fixture
+def tiny() -> TinyNet:
+    return tiny_net()

@@ -1,0 +1,74 @@
+"""Integer weights in ONNX: codes are stored as int8/int4 + DequantizeLinear, exactly, and only when they match."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto
+
+from edgekit.export.onnx import to_onnx
+from edgekit.methods import baseline_rtn
+from edgekit.methods._quant import WeightCode, attach_codes, get_codes, load_codes, save_codes, symmetric_per_channel
+from edgekit.model_io import InputSpec
+
+
+def _run(path, x):
+    return ort.InferenceSession(str(path)).run(None, {"input": x.numpy()})[0]
+
+
+@pytest.mark.parametrize("bits,dtype", [(8, TensorProto.INT8), (4, TensorProto.INT4)])
+def test_rtn_codes_become_integer_initializers(tmp_path, tiny, bits, dtype):
+    x = torch.randn(1, 3, 8, 8)
+    specs = [InputSpec("input", [1, 3, 8, 8])]
+    float_path = tmp_path / "f.onnx"
+    to_onnx(tiny, (x,), specs, float_path)
+    model, _ = baseline_rtn.apply(tiny, baseline_rtn.Config(bits=bits), None)
+    q_path = tmp_path / "q.onnx"
+    rep = to_onnx(model, (x,), specs, q_path, get_codes(model))
+    assert rep["integer_weights"] == 2 and rep["unmatched"] == []
+    m = onnx.load(str(q_path))
+    ints = [i for i in m.graph.initializer if i.data_type == dtype]
+    assert len(ints) == 2
+    assert sum(n.op_type == "DequantizeLinear" for n in m.graph.node) == 2
+    # the conv weight was BN-folded by the exporter: the factor must be in the DQ scale, outputs exact
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(_run(q_path, x), ref, rtol=1e-4, atol=1e-5)
+    assert rep["weight_bytes_stored"] * (32 // bits) == rep["weight_bytes_float"]
+
+
+def test_off_grid_weights_are_left_in_float_and_listed(tmp_path, tiny):
+    x = torch.randn(1, 3, 8, 8)
+    code = symmetric_per_channel(tiny.fc.weight.data, 8)
+    attach_codes(tiny, "fc.weight", code)  # weights NOT replaced by the dequantized values
+    rep = to_onnx(tiny, (x,), [InputSpec("input", [1, 3, 8, 8])], tmp_path / "m.onnx", get_codes(tiny))
+    assert rep["unmatched"] == ["fc.weight"] and rep["integer_weights"] == 0
+
+
+def test_offset_codes_for_midrise_grid(tmp_path, tiny):
+    """A mid-rise grid (no zero level) needs an offset: DQ + Add must reproduce it exactly."""
+    x = torch.randn(1, 3, 8, 8)
+    w = tiny.fc.weight.data
+    k = 4
+    m_ = w.abs().max()
+    n = torch.clamp(torch.round((2**k - 1) * (w / (2 * m_) + 0.5)), 0, 2**k - 1)
+    code = WeightCode(codes=(n - 2 ** (k - 1)).to(torch.int16), scale=2 * m_ / (2**k - 1), axis=None, bits=k,
+                      offset=m_ / (2**k - 1))
+    with torch.no_grad():
+        tiny.fc.weight.copy_(code.dequantize())
+    assert 0 not in set(tiny.fc.weight.unique().tolist())
+    attach_codes(tiny, "fc.weight", code)
+    path = tmp_path / "m.onnx"
+    rep = to_onnx(tiny, (x,), [InputSpec("input", [1, 3, 8, 8])], path, get_codes(tiny))
+    assert rep["integer_weights"] == 1
+    with torch.no_grad():
+        np.testing.assert_allclose(_run(path, x), tiny(x).numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_codes_roundtrip_files(tmp_path):
+    c = symmetric_per_channel(torch.randn(6, 5), 4)
+    save_codes({"a.weight": c}, tmp_path / "c.safetensors")
+    back = load_codes(tmp_path / "c.safetensors")["a.weight"]
+    assert torch.equal(back.dequantize(), c.dequantize()) and back.bits == 4
