@@ -119,27 +119,65 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
              input_shape: str | None = None, data: Any = None, overwrite: bool = False,
              runtimes: Sequence[str] = (), dynamic: list[str] | None = None, arch: str | None = None,
              allow_class: list[str] | None = None, trust_pickle: bool = False, on_step: Step = _noop) -> Path:
-    """Load, apply `method`, write an artifact (model.onnx validated on ONNX Runtime, model.pt2, exports)."""
-    mod = get_method(method)
-    cfg = parse_config(mod, options or {})
-    if mod.NEEDS != "none" and data is None:
-        raise ConfigError(f"method '{method}' needs {mod.NEEDS} data; pass --data FILE")
+    """Load, apply `method`, write an artifact (model.onnx validated on ONNX Runtime, model.pt2, exports).
+
+    `runtimes` may name runtimes or target profiles; a profile's `round_to` hint fills a method's `round_to` option
+    when the user did not set it.
+    """
+    return compress_chain(model_src, [(method, dict(options or {}))], out, input_shape, data, overwrite, runtimes,
+                          dynamic, arch, allow_class, trust_pickle, on_step)
+
+
+def _plan(chain: Sequence[tuple[str, dict[str, Any]]], runtimes: Sequence[str], data: Any) -> tuple[list, list[str]]:
+    """Resolve methods, configs and runtimes before any work, so bad options fail fast."""
+    rts, hints = [], {}
+    for t in runtimes:
+        rt, prof = resolve_runtime(t)
+        rts.append(rt)
+        if prof.get("round_to"):
+            hints.setdefault("round_to", prof["round_to"])
+    plan = []
+    for name, opts in chain:
+        mod = get_method(name)
+        opts = dict(opts)
+        for k, v in hints.items():
+            if k in mod.Config.model_fields and k not in opts:
+                opts[k] = v
+        cfg = parse_config(mod, opts)
+        if mod.NEEDS != "none" and data is None and getattr(cfg, "train_steps", 1):
+            raise ConfigError(f"method '{name}' needs {mod.NEEDS} data; pass --data FILE")
+        plan.append((name, mod, cfg))
+    return plan, list(dict.fromkeys(rts))
+
+
+def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, Any]]], out: Path,
+                   input_shape: str | None = None, data: Any = None, overwrite: bool = False,
+                   runtimes: Sequence[str] = (), dynamic: list[str] | None = None, arch: str | None = None,
+                   allow_class: list[str] | None = None, trust_pickle: bool = False, on_step: Step = _noop) -> Path:
+    """Apply methods in order (e.g. structured pruning, then quantization) and write one artifact."""
+    from .flops import count_macs, count_params
+
+    plan, rts = _plan(chain, runtimes, data)
     on_step("load")
     loaded = load_model(model_src, arch, allow_class, trust_pickle)
     specs = resolve_specs(loaded, input_shape, dynamic)
     inputs = example_inputs(specs)
+    model = loaded.module
     steps: dict[str, float] = {}
-    t0 = time.perf_counter()
-    on_step(f"compress ({method})")
-    model, report = mod.apply(loaded.module, cfg, data)
-    model.eval()
-    steps["compress"] = time.perf_counter() - t0
-    from .flops import count_macs, count_params
-
-    with torch.no_grad():
-        report.params_after = count_params(model)
-        report.macs_after = count_macs(model, inputs)
-    precision = report.extra.get("export_precision", "fp32")
+    entries = []
+    for name, mod, cfg in plan:
+        with torch.no_grad():
+            params0, macs0 = count_params(model), count_macs(model, inputs)
+        t0 = time.perf_counter()
+        on_step(f"compress ({name})")
+        model, report = mod.apply(model, cfg, data)
+        model.eval()
+        steps[f"compress:{name}"] = time.perf_counter() - t0
+        with torch.no_grad():
+            report.params_before, report.macs_before = report.params_before or params0, report.macs_before or macs0
+            report.params_after, report.macs_after = count_params(model), count_macs(model, inputs)
+        entries.append({"name": name, "config": cfg.model_dump(), "report": report.to_dict()})
+    precision = "int" if any(e["report"]["extra"].get("export_precision") == "int" for e in entries) else "fp32"
     with art.staging(out, overwrite) as root:
         on_step("export onnx")
         t0 = time.perf_counter()
@@ -148,12 +186,12 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
         steps["onnx"] = time.perf_counter() - t0
         on_step("validate onnx")
         val = validate(model, specs, root / "model.onnx", "onnxruntime", precision)
-        exports = {rt: _export_runtime(model, specs, root, rt, precision, on_step) for rt in runtimes}
+        exports = {rt: _export_runtime(model, specs, root, rt, precision, on_step) for rt in rts}
         manifest = {"kind": "compress", "source": _source_info(loaded), "model": "model.onnx",
                     "torch_program": "model.pt2", "inputs": [s.to_dict() for s in specs],
-                    "outputs": _output_specs(model, inputs),
-                    "method": {"name": method, "config": cfg.model_dump(), "report": report.to_dict()},
-                    "integer_weights": qdq, "validation": {"onnx": val}, "exports": exports,
+                    "outputs": _output_specs(model, inputs), "method": entries[-1], "methods": entries,
+                    "integer_weights": qdq, "export_precision": precision, "validation": {"onnx": val},
+                    "exports": exports,
                     "steps": {k: round(v, 3) for k, v in steps.items()}}
         art.write_manifest(root, manifest)
     return Path(out)
@@ -183,7 +221,7 @@ def export(src: str | Path, target: str, out: Path | None = None, input_shape: s
                      base=src_p if is_art else None) as root:
         if is_art:
             man = art.read_manifest(root)
-            precision = man.get("method", {}).get("report", {}).get("extra", {}).get("export_precision", "fp32")
+            precision = man.get("export_precision", "fp32")
         else:
             inputs = example_inputs(specs)
             on_step("export onnx")
@@ -199,3 +237,65 @@ def export(src: str | Path, target: str, out: Path | None = None, input_shape: s
             man["exports"][runtime]["target"] = profile.get("name")
         art.write_manifest(root, man)
     return dest
+
+
+def check_gates(original: nn.Module, artifact_dir: Path, gates: Any) -> dict[str, Any]:
+    """Compare the compressed program with the original module on random inputs; returns figures and pass/fail."""
+    import numpy as np
+
+    from .export.validate import compare
+
+    loaded = load_model(artifact_dir)
+    specs = loaded.inputs or []
+    figs = {"cosine": [], "top1_agreement": []}
+    for seed in range(gates.samples):
+        x = example_inputs(specs, seed=1000 + seed)
+        with torch.no_grad():
+            a, b = original(*x), loaded.module(*x)
+        a = a[0] if isinstance(a, (tuple, list)) else a
+        b = b[0] if isinstance(b, (tuple, list)) else b
+        f = compare(a.float().numpy(), b.float().numpy())
+        figs["cosine"].append(f["cosine"])
+        if "top1_agreement" in f:
+            figs["top1_agreement"].append(f["top1_agreement"])
+    res: dict[str, Any] = {k: float(np.mean(v)) for k, v in figs.items() if v}
+    failed = []
+    if gates.min_cosine is not None and res["cosine"] < gates.min_cosine:
+        failed.append(f"cosine {res['cosine']:.4f} < {gates.min_cosine}")
+    if gates.min_top1_agreement is not None and res.get("top1_agreement", 1.0) < gates.min_top1_agreement:
+        failed.append(f"top-1 agreement {res.get('top1_agreement'):.4f} < {gates.min_top1_agreement}")
+    res["failed"] = failed
+    return res
+
+
+def run_recipe(path: Path, out: Path | None = None, overwrite: bool = False, on_step: Step = _noop) -> tuple[Path, dict]:
+    """Run a recipe YAML: methods in order, exports, then gates (recorded in the manifest)."""
+    import json
+
+    from .config import Recipe, load_yaml_model
+
+    rec = load_yaml_model(path, Recipe)
+    data = None
+    if rec.data:
+        from .data import open_data
+
+        data = open_data(rec.data)
+    dest = Path(out or rec.out)
+    chain = [(s.method, s.options) for s in rec.steps]
+    if not chain:  # export only
+        targets = rec.targets or ["onnxruntime"]
+        export(rec.model, targets[0], dest, rec.input_shape, overwrite, arch=rec.arch, on_step=on_step)
+        for t in targets[1:]:
+            export(dest, t, on_step=on_step)
+        return dest, {"failed": []}
+    compress_chain(rec.model, chain, dest, rec.input_shape, data, overwrite, rec.targets, arch=rec.arch,
+                   on_step=on_step)
+    on_step("gates")
+    original = load_model(rec.model, rec.arch).module
+    gates = check_gates(original, dest, rec.gates)
+    man_path = dest / art.MANIFEST
+    man = json.loads(man_path.read_text())
+    man["recipe"] = {"path": str(path), "sha256": art.sha256_file(Path(path)), "config": rec.model_dump(),
+                     "gates": gates}
+    man_path.write_text(json.dumps(man, indent=2, default=str))
+    return dest, gates

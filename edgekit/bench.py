@@ -109,7 +109,8 @@ def slower_note(ratio: float, ref_ops: dict[str, Any], ops: dict[str, Any]) -> d
         ta, tb = (a.get(op) or {}).get("time_ms"), (b.get(op) or {}).get("time_ms")
         if ta is None and tb is None:
             continue
-        diff.append({"op_type": op, "fp32_ms": ta or 0.0, "variant_ms": tb or 0.0, "delta_ms": (tb or 0.0) - (ta or 0.0)})
+        ta, tb = ta or 0.0, tb or 0.0
+        diff.append({"op_type": op, "fp32_ms": ta, "variant_ms": tb, "delta_ms": tb - ta})
     grew = sorted((d for d in diff if d["delta_ms"] > 0), key=lambda d: -d["delta_ms"])[:3]
     why = (", ".join(f"{d['op_type']} +{d['delta_ms']:.3g} ms" for d in grew) if grew
            else "no per-op timing for this runtime" if not diff else "no op type grew; overhead is outside ops")

@@ -166,6 +166,30 @@ def demo(out: Annotated[Path, typer.Option("-o", "--out")] = Path("out/demo"),
         console.print(t)
 
 
+@app.command()
+def run(recipe: Annotated[Path, typer.Argument(help="recipe YAML (see recipes/)")],
+        out: Annotated[Optional[Path], typer.Option("-o", "--out", help="override the recipe's out")] = None,
+        overwrite: Overwrite = False) -> None:
+    """Run a recipe: methods in order, exports, fidelity gates. Exit 1 when a gate fails (artifact kept)."""
+    from . import api
+    from .artifact import read_manifest
+
+    with user_errors():
+        status, step = _steps()
+        with status:
+            art, gates = api.run_recipe(recipe, out, overwrite, on_step=step)
+        console.print(f"[green]wrote[/green] {art}")
+        man = read_manifest(art)
+        if man.get("exports"):
+            console.print(_validation_table(man))
+        figs = {k: round(v, 4) for k, v in gates.items() if k != "failed"}
+        if gates["failed"]:
+            console.print(f"[red]gates failed:[/red] {'; '.join(gates['failed'])} (figures {figs})")
+            raise typer.Exit(1)
+        if figs:
+            console.print(f"[green]gates passed[/green] {figs}")
+
+
 def _register_optional() -> None:
     """Commands that live in their own modules (profiling, evaluation)."""
     import importlib

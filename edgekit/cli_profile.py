@@ -21,8 +21,8 @@ def _split(s: str | None) -> list[str]:
 def _table(head: list[str], rows: list[list[str]], title: str) -> Table:
     """A rich table from string rows."""
     tab = Table(title=title, show_lines=False)
-    for h in head:
-        tab.add_column(h, overflow="fold")
+    for i, h in enumerate(head):
+        tab.add_column(h, overflow="fold", no_wrap=i == 0)
     for r in rows:
         tab.add_row(*[c if not c.startswith(("error", "EXCEEDS")) else f"[red]{c}[/red]" for c in r])
     return tab
@@ -35,7 +35,8 @@ def targets_list() -> None:
 
     with user_errors():
         tab = Table(title="targets")
-        for h in ("name", "runtime", "device", "threads", "precisions", "budget MB", "description"):
+        tab.add_column("name", no_wrap=True)
+        for h in ("runtime", "device", "threads", "precisions", "budget MB", "description"):
             tab.add_column(h, overflow="fold")
         for t in list_targets():
             dev = t.device + (f" (fallback {t.fallback})" if t.fallback else "")

@@ -139,11 +139,12 @@ def cached_arrays(name: str, key: str, build: Callable[[], dict[str, np.ndarray]
     return arrays
 
 
-def fit_probe(x: np.ndarray, y: np.ndarray, seed: int = 0, c: float = 1.0) -> dict[str, np.ndarray]:
-    """Standardise + multinomial logistic regression, returned as plain arrays so the head is fixed and cacheable."""
+def fit_probe(x: np.ndarray, y: np.ndarray, seed: int = 0, c: float = 1.0,
+              standardize: bool = True) -> dict[str, np.ndarray]:
+    """(Standardise +) multinomial logistic regression, as plain arrays so the head is fixed and cacheable."""
     from sklearn.linear_model import LogisticRegression
 
-    mu, sd = x.mean(0), x.std(0) + 1e-6
+    mu, sd = (x.mean(0), x.std(0) + 1e-6) if standardize else (np.zeros(x.shape[1]), np.ones(x.shape[1]))
     clf = LogisticRegression(max_iter=3000, C=c, random_state=seed).fit((x - mu) / sd, y)
     return {"mu": mu, "sd": sd, "coef": clf.coef_, "intercept": clf.intercept_, "classes": clf.classes_}
 

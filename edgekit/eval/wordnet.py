@@ -8,7 +8,8 @@ stdlib's pydoc_data.topics, query = topic name, document = topic text; top-1 / t
 
 Metrics: probe_accuracy on the 1,000 test glosses, mean cosine of the model's embeddings (test glosses, queries,
 documents) to the FP32 ones, retrieval_top1 / retrieval_top5 with the model's own embeddings. Texts are cut at
-`max_len` tokens (256, as sentence-transformers does for this model); an artifact with a static sequence length
+`max_len` tokens (256, as sentence-transformers does for this model); the probe reads unit-length embeddings
+(what sentence-transformers returns) with plain logistic regression (C=1); an artifact with a static sequence length
 gets its texts padded/cut to that length, one at a time.
 """
 from __future__ import annotations
@@ -76,7 +77,9 @@ def load_topics(n: int) -> tuple[list[str], list[str]]:
 def embed(pred: Predictor, tok: Any, texts: list[str], max_len: int) -> np.ndarray:
     """(N, D) embeddings; torch batches pad to the longest text, artifacts to their static length or none."""
     static = pred.static_dim(pred.input_names[0], 1)
-    step = pred.batch if pred.runtime == "torch" else max(pred.batch, 1)
+    step = pred.batch
+    order = np.argsort([len(t) for t in texts], kind="stable")  # similar lengths per batch: little padding
+    texts = [texts[i] for i in order]
     out = []
     for s in range(0, len(texts), step):
         if static:
@@ -88,7 +91,9 @@ def embed(pred: Predictor, tok: Any, texts: list[str], max_len: int) -> np.ndarr
         if len(pred.input_names) != 2:
             raise ConfigError(f"wordnet10 feeds (input_ids, attention_mask); the model takes {pred.input_names}")
         out.append(pred(dict(zip(pred.input_names, arrays)))[0].reshape(len(arrays[0]), -1))
-    return np.concatenate(out).astype(np.float32)
+    emb = np.empty((len(texts), out[0].shape[1]), np.float32)
+    emb[order] = np.concatenate(out)
+    return emb
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -113,8 +118,8 @@ def reference(cfg: Config, tok: Any) -> dict[str, np.ndarray]:
         pred = make_predictor(load_minilm()[0], ["input_ids", "attention_mask"], None, None, cfg.batch)
         etr, ete = embed(pred, tok, tr, cfg.max_len), embed(pred, tok, te, cfg.max_len)
         eq, ed = embed(pred, tok, qs, cfg.max_len), embed(pred, tok, ds, cfg.max_len)
-        head = fit_probe(etr, ytr, cfg.seed)
-        return {**head, "test": ete, "queries": eq, "docs": ed, "pred": apply_probe(head, ete)}
+        head = fit_probe(_unit(etr), ytr, cfg.seed, standardize=False)
+        return {**head, "test": ete, "queries": eq, "docs": ed, "pred": apply_probe(head, _unit(ete))}
 
     key = ref_key(file_sha256(str(minilm_weights())), cfg.model_dump(exclude={"batch"}), 1)
     return cached_arrays("wordnet10", key, build)
@@ -122,9 +127,9 @@ def reference(cfg: Config, tok: Any) -> dict[str, np.ndarray]:
 
 def run(model: Any, cfg: Config, runtime: str | None, limit: int | None, threads: int | None) -> dict[str, Any]:
     """Probe accuracy, cosine to FP32 and retrieval on the test glosses (first `limit` if given) and topics."""
-    from ..models.real import load_minilm
+    from ..models.real import minilm_tokenizer
 
-    tok = load_minilm()[1]
+    tok = minilm_tokenizer()
     ref = reference(cfg, tok)
     _, _, te, yte = load_glosses(cfg)
     qs, ds = load_topics(cfg.topics)
@@ -136,7 +141,7 @@ def run(model: Any, cfg: Config, runtime: str | None, limit: int | None, threads
     top1, top5 = retrieval(eq, ed)
     r1, r5 = retrieval(ref["queries"], ref["docs"])
     return {"runtime": pred.runtime, "samples": n,
-            "metrics": {"probe_accuracy": float(np.mean(apply_probe(ref, ete) == yte[:n])),
+            "metrics": {"probe_accuracy": float(np.mean(apply_probe(ref, _unit(ete)) == yte[:n])),
                         "cosine": float(cos.mean()), "cosine_min": float(cos.min()),
                         "retrieval_top1": top1, "retrieval_top5": top5},
             "reference": {"probe_accuracy": float(np.mean(ref["pred"][:n] == yte[:n])),

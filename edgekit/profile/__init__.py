@@ -116,11 +116,11 @@ def profile_artifact(art: str | Path, targets: Sequence[Any], out_json: str | Pa
     from ..targets import host_target, load_target
     from .roofline import graph_cost
 
-    art = Path(art)
-    manifest = read_manifest(art)
     if not targets:
         raise ConfigError("no target given; pass --target NAME (see `edgekit targets list`)")
-    tgts = [load_target(t) for t in targets]
+    tgts = [load_target(t) for t in targets]  # bad target names fail before anything touches the artifact
+    art = Path(art)
+    manifest = read_manifest(art)
     for t in tgts:  # fail before measuring anything
         require_runtime(t.runtime)
         artifact_file(art, manifest, t.runtime)

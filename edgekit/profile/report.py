@@ -58,7 +58,8 @@ def bench_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         fid = r.get("fidelity") or {}
         fid_s = f"{_f(fid.get('value'))} ({fid.get('metric')})" if fid.get("value") is not None else "—"
         rows.append([r["variant"], r["target"], r["status"] + (f": {r['reason']}" if r.get("reason") else ""),
-                     _f(r.get("size_mb")), fid_s, _f(r.get("p50_ms")), _f(r.get("speedup"), 2), _f(round(r["peak_mb"], 1) if r.get("peak_mb") is not None else None),
+                     _f(r.get("size_mb")), fid_s, _f(r.get("p50_ms")), _f(r.get("speedup"), 2),
+                     _f(round(r["peak_mb"], 1) if r.get("peak_mb") is not None else None),
                      r.get("slower", {}).get("summary", "") if r.get("slower") else ""])
     return head, rows
 
@@ -126,7 +127,7 @@ def _series(doc: dict[str, Any]) -> list[tuple[str, str, list[float]]]:
     """(target, label, quantiles) for every measured result, for distribution plots."""
     out = []
     for r in doc.get("rows", doc.get("results", [])):
-        prof = r.get("profile", r)
+        prof = (r.get("profile") if "variant" in r else r) or {}
         q = ((prof.get("timing_ms") or {}).get("warm") or {}).get("quantiles_ms")
         if q:
             out.append((r["target"], r.get("variant", r["target"]), q))

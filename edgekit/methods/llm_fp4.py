@@ -1,0 +1,310 @@
+"""LLM-FP4 (Liu et al., EMNLP 2023): 4-bit floating-point PTQ of weights and activations. Spec: shared/methods/llm_fp4.md.
+
+Every nn.Linear (weight per output channel, input activation per tensor or FPQ per-channel shifts) and every
+nn.Embedding (per row) is put on an ExMy grid with a real exponent bias found by the layer-output-MSE search of
+`_fp_search`. Weights stay as codes·unit and are recorded as WeightCodes (int8 / int4 + DequantizeLinear on export);
+activations become a fake-quant op in front of the linear (`FPQLinear`), exported as plain ONNX ops.
+
+Decisions (why):
+- Calibration is layer-parallel like the official code (each layer sees FP inputs), captured a few layers at a
+  time by forward pre-hooks under a memory budget (`cache_mb`), with the forward stopped once the group has fired;
+  all layers are switched to quantized only at the end. Never every layer's activations at once.
+- Data: `.txt` -> tokenized with `tokenizer` (a folder) or the HF model's own folder (config.name_or_path);
+  windows of `seq_len` tokens at seeded random offsets. `.npy/.npz` tensors are fed as-is (token ids for LMs,
+  floats for plain models). The model is called with input_ids (+ an all-ones attention_mask when it takes one).
+- Defaults keep SmolLM2-135M under 15 min on 2 cores: 8x256 calibration tokens (ranges), 512 of them for the
+  MSE, "max" grid of 20 candidates, 2 rounds. The code's budget (32x1024 tokens, bias grid, n=100, 3 rounds) is
+  reachable by options. lm_head is skipped by default (a tied lm_head shares the embedding's quantized rows).
+- Weight-only (a_bits None or 16) uses the same search with float inputs, one round.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+import time
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+
+from ..errors import ConfigError
+from ..flops import count_params
+from . import _fp as F
+from . import _fp_search as S
+from ._quant import WeightCode, attach_codes
+from ._report import MethodReport
+
+NEEDS: Literal["none", "calibration", "training"] = "calibration"
+SUMMARY = "LLM-FP4: FP4/FP8 (ExMy, real exponent bias) weights+activations with format/bias search (EMNLP 2023)"
+_ACT_ATTR = "_edgekit_fp_act"
+
+
+class Config(BaseModel, extra="forbid"):
+    """Options of LLM-FP4."""
+
+    w_bits: int = Field(4, ge=3, le=8, description="weight bits (4: E3M0/E2M1/E1M2, 8: E5M2..E1M6)")
+    a_bits: int | None = Field(4, description="activation bits; None or 16 = weight-only")
+    e_bits: int | None = Field(None, description="embedding bits; None = w_bits, 16 = keep embeddings float")
+    variant: Literal["fpq", "fpq_baseline", "minmax", "minmax_int"] = Field(
+        "fpq", description="fpq: search + per-channel activation shifts; fpq_baseline: search, per-tensor; "
+                           "minmax: FP, no search; minmax_int: symmetric INT min-max")
+    grid: Literal["max", "bias"] = Field("max", description="max: clip max a*absmax (paper); bias: b=c*b0 (code)")
+    n_candidates: int = Field(20, ge=1, le=400, description="candidates per format and search step (code: 100)")
+    rounds: int = Field(2, ge=1, le=10, description="alternating W/A search rounds (code: 3)")
+    alpha_min: float = Field(0.3, gt=0.0, lt=1.0, description="smallest clip ratio of the max grid")
+    gamma: tuple[float, float] = Field((0.01, 1.2), description="bias-grid range (g1, g2) of the code")
+    w_formats: list[str] | None = Field(None, description="restrict weight formats, e.g. ['E1M2'] (int4 storage)")
+    a_formats: list[str] | None = Field(None, description="restrict activation formats, e.g. ['E2M1']")
+    seq_len: int = Field(256, ge=8, description="tokens per calibration window (text data)")
+    n_seqs: int = Field(8, ge=1, description="calibration windows / tensor samples (ranges use all their tokens)")
+    search_tokens: int = Field(512, ge=16, description="tokens per layer used in the MSE objective (seeded subset)")
+    seed: int = Field(0, description="seed of window offsets and the token subset")
+    tokenizer: str | None = Field(None, description="tokenizer folder for .txt data (default: the HF model's)")
+    skip: list[str] = Field(default_factory=lambda: [r"(^|\.)lm_head$"], description="regexes of modules kept float")
+    cache_mb: int = Field(256, ge=8, description="memory budget for cached layer inputs during calibration")
+    progress: bool = Field(True, description="per-layer progress bar on stderr")
+
+
+def _fmts(names: list[str] | None) -> list[F.Format] | None:
+    try:
+        return [F.parse_format(n) for n in names] if names else None
+    except ValueError as e:
+        raise ConfigError(f"llm_fp4: {e}") from None
+
+
+class FPQLinear(nn.Linear):
+    """nn.Linear whose input is fake-quantized: x -> u·Q(x/u) on an ExMy (or INT) grid; u per tensor or channel."""
+
+    def __init__(self, lin: nn.Linear, act: S.ActQ):
+        super().__init__(lin.in_features, lin.out_features, bias=lin.bias is not None, device="meta")
+        self.weight = lin.weight
+        self.bias = lin.bias
+        self.register_buffer("a_unit", act.unit.detach().clone().float())
+        self.a_kind, self.a_E, self.a_M, self.a_qmax = act.kind, act.fmt[0], act.fmt[1], float(act.qmax)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xq = F.quant_units(x, self.a_unit, self.a_E, self.a_M, self.a_kind, self.a_qmax)
+        return nn.functional.linear(xq, self.weight, self.bias)
+
+
+class _Stop(Exception):
+    """Raised by a capture hook once every layer of the group has seen its input."""
+
+
+def _find_tokenizer(model: nn.Module, cfg: Config) -> Any:
+    """cfg.tokenizer, else the folder the HF model was loaded from."""
+    import os
+
+    from transformers import AutoTokenizer
+
+    paths = [cfg.tokenizer] if cfg.tokenizer else []
+    for m in model.modules():
+        p = getattr(getattr(m, "config", None), "name_or_path", None) or getattr(getattr(m, "config", None),
+                                                                               "_name_or_path", None)
+        if p and os.path.isdir(p):
+            paths.append(p)
+    for p in paths:
+        try:
+            return AutoTokenizer.from_pretrained(p, local_files_only=True)
+        except Exception as e:  # a config folder without tokenizer files
+            if p == cfg.tokenizer:
+                raise ConfigError(f"llm_fp4: cannot load a tokenizer from {p} ({str(e).splitlines()[0][:120]}); "
+                                  "pass --set tokenizer=DIR with tokenizer.json") from None
+    raise ConfigError("llm_fp4: text calibration data needs a tokenizer; pass --set tokenizer=DIR (a folder with "
+                      "tokenizer.json), or calibrate with a .npy of token ids")
+
+
+def _call_kwargs(model: nn.Module, ids: torch.Tensor) -> tuple[tuple, dict]:
+    """How to feed token ids: by name input_ids when the model takes it, with an all-ones attention_mask."""
+    params = inspect.signature(model.forward).parameters
+    kw: dict[str, Any] = {}
+    if "input_ids" in params:
+        kw["input_ids"] = ids
+        args: tuple = ()
+    else:
+        args = (ids,)
+    if "attention_mask" in params:
+        kw["attention_mask"] = torch.ones_like(ids)
+    if "use_cache" in params:
+        kw["use_cache"] = False
+    return args, kw
+
+
+def calibration_calls(model: nn.Module, cfg: Config, data: Any) -> list[tuple[tuple, dict]]:
+    """The forward calls of calibration (deterministic for a given data source and seed)."""
+    if data is None or len(data) == 0:
+        raise ConfigError("llm_fp4 needs calibration data; pass --data calib.txt (text) or .npy (token ids/inputs)")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    if data.texts:
+        tok = _find_tokenizer(model, cfg)
+        ids = torch.tensor(tok("\n\n".join(data.texts))["input_ids"], dtype=torch.int64)
+        L = min(cfg.seq_len, len(ids))
+        hi = len(ids) - L + 1
+        starts = torch.randint(0, hi, (cfg.n_seqs,), generator=gen).tolist() if hi > cfg.n_seqs else \
+            list(range(0, hi, max(1, L)))[: cfg.n_seqs]
+        return [_call_kwargs(model, ids[s:s + L].unsqueeze(0)) for s in starts]
+    calls = []
+    for batch in data.batches(batch_size=1, limit=cfg.n_seqs):
+        if batch[0].dtype in (torch.int64, torch.int32) and batch[0].dim() <= 2:
+            calls.append(_call_kwargs(model, batch[0].reshape(1, -1).long()))
+        else:
+            calls.append((tuple(b.float() if b.is_floating_point() else b for b in batch), {}))
+    return calls
+
+
+def _capture(model: nn.Module, calls: list, mods: dict[str, nn.Linear]) -> dict[str, torch.Tensor]:
+    """Inputs of the group's linears over all calibration calls, (tokens, in_features) each."""
+    store: dict[str, list[torch.Tensor]] = {n: [] for n in mods}
+    fired: set[str] = set()
+
+    def make(n: str):
+        def hook(m: nn.Module, args: tuple) -> None:
+            store[n].append(args[0].detach().reshape(-1, m.in_features).float().clone())
+            fired.add(n)
+            if len(fired) == len(mods):
+                raise _Stop
+        return hook
+
+    handles = [m.register_forward_pre_hook(make(n)) for n, m in mods.items()]
+    try:
+        with torch.no_grad():
+            for args, kw in calls:
+                fired.clear()
+                try:
+                    model(*args, **kw)
+                except _Stop:
+                    pass
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: torch.cat(v) for n, v in store.items() if v}
+
+
+def _progress(enabled: bool, total: int):
+    """A rich progress bar on stderr (a no-op object when disabled)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("llm_fp4 {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(file=sys.stderr), disable=not enabled, transient=False)
+
+
+def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, attr, new)
+
+
+def _code(wq: S.WeightQ, bits: int) -> WeightCode:
+    return WeightCode(wq.codes.to(torch.int16), wq.unit.to(torch.float32), 0, bits)
+
+
+def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodReport]:
+    """Calibrate, then quantize every non-skipped Linear (W + A) and Embedding (W) in place."""
+    t0 = time.perf_counter()
+    a_bits = None if cfg.a_bits in (None, 16) else cfg.a_bits
+    if a_bits is not None and not 3 <= a_bits <= 8:
+        raise ConfigError(f"llm_fp4: a_bits={a_bits} is not supported; use 4..8, or 16/None for weight-only")
+    e_bits = cfg.w_bits if cfg.e_bits is None else (None if cfg.e_bits == 16 else cfg.e_bits)
+    opts = S.SearchOpts(cfg.variant, cfg.w_bits, a_bits, cfg.grid, cfg.n_candidates, cfg.rounds, tuple(cfg.gamma),
+                        cfg.alpha_min, _fmts(cfg.w_formats), _fmts(cfg.a_formats))
+    rep = MethodReport("llm_fp4", params_before=count_params(model))
+    skip = lambda n: any(re.search(p, n) for p in cfg.skip)  # noqa: E731
+    embs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    lins: dict[str, nn.Linear] = {}
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            if skip(n):
+                tied = [e for e, em in embs.items() if em.weight is m.weight]
+                rep.layers_skipped[n] = "matches a skip pattern" + (f"; weight tied to {tied[0]}" if tied else "")
+            else:
+                lins[n] = m
+    for n, m in lins.items():  # a quantized tied lm_head gets its own copy of the weight
+        if any(em.weight is m.weight for em in embs.values()):
+            m.weight = nn.Parameter(m.weight.detach().clone())
+    calls = calibration_calls(model, cfg, data)
+    tokens = 0
+    results: dict[str, tuple[S.WeightQ, S.ActQ | None]] = {}
+    gen = torch.Generator().manual_seed(cfg.seed)
+    with _progress(cfg.progress, len(lins) + len(embs)) as bar:
+        task = bar.add_task("calibrate", total=len(lins) + len(embs))
+        names = list(lins)
+        while names:
+            group, budget = [], cfg.cache_mb * 2**20
+            while names and (not group or budget > 0):
+                group.append(names.pop(0))
+                budget -= 4 * lins[group[-1]].in_features * cfg.seq_len * cfg.n_seqs
+            xs = _capture(model, calls, {n: lins[n] for n in group})
+            for n in group:
+                bar.update(task, description=n)
+                if n not in xs:
+                    rep.layers_skipped[n] = "never called on the calibration data"
+                    bar.advance(task)
+                    continue
+                x = xs.pop(n)
+                tokens = max(tokens, x.shape[0])
+                sub = x if x.shape[0] <= cfg.search_tokens else \
+                    x[torch.randperm(x.shape[0], generator=gen)[: cfg.search_tokens].sort().values]
+                results[n] = S.search_layer(lins[n].weight, sub, x.abs().amax(0), opts)
+                bar.advance(task)
+        emb_q: dict[str, S.WeightQ] = {}
+        for n, m in embs.items():
+            bar.update(task, description=n)
+            if e_bits is None or skip(n):
+                rep.layers_skipped[n] = "embedding kept float" if e_bits is None else "matches a skip pattern"
+            else:
+                emb_q[n] = S.search_embedding(m.weight, e_bits, opts)
+            bar.advance(task)
+    layers, act_records, stored, qn = {}, {}, 0.0, 0
+    for n, (wq, act) in results.items():
+        lin = lins[n]
+        with torch.no_grad():
+            lin.weight.copy_(wq.weight())
+        code = _code(wq, cfg.w_bits)
+        attach_codes(model, f"{n}.weight", code)
+        stored += code.storage_bits() * lin.weight.numel()
+        qn += lin.weight.numel()
+        info = {"w_format": F.fmt_name(wq.fmt) if wq.kind == "fp" else f"INT{cfg.w_bits}", **wq.stats}
+        if act is not None:
+            _set_module(model, n, FPQLinear(lin, act))
+            act_records[n] = act
+            info["a_format"] = F.fmt_name(act.fmt) if act.kind == "fp" else f"INT{a_bits}"
+            if act.shift is not None:
+                info["a_shift_max"] = int(act.shift.max())
+                info["a_shifted_frac"] = round(float((act.shift > 0).float().mean()), 4)
+        layers[n] = info
+        rep.layers_touched.append(n)
+    for n, wq in emb_q.items():
+        m = embs[n]
+        with torch.no_grad():
+            m.weight.copy_(wq.weight())
+        code = _code(wq, e_bits)
+        attach_codes(model, f"{n}.weight", code)
+        for ln, lm in model.named_modules():  # a tied, skipped lm_head shares these codes
+            if isinstance(lm, nn.Linear) and lm.weight is m.weight:
+                attach_codes(model, f"{ln}.weight", code)
+        stored += code.storage_bits() * m.weight.numel()
+        qn += m.weight.numel()
+        layers[n] = {"w_format": F.fmt_name(wq.fmt) if wq.kind == "fp" else f"INT{e_bits}", **wq.stats}
+        rep.layers_touched.append(n)
+    object.__setattr__(model, _ACT_ATTR, act_records)
+    total = rep.params_after = count_params(model)
+    rep.bits_per_weight = (stored + (total - qn) * 32) / max(total, 1)
+    rep.seconds = time.perf_counter() - t0
+    fm: dict[str, int] = {}
+    for info in layers.values():
+        for k in ("w_format", "a_format"):
+            if k in info:
+                fm[f"{k[0]}:{info[k]}"] = fm.get(f"{k[0]}:{info[k]}", 0) + 1
+    rep.extra = {"export_precision": "int" if a_bits else "fp32", "variant": cfg.variant,
+                 "nominal_bits": {"w": cfg.w_bits, "a": a_bits, "e": e_bits}, "calibration_tokens": tokens,
+                 "formats": fm, "layers": layers,
+                 "layers_never_worse_than_minmax": sum(i["mse"] <= i["mse_minmax"] * (1 + 1e-6)
+                                                       for i in layers.values() if "mse_minmax" in i)}
+    return model, rep
+
+
+def act_records(model: nn.Module) -> dict[str, S.ActQ]:
+    """Activation quantizers the method left (format, rho, FPQ shifts) for exporters of integer MatMuls."""
+    return dict(getattr(model, _ACT_ATTR, {}))

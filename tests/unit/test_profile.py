@@ -1,0 +1,121 @@
+"""Profiling: noise gate, statistics, per-phase peak RSS, and the JSON schema for ONNX Runtime and OpenVINO."""
+from __future__ import annotations
+
+import importlib.util
+import itertools
+
+import numpy as np
+import pytest
+
+from tests.unit._tiny_artifact import cached
+from edgekit.errors import ConfigError, MissingDependencyError
+from edgekit.profile import profile_artifact
+from edgekit.profile.measure import PeakRSS, summarize, time_protocol
+from edgekit.targets import MeasureProtocol, load_target
+
+TINY = MeasureProtocol(warmup=2, min_runs=10, min_seconds=0.2, max_cv=0.5, max_repeats=1, profile_runs=5)
+
+
+class FakeRunner:
+    """Advances a fake clock by the next duration on each call: deterministic 'latencies' without sleeping."""
+
+    def __init__(self, durations_s):
+        self.t, self.calls, self._d = 0.0, 0, itertools.cycle(durations_s)
+
+    def clock(self) -> float:
+        return self.t
+
+    def __call__(self) -> None:
+        self.calls += 1
+        self.t += next(self._d)
+
+
+def test_noise_gate_fires_on_a_noisy_runner():
+    rng = np.random.default_rng(0)
+    fake = FakeRunner(list(rng.uniform(0.5e-3, 3e-3, size=997)))         # +-70 % spread
+    proto = MeasureProtocol(warmup=3, min_runs=40, min_seconds=0.01, max_cv=0.05, max_repeats=2)
+    res = time_protocol(fake, proto, clock=fake.clock)
+    assert len(res["attempts"]) == 3 and res["stable"] is False          # repeated, bounded, then marked
+    assert all(a["robust_cv"] > 0.05 for a in res["attempts"])
+    assert fake.calls == 3 + sum(a["runs"] for a in res["attempts"])
+
+
+def test_quiet_runner_passes_first_time_and_honours_min_runs_and_seconds():
+    fake = FakeRunner([1e-3, 1.01e-3, 0.99e-3])
+    proto = MeasureProtocol(warmup=5, min_runs=20, min_seconds=0.5, max_cv=0.05, max_repeats=2)
+    res = time_protocol(fake, proto, clock=fake.clock)
+    assert len(res["attempts"]) == 1 and res["stable"] is True
+    w = res["warm"]
+    assert w["runs"] >= 500 and w["seconds"] >= 0.5 - 1e-9                # min_seconds dominates min_runs
+    assert w["p50"] == pytest.approx(1.0, rel=0.02) and w["min"] == pytest.approx(0.99)
+
+
+def test_rare_spike_does_not_trip_the_gate_but_shows_in_p99():
+    fake = FakeRunner([1e-3] * 99 + [50e-3])
+    res = time_protocol(fake, MeasureProtocol(warmup=0, min_runs=100, min_seconds=0, max_cv=0.05), clock=fake.clock)
+    assert res["stable"] and res["warm"]["cv"] > 1 and res["warm"]["p99"] > 1.4
+
+
+def test_summarize_statistics():
+    s = summarize(list(range(1, 101)))
+    assert s["min"] == 1 and s["p50"] == 50.5 and s["p90"] == pytest.approx(90.1) and s["runs"] == 100
+    assert s["std"] == pytest.approx(np.std(np.arange(1, 101), ddof=1)) and len(s["quantiles_ms"]) == 101
+    assert s["quantiles_ms"][0] == 1 and s["quantiles_ms"][-1] == 100
+
+
+def test_peak_rss_separates_phases():
+    mem = PeakRSS()
+    mem.reset()
+    a = np.ones(60 * 2**20 // 8)           # ~60 MB touched
+    del a
+    after_alloc = mem.peak_mb()
+    mem.reset()
+    assert after_alloc - mem.peak_mb() > 40   # the reset forgot the earlier phase's peak
+    mem.close()
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    return cached(tmp_path_factory.mktemp("p") / "art")
+
+
+def test_schema_for_onnxruntime_and_openvino(art, tmp_path):
+    ort_t = load_target("host-epyc-zen3").model_copy(update={"protocol": TINY, "memory_budget_mb": 0.001})
+    npu_t = load_target("intel-npu-openvino").model_copy(update={"protocol": TINY})
+    doc = profile_artifact(art, [ort_t, npu_t], out_json=tmp_path / "p.json")
+    assert (tmp_path / "p.json").is_file() and doc["schema"] == "edgekit.profile/1"
+    assert doc["cost"]["macs"] == 4 * 36 * 9 + 144 * 10
+    for r in doc["results"]:
+        assert r["status"] == "ok", r.get("error")
+        assert {"target", "runtime", "file", "file_bytes", "device", "threads", "timing_ms", "stable", "attempts",
+                "throughput_per_s", "memory_mb", "memory_budget", "ops", "estimate", "versions", "subprocess"} <= set(r)
+        w = r["timing_ms"]["warm"]
+        assert w["min"] <= w["p50"] <= w["p90"] <= w["p99"] and w["runs"] >= 10
+        assert r["timing_ms"]["load"] > 0 and r["timing_ms"]["first_inference"] > 0
+        m = r["memory_mb"]
+        assert m["load_peak"] > m["baseline"] > 0 and m["inference_peak"] > 0
+        assert r["estimate"]["label"] == "estimate" and r["estimate"]["calibrated_ms"] > 0
+        assert r["ops"]["top"] and sum(o["share"] for o in r["ops"]["by_type"].values()) == pytest.approx(1.0)
+        assert r["file_bytes"] > 1000 and r["subprocess"]["overhead_s"] > 0
+    ort_r, ov_r = doc["results"]
+    assert ort_r["ops"]["source"] == "onnxruntime-profiler" and "Conv" in str(ort_r["ops"]["by_type"])
+    assert ort_r["memory_budget"]["exceeds"] is True                     # 0.001 MB budget
+    assert ort_r["device"] == {"requested": "CPU", "used": "CPU", "fallback_used": False,
+                               "execution_devices": ["CPU"]}
+    assert ov_r["ops"]["source"] == "openvino-perf-counters" and ov_r["memory_budget"]["exceeds"] is False
+    if "NPU" not in ov_r["device"]["execution_devices"]:                 # no NPU on this host: fallback reported
+        assert ov_r["device"]["fallback_used"] and ov_r["device"]["used"] == "CPU"
+        assert ov_r["ops"]["fallback_ops"] and "NPU" in ov_r["ops"]["note"]
+    assert ov_r["threads"]["used"] <= ov_r["threads"]["requested"] == 4
+
+
+def test_missing_runtime_names_the_extra(art, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "ai_edge_litert" else real(n, *a))
+    with pytest.raises(MissingDependencyError, match=r"edgekit\[tflite\]"):
+        profile_artifact(art, ["rpi5-litert"])
+
+
+def test_missing_export_fails_before_measuring(art):
+    with pytest.raises(ConfigError, match="no tflite export"):
+        profile_artifact(art, ["host-epyc-zen3", "rpi5-litert"])
