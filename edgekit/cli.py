@@ -158,9 +158,13 @@ def demo(out: Annotated[Path, typer.Option("-o", "--out")] = Path("out/demo"),
         status, step = _steps()
         with status:
             rows = run_demo(out, method, parse_sets(set_), on_step=step)
-        t = Table(title=f"edgekit demo: digits CNN, {method} -> {out}")
+        t = Table(title=f"edgekit demo: digits CNN, fp32 vs {method} -> {out}",
+                  caption="measured on this host with each target's runtime; err = max abs error vs PyTorch; "
+                          "acc = digits test accuracy through the runtime; MB = peak RSS over the runtime baseline; "
+                          "est ms = estimate for the real target device; ~ = noisy (unstable) timing. "
+                          f"Reports: {out}/*/profile.html")
         for c in rows[0]:
-            t.add_column(c)
+            t.add_column(c, no_wrap=True)
         for r in rows:
             t.add_row(*[str(v) for v in r.values()])
         console.print(t)

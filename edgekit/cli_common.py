@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import Iterator
 
 import typer
@@ -9,7 +10,7 @@ from rich.console import Console
 
 from .errors import EdgekitError
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 160)  # pipes/CI: don't squeeze tables to 80
 err_console = Console(stderr=True)
 STATE = {"verbose": False}
 

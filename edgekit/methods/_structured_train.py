@@ -166,7 +166,7 @@ def recover(model: nn.Module, teacher: nn.Module, replaced: list, data: Any, cfg
             for g in opt.param_groups:
                 g["lr"] = lr_at(step, cfg.train_steps, cfg.lr)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             bar.update(task, advance=1, description=f"recovery ({cfg.train_mode}) loss {losses[-1]:.4g}")
     for layer in layers:
         layer.set_guide(None)

@@ -12,8 +12,8 @@ Decisions (why):
 - Data: `.txt` -> tokenized with `tokenizer` (a folder) or the HF model's own folder (config.name_or_path);
   windows of `seq_len` tokens at seeded random offsets. `.npy/.npz` tensors are fed as-is (token ids for LMs,
   floats for plain models). The model is called with input_ids (+ an all-ones attention_mask when it takes one).
-- Defaults keep SmolLM2-135M under 15 min on 2 cores: 8x256 calibration tokens (ranges), 512 of them for the
-  MSE, "max" grid of 20 candidates, 2 rounds. The code's budget (32x1024 tokens, bias grid, n=100, 3 rounds) is
+- Defaults keep SmolLM2-135M under 15 min on 2 cores: 8x256 calibration tokens (ranges), 256 of them for the
+  MSE, "max" grid of 16 candidates, 2 rounds. The code's budget (32x1024 tokens, bias grid, n=100, 3 rounds) is
   reachable by options. lm_head is skipped by default (a tied lm_head shares the embedding's quantized rows).
 - Weight-only (a_bits None or 16) uses the same search with float inputs, one round.
 """
@@ -51,7 +51,7 @@ class Config(BaseModel, extra="forbid"):
         "fpq", description="fpq: search + per-channel activation shifts; fpq_baseline: search, per-tensor; "
                            "minmax: FP, no search; minmax_int: symmetric INT min-max")
     grid: Literal["max", "bias"] = Field("max", description="max: clip max a*absmax (paper); bias: b=c*b0 (code)")
-    n_candidates: int = Field(20, ge=1, le=400, description="candidates per format and search step (code: 100)")
+    n_candidates: int = Field(16, ge=1, le=400, description="candidates per format and search step (code: 100)")
     rounds: int = Field(2, ge=1, le=10, description="alternating W/A search rounds (code: 3)")
     alpha_min: float = Field(0.3, gt=0.0, lt=1.0, description="smallest clip ratio of the max grid")
     gamma: tuple[float, float] = Field((0.01, 1.2), description="bias-grid range (g1, g2) of the code")
@@ -59,7 +59,7 @@ class Config(BaseModel, extra="forbid"):
     a_formats: list[str] | None = Field(None, description="restrict activation formats, e.g. ['E2M1']")
     seq_len: int = Field(256, ge=8, description="tokens per calibration window (text data)")
     n_seqs: int = Field(8, ge=1, description="calibration windows / tensor samples (ranges use all their tokens)")
-    search_tokens: int = Field(512, ge=16, description="tokens per layer used in the MSE objective (seeded subset)")
+    search_tokens: int = Field(256, ge=16, description="tokens per layer used in the MSE objective (seeded subset)")
     seed: int = Field(0, description="seed of window offsets and the token subset")
     tokenizer: str | None = Field(None, description="tokenizer folder for .txt data (default: the HF model's)")
     skip: list[str] = Field(default_factory=lambda: [r"(^|\.)lm_head$"], description="regexes of modules kept float")

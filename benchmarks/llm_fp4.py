@@ -1,0 +1,142 @@
+"""LLM-FP4 on SmolLM2-135M: perplexity of FP/INT 4-bit and 8-bit variants against FP32, measured in one run.
+
+Perplexity: the first N windows of 512 tokens of the Python docs (edgekit.eval.perplexity's text and windowing),
+computed in torch for every variant, FP32 included, in the same run. Calibration text: docstrings of stdlib
+modules (disjoint from the evaluation text). Results merge into benchmarks/results/llm_fp4.json.
+
+    nice python benchmarks/llm_fp4.py --windows 8 --variants fp32,rtn_w4,fp4_w4 --threads 1
+    nice python benchmarks/llm_fp4.py --export        # file size + ORT/OpenVINO p50 of the weight-only export
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import importlib
+import inspect
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import torch  # noqa: E402
+
+from edgekit.data import DataSource  # noqa: E402
+from edgekit.methods import baseline_rtn, llm_fp4  # noqa: E402
+
+OUT = Path(__file__).parent / "results" / "llm_fp4.json"
+CALIB_MODULES = ["os", "re", "json", "collections", "itertools", "functools", "typing", "argparse", "subprocess",
+                 "pathlib", "logging", "unittest", "datetime", "random", "statistics", "csv", "decimal", "textwrap",
+                 "shutil", "string", "heapq", "bisect", "dataclasses", "enum", "contextlib", "tempfile"]
+W4A4 = dict(w_bits=4, a_bits=4)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "fp32": ("none", {}),
+    "rtn_w4": ("rtn", {"bits": 4}),
+    "fp4_w4": ("fp4", dict(w_bits=4, a_bits=None)),
+    "fp4_w4_e1m2": ("fp4", dict(w_bits=4, a_bits=None, w_formats=["E1M2"])),
+    "minmax_int_w4a4": ("fp4", dict(W4A4, variant="minmax_int")),
+    "minmax_fp_w4a4": ("fp4", dict(W4A4, variant="minmax")),
+    "fpq_baseline_w4a4": ("fp4", dict(W4A4, variant="fpq_baseline")),
+    "fpq_w4a4": ("fp4", dict(W4A4, variant="fpq")),
+    "fpq_w4a8": ("fp4", dict(w_bits=4, a_bits=8, variant="fpq")),
+    "fpq_w8a8": ("fp4", dict(w_bits=8, a_bits=8, variant="fpq")),
+    "minmax_fp_w8a8": ("fp4", dict(w_bits=8, a_bits=8, variant="minmax")),
+    "minmax_int_w8a8": ("fp4", dict(w_bits=8, a_bits=8, variant="minmax_int")),
+}
+
+
+def calib_texts() -> list[str]:
+    """Docstrings of stdlib modules and their public members (deterministic order)."""
+    out = []
+    for name in CALIB_MODULES:
+        mod = importlib.import_module(name)
+        out.append(inspect.getdoc(mod) or "")
+        for attr in sorted(dir(mod)):
+            obj = getattr(mod, attr, None)
+            if not attr.startswith("_") and (inspect.isfunction(obj) or inspect.isclass(obj)):
+                doc = inspect.getdoc(obj)
+                if doc and len(doc) > 80:
+                    out.append(doc)
+    return [t for t in out if t]
+
+
+def perplexity(model: torch.nn.Module, ids: torch.Tensor) -> float:
+    """exp(mean NLL) over windows, each scored on its own."""
+    nll, n = 0.0, 0
+    with torch.no_grad():
+        for w in ids:
+            logits = model(input_ids=w[None], use_cache=False).logits[0, :-1].float()
+            nll -= float(torch.log_softmax(logits, -1).gather(1, w[1:, None]).sum())
+            n += len(w) - 1
+    return math.exp(nll / n)
+
+
+def run_variant(name: str, base: torch.nn.Module, data: DataSource, tok_dir: str) -> tuple[torch.nn.Module, dict]:
+    """Compress a copy of the FP32 model; returns (model, info)."""
+    kind, opts = VARIANTS[name]
+    m = copy.deepcopy(base)
+    t0 = time.perf_counter()
+    info: dict = {"options": opts}
+    if kind == "rtn":
+        m, rep = baseline_rtn.apply(m, baseline_rtn.Config(**opts), None)
+        info["bits_per_weight"] = rep.bits_per_weight
+    elif kind == "fp4":
+        cfg = llm_fp4.Config(**opts, tokenizer=tok_dir, progress=sys.stderr.isatty())
+        m, rep = llm_fp4.apply(m, cfg, data)
+        ex = rep.extra
+        info.update(bits_per_weight=round(rep.bits_per_weight, 3), formats=ex["formats"],
+                    calibration_tokens=ex["calibration_tokens"],
+                    never_worse_than_minmax=f"{ex['layers_never_worse_than_minmax']}/"
+                                            f"{sum('mse_minmax' in i for i in ex['layers'].values())}")
+        mses = [(i["mse"], i["mse_minmax"]) for i in ex["layers"].values() if "mse_minmax" in i]
+        info["mean_layer_mse_ratio_vs_minmax"] = round(sum(a / max(b, 1e-30) for a, b in mses) / len(mses), 4)
+    info["calibration_s"] = round(time.perf_counter() - t0, 1)
+    return m, info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--windows", type=int, default=8, help="Python-docs windows of 512 tokens")
+    ap.add_argument("--variants", default="fp32,rtn_w4,fp4_w4")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--gpl3", action="store_true", help="also score the GPL-3 text (4 windows)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    from edgekit.eval.perplexity import windows
+    from edgekit.models.real import _smollm2_cache, load_smollm2
+
+    base, tok = load_smollm2()
+    tok_dir = str(_smollm2_cache())
+    texts = {"python_docs": torch.from_numpy(windows(tok, "python_docs", 512, args.windows))}
+    if args.gpl3:
+        texts["gpl3"] = torch.from_numpy(windows(tok, "gpl3", 512, 4))
+    data = DataSource(texts=calib_texts())
+    res = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    res.setdefault("variants", {})
+    res["setup"] = {"model": "SmolLM2-135M-Instruct", "eval": {k: list(v.shape) for k, v in texts.items()},
+                    "threads": args.threads, "calibration": "stdlib docstrings, 8x256 tokens, seed 0"}
+    fp32 = None
+    for name in ["fp32"] + [v for v in args.variants.split(",") if v != "fp32"]:
+        if name == "fp32":
+            m, info = base, {}
+        else:
+            m, info = run_variant(name, base, data, tok_dir)
+        t0 = time.perf_counter()
+        for tname, ids in texts.items():
+            info[f"ppl_{tname}"] = round(perplexity(m, ids), 3)
+        info["eval_s"] = round(time.perf_counter() - t0, 1)
+        if name == "fp32":
+            fp32 = info
+        info["ppl_ratio_vs_fp32_same_run"] = round(info["ppl_python_docs"] / fp32["ppl_python_docs"], 3)
+        info["fp32_same_run"] = fp32["ppl_python_docs"]
+        res["variants"][name] = info
+        print(name, json.dumps(info), flush=True)
+        OUT.parent.mkdir(exist_ok=True)
+        OUT.write_text(json.dumps(res, indent=1))
+        del m
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""LLM-FP4: the ExMy quantizer's algebra, the search's guarantees, the FPQ shifts, exact codes and the ONNX export."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgekit.data import DataSource
+from edgekit.errors import ConfigError
+from edgekit.methods import _fp as F
+from edgekit.methods import _fp_search as S
+from edgekit.methods import llm_fp4
+from edgekit.methods._quant import get_codes
+
+transformers = pytest.importorskip("transformers")
+
+FMT4 = F.formats_for(4)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small ops on a busy 2-core machine run far faster single-threaded."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _tiny_llama(outliers: bool = False) -> nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                   tie_word_embeddings=False)
+    m = transformers.LlamaForCausalLM(cfg).eval()
+    if outliers:  # a few huge RMSNorm gains: per-tensor activation ranges blow up (spec §7.6)
+        with torch.no_grad():
+            for layer in m.model.layers:
+                for norm in (layer.input_layernorm, layer.post_attention_layernorm):
+                    norm.weight[[3, 17, 40]] *= 50
+    return m
+
+
+def _data(n: int = 8, seed: int = 1) -> DataSource:
+    g = torch.Generator().manual_seed(seed)
+    return DataSource(tensors=[torch.randint(0, 256, (n, 32), generator=g)])
+
+
+def _kl(ref: nn.Module, q: nn.Module, ids: torch.Tensor) -> float:
+    with torch.no_grad():
+        a, b = ref(ids).logits.log_softmax(-1), q(ids).logits.log_softmax(-1)
+    return float(nn.functional.kl_div(b, a, log_target=True, reduction="batchmean"))
+
+
+def _quantize(model, **kw):
+    return llm_fp4.apply(copy.deepcopy(model), llm_fp4.Config(progress=False, **kw), _data())
+
+
+# ---------------------------------------------------------------- quantizer algebra (spec §7.1-7.3)
+@pytest.mark.parametrize("fmt", FMT4 + F.formats_for(8))
+def test_grid_has_2_pow_n_minus_1_values_and_max_is_xmax(fmt):
+    E, M = fmt
+    b = torch.tensor(float(torch.empty(()).uniform_(-3, 3, generator=torch.Generator().manual_seed(E))), dtype=torch.float64)
+    g = F.grid_values(E, M, float(b))
+    x = torch.cat([g, (g[1:] + g[:-1]) / 2, g * 1.37, torch.linspace(-2, 2, 5001, dtype=torch.float64) * g.max()])
+    q = F.fp_quant(x, E, M, b)
+    n_bits = 1 + E + M
+    assert q.unique().numel() == 2 ** n_bits - 1
+    assert torch.equal(q.unique(), g) and 0 in q
+    assert torch.isclose(q.abs().max(), torch.as_tensor(F.xmax(E, M, float(b)), dtype=torch.float64), rtol=1e-12)
+    mx = torch.tensor([0.37, 5.0, 1234.0], dtype=torch.float64)
+    assert torch.allclose(F.xmax(E, M, F.bias_from_max(mx, E, M)), mx, rtol=1e-12)
+
+
+def test_named_grids_at_standard_bias():
+    pos = {(3, 0): [0.125, 0.25, 0.5, 1, 2, 4, 8], (2, 1): [0.25, 0.5, 0.75, 1, 1.5, 2, 3],
+           (1, 2): [0.25, 0.5, 0.75, 1, 1.25, 1.5, 1.75]}
+    for (E, M), want in pos.items():
+        g = F.grid_values(E, M, 2.0 ** (E - 1))
+        assert g[g > 0].tolist() == want
+    # integer codes of the three 4-bit grids (spec §9): max code 64 / 12 / 7
+    assert [F.max_code(*f) for f in FMT4] == [64, 12, 7]
+
+
+@pytest.mark.parametrize("fmt", FMT4)
+def test_idempotent_odd_monotone(fmt):
+    x = torch.randn(20000, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    b = torch.tensor(0.731, dtype=torch.float64)
+    q = F.fp_quant(x, *fmt, b)
+    assert torch.equal(F.fp_quant(q, *fmt, b), q)
+    assert torch.equal(F.fp_quant(-x, *fmt, b), -q)
+    xs = x.sort().values
+    assert bool((F.fp_quant(xs, *fmt, b).diff() >= 0).all())
+
+
+@pytest.mark.parametrize("fmt", FMT4)
+def test_scale_equivariance(fmt):
+    x = torch.randn(5000, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    b = torch.tensor(1.328125, dtype=torch.float64)  # b + k stays exact in float64
+    for k in (-2, 1, 3):  # integer shifts: bit-exact
+        assert torch.equal(F.fp_quant(x, *fmt, b + k), 2.0 ** -k * F.fp_quant(2.0 ** k * x, *fmt, b))
+    k = 0.4142  # real shifts: exact up to rounding of 2^k
+    assert torch.allclose(F.fp_quant(x, *fmt, b + k), 2 ** -k * F.fp_quant(2 ** k * x, *fmt, b), rtol=1e-12, atol=0)
+
+
+def test_e1m2_is_symmetric_int4_without_minus_8():
+    b = torch.tensor(0.25, dtype=torch.float64)
+    u = 2.0 ** (1 - 2 - 0.25)
+    x = torch.linspace(-10, 10, 4001, dtype=torch.float64) * u
+    assert torch.allclose(F.fp_quant(x, 1, 2, b), torch.clamp(torch.round(x / u), -7, 7) * u, rtol=0, atol=1e-15)
+
+
+def test_preshift_reparameterization_is_exact_in_float64():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, 16, dtype=torch.float64, generator=g) * torch.logspace(-2, 1, 16, dtype=torch.float64)
+    w = F.fp_quant(torch.randn(8, 16, dtype=torch.float64, generator=g), 2, 1, torch.tensor(2.3, dtype=torch.float64))
+    E, M = 2, 1
+    bt = F.bias_from_max(x.abs().amax(0), E, M)
+    rho = bt.min() - 0.2
+    k = torch.clamp(torch.round(bt) - torch.round(rho), 0, 2 ** E - 1)
+    assert (k > 0).any()
+    per_channel = F.fp_quant(x, E, M, rho + k) @ w.T
+    pre_shifted = F.fp_quant(x * 2.0 ** k, E, M, rho) @ (w * 2.0 ** -k).T
+    assert torch.equal(per_channel, pre_shifted)
+
+
+# ---------------------------------------------------------------- search + model (spec §7.5-7.8)
+def test_search_never_worse_than_minmax_and_fpq_ordering():
+    m = _tiny_llama()
+    ids = _data(2, seed=9).tensors[0]
+    kl = {}
+    for v in ("minmax", "fpq_baseline", "fpq"):
+        q, rep = _quantize(m, variant=v)
+        layers = {n: i for n, i in rep.extra["layers"].items() if "mse_minmax" in i}
+        assert len(layers) == 14
+        assert all(i["mse"] <= i["mse_minmax"] * (1 + 1e-6) for i in layers.values())
+        if v != "minmax":
+            assert sum(i["mse"] < 0.9 * i["mse_minmax"] for i in layers.values()) >= 10
+        kl[v] = _kl(m, q, ids)
+    assert kl["fpq"] < kl["minmax"] and kl["fpq_baseline"] < kl["minmax"]
+    assert rep.extra["export_precision"] == "int"
+
+
+def test_outlier_channels_fpq_shifts_recover():
+    m = _tiny_llama(outliers=True)
+    ids = _data(2, seed=9).tensors[0]
+    qb, _ = _quantize(m, variant="fpq_baseline")
+    qf, rep = _quantize(m, variant="fpq")
+    kb, kf = _kl(m, qb, ids), _kl(m, qf, ids)
+    assert kf < 0.5 * kb
+    info = rep.extra["layers"]["model.layers.0.self_attn.q_proj"]
+    assert info["a_shift_max"] > 0 and info["a_shifted_frac"] > 0.5  # non-outlier channels are shifted
+
+
+def test_deterministic_and_codes_dequantize_exactly():
+    m = _tiny_llama()
+    q1, r1 = _quantize(m)
+    q2, r2 = _quantize(m)
+    assert r1.extra["layers"] == r2.extra["layers"]
+    c1, c2 = get_codes(q1), get_codes(q2)
+    assert c1.keys() == c2.keys() and len(c1) == 15  # 14 linears + the embedding (lm_head skipped)
+    sd = q1.state_dict()
+    for n, c in c1.items():
+        assert torch.equal(c.codes, c2[n].codes) and torch.equal(c.scale, c2[n].scale)
+        assert torch.equal(sd[n], c.dequantize()), n
+        assert c.scale.shape == (sd[n].shape[0],)  # per output channel / per row
+    for (n, a), (_, b) in zip(q1.named_buffers(), q2.named_buffers()):
+        assert torch.equal(a, b), n
+    e2m1 = [c for n, c in c1.items() if r1.extra["layers"][n[: -len(".weight")]]["w_format"] == "E2M1"]
+    assert e2m1 and all(set(c.codes.abs().unique().tolist()) <= {0, 1, 2, 3, 4, 6, 8, 12} for c in e2m1)
+
+
+def test_weight_format_follows_distribution():
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(256, 64, generator=g)
+    opts = S.SearchOpts(a_bits=None)
+    wu, _ = S.search_layer(torch.rand(32, 64, generator=g) * 2 - 1, x, x.abs().amax(0), opts)
+    wt, _ = S.search_layer(torch.distributions.StudentT(2.0).sample((32, 64)), x, x.abs().amax(0), opts)
+    assert wu.fmt == (1, 2) and wt.fmt in ((2, 1), (3, 0))
+
+
+@pytest.mark.parametrize("a_bits", [None, 4])
+def test_tiny_llama_exports_to_onnx_matching_torch(tmp_path, a_bits):
+    from edgekit.export.onnx import to_onnx
+    from edgekit.export.validate import validate
+    from edgekit.hf import LogitsOnly
+    from edgekit.model_io import InputSpec
+
+    q, rep = _quantize(_tiny_llama(), a_bits=a_bits, w_formats=["E1M2"] if a_bits is None else None)
+    wrapped = LogitsOnly(q).eval()
+    specs = [InputSpec("input_ids", [1, 32], "int64", high=256)]
+    ids = _data(1).tensors[0]
+    qdq = to_onnx(wrapped, (ids,), specs, tmp_path / "m.onnx", get_codes(q))
+    assert qdq["integer_weights"] == 15 and qdq["unmatched"] == []
+    # E1M2-only weights store as int4 (8x smaller than fp32), mixed formats as int8 (4x)
+    assert qdq["weight_bytes_float"] / qdq["weight_bytes_stored"] == pytest.approx(8.0 if a_bits is None else 4.0, rel=0.2)
+    val = validate(wrapped, specs, tmp_path / "m.onnx", "onnxruntime", rep.extra["export_precision"])
+    assert val["outputs"]["linear_14"]["rel_l2"] < 1e-4 if a_bits is None else val["outputs"]
+
+
+def test_plain_linear_model_with_tensor_data_and_minmax_int():
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    data = DataSource(tensors=[torch.randn(64, 16)])
+    q, rep = llm_fp4.apply(copy.deepcopy(m), llm_fp4.Config(variant="minmax_int", progress=False), data)
+    assert isinstance(q[0], llm_fp4.FPQLinear) and rep.extra["formats"] == {"w:INT4": 2, "a:INT4": 2}
+    assert rep.bits_per_weight < 8  # INT4 codes store as int4
+    q, rep = llm_fp4.apply(copy.deepcopy(m), llm_fp4.Config(w_bits=8, a_bits=8, progress=False), data)
+    x = torch.randn(8, 16)
+    assert torch.allclose(q(x), m(x), rtol=0.05, atol=0.02)
+
+
+def test_text_data_without_tokenizer_is_a_config_error():
+    with pytest.raises(ConfigError, match="tokenizer"):
+        llm_fp4.apply(nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 8)), llm_fp4.Config(progress=False),
+                      DataSource(texts=["hello world"]))
+    with pytest.raises(ConfigError, match="calibration data"):
+        llm_fp4.apply(nn.Linear(4, 4), llm_fp4.Config(progress=False), None)
