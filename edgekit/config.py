@@ -52,7 +52,7 @@ class Recipe(BaseModel, extra="forbid"):
     out: str = Field("out/recipe", description="artifact folder")
 
 
-def load_yaml_model(path: Path, model: type[M]) -> M:
+def load_yaml_model(path: Path, model: type[M], missing_hint: str = "add it") -> M:
     """Parse + validate a YAML file; every error becomes one line 'file:line: field: problem; fix'."""
     path = Path(path)
     if not path.is_file():
@@ -78,7 +78,7 @@ def load_yaml_model(path: Path, model: type[M]) -> M:
         if err["type"] == "extra_forbidden":
             msg = f"unknown field '{field}'; known fields here: {', '.join(known_fields(model, loc[:-1]))}"
         elif err["type"] == "missing":
-            msg = f"missing field '{field}'; add it"
+            msg = f"missing field '{field}'; {missing_hint}"
         else:
             msg = f"field '{field}': {err['msg']}"
         raise ConfigError(f"{path}:{line}: {msg}") from None

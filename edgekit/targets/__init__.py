@@ -10,10 +10,9 @@ import difflib
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..errors import ConfigError
 
@@ -122,62 +121,11 @@ def host_target() -> TargetProfile:
 
 
 def _load_file(path: Path) -> TargetProfile:
-    """Parse + validate one YAML file, turning every error into 'file:line: field: problem; fix'."""
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text)
-        root = yaml.compose(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark else "?"
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}:{line}: malformed YAML ({problem}); fix the syntax at that line") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}:1: a target profile must be a YAML mapping of fields (name, runtime, ...)")
-    try:
-        return TargetProfile(**data)
-    except ValidationError as e:
-        # a misspelt key shows up as both "extra" and "missing": report the misspelling, it is the cause
-        err = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]
-        loc = list(err["loc"])
-        field = ".".join(str(x) for x in loc) or "(profile)"
-        line = _line_of(root, loc)
-        if err["type"] == "extra_forbidden":
-            known = _known_fields(loc[:-1])
-            msg = f"unknown field '{field}'; known fields here: {', '.join(known)}"
-        elif err["type"] == "missing":
-            msg = f"missing field '{field}'; add it (see a bundled profile, e.g. `edgekit targets show {DEFAULT_HOST}`)"
-        else:
-            msg = f"field '{field}': {err['msg']}"
-        raise ConfigError(f"{path}:{line}: {msg}") from None
+    """Parse + validate one YAML file; every error becomes 'file:line: field: problem; fix' (edgekit.config)."""
+    from ..config import load_yaml_model
 
-
-def _line_of(node: Any, loc: list[Any]) -> int:
-    """1-based line of the deepest YAML key/item along a pydantic error location."""
-    line = node.start_mark.line + 1 if node is not None else 1
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            hit = next(((k, v) for k, v in node.value if k.value == str(key)), None)
-            if hit is None:
-                break
-            line, node = hit[0].start_mark.line + 1, hit[1]
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
-        else:
-            break
-    return line
-
-
-def _known_fields(loc: list[Any]) -> list[str]:
-    """Field names of the model at a nested location, for 'unknown field' hints."""
-    model: type[BaseModel] = TargetProfile
-    for key in loc:
-        ann = model.model_fields.get(str(key))
-        if ann is None or not (isinstance(ann.annotation, type) and issubclass(ann.annotation, BaseModel)):
-            break
-        model = ann.annotation
-    return list(model.model_fields)
+    return load_yaml_model(path, TargetProfile,
+                           missing_hint=f"see a bundled profile, e.g. `edgekit targets show {DEFAULT_HOST}`")
 
 
 __all__ = ["Hardware", "MeasureProtocol", "TargetProfile", "host_target", "list_targets", "load_target",
