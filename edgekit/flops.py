@@ -1,4 +1,4 @@
-"""Parameter and MAC counts of a torch module from its real shapes (forward hooks on Conv/Linear)."""
+"""Parameter and MAC counts of a torch module from its real shapes."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -13,28 +13,13 @@ def count_params(model: nn.Module) -> int:
 
 
 def count_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> int:
-    """Multiply-accumulates of Conv/Linear layers for one forward pass on `example_inputs`."""
-    total = [0]
+    """Multiply-accumulates of one forward pass on `example_inputs`, from the real shapes.
 
-    def conv_hook(m: nn.Conv2d | nn.Conv1d, _inp, out):
-        k = 1
-        for s in m.kernel_size:
-            k *= s
-        total[0] += out.numel() * (m.in_channels // m.groups) * k
+    Uses torch's FlopCounterMode, which sees the aten ops (convolution, mm/addmm/bmm, attention) whatever
+    module produced them, so torch.export programs (no nn.Conv2d left) and attention matmuls count too.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def linear_hook(m: nn.Linear, _inp, out):
-        total[0] += out.numel() * m.in_features
-
-    hooks = []
-    for mod in model.modules():
-        if isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            hooks.append(mod.register_forward_hook(conv_hook))
-        elif isinstance(mod, nn.Linear):
-            hooks.append(mod.register_forward_hook(linear_hook))
-    try:
-        with torch.no_grad():
-            model(*example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    return total[0]
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(*example_inputs)
+    return int(fc.get_total_flops() // 2)

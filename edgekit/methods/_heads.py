@@ -230,7 +230,7 @@ def _empty_ffn(arch: Arch, l: int) -> bool:
 
 def slim(arch: Arch, head_keep: list[torch.Tensor], neuron_keep: list[torch.Tensor]) -> dict[str, list[int]]:
     """Remove masked units physically (smaller matrices; empty sublayers become bias-only); returns kept counts."""
-    dh, r = arch.head_dim, arch.q_per_unit
+    dh, _r = arch.head_dim, arch.q_per_unit
     for l, layer in enumerate(arch.layers):
         units = torch.nonzero(head_keep[l]).flatten()
         if len(units) == 0:

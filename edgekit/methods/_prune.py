@@ -233,10 +233,10 @@ def act_value(act: str, x: torch.Tensor) -> torch.Tensor:
 
 
 def n_keep(n: int, ratio: float, round_to: int = 1) -> int:
-    """round((1-r)N) (half up), then to the nearest multiple of `round_to`, within [min(round_to, N), N]."""
+    """round((1-r)N) (half up), then *up* to a multiple of `round_to` (never prunes more than asked), at most N."""
     k = math.floor((1.0 - ratio) * n + 0.5)
     if round_to > 1:
-        k = round_to * math.floor(k / round_to + 0.5)
+        k = round_to * math.ceil(k / round_to)
     return max(min(round_to, n), 1, min(k, n))
 
 

@@ -55,10 +55,13 @@ class Config(BaseModel, extra="forbid"):
     rounds: int = Field(2, ge=1, le=10, description="alternating W/A search rounds (code: 3)")
     alpha_min: float = Field(0.3, gt=0.0, lt=1.0, description="smallest clip ratio of the max grid")
     gamma: tuple[float, float] = Field((0.01, 1.2), description="bias-grid range (g1, g2) of the code")
+    shift_round: Literal["floor", "code"] = Field(
+        "floor", description="FPQ shift k_j: floor(b~_j - rho) (never over-clips) or the code's round(b~_j)-round(rho)")
     w_formats: list[str] | None = Field(None, description="restrict weight formats, e.g. ['E1M2'] (int4 storage)")
     a_formats: list[str] | None = Field(None, description="restrict activation formats, e.g. ['E2M1']")
     seq_len: int = Field(256, ge=8, description="tokens per calibration window (text data)")
-    n_seqs: int = Field(8, ge=1, description="calibration windows / tensor samples (ranges use all their tokens)")
+    n_seqs: int = Field(8, ge=1, description="calibration windows (text), rows of token-id arrays, or n_seqs*seq_len "
+                                               "rows of float arrays; ranges use all their tokens")
     search_tokens: int = Field(256, ge=16, description="tokens per layer used in the MSE objective (seeded subset)")
     seed: int = Field(0, description="seed of window offsets and the token subset")
     tokenizer: str | None = Field(None, description="tokenizer folder for .txt data (default: the HF model's)")
@@ -146,10 +149,11 @@ def calibration_calls(model: nn.Module, cfg: Config, data: Any) -> list[tuple[tu
             list(range(0, hi, max(1, L)))[: cfg.n_seqs]
         return [_call_kwargs(model, ids[s:s + L].unsqueeze(0)) for s in starts]
     calls = []
-    for batch in data.batches(batch_size=1, limit=cfg.n_seqs):
-        if batch[0].dtype in (torch.int64, torch.int32) and batch[0].dim() <= 2:
+    if data.tensors[0].dtype in (torch.int64, torch.int32):  # token ids: one row = one sequence
+        for batch in data.batches(batch_size=1, limit=cfg.n_seqs):
             calls.append(_call_kwargs(model, batch[0].reshape(1, -1).long()))
-        else:
+    else:  # float rows count as tokens: the same token budget as text, in batches of seq_len rows
+        for batch in data.batches(batch_size=cfg.seq_len, limit=cfg.n_seqs * cfg.seq_len):
             calls.append((tuple(b.float() if b.is_floating_point() else b for b in batch), {}))
     return calls
 
@@ -208,7 +212,7 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
         raise ConfigError(f"llm_fp4: a_bits={a_bits} is not supported; use 4..8, or 16/None for weight-only")
     e_bits = cfg.w_bits if cfg.e_bits is None else (None if cfg.e_bits == 16 else cfg.e_bits)
     opts = S.SearchOpts(cfg.variant, cfg.w_bits, a_bits, cfg.grid, cfg.n_candidates, cfg.rounds, tuple(cfg.gamma),
-                        cfg.alpha_min, _fmts(cfg.w_formats), _fmts(cfg.a_formats))
+                        cfg.alpha_min, _fmts(cfg.w_formats), _fmts(cfg.a_formats), cfg.shift_round)
     rep = MethodReport("llm_fp4", params_before=count_params(model))
     skip = lambda n: any(re.search(p, n) for p in cfg.skip)  # noqa: E731
     embs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Embedding)}

@@ -12,7 +12,8 @@ Decisions where the paper/spec leaves room, and why:
   principle, but the BN fold needs the graph to know which BN follows which conv, so we do not guess.
 - All pruning runs first (forward order), then all quantization. This equals the spec's per-layer interleaving:
   ŝ uses FP weights only and s̃ of a layer only sees its own (already compensated and sliced) weights.
-- Kept count: round((1-r)N) rounding half up (not NM's int()), then to the nearest multiple of `round_to`.
+- Kept count: round((1-r)N) rounding half up (not NM's int()), then up to a multiple of `round_to`
+  (rounding up never prunes more than asked: with 'nearest', a 16-channel layer at r=0.3 lost half its channels).
 - γ≈0 channels (|γ| <= 1e-8 max|γ|) output the constant act(β): they are pruned first and their constant is
   folded into the consumer bias (zero-padding border effects ignored, as the spec says); they are never solved.
 - ŝ: the Eq. 20 closed form with ridge λ = eps_ridge·tr(QᵀQ)/|𝒦|, solved in float64 for all pruned channels at
@@ -65,7 +66,7 @@ class Config(BaseModel, extra="forbid"):
     rescale_quantized: bool = Field(True, description="keep quantized weights at scale M (else s̃ absorbs M)")
     nonneg: bool = Field(False, description="constrain merge coefficients ŝ >= 0 (NNLS) instead of the closed form")
     eps_ridge: float = Field(1e-6, ge=0.0, description="ridge λ = eps_ridge·tr(QᵀQ)/|kept| against rank deficiency")
-    round_to: int = Field(1, ge=1, description="round kept-channel counts to a multiple of this (8/16 help runtimes)")
+    round_to: int = Field(1, ge=1, description="round kept-channel counts up to a multiple of this (8/16 help runtimes)")
     skip: list[str] = Field(default_factory=list, description="regexes of module names to leave unpruned and in float")
     per_channel: bool = Field(False, description="per-output-channel max M instead of the paper's per-tensor M")
     compensation: Literal["udfc", "nm", "none"] = Field(
@@ -158,22 +159,26 @@ def quant_loss(s, R, Rt, K, alpha2: float) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- the method
-def _example_inputs(model: nn.Module, gm, cfg: Config, example_inputs) -> tuple[torch.Tensor, ...]:
+def _shapes_for_input(model: nn.Module, gm, cfg: Config, example_inputs) -> tuple[torch.Tensor, ...]:
+    """Pick the example input (argument > input_shape > derived) and record node shapes with it."""
     if example_inputs is not None:
-        return tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
+        ex = tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
+        P.propagate_shapes(gm, ex)
+        return ex
     gen = torch.Generator().manual_seed(0)
     if cfg.input_shape:
-        return (torch.randn(*cfg.input_shape, generator=gen),)
+        ex = (torch.randn(*cfg.input_shape, generator=gen),)
+        P.propagate_shapes(gm, ex)
+        return ex
     conv = P.first_conv(model, gm)
     if conv is None:
         raise UnsupportedModelError("udfc needs a CNN: no Conv layer was found in the traced graph")
     for size in (224, 64, 32):
-        x = torch.randn(1, conv.in_channels, *[size] * len(conv.kernel_size), generator=gen)
+        ex = (torch.randn(1, conv.in_channels, *[size] * len(conv.kernel_size), generator=gen),)
         try:
-            with torch.no_grad():
-                model(x)
-            return (x,)
-        except Exception:  # noqa: BLE001 - try the next size
+            P.propagate_shapes(gm, ex)
+            return ex
+        except Exception:  # noqa: BLE001 - the model rejects this size; try the next one
             continue
     raise UnsupportedModelError("could not infer an input shape; pass --set input_shape=[1,C,H,W]")
 
@@ -227,8 +232,7 @@ def apply(model: nn.Module, cfg: Config, data=None, example_inputs: Sequence[tor
     t0 = time.perf_counter()
     model.eval()
     gm = P.trace(model)  # raises UnsupportedModelError before any change
-    ex = _example_inputs(model, gm, cfg, example_inputs)
-    P.propagate_shapes(gm, ex)
+    ex = _shapes_for_input(model, gm, cfg, example_inputs)
     chains = P.find_chains(model, gm)
     rep = MethodReport("udfc", params_before=count_params(model), macs_before=count_macs(model, ex))
     clear_codes(model)

@@ -245,10 +245,10 @@ def test_structure_counts_and_scope():
 
 
 def test_round_to_and_skip():
-    m2, rep = udfc.apply(randomize_bn(TinyResNet()), cfg(ratio=0.3, bits=6, round_to=8, skip=["^pw$"]), data=None)
+    m2, rep = udfc.apply(randomize_bn(TinyResNet()), cfg(ratio=0.5, bits=6, round_to=8, skip=["^pw$"]), data=None)
     assert rep.extra["pruned"] == {"blocks.0.conv1": [16, 8], "blocks.1.conv1": [16, 8]}
     assert "skip pattern" in rep.layers_skipped["pw"] and "pw" not in rep.extra["quantized"]
-    assert P.n_keep(1280, 0.3, 8) == 896 and P.n_keep(24, 0.3, 8) == 16 and P.n_keep(6, 0.9, 8) == 6
+    assert P.n_keep(1280, 0.3, 8) == 896 and P.n_keep(24, 0.5, 8) == 16 and P.n_keep(24, 0.3, 8) == 24 and P.n_keep(6, 0.9, 8) == 6
 
 
 def test_config_and_registry():
@@ -332,14 +332,14 @@ def test_statistical_udfc_beats_nm_beats_drop():
 def test_onnx_export_runs_in_onnxruntime(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
-    m2, rep = udfc.apply(randomize_bn(TinyResNet()), cfg(ratio=0.3, bits=6, round_to=8), data=None)
+    m2, rep = udfc.apply(randomize_bn(TinyResNet()), cfg(ratio=0.5, bits=6, round_to=8), data=None)
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         y = m2(x).numpy()
     path = tmp_path / "udfc.onnx"
     torch.onnx.export(m2, (x,), dynamo=True).save(str(path))
     shapes = {tuple(i.dims) for i in onnx.load(str(path)).graph.initializer}
-    assert (8, 16, 3, 3) in shapes and (10, 16) in shapes  # conv1 16->8, pw 24->16 (round_to=8)
+    assert (8, 16, 3, 3) in shapes and (10, 16) in shapes  # conv1 16->8, pw 24->12->16 (round_to=8)
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     assert abs(out - y).max() < 1e-4 * max(1.0, abs(y).max())

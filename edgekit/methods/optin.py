@@ -1,0 +1,255 @@
+"""OPTIN (Khaki & Plataniotis, ICLR 2024): one-shot pruning of attention heads and FFN neurons under a FLOPs budget.
+
+Spec: shared/methods/optin.md. No retraining, forward passes only:
+1. Importance of every unit (head / kv group, FFN neuron) = the *trajectory* of its removal: manifold distillation
+   (Gram matrices of K=768 sampled, L2-normalised tokens) at the FFN down-projection output of every later layer
+   (and its own layer on the last one) + KD on the outputs, KL(teacher‖student)·T² with T=4 (`_optin_score.py`).
+   KD targets: task logits (BERT *ForSequenceClassification), next-token logits (Llama causal LM, all tokens), and
+   for an encoder without a task head (e.g. MiniLM) the unit-length mean-pooled output embedding taken as a logit
+   vector: KL of its softmax is, to second order, the change of the embedding's direction (what cosine users see).
+2. KD balance `adaptive_pow10` (reference code, default): per unit, KD is scaled by the power of ten that brings it
+   to ~MD/lambda_c when MD > KD, else by the mean of the scales so far (heads and neurons keep separate lists,
+   visited in layer-then-index order); `fixed`: I = MD + kd_weight·KD. The code-only multipliers (default on)
+   multiply heads by 0.5·geomspace(10→1 over head index), neurons by geomspace(100→1 over neuron index) and the
+   last layer by 0.5.
+3. Global search (`_heads.search`): heads and neurons of all layers ranked globally, the split maximising the
+   kept score under cap = flops_keep·BaseMAC (MAC model of spec §3 at s = mean calibration length, or mac_seq_len).
+4. Physical slimming (`_heads.slim`): smaller q/k/v/o and FFN matrices, so the exported graph really shrinks.
+GQA (Llama): the attention unit is a whole key/value group (its query heads + k/v head), see `_heads`.
+Calibration data: a text file, tokenised with `tokenizer` (a local HF folder) or the tokenizer saved next to the
+HF model (config._name_or_path); encoders take one text per sequence (cut at max_len, padded to the longest),
+decoders take packed max_len-token windows; `samples` sequences drawn with `seed`. Token-id arrays (.npy: ids,
+optional mask) also work. Rankings are cached under $EDGEKIT_CACHE/optin (default ~/.cache/edgekit), keyed by the
+sha256 of the model state dict, of the calibration tokens and of the scoring options.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel, Field
+from torch import nn
+
+from ..errors import ConfigError, UnsupportedModelError
+from ..flops import count_params
+from . import _heads as H
+from ._optin_score import Scorer, ScoreOptions
+from ._report import MethodReport
+
+NEEDS: Literal["none", "calibration", "training"] = "calibration"
+SUMMARY = "OPTIN: one-shot head/FFN-neuron pruning of HF transformers under a FLOPs budget (trajectory importance)"
+VERSION = 1  # bump when raw scores change meaning (invalidates the cache)
+
+
+class Config(BaseModel, extra="forbid"):
+    """Options of OPTIN; the defaults reproduce the reference code (MNLI config) except the calibration size."""
+
+    flops_keep: float = Field(0.6, gt=0.0, le=1.0, description="fraction of the prunable MACs to keep (C)")
+    samples: int = Field(16, ge=1, description="calibration sequences (the paper uses 128; scoring cost is linear)")
+    max_len: int = Field(128, ge=4, description="tokens per sequence (encoders: cut; decoders: window length)")
+    mac_seq_len: float | None = Field(None, gt=0, description="s of the MAC model (default: mean calibration length)")
+    tokenizer: str | None = Field(None, description="local tokenizer folder for text data (default: the model's)")
+    importance: Literal["trajectory", "magnitude"] = Field("trajectory", description="OPTIN score, or weight-norm "
+                                                           "baseline (L2 norm of the unit's weights)")
+    kd_balance: Literal["adaptive_pow10", "fixed"] = Field("adaptive_pow10", description="how KD is weighted vs MD")
+    lambda_c: float = Field(10.0, gt=0, description="adaptive_pow10: KD is brought to about MD / lambda_c")
+    kd_weight: float = Field(1.0, ge=0, description="fixed: importance = MD + kd_weight * KD")
+    code_multipliers: bool = Field(True, description="reference-code multipliers (index envelopes, decays)")
+    head_decay: float = Field(0.5, gt=0, description="multiplier of every head score")
+    neuron_decay: float = Field(1.0, gt=0, description="multiplier of every neuron score")
+    fin_decay: float = Field(0.5, gt=0, description="multiplier of last-layer scores")
+    head_envelope: float = Field(10.0, ge=1, description="head h gets geomspace(1, this, H) reversed [h]")
+    neuron_envelope: float = Field(100.0, ge=1, description="neuron n gets geomspace(1, this, D_ff) reversed [n]")
+    temperature: float = Field(4.0, gt=0, description="KD temperature T (loss scaled by T², logits not divided)")
+    md_tokens: int = Field(768, ge=2, description="tokens sampled for the Gram matrices (K)")
+    md_valid_only: bool = Field(True, description="sample MD tokens among non-padding tokens only")
+    final_layer_md: bool = Field(True, description="last-layer units also compare their own layer's output")
+    unit_batch: int = Field(32, ge=1, description="masked copies per forward pass (memory vs speed)")
+    seed: int = Field(0, description="seed of the calibration draw and of the MD token sample")
+    device: str = Field("cpu", description="torch device for scoring ('cuda' when available)")
+    cache: bool = Field(True, description="reuse cached rankings")
+    progress: bool = Field(True, description="show a progress bar while scoring")
+
+
+def calibration(model: nn.Module, arch: H.Arch, data: Any, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of the calibration batch, from texts (tokenised) or token-id arrays."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    if data is None or not (getattr(data, "texts", None) or getattr(data, "tensors", None)):
+        raise ConfigError("optin needs calibration data; pass --data FILE (.txt text, or .npy token ids)")
+    if not data.texts:
+        ids = data.tensors[0]
+        if ids.is_floating_point() or ids.dim() != 2:
+            raise ConfigError("optin: array data must be (N, T) integer token ids (optionally a second mask array)")
+        mask = data.tensors[1] if len(data.tensors) > 1 else torch.ones_like(ids)
+        pick = torch.randperm(len(ids), generator=g)[:cfg.samples]
+        return ids[pick].long(), mask[pick].long()
+    from ._structured_train import find_tokenizer
+
+    tok = find_tokenizer(model, cfg.tokenizer)
+    texts = list(data.texts)
+    if arch.family == "bert":
+        pick = torch.randperm(len(texts), generator=g)[:cfg.samples].tolist()
+        enc = tok([texts[i] for i in pick], truncation=True, max_length=cfg.max_len, padding=True,
+                  return_tensors="pt")
+        return enc["input_ids"].long(), enc["attention_mask"].long()
+    sep = [tok.eos_token_id] if tok.eos_token_id is not None else []
+    flat: list[int] = []
+    for t in texts:
+        flat += tok(t, add_special_tokens=False)["input_ids"] + sep
+    n = len(flat) // cfg.max_len
+    if n == 0:
+        raise ConfigError(f"optin: the text has {len(flat)} tokens, fewer than max_len={cfg.max_len}; "
+                          "add text or lower max_len")
+    win = torch.tensor(flat[:n * cfg.max_len]).view(n, cfg.max_len)
+    win = win[torch.randperm(n, generator=g)[:cfg.samples]]
+    return win.long(), torch.ones_like(win)
+
+
+def _sha(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.numpy().tobytes() if isinstance(p, torch.Tensor) else json.dumps(p, sort_keys=True).encode())
+    return h.hexdigest()[:24]
+
+
+def cache_key(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, cfg: Config) -> str:
+    """Key of the raw scores: model weights, calibration tokens, options that change raw scores, version."""
+    from ..models.real import state_dict_sha256
+
+    opts = cfg.model_dump(include={"importance", "temperature", "md_tokens", "md_valid_only", "final_layer_md",
+                                   "seed"})
+    return _sha(state_dict_sha256(model), ids.contiguous(), mask.contiguous(), opts, VERSION)
+
+
+def magnitude_raw(arch: H.Arch) -> dict[str, list[torch.Tensor]]:
+    """Baseline scores: L2 norm of each unit's weights (q/k/v rows + o columns; FFN rows + down column)."""
+    out: dict[str, list[torch.Tensor]] = {"head_md": [], "neuron_md": []}
+    cols = arch.head_dim * arch.q_per_unit
+    for l in range(len(arch.layers)):
+        u = arch.units(l)
+        q = arch.q(l).weight.view(u, -1).pow(2).sum(1) + arch.o(l).weight.t().reshape(u, -1).pow(2).sum(1)
+        q = q + sum(m.weight.view(u, -1).pow(2).sum(1) for m in arch.kv(l))
+        assert arch.o(l).weight.shape[1] == u * cols
+        out["head_md"].append(q.sqrt().double())
+        n = arch.down(l).weight.pow(2).sum(0) + sum(m.weight.pow(2).sum(1) for m in arch.ups(l))
+        out["neuron_md"].append(n.sqrt().double())
+    out["head_kd"] = [torch.zeros_like(t) for t in out["head_md"]]
+    out["neuron_kd"] = [torch.zeros_like(t) for t in out["neuron_md"]]
+    return out
+
+
+def raw_scores(model: nn.Module, arch: H.Arch, ids: torch.Tensor, mask: torch.Tensor,
+               cfg: Config) -> tuple[dict[str, list[torch.Tensor]], bool]:
+    """Raw per-unit (MD, KD) from the cache or by scoring; returns (scores, cache_hit)."""
+    if cfg.importance == "magnitude":
+        return magnitude_raw(arch), False
+    from ..models.real import cache_dir
+
+    path = cache_dir() / "optin" / f"{cache_key(model, ids, mask, cfg)}.npz"
+    if cfg.cache and path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            L = len(arch.layers)
+            return {k: [torch.from_numpy(z[f"{k}_{l}"]) for l in range(L)]
+                    for k in ("head_md", "head_kd", "neuron_md", "neuron_kd")}, True
+    dev = torch.device(cfg.device)
+    model.to(dev)
+    try:
+        opts = ScoreOptions(cfg.temperature, cfg.md_tokens, cfg.md_valid_only, cfg.final_layer_md, cfg.unit_batch,
+                            cfg.seed)
+        with torch.no_grad():
+            scorer = Scorer(arch, ids.to(dev), mask.to(dev), opts)
+            total = sum(arch.units(l) + arch.neurons(l) for l in range(len(arch.layers)))
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            with Progress(TextColumn("optin scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                          transient=True, disable=not cfg.progress) as bar:
+                task = bar.add_task("units", total=total)
+                raw = scorer.run(lambda k: bar.advance(task, k))
+    finally:
+        model.to("cpu")
+    if cfg.cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **{f"{k}_{l}": v[l].numpy() for k, v in raw.items() for l in range(len(v))})
+        tmp.replace(path)
+    return raw, False
+
+
+def balance(md: torch.Tensor, kd: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """MD + weighted KD per unit, in the given (layer-then-index) order."""
+    if cfg.kd_balance == "fixed":
+        return md + cfg.kd_weight * kd
+    scales: list[float] = []
+    out = torch.empty_like(md)
+    for i, (m, k) in enumerate(zip(md.tolist(), kd.tolist())):
+        if m > k and k > 0:
+            s = 10.0 ** math.trunc(math.log10(m / k) - math.log10(cfg.lambda_c))
+            scales.append(s)
+        else:
+            s = sum(scales) / len(scales) if scales else 1.0
+        out[i] = m + k * s
+    return out
+
+
+def importance(raw: dict[str, list[torch.Tensor]], cfg: Config) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Final per-layer head and neuron scores (balance, then the reference-code multipliers)."""
+    L = len(raw["head_md"])
+    out = []
+    for kind, decay, env in (("head", cfg.head_decay, cfg.head_envelope),
+                             ("neuron", cfg.neuron_decay, cfg.neuron_envelope)):
+        sizes = [len(t) for t in raw[f"{kind}_md"]]
+        flat = balance(torch.cat(raw[f"{kind}_md"]), torch.cat(raw[f"{kind}_kd"]), cfg)
+        per = list(torch.split(flat, sizes))
+        if cfg.code_multipliers and cfg.importance == "trajectory":
+            for l in range(L):
+                n = sizes[l]
+                if n:
+                    per[l] = per[l] * decay * torch.from_numpy(np.geomspace(1, env, n)[::-1].copy())
+                if l == L - 1:
+                    per[l] = per[l] * cfg.fin_decay
+        out.append(per)
+    return out[0], out[1]
+
+
+def apply(model: nn.Module, cfg: Config, data: Any = None) -> tuple[nn.Module, MethodReport]:
+    """Score (or load cached scores), search the masks under the FLOPs budget and slim the model in place."""
+    t0 = time.perf_counter()
+    arch = H.find_arch(model)
+    if arch is None:
+        raise UnsupportedModelError("optin needs a Hugging Face BERT-style encoder or Llama-style decoder; "
+                                    f"none found in {type(model).__name__}")
+    if any(arch.units(l) == 0 or arch.neurons(l) == 0 for l in range(len(arch.layers))):
+        raise UnsupportedModelError("optin: this model already has emptied layers; prune the original model")
+    model.eval()
+    rep = MethodReport("optin", params_before=count_params(model))
+    ids, mask = calibration(model, arch, data, cfg)
+    s = cfg.mac_seq_len or float(mask.sum(1).float().mean())
+    mh, mn = H.mac_unit(arch, s)
+    base = H.macs(arch, s)
+    ts = time.perf_counter()
+    raw, hit = raw_scores(model, arch, ids, mask, cfg)
+    t_score = time.perf_counter() - ts
+    hsc, nsc = importance(raw, cfg)
+    sizes_h, sizes_n = [len(t) for t in hsc], [len(t) for t in nsc]
+    keep_h, keep_n = H.search(torch.cat(hsc), torch.cat(nsc), mh, mn, cfg.flops_keep * base)
+    keep_h, keep_n = list(torch.split(keep_h, sizes_h)), list(torch.split(keep_n, sizes_n))
+    counts = H.slim(arch, keep_h, keep_n)
+    kept = H.macs(arch, s)
+    rep.layers_touched = [f"layer{l}" for l in range(len(arch.layers))
+                          if counts["units"][l] < sizes_h[l] or counts["neurons"][l] < sizes_n[l]]
+    rep.params_after = count_params(model)
+    rep.extra.update({
+        "flops_keep_target": cfg.flops_keep, "flops_keep_achieved": kept / base, "mac_seq_len": s,
+        "prunable_macs_before": base, "prunable_macs_after": kept,
+        "attention_unit": "kv group" if arch.q_per_unit > 1 else "head",
+        "units_per_layer": counts["units"], "neurons_per_layer": counts["neurons"],
+        "calibration_shape": list(ids.shape), "scoring_seconds": round(t_score, 2), "cache_hit": hit,
+        "export_precision": "fp32"})
+    rep.seconds = time.perf_counter() - t0
+    return model, rep
