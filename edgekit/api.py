@@ -73,8 +73,26 @@ def _output_specs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[di
             for i, o in enumerate(outs)]
 
 
+def _tflite_int_weights(model: nn.Module, specs: Sequence[InputSpec], path: Path, bits: int,
+                        precision: str, step: Step) -> tuple[Path, dict[str, Any]]:
+    """Try integer weight storage for LiteRT; keep it only if it validates, else keep the float file and say why."""
+    from .errors import ExportMismatchError
+    from .export.tflite import quantize_weights
+
+    step("tflite integer weights")
+    qpath = path.with_name("model_int.tflite")
+    try:
+        quantize_weights(path, bits, qpath)
+        validate(model, specs, qpath, "tflite", precision)
+    except (ExportMismatchError, ImportError, RuntimeError, ValueError) as e:
+        qpath.unlink(missing_ok=True)
+        return path, {"weights": "float", "reason": f"integer weights did not reproduce the model: {str(e)[:200]}"}
+    qpath.replace(path)
+    return path, {"weights": f"int{8 if bits > 4 else 4} (ai-edge-quantizer weight-only)"}
+
+
 def _export_runtime(model: nn.Module, specs: Sequence[InputSpec], root: Path, runtime: str, precision: str,
-                    step: Step, fp16: bool = False) -> dict[str, Any]:
+                    step: Step, fp16: bool = False, weight_bits: int | None = None) -> dict[str, Any]:
     """Write exports/<runtime>/ inside root from model.onnx (or the torch module for tflite) and validate it."""
     t0 = time.perf_counter()
     out_dir = root / "exports" / runtime
@@ -94,13 +112,18 @@ def _export_runtime(model: nn.Module, specs: Sequence[InputSpec], root: Path, ru
         from .export.tflite import convert as tfl
 
         path = tfl(model, example_inputs(list(specs)), out_dir)
+        if weight_bits:
+            path, note = _tflite_int_weights(model, specs, path, weight_bits, precision, step)
     else:
         raise ConfigError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
     t_export = time.perf_counter() - t0
     step(f"validate {runtime}")
     val = validate(model, specs, path, runtime, precision)
-    return {"file": str(path.relative_to(root)), "precision": precision, "validation": val,
-            "seconds": {"export": round(t_export, 3), "validate": round(time.perf_counter() - t0 - t_export, 3)}}
+    entry = {"file": str(path.relative_to(root)), "precision": precision, "validation": val,
+             "seconds": {"export": round(t_export, 3), "validate": round(time.perf_counter() - t0 - t_export, 3)}}
+    if runtime == "tflite" and weight_bits:
+        entry["weight_storage"] = note
+    return entry
 
 
 def _source_info(loaded: LoadedModel) -> dict[str, Any]:
@@ -181,16 +204,19 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
     with art.staging(out, overwrite) as root:
         on_step("export onnx")
         t0 = time.perf_counter()
-        qdq = onnx_export.to_onnx(model, inputs, specs, root / "model.onnx", get_codes(model))
+        codes = get_codes(model)
+        qdq = onnx_export.to_onnx(model, inputs, specs, root / "model.onnx", codes)
         _save_program(model, inputs, specs, root / "model.pt2")
         steps["onnx"] = time.perf_counter() - t0
         on_step("validate onnx")
         val = validate(model, specs, root / "model.onnx", "onnxruntime", precision)
-        exports = {rt: _export_runtime(model, specs, root, rt, precision, on_step) for rt in rts}
+        wbits = max((c.storage_bits() for c in codes.values()), default=None)
+        exports = {rt: _export_runtime(model, specs, root, rt, precision, on_step, weight_bits=wbits) for rt in rts}
         manifest = {"kind": "compress", "source": _source_info(loaded), "model": "model.onnx",
                     "torch_program": "model.pt2", "inputs": [s.to_dict() for s in specs],
                     "outputs": _output_specs(model, inputs), "method": entries[-1], "methods": entries,
-                    "integer_weights": qdq, "export_precision": precision, "validation": {"onnx": val},
+                    "integer_weights": qdq, "weight_bits": wbits, "export_precision": precision,
+                    "validation": {"onnx": val},
                     "exports": exports,
                     "steps": {k: round(v, 3) for k, v in steps.items()}}
         art.write_manifest(root, manifest)
@@ -232,7 +258,7 @@ def export(src: str | Path, target: str, out: Path | None = None, input_shape: s
                    "torch_program": "model.pt2", "inputs": [s.to_dict() for s in specs],
                    "outputs": _output_specs(loaded.module, inputs), "exports": {}}
         man.setdefault("exports", {})[runtime] = _export_runtime(loaded.module, specs, root, runtime, precision,
-                                                                 on_step, fp16)
+                                                                 on_step, fp16, man.get("weight_bits"))
         if profile:
             man["exports"][runtime]["target"] = profile.get("name")
         art.write_manifest(root, man)

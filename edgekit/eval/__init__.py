@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..errors import ConfigError
 
 TASKS = {
@@ -61,10 +63,10 @@ def evaluate(model_or_artifact: Any, task: str, runtime: str | None = None, limi
     mod = task_module(task)
     try:
         cfg = mod.Config(**(options or {}))
-    except Exception as e:  # pydantic ValidationError -> one line
-        msg = str(e).splitlines()
-        raise ConfigError(f"bad option for task {task}: {' '.join(msg[1:3]) if len(msg) > 2 else e}; "
-                          f"valid options: {', '.join(mod.Config.model_fields)}") from None
+    except ValidationError as e:
+        bad = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
+        raise ConfigError(f"bad option for task {task} ({bad}); valid options: "
+                          f"{', '.join(mod.Config.model_fields) or 'none'}") from None
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be at least 1 (got {limit})")
     model = resolve_model(model_or_artifact)

@@ -39,3 +39,28 @@ def convert(model: nn.Module, inputs: tuple[torch.Tensor, ...], out_dir: Path) -
     except Exception as e:
         raise UnsupportedModelError(f"litert-torch could not convert the model: {str(e).strip().splitlines()[0][:300]}") from e
     return path
+
+
+def quantize_weights(float_path: Path, bits: int, out_path: Path) -> Path:
+    """Store weights as int8 (or int4) with float activations through ai-edge-quantizer's weight-only recipe.
+
+    The quantizer picks its own per-channel symmetric scales; for weights already on such a grid (e.g. the RTN
+    baseline) that reproduces them exactly, otherwise validation catches the difference and the caller keeps
+    the float file.
+    """
+    from .._fd import captured_fds
+
+    try:
+        with warnings.catch_warnings(), captured_fds():
+            warnings.simplefilter("ignore")
+            from ai_edge_quantizer import quantizer, recipe
+    except ImportError as e:
+        raise MissingDependencyError("ai-edge-quantizer", "tflite") from e
+    rec = recipe.weight_only_wi4_afp32() if bits <= 4 else recipe.weight_only_wi8_afp32()
+    buf = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(buf), captured_fds():
+        warnings.simplefilter("ignore")
+        q = quantizer.Quantizer(str(float_path))
+        q.load_quantization_recipe(rec)
+        q.quantize().export_model(str(out_path), overwrite=True)
+    return out_path

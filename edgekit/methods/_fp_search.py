@@ -9,10 +9,11 @@ Decisions (why):
   pick the A format. The code picks both formats at the end of the round; picking right after each half-step
   is what makes the monotonicity guarantee above hold. Rounds after the first refine only the chosen formats
   (the code re-searches all of them): a third of the cost, and still monotone.
-- FPQ shifts: k_j = clip(floor(b~_j - rho), 0, 2^E-1) from the per-channel max b~_j over all calibration tokens,
-  recomputed for each rho candidate; unit u_j = u(rho)·2^-k_j (exact power-of-two shift). The official code's
-  round(b~_j) - round(rho) (shift_round="code") can shift a channel one binade too far and clip it to ~half its
-  range; floor never clips a channel beyond what rho itself clips (measured: it mattered a lot at 8 bits).
+- FPQ shifts: k_j = clip(round(b~_j) - round(rho), 0, 2^E-1) (the code) from the per-channel max b~_j over all
+  calibration tokens, recomputed for each rho candidate; unit u_j = u(rho)·2^-k_j (exact power-of-two shift).
+  The code's rounding can shift a channel one binade too far (clips it to ~half its range): good at 4 bits
+  (where clipping pays), bad at 8 bits in our toy runs. floor(b~_j - rho) never over-clips. Default "search"
+  evaluates both for every rho candidate and keeps the lower MSE (the code's rule is the starting point).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class SearchOpts:
     alpha_min: float = 0.3
     w_formats: list[F.Format] | None = None
     a_formats: list[F.Format] | None = None
-    shift_round: str = "floor"  # floor(b~_j - rho) | code: round(b~_j) - round(rho)
+    shift_round: str = "search"  # floor(b~_j - rho) | code: round(b~_j) - round(rho) | search: both, by MSE
 
 
 @dataclass
@@ -152,8 +153,10 @@ def search_layer(w: torch.Tensor, x: torch.Tensor, xmax_ch: torch.Tensor, opts: 
     ainit = {f: _init_act(f, xmax_ch, opts.variant) for f in a_fmts}
     bw = dict(bw0)
     rho = {f: ainit[f][0] for f in a_fmts}
+    modes = ["code", "floor"] if opts.shift_round == "search" else [opts.shift_round]
+    mode = {f: modes[0] for f in a_fmts}
     wf, af = wf0, af0
-    cur_act = act_quant(af, rho[af], ainit[af][1], opts.shift_round) if aq else None
+    cur_act = act_quant(af, rho[af], ainit[af][1], mode[af]) if aq else None
     cur_w = quant_weight_fp(w, wf, bw[wf]).weight()
     e0 = float(mse(apply_act(x, cur_act), cur_w).mean())
     search = opts.variant != "minmax"
@@ -181,12 +184,13 @@ def search_layer(w: torch.Tensor, x: torch.Tensor, xmax_ch: torch.Tensor, opts: 
             r0, bt = ainit[f]
             best = None
             for r in candidates(r0, opts):
-                e = float(mse(apply_act(x, act_quant(f, r, bt, opts.shift_round)), cur_w).mean())
-                if best is None or e < best[0]:
-                    best = (e, r)
-            a_err[f], rho[f] = best
+                for md in (modes if bt is not None else modes[:1]):
+                    e = float(mse(apply_act(x, act_quant(f, r, bt, md)), cur_w).mean())
+                    if best is None or e < best[0]:
+                        best = (e, r, md)
+            a_err[f], rho[f], mode[f] = best
         af = min(a_err, key=lambda f: a_err[f])
-        cur_act = act_quant(af, rho[af], ainit[af][1], opts.shift_round)
+        cur_act = act_quant(af, rho[af], ainit[af][1], mode[af])
     wq = quant_weight_fp(w, wf, bw[wf])
     e = float(mse(apply_act(x, cur_act), wq.weight()).mean())
     wq.stats = {"mse": e, "mse_minmax": e0}

@@ -116,11 +116,12 @@ def macs(arch: Arch, s: float, heads: list[int] | None = None, neurons: list[int
 
 
 def search(head_scores: torch.Tensor, neuron_scores: torch.Tensor, mac_h: float, mac_n: float,
-           cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+           cap: float, floor: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Global mask search (spec §4), vectorised: keep the top-h heads and top-n(h) neurons maximising the score sum.
 
     Inputs are flat score vectors over all layers; returns boolean keep masks of the same shapes. At least one
-    head is kept; ties go to the smallest h.
+    head is kept; ties go to the smallest h. Splits whose kept MACs fall below `floor` are skipped when any split
+    reaches it (the reference has no floor: with every neuron kept it may leave up to one head's MACs unused).
     """
     hs, hi = torch.sort(head_scores.double().flatten(), descending=True, stable=True)
     ns, ni = torch.sort(neuron_scores.double().flatten(), descending=True, stable=True)
@@ -130,6 +131,8 @@ def search(head_scores: torch.Tensor, neuron_scores: torch.Tensor, mac_h: float,
     n = torch.floor((cap - h * mac_h) / mac_n)
     n = torch.where(h * mac_h + n * mac_n > cap, n - 1, n).clamp(max=ns.numel())  # guard float rounding
     valid = n >= 0
+    full = valid & (h * mac_h + n.clamp(min=0) * mac_n >= floor)
+    valid = full if full.any() else valid
     total = torch.where(valid, ch + cn[n.clamp(min=0).long()], torch.tensor(-math.inf, dtype=torch.float64))
     best = int(torch.argmax(total))  # first maximum
     nh, nn_ = best + 1, int(n[best]) if valid[best] else 0

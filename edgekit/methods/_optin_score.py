@@ -32,17 +32,51 @@ class ScoreOptions:
     seed: int = 0
 
 
+def pack(ids: torch.Tensor, mask: torch.Tensor, width: int) -> tuple[torch.Tensor, ...]:
+    """Pack padded sequences into rows of `width` tokens (first-fit decreasing): (ids, mask, segment, position).
+
+    Encoders only: attention stays within a segment (block-diagonal bias), positions restart per segment, so the
+    result equals the padded batch without computing padding (what dominates the cost of short texts).
+    """
+    lens = mask.sum(1).tolist()
+    rows: list[list[int]] = []
+    for i in sorted(range(len(lens)), key=lambda i: -lens[i]):
+        row = next((r for r in rows if sum(lens[j] for j in r) + lens[i] <= width), None)
+        rows.append([i]) if row is None else row.append(i)
+    out = [torch.zeros(len(rows), width, dtype=torch.long) for _ in range(4)]
+    out[2] -= 1
+    for r, members in enumerate(rows):
+        at = 0
+        for i in sorted(members):
+            n = int(lens[i])
+            out[0][r, at:at + n] = ids[i][mask[i].bool()]
+            out[1][r, at:at + n] = 1
+            out[2][r, at:at + n] = i
+            out[3][r, at:at + n] = torch.arange(n)
+            at += n
+    return tuple(out)
+
+
 class Forward:
     """Functional forward of a BERT- or Llama-style stack on one calibration batch, over U stacked copies."""
 
-    def __init__(self, arch: Arch, ids: torch.Tensor, mask: torch.Tensor):
+    def __init__(self, arch: Arch, ids: torch.Tensor, mask: torch.Tensor, seg: torch.Tensor | None = None,
+                 pos: torch.Tensor | None = None):
         self.arch, self.mask = arch, mask
         self.B, self.T = ids.shape
         bb = arch.backbone
         neg = torch.finfo(torch.float32).min
         if arch.family == "bert":
-            self.x0 = bb.embeddings(input_ids=ids)
-            self.bias = ((1.0 - mask.float()) * neg)[:, None, None, :]
+            if seg is None:  # plain padded batch: one segment per row
+                seg = torch.where(mask.bool(), torch.arange(self.B, device=ids.device)[:, None], -1)
+                pos = torch.arange(self.T, device=ids.device)[None].expand(self.B, -1)
+            self.x0 = bb.embeddings(input_ids=ids, position_ids=pos)
+            same = (seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] >= 0)
+            self.bias = torch.where(same, 0.0, neg)[:, None]
+            flat = seg.reshape(-1)
+            nseq = int(flat.max()) + 1
+            pool = (flat[None] == torch.arange(nseq, device=ids.device)[:, None]).float()
+            self.pool = pool / pool.sum(1, keepdim=True).clamp(min=1)   # (n_seq, B·T) mean pooling
         else:
             self.x0 = bb.embed_tokens(ids)
             pos = torch.arange(self.T, device=ids.device)[None]
@@ -101,16 +135,18 @@ class Forward:
             return a.lm_head(hn) if a.lm_head is not None else hn
         if a.classifier is not None:
             return a.classifier(a.backbone.pooler(h))
-        m = self.mask.repeat(h.shape[0] // self.B, 1)[..., None].to(h.dtype)
-        return F.normalize((h * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+        k = h.shape[0] // self.B
+        e = self.pool.to(h.dtype) @ h.reshape(k, self.B * self.T, -1)
+        return F.normalize(e.reshape(-1, e.shape[-1]), dim=-1)
 
 
 class Scorer:
     """Reference pass once, then raw (MD, KD) per unit; see the module docstring."""
 
-    def __init__(self, arch: Arch, ids: torch.Tensor, mask: torch.Tensor, opts: ScoreOptions):
+    def __init__(self, arch: Arch, ids: torch.Tensor, mask: torch.Tensor, opts: ScoreOptions,
+                 seg: torch.Tensor | None = None, pos: torch.Tensor | None = None):
         self.arch, self.opts, self.L = arch, opts, len(arch.layers)
-        self.fw = fw = Forward(arch, ids, mask)
+        self.fw = fw = Forward(arch, ids, mask, seg, pos)
         self.xs, self.ctx, self.a, self.inter, self.f = [], [], [], [], []
         x = fw.x0
         for l in range(self.L):

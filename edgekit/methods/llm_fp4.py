@@ -55,8 +55,8 @@ class Config(BaseModel, extra="forbid"):
     rounds: int = Field(2, ge=1, le=10, description="alternating W/A search rounds (code: 3)")
     alpha_min: float = Field(0.3, gt=0.0, lt=1.0, description="smallest clip ratio of the max grid")
     gamma: tuple[float, float] = Field((0.01, 1.2), description="bias-grid range (g1, g2) of the code")
-    shift_round: Literal["floor", "code"] = Field(
-        "floor", description="FPQ shift k_j: floor(b~_j - rho) (never over-clips) or the code's round(b~_j)-round(rho)")
+    shift_round: Literal["search", "floor", "code"] = Field(
+        "search", description="FPQ shift k_j: code round(b~_j)-round(rho), floor(b~_j-rho), or search both by MSE")
     w_formats: list[str] | None = Field(None, description="restrict weight formats, e.g. ['E1M2'] (int4 storage)")
     a_formats: list[str] | None = Field(None, description="restrict activation formats, e.g. ['E2M1']")
     seq_len: int = Field(256, ge=8, description="tokens per calibration window (text data)")

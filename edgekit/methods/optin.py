@@ -38,7 +38,7 @@ from torch import nn
 from ..errors import ConfigError, UnsupportedModelError
 from ..flops import count_params
 from . import _heads as H
-from ._optin_score import Scorer, ScoreOptions
+from ._optin_score import Scorer, ScoreOptions, pack
 from ._report import MethodReport
 
 NEEDS: Literal["none", "calibration", "training"] = "calibration"
@@ -69,6 +69,10 @@ class Config(BaseModel, extra="forbid"):
     md_tokens: int = Field(768, ge=2, description="tokens sampled for the Gram matrices (K)")
     md_valid_only: bool = Field(True, description="sample MD tokens among non-padding tokens only")
     final_layer_md: bool = Field(True, description="last-layer units also compare their own layer's output")
+    budget_tolerance: float = Field(0.01, ge=0, description="kept MACs stay within this fraction of the base below "
+                                    "the budget when possible (no such floor in the reference)")
+    pack: bool = Field(True, description="encoders without a task head: pack texts into max_len rows (no padding "
+                       "compute; attention kept within each text)")
     unit_batch: int = Field(32, ge=1, description="masked copies per forward pass (memory vs speed)")
     seed: int = Field(0, description="seed of the calibration draw and of the MD token sample")
     device: str = Field("cpu", description="torch device for scoring ('cuda' when available)")
@@ -162,7 +166,10 @@ def raw_scores(model: nn.Module, arch: H.Arch, ids: torch.Tensor, mask: torch.Te
         opts = ScoreOptions(cfg.temperature, cfg.md_tokens, cfg.md_valid_only, cfg.final_layer_md, cfg.unit_batch,
                             cfg.seed)
         with torch.no_grad():
-            scorer = Scorer(arch, ids.to(dev), mask.to(dev), opts)
+            seg = pos = None
+            if cfg.pack and arch.family == "bert" and arch.classifier is None:
+                ids, mask, seg, pos = (t.to(dev) for t in pack(ids, mask, cfg.max_len))
+            scorer = Scorer(arch, ids.to(dev), mask.to(dev), opts, seg, pos)
             total = sum(arch.units(l) + arch.neurons(l) for l in range(len(arch.layers)))
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -237,7 +244,8 @@ def apply(model: nn.Module, cfg: Config, data: Any = None) -> tuple[nn.Module, M
     t_score = time.perf_counter() - ts
     hsc, nsc = importance(raw, cfg)
     sizes_h, sizes_n = [len(t) for t in hsc], [len(t) for t in nsc]
-    keep_h, keep_n = H.search(torch.cat(hsc), torch.cat(nsc), mh, mn, cfg.flops_keep * base)
+    keep_h, keep_n = H.search(torch.cat(hsc), torch.cat(nsc), mh, mn, cfg.flops_keep * base,
+                              (cfg.flops_keep - cfg.budget_tolerance) * base)
     keep_h, keep_n = list(torch.split(keep_h, sizes_h)), list(torch.split(keep_n, sizes_n))
     counts = H.slim(arch, keep_h, keep_n)
     kept = H.macs(arch, s)

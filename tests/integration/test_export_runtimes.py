@@ -93,4 +93,6 @@ def test_compress_artifact_reexports_without_source(tmp_path):
     api.export(art, "tflite")
     man = read_manifest(art)
     assert man["exports"]["tflite"]["validation"]["outputs"]
+    assert man["exports"]["tflite"]["weight_storage"]["weights"].startswith("int8")
+    assert man["files"]["exports/tflite/model.tflite"]["bytes"] < 0.45 * 60_000
     assert np.isclose(man["method"]["report"]["bits_per_weight"], 8, atol=0.5)

@@ -18,7 +18,7 @@ from edgekit.methods._optin_score import Scorer, ScoreOptions  # noqa: E402
 def _bert(cls=transformers.BertModel) -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=128, max_position_embeddings=64, attn_implementation="eager")
+                                  intermediate_size=128, max_position_embeddings=128, attn_implementation="eager")
     return _strong(cls(cfg).eval())
 
 
@@ -195,10 +195,10 @@ def test_slimmed_model_exports_to_onnx(tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, "optin", "edgekit.methods.optin")
     monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
     src = tmp_path / "bert"
-    _bert(transformers.BertForSequenceClassification).save_pretrained(src)
+    _bert().save_pretrained(src)
     ids, mask = _data()
     art = api.compress(src, "optin", {"flops_keep": 0.5, "samples": 6, "progress": False}, tmp_path / "art",
-                       input_shape="1x16,1x16", data=DataSource(tensors=[ids, mask]))
+                       data=DataSource(tensors=[ids, mask]))
     import json
 
     man = json.loads((art / "manifest.json").read_text())
@@ -206,3 +206,23 @@ def test_slimmed_model_exports_to_onnx(tmp_path, monkeypatch):
     rep = man["method"]["report"]
     assert rep["macs_after"] < 0.75 * rep["macs_before"]
     assert rep["extra"]["flops_keep_achieved"] <= 0.5
+
+
+def test_packed_calibration_scores_equal_padded():
+    """Packing texts into shared rows (block-diagonal attention) changes the cost, not the scores."""
+    from edgekit.methods._optin_score import pack
+
+    model = _bert().double()
+    arch = H.find_arch(model)
+    ids, mask = _data(n=5, t=10)
+    mask[2, 3:] = 0
+    opts = ScoreOptions(md_tokens=1000)  # all valid tokens: MD is then order-free
+    with torch.no_grad():
+        a = Scorer(arch, ids, mask, opts)
+        pid, pmask, seg, pos = pack(ids, mask, 16)
+        assert pid.shape[0] < ids.shape[0]
+        b = Scorer(arch, pid, pmask, opts, seg, pos)
+        for fn in ("heads", "neurons"):
+            ma, ka = getattr(a, fn)(1, torch.tensor([0, 2]))
+            mb, kb = getattr(b, fn)(1, torch.tensor([0, 2]))
+            assert torch.allclose(ma, mb, rtol=1e-6) and torch.allclose(ka, kb, rtol=1e-6)

@@ -1,0 +1,260 @@
+"""Structured FFN on MiniLM (wordnet10) and SmolLM2 (perplexity) vs FP32 and magnitude pruning; latency on 3 runtimes.
+
+Parts (run one at a time, under nice; each writes its key of benchmarks/results/structured_ffn.json):
+  python benchmarks/structured_ffn.py minilm  [--limit 200] [--train-steps 10] [--train-ratios 0.3125]
+  python benchmarks/structured_ffn.py smollm2 [--limit 2] [--train-steps 0]
+  python benchmarks/structured_ffn.py latency [--runs 30]
+Ratios 0.625 / 0.3125 are the paper's "63% / 32%" FFN parameters (of the replaced layers; block 0 stays dense).
+Baselines at the same count: unstructured magnitude pruning of each replaced FFN weight to the same number of
+nonzeros (zeros only: no size/speed gain), and structured neuron pruning (intermediate neurons ranked by the product
+of their in/out weight norms, physically removed). Recovery: distillation (token-level MSE for MiniLM, KL for
+SmolLM2) on text disjoint from the evaluation (WordNet verb/adjective glosses; stdlib module docstrings).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+from edgekit.data import DataSource  # noqa: E402
+from edgekit.eval import evaluate  # noqa: E402
+from edgekit.methods import structured_ffn as sf  # noqa: E402
+
+OUT = Path(__file__).parent / "results" / "structured_ffn.json"
+KINDS = ("lowrank", "blockdense", "blockshuffle")
+RATIOS = (0.625, 0.3125)
+THREADS = 2
+
+
+def log(*a) -> None:
+    print(*a, flush=True)
+
+
+def load(key: str, fresh: dict) -> dict:
+    """Earlier results of this part (so a --skip-base run adds rows instead of replacing them)."""
+    data = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    return {**fresh, "rows": data.get(key, {}).get("rows", {})}
+
+
+def save(key: str, value: dict) -> None:
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    data = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    data[key] = value
+    OUT.write_text(json.dumps(data, indent=1, default=float))
+
+
+def ffn_groups(model: nn.Module) -> dict[int, list[tuple[str, nn.Linear]]]:
+    """Block index -> its FFN linears (module order), as the method sees them."""
+    out: dict[int, list] = {}
+    for n, lin, b in sf.find_ffn(model, sf.DEFAULT_PATTERNS):
+        out.setdefault(b, []).append((n, lin))
+    return out
+
+
+def magnitude(model: nn.Module, ratio: float) -> nn.Module:
+    """Unstructured: each replaced FFN weight keeps its round(ratio·numel) largest |w| (block 0 untouched)."""
+    groups = ffn_groups(model)
+    for b in sorted(groups)[1:]:
+        for _, lin in groups[b]:
+            w = lin.weight.data
+            k = int(round(ratio * w.numel()))
+            thr = w.abs().flatten().kthvalue(w.numel() - k).values
+            w.mul_((w.abs() > thr).to(w.dtype))
+    return model
+
+
+def neurons(model: nn.Module, ratio: float) -> nn.Module:
+    """Structured: keep round(ratio·d_ff) intermediate neurons by ∏ of in-row / out-column norms (block 0 untouched)."""
+    groups = ffn_groups(model)
+    for b in sorted(groups)[1:]:
+        lins = groups[b]
+        ins, out = lins[:-1], lins[-1]  # (up[, gate]) then down, in module order
+        score = out[1].weight.norm(dim=0)
+        for _, lin in ins:
+            score = score * lin.weight.norm(dim=1)
+        keep = score.topk(int(round(ratio * score.numel()))).indices.sort().values
+        for name, lin in ins:
+            new = nn.Linear(lin.in_features, len(keep), bias=lin.bias is not None)
+            new.weight.data = lin.weight.data[keep].clone()
+            if lin.bias is not None:
+                new.bias.data = lin.bias.data[keep].clone()
+            sf._set_module(model, name, new)
+        name, lin = out
+        new = nn.Linear(len(keep), lin.out_features, bias=lin.bias is not None)
+        new.weight.data = lin.weight.data[:, keep].clone()
+        if lin.bias is not None:
+            new.bias.data = lin.bias.data.clone()
+        sf._set_module(model, name, new)
+    return model
+
+
+def run_minilm(args) -> None:
+    from edgekit.models.real import load_minilm
+
+    enc, tok = load_minilm()
+    texts = [ln.split("|", 1)[1].strip() for f in ("data.verb", "data.adj")
+             for ln in open(f"/usr/share/wordnet/{f}", errors="replace") if "|" in ln and not ln.startswith(" ")]
+    texts = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))[:4000]]
+    res = load("minilm", {"limit": args.limit})
+
+    def ev(tag: str, model: nn.Module, extra: dict | None = None) -> None:
+        t0 = time.perf_counter()
+        r = evaluate(model, "wordnet10", limit=args.limit, threads=THREADS)
+        res["rows"][tag] = {**r["metrics"], **(extra or {}), "eval_s": round(time.perf_counter() - t0, 1)}
+        log(tag, {k: round(v, 4) if isinstance(v, float) else v for k, v in res["rows"][tag].items()})
+        save("minilm", res)
+
+    if not args.skip_base:
+        ev("fp32", enc, {"ffn_ratio": 1.0})
+        for ratio in RATIOS:
+            for kind in KINDS:
+                m = copy.deepcopy(enc)
+                _, rep = sf.apply(m.bert, sf.Config(kind=kind, param_ratio=ratio), None)
+                ev(f"{kind}@{ratio}", m, {"ffn_ratio": rep.extra["ratio_replaced"], "params": rep.params_after})
+            ev(f"magnitude@{ratio}", magnitude(copy.deepcopy(enc), ratio), {"ffn_ratio": ratio})
+            ev(f"neurons@{ratio}", neurons(copy.deepcopy(enc), ratio), {"ffn_ratio": ratio})
+    for ratio in args.train_ratios:
+        for kind in KINDS:
+            m = copy.deepcopy(enc)
+            t0 = time.perf_counter()
+            cfg = sf.Config(kind=kind, param_ratio=ratio, train_steps=args.train_steps, batch=args.batch,
+                            seq_len=128, lr=args.lr, tokenizer=None, progress=False)
+            _, rep = sf.apply(m.bert, cfg, DataSource(texts=texts))
+            tr = rep.extra["training"]
+            ev(f"{kind}@{ratio}+distill", m, {"ffn_ratio": rep.extra["ratio_replaced"], "train_s":
+               round(time.perf_counter() - t0, 1), **{k: tr[k] for k in ("steps", "batch", "seq_len", "lr",
+                                                     "fixed_batch_loss_before", "fixed_batch_loss_after")}})
+
+
+def docstrings() -> list[str]:
+    """Docstrings of stdlib modules and their public members: Python text disjoint from pydoc topics."""
+    import importlib
+    import inspect
+
+    out = []
+    for name in ("json", "os", "re", "collections", "itertools", "functools", "pathlib", "argparse", "logging",
+                 "subprocess", "typing", "dataclasses", "datetime", "string", "textwrap", "shutil", "csv", "random"):
+        mod = importlib.import_module(name)
+        out.append(inspect.getdoc(mod) or "")
+        out += [inspect.getdoc(getattr(mod, a)) or "" for a in dir(mod) if not a.startswith("_")
+                and callable(getattr(mod, a, None)) and getattr(getattr(mod, a), "__module__", "") == name]
+    return [t for t in out if len(t) > 40]
+
+
+def run_smollm2(args) -> None:
+    from edgekit.models.real import CausalLMLogits, load_smollm2
+
+    lm, tok = load_smollm2()
+    res = load("smollm2", {"limit_windows_per_text": args.limit})
+
+    def ev(tag: str, model: nn.Module, extra: dict | None = None) -> None:
+        t0 = time.perf_counter()
+        r = evaluate(CausalLMLogits(model).eval(), "perplexity", limit=args.limit, threads=THREADS)
+        res["rows"][tag] = {**r["metrics"], **(extra or {}), "eval_s": round(time.perf_counter() - t0, 1)}
+        res["reference"] = r["reference"]
+        log(tag, {k: round(v, 4) if isinstance(v, float) else v for k, v in res["rows"][tag].items()})
+        save("smollm2", res)
+
+    if not args.skip_base:
+        ev("fp32", lm, {"ffn_ratio": 1.0})
+        for ratio in RATIOS:
+            for kind in KINDS:
+                m = copy.deepcopy(lm)
+                _, rep = sf.apply(m, sf.Config(kind=kind, param_ratio=ratio), None)
+                ev(f"{kind}@{ratio}", m, {"ffn_ratio": rep.extra["ratio_replaced"], "params": rep.params_after})
+            ev(f"magnitude@{ratio}", magnitude(copy.deepcopy(lm), ratio), {"ffn_ratio": ratio})
+            ev(f"neurons@{ratio}", neurons(copy.deepcopy(lm), ratio), {"ffn_ratio": ratio})
+    for ratio in args.train_ratios:
+        for kind in args.train_kinds:
+            m = copy.deepcopy(lm)
+            t0 = time.perf_counter()
+            cfg = sf.Config(kind=kind, param_ratio=ratio, train_steps=args.train_steps, batch=args.batch,
+                            seq_len=128, lr=args.lr, tokenizer=None, progress=False)
+            _, rep = sf.apply(m, cfg, DataSource(texts=docstrings()))
+            tr = rep.extra["training"]
+            ev(f"{kind}@{ratio}+distill", m, {"ffn_ratio": rep.extra["ratio_replaced"], "train_s":
+               round(time.perf_counter() - t0, 1), **{k: tr[k] for k in ("steps", "batch", "seq_len", "lr",
+                                                     "fixed_batch_loss_before", "fixed_batch_loss_after")}})
+
+
+def run_latency(args) -> None:
+    """p50 latency (batch 1, sequence 128) of FP32 and FFN-compressed MiniLM, interleaved, per runtime."""
+    from edgekit.export.onnx import to_onnx
+    from edgekit.export.openvino import convert as to_ov
+    from edgekit.export.tflite import convert as to_tflite
+    from edgekit.export.validate import validate
+    from edgekit.model_io import InputSpec, example_inputs
+    from edgekit.models.real import load_minilm
+    from edgekit.profile.runners import open_session
+
+    enc = load_minilm()[0]
+    specs = [InputSpec("input_ids", [1, 128], "int64", high=30522), InputSpec("attention_mask", [1, 128], "int64")]
+    inputs = example_inputs(specs)
+    variants = {"fp32": (enc, 1.0)}
+    for kind, ratio in [("lowrank", 0.625), ("lowrank", 0.3125), ("blockdense", 0.3125), ("blockshuffle", 0.3125)]:
+        m = copy.deepcopy(enc)
+        _, rep = sf.apply(m.bert, sf.Config(kind=kind, param_ratio=ratio), None)
+        variants[f"{kind}@{ratio}"] = (m.eval(), rep.extra["ratio_all_ffn"])
+    root = Path(os.environ.get("TMPDIR", "/tmp")) / "edgekit_sffn_latency"
+    sessions, res = {}, {"threads": THREADS, "runs": args.runs, "seq": 128, "rows": {}}
+    for tag, (m, ratio) in variants.items():
+        d = root / tag
+        d.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        to_onnx(m, inputs, specs, d / "model.onnx")
+        files = {"onnxruntime": d / "model.onnx", "openvino": to_ov(d / "model.onnx", d / "ov"),
+                 "tflite": to_tflite(m, inputs, d / "tfl")}
+        for rt, f in files.items():
+            val = validate(m, specs, f, rt, n_random=1, threads=THREADS)["outputs"]
+            sessions[(rt, tag)] = open_session(f, rt, threads=THREADS)
+            res["rows"].setdefault(tag, {"ffn_ratio_all": ratio})[f"{rt}_rel_l2"] = max(v["rel_l2"] for v in val.values())
+        log(tag, "exported + validated in", round(time.perf_counter() - t0, 1), "s")
+    feeds = {"input_ids": inputs[0].numpy(), "attention_mask": inputs[1].numpy()}
+    times: dict = {k: [] for k in sessions}
+    for i in range(args.runs + 3):
+        for k, s in sessions.items():
+            t0 = time.perf_counter()
+            s.run(dict(zip(s.input_names, feeds.values())))
+            if i >= 3:
+                times[k].append(time.perf_counter() - t0)
+    for (rt, tag), ts in times.items():
+        p50 = float(np.median(ts)) * 1e3
+        base = float(np.median(times[(rt, "fp32")])) * 1e3
+        res["rows"][tag][f"{rt}_p50_ms"] = round(p50, 2)
+        res["rows"][tag][f"{rt}_speedup"] = round(base / p50, 3)
+    for tag, row in res["rows"].items():
+        log(tag, row)
+    save("latency", res)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("part", choices=["minilm", "smollm2", "latency"])
+    ap.add_argument("--limit", type=int, default=None, help="test glosses (minilm) / windows per text (smollm2)")
+    ap.add_argument("--train-steps", type=int, default=0)
+    ap.add_argument("--train-ratios", type=float, nargs="*", default=[])
+    ap.add_argument("--train-kinds", nargs="*", default=list(KINDS))
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--skip-base", action="store_true", help="only the recovery-training rows")
+    args = ap.parse_args()
+    torch.set_num_threads(THREADS)
+    torch.manual_seed(0)
+    if args.limit is None:
+        args.limit = 200 if args.part == "minilm" else 2
+    {"minilm": run_minilm, "smollm2": run_smollm2, "latency": run_latency}[args.part](args)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    main()
