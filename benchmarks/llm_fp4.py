@@ -96,14 +96,69 @@ def run_variant(name: str, base: torch.nn.Module, data: DataSource, tok_dir: str
     return m, info
 
 
+def export_latency(threads: int, reps: int) -> dict:
+    """MiniLM (1x128): FP32 vs weight-only FP4 (mixed formats -> int8 codes; E1M2 -> int4) ONNX size and p50."""
+    import statistics
+    import tempfile
+
+    from edgekit.export.onnx import to_onnx
+    from edgekit.export.validate import validate
+    from edgekit.methods._quant import get_codes
+    from edgekit.model_io import InputSpec, example_inputs
+    from edgekit.models.real import load_minilm, minilm_dir
+    from edgekit.profile.runners import open_session
+
+    enc, tok = load_minilm()
+    specs = [InputSpec("input_ids", [1, 128], "int64", high=tok.vocab_size), InputSpec("attention_mask", [1, 128], "int64")]
+    inputs = example_inputs(specs)
+    data = DataSource(texts=calib_texts())
+    out, tmp = {}, Path(tempfile.mkdtemp(prefix="llm_fp4_"))
+    models = {"fp32": (enc, {})}
+    for name, opts in (("fp4_w4", {}), ("fp4_w4_e1m2_int4", {"w_formats": ["E1M2"]})):
+        cfg = llm_fp4.Config(a_bits=None, tokenizer=str(minilm_dir()), progress=False, **opts)
+        models[name] = llm_fp4.apply(copy.deepcopy(enc), cfg, data)
+    paths = {}
+    for name, (m, rep) in models.items():
+        p = tmp / f"{name}.onnx"
+        qdq = to_onnx(m, inputs, specs, p, get_codes(m) if rep else None)
+        val = validate(m, specs, p, "onnxruntime", "fp32")
+        paths[name] = p
+        out[name] = {"file_mb": round(p.stat().st_size / 1e6, 2), "qdq": qdq,
+                     "onnx_vs_torch_rel_l2": max(o["rel_l2"] for o in val["outputs"].values()),
+                     "bits_per_weight": round(rep.bits_per_weight, 2) if rep else 32.0}
+    feeds = {s.name: t.numpy() for s, t in zip(specs, inputs)}
+    for rt in ("onnxruntime", "openvino"):
+        sess = {n: open_session(p, rt, threads=threads) for n, p in paths.items()}
+        times: dict[str, list[float]] = {n: [] for n in sess}
+        for s in sess.values():
+            for _ in range(3):
+                s.run(feeds)
+        for _ in range(reps):  # interleaved so drift hits every variant alike
+            for n, s in sess.items():
+                t0 = time.perf_counter()
+                s.run(feeds)
+                times[n].append(time.perf_counter() - t0)
+        for n in sess:
+            out[n][f"p50_ms_{rt}"] = round(1e3 * statistics.median(times[n]), 2)
+            out[n][f"latency_vs_fp32_{rt}"] = round(statistics.median(times[n]) / statistics.median(times["fp32"]), 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--windows", type=int, default=8, help="Python-docs windows of 512 tokens")
     ap.add_argument("--variants", default="fp32,rtn_w4,fp4_w4")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--gpl3", action="store_true", help="also score the GPL-3 text (4 windows)")
+    ap.add_argument("--export", action="store_true", help="only the MiniLM export size/latency part")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.export:
+        res = json.loads(OUT.read_text()) if OUT.is_file() else {}
+        res["export_minilm_1x128"] = export_latency(2, 30)
+        print(json.dumps(res["export_minilm_1x128"], indent=1))
+        OUT.write_text(json.dumps(res, indent=1))
+        return
     from edgekit.eval.perplexity import windows
     from edgekit.models.real import _smollm2_cache, load_smollm2
 

@@ -197,7 +197,8 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
         model.eval()
         steps[f"compress:{name}"] = time.perf_counter() - t0
         with torch.no_grad():
-            report.params_before, report.macs_before = report.params_before or params0, report.macs_before or macs0
+            # the artifact's input spec is authoritative (a method may have counted on a guessed input)
+            report.params_before, report.macs_before = params0, macs0
             report.params_after, report.macs_after = count_params(model), count_macs(model, inputs)
         entries.append({"name": name, "config": cfg.model_dump(), "report": report.to_dict()})
     precision = "int" if any(e["report"]["extra"].get("export_precision") == "int" for e in entries) else "fp32"
