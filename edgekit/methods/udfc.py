@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from typing import Literal, Sequence
 
 import torch
@@ -58,7 +59,7 @@ _GAMMA_EPS = 1e-8
 class Config(BaseModel, extra="forbid"):
     """Options of UDFC."""
 
-    ratio: float = Field(0.3, ge=0.0, lt=1.0, description="fraction of output channels pruned in each prunable conv")
+    ratio: float = Field(0.3, ge=0.0, lt=0.95, description="fraction of output channels pruned in each prunable conv")
     criterion: Literal["l1", "l2"] = Field("l2", description="filter-norm criterion that picks the kept channels")
     bits: int | None = Field(6, ge=2, le=16, description="weight bits of the mid-rise grid (None: no quantization)")
     alpha1: float = Field(0.01, ge=0.0, description="weight of the bias term in the pruning loss (paper: 0.01)")
@@ -183,6 +184,21 @@ def _shapes_for_input(model: nn.Module, gm, cfg: Config, example_inputs) -> tupl
     raise UnsupportedModelError("could not infer an input shape; pass --set input_shape=[1,C,H,W]")
 
 
+def _require_conv_bn(model: nn.Module, gm) -> None:
+    """UnsupportedModelError naming what the graph holds when no Conv feeds a BatchNorm (nothing to fold s̃ into)."""
+    mods = dict(model.named_modules())
+    calls = [n for n in gm.graph.nodes if n.op == "call_module"]
+    for n in calls:
+        if isinstance(mods[n.target], P.CONV) and any(
+                u.op == "call_module" and isinstance(mods[u.target], P.BN) for u in n.users):
+            return
+    kinds = Counter(type(mods[n.target]).__name__ for n in calls)
+    found = ", ".join(f"{v} {k}" for k, v in kinds.most_common(8)) or "no layers"
+    raise UnsupportedModelError(
+        f"udfc needs Conv layers followed by BatchNorm, and {type(model).__name__} has no Conv+BatchNorm pair "
+        f"(found: {found}); use the rtn method to quantize such a model")
+
+
 def _prune_chain(ch: P.Chain, cfg: Config) -> tuple[int, int] | None:
     """Prune one chain in place; (N before, N after) or None when nothing is removed."""
     conv, N = ch.module, ch.module.out_channels
@@ -232,6 +248,7 @@ def apply(model: nn.Module, cfg: Config, data=None, example_inputs: Sequence[tor
     t0 = time.perf_counter()
     model.eval()
     gm = P.trace(model)  # raises UnsupportedModelError before any change
+    _require_conv_bn(model, gm)
     ex = _shapes_for_input(model, gm, cfg, example_inputs)
     chains = P.find_chains(model, gm)
     rep = MethodReport("udfc", params_before=count_params(model), macs_before=count_macs(model, ex))

@@ -343,3 +343,34 @@ def test_onnx_export_runs_in_onnxruntime(tmp_path):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     out = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     assert abs(out - y).max() < 1e-4 * max(1.0, abs(y).max())
+
+
+# ------------------------------------------------------------------ bad inputs (issue 5)
+def test_no_conv_bn_pair_raises_naming_what_was_found():
+    mlp = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    w = mlp[0].weight.clone()
+    with pytest.raises(UnsupportedModelError, match=r"no Conv\+BatchNorm pair.*2 Linear, 1 ReLU"):
+        udfc.apply(mlp, parse_config(udfc, {"input_shape": [1, 8]}), data=None)
+    assert torch.equal(mlp[0].weight, w)  # nothing touched
+    convs = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))  # convs, but no BatchNorm
+    with pytest.raises(UnsupportedModelError, match=r"found: 2 Conv2d, 1 ReLU.*rtn"):
+        udfc.apply(convs, cfg(), data=None)
+
+
+@pytest.mark.parametrize("opts", [{"ratio": -0.1}, {"ratio": 0.95}, {"ratio": 1.0}, {"bits": 1}, {"bits": 17}])
+def test_out_of_range_ratio_or_bits_is_config_error(opts):
+    from edgekit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ratio|bits"):
+        parse_config(udfc, opts)
+    assert parse_config(udfc, {"ratio": 0.94, "bits": 2}).ratio == 0.94
+
+
+def test_cli_bad_ratio_exits_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+
+    for bad in ("ratio=0.97", "bits=17"):
+        res = CliRunner().invoke(app, ["compress", "demo", "-m", "udfc", "-o", str(tmp_path / "a"), "--set", bad])
+        assert res.exit_code == 2 and bad.split("=")[0] in res.output, res.output
