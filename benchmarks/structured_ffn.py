@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import numpy as np
+import torch
+from torch import nn
 
-from edgekit.data import DataSource  # noqa: E402
-from edgekit.eval import evaluate  # noqa: E402
-from edgekit.methods import structured_ffn as sf  # noqa: E402
+from edgekit.data import DataSource
+from edgekit.eval import evaluate
+from edgekit.methods import structured_ffn as sf
 
 OUT = Path(__file__).parent / "results" / "structured_ffn.json"
 KINDS = ("lowrank", "blockdense", "blockshuffle")
@@ -66,7 +66,7 @@ def magnitude(model: nn.Module, ratio: float) -> nn.Module:
     for b in sorted(groups)[1:]:
         for _, lin in groups[b]:
             w = lin.weight.data
-            k = int(round(ratio * w.numel()))
+            k = round(ratio * w.numel())
             thr = w.abs().flatten().kthvalue(w.numel() - k).values
             w.mul_((w.abs() > thr).to(w.dtype))
     return model
@@ -81,7 +81,7 @@ def neurons(model: nn.Module, ratio: float) -> nn.Module:
         score = out[1].weight.norm(dim=0)
         for _, lin in ins:
             score = score * lin.weight.norm(dim=1)
-        keep = score.topk(int(round(ratio * score.numel()))).indices.sort().values
+        keep = score.topk(round(ratio * score.numel())).indices.sort().values
         for name, lin in ins:
             new = nn.Linear(lin.in_features, len(keep), bias=lin.bias is not None)
             new.weight.data = lin.weight.data[keep].clone()
@@ -100,9 +100,10 @@ def neurons(model: nn.Module, ratio: float) -> nn.Module:
 def run_minilm(args) -> None:
     from edgekit.models.real import load_minilm
 
-    enc, tok = load_minilm()
+    enc = load_minilm()[0]
     texts = [ln.split("|", 1)[1].strip() for f in ("data.verb", "data.adj")
-             for ln in open(f"/usr/share/wordnet/{f}", errors="replace") if "|" in ln and not ln.startswith(" ")]
+             for ln in Path(f"/usr/share/wordnet/{f}").read_text(errors="replace").splitlines()
+             if "|" in ln and not ln.startswith(" ")]
     texts = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))[:4000]]
     res = load("minilm", {"limit": args.limit})
 
@@ -153,7 +154,7 @@ def docstrings() -> list[str]:
 def run_smollm2(args) -> None:
     from edgekit.models.real import CausalLMLogits, load_smollm2
 
-    lm, tok = load_smollm2()
+    lm = load_smollm2()[0]
     res = load("smollm2", {"limit_windows_per_text": args.limit})
 
     def ev(tag: str, model: nn.Module, extra: dict | None = None) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -37,14 +37,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command("eval", help=EVAL_HELP)
     def eval_cmd(
-        model: str = typer.Argument(..., metavar="MODEL_OR_ARTIFACT", help="artifact folder or built-in name"),
-        task: str = typer.Option(..., "--task", "-t", help="digits | fashion-probe | wordnet10 | perplexity"),
-        runtime: Optional[str] = typer.Option(None, "--runtime", "-r",
-                                              help="artifact export to run (default onnxruntime, else onnx)"),
-        limit: Optional[int] = typer.Option(None, "--limit", "-n", help="score only the first N samples/windows"),
-        threads: Optional[int] = typer.Option(None, "--threads", help="intra-op threads"),
-        sets: Optional[list[str]] = typer.Option(None, "--set", help="task option key=value (repeatable)"),
-        json_out: Optional[Path] = typer.Option(None, "--json", help="also write the result as JSON here"),
+        model: Annotated[str, typer.Argument(metavar="MODEL_OR_ARTIFACT", help="artifact folder or built-in name")],
+        task: Annotated[str, typer.Option("--task", "-t", help="digits | fashion-probe | wordnet10 | perplexity")],
+        runtime: Annotated[str | None, typer.Option(
+            "--runtime", "-r", help="artifact export to run (default onnxruntime, else onnx)")] = None,
+        limit: Annotated[int | None, typer.Option("--limit", "-n", help="score only the first N samples")] = None,
+        threads: Annotated[int | None, typer.Option("--threads", help="intra-op threads")] = None,
+        sets: Annotated[list[str] | None, typer.Option("--set", help="task option key=value (repeatable)")] = None,
+        json_out: Annotated[Path | None, typer.Option("--json", help="also write the result as JSON here")] = None,
     ) -> None:
         with user_errors():
             from .eval import evaluate

@@ -74,7 +74,7 @@ def evaluate(model_or_artifact: Any, task: str, runtime: str | None = None, limi
     res = mod.run(model, cfg, runtime=runtime, limit=limit, threads=threads)
     res = {"task": task, "model": str(model_or_artifact) if not hasattr(model_or_artifact, "state_dict")
            else type(model_or_artifact).__name__, **res}
-    res["options"] = cfg.model_dump()
+    res.setdefault("options", cfg.model_dump())  # a task reports its effective options if it changed them
     res["seconds"] = round(time.perf_counter() - t0, 2)
     return res
 

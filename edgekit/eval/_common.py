@@ -9,9 +9,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,14 +97,22 @@ def artifact_predictor(art: Path, runtime: str | None, threads: int | None) -> P
     shapes = {i["name"]: list(i.get("shape", [])) for i in man.get("inputs", [])}
     names = [i["name"] for i in man.get("inputs", [])] or list(sess.input_names)
     batch = next((s[0] for s in shapes.values() if s and isinstance(s[0], int) and s[0] > 0), 1)
-    dtypes = {i["name"]: i.get("dtype") for i in man.get("inputs", [])}
+    dtypes = {i["name"]: _np_dtype(i.get("dtype")) for i in man.get("inputs", [])}
 
     def call(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        f = {k: (v.astype(dtypes[k]) if dtypes.get(k) else v) for k, v in feeds.items()}
+        f = {k: (v.astype(dtypes[k]) if dtypes.get(k) is not None else v) for k, v in feeds.items()}
         return sess.run(f)
 
     return Predictor(sess.runtime if runtime != "onnx" else "onnxruntime", names, shapes, call, batch=batch,
                      info={"artifact": str(art), "file": str(path), "outputs": list(sess.output_names)})
+
+
+def _np_dtype(name: Any) -> np.dtype | None:
+    """numpy dtype of a manifest dtype string ('float32', 'torch.int64'); None when unknown (no cast)."""
+    try:
+        return np.dtype(str(name).removeprefix("torch.")) if name else None
+    except TypeError:
+        return None
 
 
 def make_predictor(model: Any, input_names: list[str], runtime: str | None, threads: int | None,

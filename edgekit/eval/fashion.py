@@ -17,8 +17,9 @@ figure is lower than the feature probe and is compared with its own FP32 referen
 from __future__ import annotations
 
 import gzip
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,15 @@ import torch.nn.functional as F
 from pydantic import BaseModel, Field
 
 from ..errors import ConfigError
-from ._common import Predictor, agreement, apply_probe, cached_arrays, fit_probe, make_predictor, ref_key
+from ._common import (
+    Predictor,
+    agreement,
+    apply_probe,
+    cached_arrays,
+    fit_probe,
+    make_predictor,
+    ref_key,
+)
 
 DATA = Path("/usr/share/datasets/fashion-mnist")
 CHUNK = 64
@@ -129,7 +138,7 @@ def run(model: Any, cfg: Config, runtime: str | None, limit: int | None, threads
     on = "features" if feats is not None else "logits"
     labels = apply_probe(ref, feats) if feats is not None else apply_probe(ref, logits, "lg_")
     ref_pred = ref["pred"] if feats is not None else ref["lg_pred"]
-    return {"runtime": pred.runtime, "samples": n, "probe_on": on,
+    return {"runtime": pred.runtime, "samples": n, "probe_on": on, "options": cfg.model_dump(),
             "metrics": {"probe_accuracy": float(np.mean(labels == yte[:n])),
                         "top1_agreement": agreement(logits.argmax(1), ref["top1"][:n]),
                         "probe_agreement": agreement(labels, ref_pred[:n])},

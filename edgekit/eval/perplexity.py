@@ -118,5 +118,6 @@ def run(model: Any, cfg: Config, runtime: str | None, limit: int | None, threads
         metrics[f"perplexity_{name}"] = float(np.exp(nll / tokens))
         metrics[f"agreement_{name}"] = float(np.mean(top == ref[f"{name}_top"][: len(ids)]))
         refm[f"perplexity_{name}"] = float(np.exp(ref[f"{name}_nll"][: len(ids)].sum() / tokens))
-    return {"runtime": pred.runtime, "samples": total, "window": cfg.window, "metrics": metrics, "reference": refm}
+    return {"runtime": pred.runtime, "samples": total, "window": cfg.window, "metrics": metrics, "reference": refm,
+            "options": cfg.model_dump()}
 

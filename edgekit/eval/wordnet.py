@@ -21,7 +21,14 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from ..errors import ConfigError
-from ._common import Predictor, apply_probe, cached_arrays, fit_probe, make_predictor, ref_key
+from ._common import (
+    Predictor,
+    apply_probe,
+    cached_arrays,
+    fit_probe,
+    make_predictor,
+    ref_key,
+)
 
 DATA = Path("/usr/share/wordnet/data.noun")
 CLASSES = {4: "act", 5: "animal", 6: "artifact", 8: "body", 10: "communication", 13: "food", 15: "location",
@@ -113,7 +120,7 @@ def reference(cfg: Config, tok: Any) -> dict[str, np.ndarray]:
     from ..models.real import file_sha256, load_minilm, minilm_weights
 
     def build() -> dict[str, np.ndarray]:
-        tr, ytr, te, yte = load_glosses(cfg)
+        tr, ytr, te, _ = load_glosses(cfg)
         qs, ds = load_topics(cfg.topics)
         pred = make_predictor(load_minilm()[0], ["input_ids", "attention_mask"], None, None, cfg.batch)
         etr, ete = embed(pred, tok, tr, cfg.max_len), embed(pred, tok, te, cfg.max_len)
@@ -121,7 +128,7 @@ def reference(cfg: Config, tok: Any) -> dict[str, np.ndarray]:
         head = fit_probe(_unit(etr), ytr, cfg.seed, standardize=False)
         return {**head, "test": ete, "queries": eq, "docs": ed, "pred": apply_probe(head, _unit(ete))}
 
-    key = ref_key(file_sha256(str(minilm_weights())), cfg.model_dump(exclude={"batch"}), 1)
+    key = ref_key(file_sha256(str(minilm_weights())), cfg.model_dump(exclude={"batch"}), 2)
     return cached_arrays("wordnet10", key, build)
 
 

@@ -62,7 +62,11 @@ def unit(b: torch.Tensor, M: int) -> torch.Tensor:
 def fp_codes(y: torch.Tensor, E: int, M: int) -> torch.Tensor:
     """Round y (already divided by u) to the nearest ExMy integer code, half to even; float tensor of integers."""
     y = y.clamp(-max_code(E, M), max_code(E, M))
-    step = torch.exp2(torch.clamp(torch.floor(torch.log2(y.abs())) - M, min=0.0))
+    a = y.abs()
+    e = torch.floor(torch.log2(a))
+    # log2 is exported as Log/ln2, which can land one binade off at powers of two: fix it with exact comparisons
+    e = e - (a < torch.exp2(e)).to(y.dtype) + (a >= torch.exp2(e + 1)).to(y.dtype)
+    step = torch.exp2(torch.clamp(e - M, min=0.0))
     return torch.round(y / step) * step
 
 

@@ -11,8 +11,8 @@ Only torch is imported (this module also runs on a bare GPU machine).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F

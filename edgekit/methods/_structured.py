@@ -51,9 +51,9 @@ class _Structured(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.structured(x)
-        if self.guide is not None and self.alpha > 0:
-            if not self.sample_guide or float(torch.rand(())) < self.alpha:
-                y = self.alpha * nn.functional.linear(x, self.guide) + (1 - self.alpha) * y
+        use = self.guide is not None and self.alpha > 0
+        if use and (not self.sample_guide or float(torch.rand(())) < self.alpha):
+            y = self.alpha * nn.functional.linear(x, self.guide) + (1 - self.alpha) * y
         return y if self.bias is None else y + self.bias
 
     @torch.no_grad()
@@ -215,7 +215,7 @@ def make_layer(kind: str, lin: nn.Linear, rank: int = 0, blocks: int = 1) -> _St
 
 def divisors(n: int) -> list[int]:
     """Positive divisors of n, ascending."""
-    small = [d for d in range(1, int(math.isqrt(n)) + 1) if n % d == 0]
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
     return sorted(set(small + [n // d for d in small]))
 
 

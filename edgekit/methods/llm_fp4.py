@@ -16,14 +16,16 @@ Decisions (why):
   MSE, "max" grid of 16 candidates, 2 rounds. The code's budget (32x1024 tokens, bias grid, n=100, 3 rounds) is
   reachable by options. lm_head is skipped by default (a tied lm_head shares the embedding's quantized rows).
 - Weight-only (a_bits None or 16) uses the same search with float inputs, one round.
+- Storage: E1M2 codes (|c| <= 7) are int4, E2M1 (12) and E3M0 (64) int8, so mixed-format FP4 is 4x smaller than
+  fp32, E1M2-only (w_formats=[E1M2]) 8x. `act_records(model)` + the weight codes feed edgekit.export.fp4_matmul,
+  which turns each A4 fake-quant linear into an exact int8 MatMulInteger (spec §9.3).
 """
 from __future__ import annotations
 
-import inspect
 import re
 import sys
 import time
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, Field
@@ -33,6 +35,7 @@ from ..errors import ConfigError
 from ..flops import count_params
 from . import _fp as F
 from . import _fp_search as S
+from ._fp_calib import calibration_calls, capture
 from ._quant import WeightCode, attach_codes
 from ._report import MethodReport
 
@@ -92,104 +95,16 @@ class FPQLinear(nn.Linear):
         return nn.functional.linear(xq, self.weight, self.bias)
 
 
-class _Stop(Exception):
-    """Raised by a capture hook once every layer of the group has seen its input."""
-
-
-def _find_tokenizer(model: nn.Module, cfg: Config) -> Any:
-    """cfg.tokenizer, else the folder the HF model was loaded from."""
-    import os
-
-    from transformers import AutoTokenizer
-
-    paths = [cfg.tokenizer] if cfg.tokenizer else []
-    for m in model.modules():
-        p = getattr(getattr(m, "config", None), "name_or_path", None) or getattr(getattr(m, "config", None),
-                                                                               "_name_or_path", None)
-        if p and os.path.isdir(p):
-            paths.append(p)
-    for p in paths:
-        try:
-            return AutoTokenizer.from_pretrained(p, local_files_only=True)
-        except Exception as e:  # a config folder without tokenizer files
-            if p == cfg.tokenizer:
-                raise ConfigError(f"llm_fp4: cannot load a tokenizer from {p} ({str(e).splitlines()[0][:120]}); "
-                                  "pass --set tokenizer=DIR with tokenizer.json") from None
-    raise ConfigError("llm_fp4: text calibration data needs a tokenizer; pass --set tokenizer=DIR (a folder with "
-                      "tokenizer.json), or calibrate with a .npy of token ids")
-
-
-def _call_kwargs(model: nn.Module, ids: torch.Tensor) -> tuple[tuple, dict]:
-    """How to feed token ids: by name input_ids when the model takes it, with an all-ones attention_mask."""
-    params = inspect.signature(model.forward).parameters
-    kw: dict[str, Any] = {}
-    if "input_ids" in params:
-        kw["input_ids"] = ids
-        args: tuple = ()
-    else:
-        args = (ids,)
-    if "attention_mask" in params:
-        kw["attention_mask"] = torch.ones_like(ids)
-    if "use_cache" in params:
-        kw["use_cache"] = False
-    return args, kw
-
-
-def calibration_calls(model: nn.Module, cfg: Config, data: Any) -> list[tuple[tuple, dict]]:
-    """The forward calls of calibration (deterministic for a given data source and seed)."""
-    if data is None or len(data) == 0:
-        raise ConfigError("llm_fp4 needs calibration data; pass --data calib.txt (text) or .npy (token ids/inputs)")
-    gen = torch.Generator().manual_seed(cfg.seed)
-    if data.texts:
-        tok = _find_tokenizer(model, cfg)
-        ids = torch.tensor(tok("\n\n".join(data.texts))["input_ids"], dtype=torch.int64)
-        L = min(cfg.seq_len, len(ids))
-        hi = len(ids) - L + 1
-        starts = torch.randint(0, hi, (cfg.n_seqs,), generator=gen).tolist() if hi > cfg.n_seqs else \
-            list(range(0, hi, max(1, L)))[: cfg.n_seqs]
-        return [_call_kwargs(model, ids[s:s + L].unsqueeze(0)) for s in starts]
-    calls = []
-    if data.tensors[0].dtype in (torch.int64, torch.int32):  # token ids: one row = one sequence
-        for batch in data.batches(batch_size=1, limit=cfg.n_seqs):
-            calls.append(_call_kwargs(model, batch[0].reshape(1, -1).long()))
-    else:  # float rows count as tokens: the same token budget as text, in batches of seq_len rows
-        for batch in data.batches(batch_size=cfg.seq_len, limit=cfg.n_seqs * cfg.seq_len):
-            calls.append((tuple(b.float() if b.is_floating_point() else b for b in batch), {}))
-    return calls
-
-
-def _capture(model: nn.Module, calls: list, mods: dict[str, nn.Linear]) -> dict[str, torch.Tensor]:
-    """Inputs of the group's linears over all calibration calls, (tokens, in_features) each."""
-    store: dict[str, list[torch.Tensor]] = {n: [] for n in mods}
-    fired: set[str] = set()
-
-    def make(n: str):
-        def hook(m: nn.Module, args: tuple) -> None:
-            store[n].append(args[0].detach().reshape(-1, m.in_features).float().clone())
-            fired.add(n)
-            if len(fired) == len(mods):
-                raise _Stop
-        return hook
-
-    handles = [m.register_forward_pre_hook(make(n)) for n, m in mods.items()]
-    try:
-        with torch.no_grad():
-            for args, kw in calls:
-                fired.clear()
-                try:
-                    model(*args, **kw)
-                except _Stop:
-                    pass
-    finally:
-        for h in handles:
-            h.remove()
-    return {n: torch.cat(v) for n, v in store.items() if v}
-
-
 def _progress(enabled: bool, total: int):
     """A rich progress bar on stderr (a no-op object when disabled)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     return Progress(TextColumn("llm_fp4 {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=Console(file=sys.stderr), disable=not enabled, transient=False)
@@ -214,7 +129,10 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
     opts = S.SearchOpts(cfg.variant, cfg.w_bits, a_bits, cfg.grid, cfg.n_candidates, cfg.rounds, tuple(cfg.gamma),
                         cfg.alpha_min, _fmts(cfg.w_formats), _fmts(cfg.a_formats), cfg.shift_round)
     rep = MethodReport("llm_fp4", params_before=count_params(model))
-    skip = lambda n: any(re.search(p, n) for p in cfg.skip)  # noqa: E731
+
+    def skip(n: str) -> bool:
+        return any(re.search(p, n) for p in cfg.skip)
+
     embs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
     lins: dict[str, nn.Linear] = {}
     for n, m in model.named_modules():
@@ -239,7 +157,7 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
             while names and (not group or budget > 0):
                 group.append(names.pop(0))
                 budget -= 4 * lins[group[-1]].in_features * cfg.seq_len * cfg.n_seqs
-            xs = _capture(model, calls, {n: lins[n] for n in group})
+            xs = capture(model, calls, {n: lins[n] for n in group})
             for n in group:
                 bar.update(task, description=n)
                 if n not in xs:

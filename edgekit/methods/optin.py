@@ -38,7 +38,7 @@ from torch import nn
 from ..errors import ConfigError, UnsupportedModelError
 from ..flops import count_params
 from . import _heads as H
-from ._optin_score import Scorer, ScoreOptions, pack
+from ._optin_score import ScoreOptions, Scorer, pack
 from ._report import MethodReport
 
 NEEDS: Literal["none", "calibration", "training"] = "calibration"
@@ -158,9 +158,12 @@ def raw_scores(model: nn.Module, arch: H.Arch, ids: torch.Tensor, mask: torch.Te
     if cfg.cache and path.is_file():
         with np.load(path, allow_pickle=False) as z:
             L = len(arch.layers)
-            return {k: [torch.from_numpy(z[f"{k}_{l}"]) for l in range(L)]
-                    for k in ("head_md", "head_kd", "neuron_md", "neuron_kd")}, True
+            out = {k: [torch.from_numpy(z[f"{k}_{l}"]) for l in range(L)]
+                   for k in ("head_md", "head_kd", "neuron_md", "neuron_kd")}
+            out["seconds"] = [torch.from_numpy(z["seconds"])] if "seconds" in z.files else []
+            return out, True
     dev = torch.device(cfg.device)
+    t0 = time.perf_counter()
     model.to(dev)
     try:
         opts = ScoreOptions(cfg.temperature, cfg.md_tokens, cfg.md_valid_only, cfg.final_layer_md, cfg.unit_batch,
@@ -168,10 +171,17 @@ def raw_scores(model: nn.Module, arch: H.Arch, ids: torch.Tensor, mask: torch.Te
         with torch.no_grad():
             seg = pos = None
             if cfg.pack and arch.family == "bert" and arch.classifier is None:
-                ids, mask, seg, pos = (t.to(dev) for t in pack(ids, mask, cfg.max_len))
+                width = max(int(mask.sum(1).max()), min(64, cfg.max_len))
+                ids, mask, seg, pos = (t.to(dev) for t in pack(ids, mask, width))
             scorer = Scorer(arch, ids.to(dev), mask.to(dev), opts, seg, pos)
             total = sum(arch.units(l) + arch.neurons(l) for l in range(len(arch.layers)))
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             with Progress(TextColumn("optin scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                           transient=True, disable=not cfg.progress) as bar:
@@ -180,12 +190,18 @@ def raw_scores(model: nn.Module, arch: H.Arch, ids: torch.Tensor, mask: torch.Te
     finally:
         model.to("cpu")
     if cfg.cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **{f"{k}_{l}": v[l].numpy() for k, v in raw.items() for l in range(len(v))})
-        tmp.replace(path)
+        save_raw(path, raw, time.perf_counter() - t0)
     return raw, False
+
+
+def save_raw(path: Any, raw: dict[str, list[torch.Tensor]], seconds: float) -> None:
+    """Store raw scores (and the scoring wall time) as a plain .npz, atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    arrays = {f"{k}_{l}": v[l].numpy() for k, v in raw.items() if k != "seconds" for l in range(len(v))}
+    with open(tmp, "wb") as f:
+        np.savez(f, seconds=np.asarray(seconds), **arrays)
+    tmp.replace(path)
 
 
 def balance(md: torch.Tensor, kd: torch.Tensor, cfg: Config) -> torch.Tensor:
@@ -195,7 +211,7 @@ def balance(md: torch.Tensor, kd: torch.Tensor, cfg: Config) -> torch.Tensor:
     scales: list[float] = []
     out = torch.empty_like(md)
     for i, (m, k) in enumerate(zip(md.tolist(), kd.tolist())):
-        if m > k and k > 0:
+        if m > k > 0:
             s = 10.0 ** math.trunc(math.log10(m / k) - math.log10(cfg.lambda_c))
             scales.append(s)
         else:
@@ -258,6 +274,7 @@ def apply(model: nn.Module, cfg: Config, data: Any = None) -> tuple[nn.Module, M
         "attention_unit": "kv group" if arch.q_per_unit > 1 else "head",
         "units_per_layer": counts["units"], "neurons_per_layer": counts["neurons"],
         "calibration_shape": list(ids.shape), "scoring_seconds": round(t_score, 2), "cache_hit": hit,
+        "scoring_seconds_when_computed": float(raw["seconds"][0]) if raw.get("seconds") else round(t_score, 2),
         "export_precision": "fp32"})
     rep.seconds = time.perf_counter() - t0
     return model, rep

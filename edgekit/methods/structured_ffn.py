@@ -82,7 +82,7 @@ def find_ffn(model: nn.Module, patterns: list[str]) -> list[tuple[str, nn.Linear
 
 def _round(x: float, mult: int, lo: int, hi: int) -> int:
     """Nearest multiple of `mult` within [lo, hi] (lo/hi are multiples already or become the bound)."""
-    r = max(mult, int(round(x / mult)) * mult)
+    r = max(mult, round(x / mult) * mult)
     return max(lo, min(hi, r))
 
 

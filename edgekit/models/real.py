@@ -18,7 +18,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ def _offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-@lru_cache(maxsize=None)
+@cache
 def file_sha256(path: str) -> str:
     """sha256 of a weight file, memoised per process: the key of every cached FP32 reference."""
     from ..artifact import sha256_file

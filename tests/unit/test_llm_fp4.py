@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import copy
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -202,7 +201,21 @@ def test_tiny_llama_exports_to_onnx_matching_torch(tmp_path, a_bits):
     ratio = qdq["weight_bytes_float"] / qdq["weight_bytes_stored"]
     assert ratio == pytest.approx(8.0) if a_bits is None else 4.0 <= ratio < 8.0
     val = validate(wrapped, specs, tmp_path / "m.onnx", "onnxruntime", rep.extra["export_precision"])
-    assert val["outputs"]["linear_14"]["rel_l2"] < 1e-4 if a_bits is None else val["outputs"]
+    assert val["outputs"]["linear_14"]["rel_l2"] < 1e-5
+    if a_bits is None:
+        return
+    # exact integer W4A4: every fake-quant linear becomes Cast(int8) + MatMulInteger (pre-shifted int8 weights)
+    import onnx
+
+    from edgekit.export.fp4_matmul import rewrite
+
+    proto, info = rewrite(onnx.load(str(tmp_path / "m.onnx")), get_codes(q), llm_fp4.act_records(q))
+    assert info == {"int_matmul_layers": 14, "kept_fake_quant": {}}
+    assert sum(n.op_type == "MatMulInteger" for n in proto.graph.node) == 14
+    onnx.save(proto, str(tmp_path / "int.onnx"))
+    for rt in ("onnxruntime", "openvino"):
+        val = validate(wrapped, specs, tmp_path / "int.onnx", rt, "int")
+        assert val["outputs"]["linear_14"]["rel_l2"] < 1e-5  # int32 accumulation is exact
 
 
 def test_plain_linear_model_with_tensor_data_and_minmax_int():

@@ -1,24 +1,21 @@
 """OPTIN: budget, mask == physical removal, scorer == masked HF forward, score sanity, GQA groups, ONNX export."""
 from __future__ import annotations
 
-import copy
-import itertools
-
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
-from edgekit.data import DataSource  # noqa: E402
-from edgekit.methods import _heads as H  # noqa: E402
-from edgekit.methods import optin  # noqa: E402
-from edgekit.methods._optin_score import Scorer, ScoreOptions  # noqa: E402
+from edgekit.data import DataSource
+from edgekit.methods import _heads as H
+from edgekit.methods import optin
+from edgekit.methods._optin_score import ScoreOptions, Scorer
 
 
 def _bert(cls=transformers.BertModel) -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                  intermediate_size=128, max_position_embeddings=128, attn_implementation="eager")
+                                  intermediate_size=128, max_position_embeddings=128)
     return _strong(cls(cfg).eval())
 
 
@@ -26,7 +23,7 @@ def _llama() -> torch.nn.Module:
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, intermediate_size=96, max_position_embeddings=64,
-                                   attn_implementation="eager", tie_word_embeddings=False)
+                                   tie_word_embeddings=False)
     return _strong(transformers.LlamaForCausalLM(cfg).eval())
 
 
@@ -133,9 +130,10 @@ def test_search_matches_brute_force():
     kh, kn = H.search(hs, ns, mh, mn, cap)
     best = -1.0
     for h in range(1, 7):
-        for n in range(0, 11):
+        for n in range(11):
             if h * mh + n * mn <= cap:
-                best = max(best, float(hs.sort(descending=True).values[:h].sum() + ns.sort(descending=True).values[:n].sum()))
+                top = hs.sort(descending=True).values[:h].sum() + ns.sort(descending=True).values[:n].sum()
+                best = max(best, float(top))
     assert float(hs[kh].sum() + ns[kn].sum()) == pytest.approx(best)
     assert int(kh.sum()) * mh + int(kn.sum()) * mn <= cap
 

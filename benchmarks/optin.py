@@ -1,0 +1,212 @@
+"""OPTIN vs magnitude head/neuron pruning at equal FLOPs: MiniLM WordNet-10 probe, SmolLM2 perplexity, latency.
+
+Parts (one run writes benchmarks/results/optin.json; each part merges its keys into it):
+* minilm:  FP32 and OPTIN / magnitude (L2 norm of each unit's weights, same search and slimming) at flops_keep 0.8,
+           0.6, 0.5; WordNet-10 probe accuracy (head fitted on FP32 embeddings, 1,000 test glosses, max_len 128)
+           and cosine to FP32. Calibration: `samples` WordNet *train* glosses. Scoring wall time (2 threads).
+* smollm2: FP32 and OPTIN / magnitude at flops_keep 0.9 and 0.8, perplexity on the first `windows` 512-token
+           Python-docs windows (FP32 on the same windows in the same run). Calibration: 128-token windows of the
+           Python-docs text *after* the evaluated part. The trajectory scores may come from --scores (an .npz made
+           by the same scorer on a GPU, see `device_inputs`), since CPU scoring of 46k units is hours.
+* latency: exported FP32 vs slimmed models (batch 1, seq 128 for MiniLM; seq 128 for SmolLM2) on ONNX Runtime
+           and OpenVINO, threads=2, runs interleaved, median ratio next to the MAC-model ratio.
+Run:  nice python benchmarks/optin.py minilm | smollm2 [--scores raw.npz] | latency
+"""
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgekit.data import DataSource
+from edgekit.eval import evaluate
+from edgekit.methods import _heads as H
+from edgekit.methods import optin
+
+OUT = Path(__file__).parent / "results" / "optin.json"
+KEEP_MINILM = (0.8, 0.6, 0.5)
+KEEP_SMOL = (0.9, 0.8)
+WN = {"max_len": 128}
+
+
+def _save(part: str, res: dict) -> None:
+    """Merge one part's results into the JSON file."""
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    old = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    old[part] = res
+    OUT.write_text(json.dumps(old, indent=1))
+
+
+def _prune(model: torch.nn.Module, data: DataSource, **kw) -> tuple[torch.nn.Module, dict]:
+    m = copy.deepcopy(model)
+    m, rep = optin.apply(m, optin.Config(progress=False, **kw), data)
+    return m.eval(), rep.extra
+
+
+def minilm(samples: int = 16) -> dict:
+    """WordNet-10 probe accuracy of OPTIN vs magnitude at equal FLOPs."""
+    from edgekit.eval.wordnet import Config as WC
+    from edgekit.eval.wordnet import load_glosses
+    from edgekit.models.real import load_minilm
+
+    model, _ = load_minilm()
+    data = DataSource(texts=load_glosses(WC())[0])
+    fp = evaluate(model, "wordnet10", options=WN)
+    res = {"fp32": fp["metrics"], "samples": samples, "rows": []}
+    print(f"MiniLM FP32 probe {fp['metrics']['probe_accuracy']:.3f}")
+    for keep in KEEP_MINILM:
+        for imp in ("trajectory", "magnitude"):
+            m, ex = _prune(model, data, flops_keep=keep, importance=imp, samples=samples)
+            r = evaluate(m, "wordnet10", options=WN)["metrics"]
+            row = {"flops_keep": keep, "importance": imp, "achieved": ex["flops_keep_achieved"],
+                   "probe_accuracy": r["probe_accuracy"], "cosine": r["cosine"],
+                   "retrieval_top1": r["retrieval_top1"], "units": ex["units_per_layer"],
+                   "neurons": ex["neurons_per_layer"], "scoring_seconds": ex["scoring_seconds_when_computed"]}
+            res["rows"].append(row)
+            print(f"keep {keep} {imp:10s} achieved {row['achieved']:.3f} probe {row['probe_accuracy']:.3f} "
+                  f"(FP32 {fp['metrics']['probe_accuracy']:.3f}) cos {row['cosine']:.3f} heads {row['units']}")
+    _save("minilm", res)
+    return res
+
+
+def smol_calibration(model: torch.nn.Module, samples: int) -> tuple[torch.Tensor, torch.Tensor, optin.Config]:
+    """128-token windows of the Python docs after the 16 evaluated 512-token windows; OPTIN's own draw."""
+    from edgekit.eval.perplexity import load_text
+    from edgekit.models.real import smollm2_tokenizer
+
+    ids = smollm2_tokenizer()(load_text("python_docs"), add_special_tokens=False)["input_ids"][16 * 512:]
+    n = len(ids) // 128
+    win = torch.tensor(ids[:n * 128]).view(n, 128)
+    cfg = optin.Config(samples=samples, max_len=128, progress=False)
+    a, b = optin.calibration(model, H.find_arch(model), DataSource(tensors=[win]), cfg)
+    return a, b, cfg
+
+
+def device_inputs(samples: int, folder: Path) -> None:
+    """Write the calibration ids the GPU scorer needs (ids.npy) into `folder`."""
+    from edgekit.models.real import load_smollm2
+
+    model, _ = load_smollm2()
+    ids, _, _ = smol_calibration(model, samples)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "ids.npy", ids.numpy())
+
+
+def smollm2(samples: int = 8, windows: int = 4, scores: str | None = None) -> dict:
+    """Perplexity of OPTIN vs magnitude at flops_keep 0.9 / 0.8 (same windows, FP32 in the same run)."""
+    from edgekit.models.real import load_smollm2
+
+    model, _ = load_smollm2()
+    ids, mask, cfg = smol_calibration(model, samples)
+    if scores:  # GPU-made raw scores for exactly these tokens: put them where optin's cache looks
+        from edgekit.models.real import cache_dir
+
+        path = cache_dir() / "optin" / f"{optin.cache_key(model, ids, mask, cfg)}.npz"
+        with np.load(scores) as z:
+            raw = {k: [torch.from_numpy(z[f"{k}_{l}"]) for l in range(30)]
+                   for k in ("head_md", "head_kd", "neuron_md", "neuron_kd")}
+            optin.save_raw(path, raw, float(z["seconds"]))
+    opts = {"python_docs_windows": windows, "gpl3_windows": 0}
+    fp = evaluate(model, "perplexity", options=opts)["metrics"]
+    res = {"fp32_perplexity": fp["perplexity_python_docs"], "windows": windows, "samples": samples, "rows": []}
+    print(f"SmolLM2 FP32 ppl {res['fp32_perplexity']:.2f} ({windows} windows)")
+    data = DataSource(tensors=[ids, mask])
+    for keep in KEEP_SMOL:
+        for imp in ("trajectory", "magnitude"):
+            m, ex = _prune(model, data, flops_keep=keep, importance=imp, samples=samples, max_len=128)
+            r = evaluate(m, "perplexity", options=opts)["metrics"]
+            row = {"flops_keep": keep, "importance": imp, "achieved": ex["flops_keep_achieved"],
+                   "perplexity": r["perplexity_python_docs"], "agreement": r["agreement_python_docs"],
+                   "units": ex["units_per_layer"], "neurons": ex["neurons_per_layer"],
+                   "scoring_seconds": ex["scoring_seconds_when_computed"], "cache_hit": ex["cache_hit"]}
+            res["rows"].append(row)
+            print(f"keep {keep} {imp:10s} achieved {row['achieved']:.3f} ppl {row['perplexity']:.2f} "
+                  f"agree {row['agreement']:.3f}")
+    _save("smollm2", res)
+    return res
+
+
+def _time_pair(paths: dict[str, Path], runtime: str, feeds: dict, reps: int) -> dict[str, float]:
+    """Median latency (ms) of each file, runs interleaved so load changes hit both alike."""
+    from edgekit.profile.runners import open_session
+
+    sess = {k: open_session(p, runtime, threads=2) for k, p in paths.items()}
+    for s in sess.values():
+        for _ in range(3):
+            s.run(feeds)
+    times: dict[str, list[float]] = {k: [] for k in sess}
+    for _ in range(reps):
+        for k, s in sess.items():
+            t = time.perf_counter()
+            s.run(feeds)
+            times[k].append((time.perf_counter() - t) * 1e3)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def latency(reps: int = 30) -> dict:
+    """FP32 vs OPTIN-slimmed exports, ONNX Runtime and OpenVINO, 2 threads, interleaved."""
+    from edgekit.eval.wordnet import Config as WC
+    from edgekit.eval.wordnet import load_glosses
+    from edgekit.export.onnx import to_onnx
+    from edgekit.export.openvino import convert
+    from edgekit.model_io import InputSpec
+    from edgekit.models.real import CausalLMLogits, load_minilm, load_smollm2
+
+    res: dict = {}
+    tmp = Path(tempfile.mkdtemp(prefix="optin-lat-"))
+    mini, _ = load_minilm()
+    smol, _ = load_smollm2()
+    sids, smask, _ = smol_calibration(smol, 8)
+    cases = [("minilm", mini, DataSource(texts=load_glosses(WC())[0]), KEEP_MINILM, {"samples": 16},
+              [InputSpec("input_ids", [1, 128], "int64", high=30000), InputSpec("attention_mask", [1, 128], "int64")]),
+             ("smollm2", smol, DataSource(tensors=[sids, smask]), KEEP_SMOL, {"samples": 8, "max_len": 128},
+              [InputSpec("input_ids", [1, 128], "int64", high=49152)])]
+    for name, model, data, keeps, kw, specs in cases:
+        gen = torch.Generator().manual_seed(0)
+        inputs = tuple(torch.randint(0, s.high or 2, s.shape, generator=gen) if s.name == "input_ids"
+                       else torch.ones(s.shape, dtype=torch.long) for s in specs)
+        feeds = {s.name: t.numpy() for s, t in zip(specs, inputs)}
+        wrap = (lambda m: CausalLMLogits(m).eval()) if name == "smollm2" else (lambda m: m)
+        paths = {"fp32": tmp / f"{name}-fp32.onnx"}
+        to_onnx(wrap(model), inputs, specs, paths["fp32"])
+        macs = {}
+        for keep in keeps:
+            m, ex = _prune(model, data, flops_keep=keep, **kw)
+            paths[f"keep{keep}"] = tmp / f"{name}-{keep}.onnx"
+            to_onnx(wrap(m), inputs, specs, paths[f"keep{keep}"])
+            macs[f"keep{keep}"] = ex["flops_keep_achieved"]
+        out = {}
+        for rt in ("onnxruntime", "openvino"):
+            p = paths if rt == "onnxruntime" else {k: convert(v, tmp / f"ov-{name}-{k}") for k, v in paths.items()}
+            ms = _time_pair(p, rt, feeds, reps)
+            out[rt] = {"ms": ms, "latency_ratio": {k: ms[k] / ms["fp32"] for k in ms if k != "fp32"}}
+            for k, mac in macs.items():
+                print(f"{name} {rt:11s} {k}: {ms[k]:.2f} ms vs FP32 {ms['fp32']:.2f} ms -> latency ratio "
+                      f"{ms[k] / ms['fp32']:.3f}, prunable-MAC ratio {mac:.3f}")
+        out["mac_ratio"] = macs
+        out["onnx_mb"] = {k: p.stat().st_size / 2**20 for k, p in paths.items()}
+        res[name] = out
+    _save("latency", res)
+    return res
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    part = sys.argv[1] if len(sys.argv) > 1 else "minilm"
+    args = dict(zip(sys.argv[2::2], sys.argv[3::2]))
+    if part == "minilm":
+        minilm(int(args.get("--samples", 16)))
+    elif part == "smollm2":
+        smollm2(int(args.get("--samples", 8)), int(args.get("--windows", 4)), args.get("--scores"))
+    elif part == "device-inputs":
+        device_inputs(int(args.get("--samples", 8)), Path(args["--to"]))
+    elif part == "latency":
+        latency(int(args.get("--reps", 30)))
+    else:
+        raise SystemExit(f"unknown part {part}; use minilm, smollm2, device-inputs or latency")
