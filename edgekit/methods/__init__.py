@@ -17,6 +17,9 @@ METHODS: dict[str, str] = {
     "rtn": "edgekit.methods.baseline_rtn",
     "magnitude": "edgekit.methods.baseline_magnitude",
     "udfc": "edgekit.methods.udfc",
+    "llm_fp4": "edgekit.methods.llm_fp4",
+    "optin": "edgekit.methods.optin",
+    "structured_ffn": "edgekit.methods.structured_ffn",
 }
 
 
