@@ -75,7 +75,8 @@ def minilm(samples: int = 16) -> dict:
     return res
 
 
-def smol_calibration(model: torch.nn.Module, samples: int) -> tuple[torch.Tensor, torch.Tensor, optin.Config]:
+def smol_calibration(model: torch.nn.Module, samples: int) -> tuple[torch.Tensor, torch.Tensor, optin.Config,
+                                                                    DataSource]:
     """128-token windows of the Python docs after the 16 evaluated 512-token windows; OPTIN's own draw."""
     from edgekit.eval.perplexity import load_text
     from edgekit.models.real import smollm2_tokenizer
@@ -84,8 +85,9 @@ def smol_calibration(model: torch.nn.Module, samples: int) -> tuple[torch.Tensor
     n = len(ids) // 128
     win = torch.tensor(ids[:n * 128]).view(n, 128)
     cfg = optin.Config(samples=samples, max_len=128, progress=False)
-    a, b = optin.calibration(model, H.find_arch(model), DataSource(tensors=[win]), cfg)
-    return a, b, cfg
+    data = DataSource(tensors=[win])
+    a, b = optin.calibration(model, H.find_arch(model), data, cfg)
+    return a, b, cfg, data
 
 
 def device_inputs(samples: int, folder: Path) -> None:
@@ -93,7 +95,7 @@ def device_inputs(samples: int, folder: Path) -> None:
     from edgekit.models.real import load_smollm2
 
     model, _ = load_smollm2()
-    ids, _, _ = smol_calibration(model, samples)
+    ids = smol_calibration(model, samples)[0]
     folder.mkdir(parents=True, exist_ok=True)
     np.save(folder / "ids.npy", ids.numpy())
 
@@ -103,20 +105,22 @@ def smollm2(samples: int = 8, windows: int = 4, scores: str | None = None) -> di
     from edgekit.models.real import load_smollm2
 
     model, _ = load_smollm2()
-    ids, mask, cfg = smol_calibration(model, samples)
-    if scores:  # GPU-made raw scores for exactly these tokens: put them where optin's cache looks
-        from edgekit.models.real import cache_dir
+    ids, mask, cfg, data = smol_calibration(model, samples)
+    from edgekit.models.real import cache_dir
 
-        path = cache_dir() / "optin" / f"{optin.cache_key(model, ids, mask, cfg)}.npz"
+    path = cache_dir() / "optin" / f"{optin.cache_key(model, ids, mask, cfg)}.npz"
+    if scores:  # GPU-made raw scores for exactly these tokens: put them where optin's cache looks
         with np.load(scores) as z:
             raw = {k: [torch.from_numpy(z[f"{k}_{l}"]) for l in range(30)]
                    for k in ("head_md", "head_kd", "neuron_md", "neuron_kd")}
             optin.save_raw(path, raw, float(z["seconds"]))
+    if not path.is_file():
+        raise SystemExit("no SmolLM2 scores for these tokens: CPU scoring takes hours; make them on a GPU "
+                         "(device-inputs, then the scorer) and pass --scores raw.npz")
     opts = {"python_docs_windows": windows, "gpl3_windows": 0}
     fp = evaluate(model, "perplexity", options=opts)["metrics"]
     res = {"fp32_perplexity": fp["perplexity_python_docs"], "windows": windows, "samples": samples, "rows": []}
     print(f"SmolLM2 FP32 ppl {res['fp32_perplexity']:.2f} ({windows} windows)")
-    data = DataSource(tensors=[ids, mask])
     for keep in KEEP_SMOL:
         for imp in ("trajectory", "magnitude"):
             m, ex = _prune(model, data, flops_keep=keep, importance=imp, samples=samples, max_len=128)
@@ -162,10 +166,10 @@ def latency(reps: int = 30) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="optin-lat-"))
     mini, _ = load_minilm()
     smol, _ = load_smollm2()
-    sids, smask, _ = smol_calibration(smol, 8)
+    sdata = smol_calibration(smol, 8)[3]
     cases = [("minilm", mini, DataSource(texts=load_glosses(WC())[0]), KEEP_MINILM, {"samples": 16},
               [InputSpec("input_ids", [1, 128], "int64", high=30000), InputSpec("attention_mask", [1, 128], "int64")]),
-             ("smollm2", smol, DataSource(tensors=[sids, smask]), KEEP_SMOL, {"samples": 8, "max_len": 128},
+             ("smollm2", smol, sdata, KEEP_SMOL, {"samples": 8, "max_len": 128},
               [InputSpec("input_ids", [1, 128], "int64", high=49152)])]
     for name, model, data, keeps, kw, specs in cases:
         gen = torch.Generator().manual_seed(0)
