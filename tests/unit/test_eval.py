@@ -112,3 +112,15 @@ def test_cli_eval_prints_table_and_writes_json(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["samples"] == 50
     r = CliRunner().invoke(app, ["eval", "demo", "--task", "digits", "--set", "bogus=1"])
     assert r.exit_code == 2
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "tflite"])
+def test_digits_through_openvino_and_litert_match_torch(tmp_path: Path, runtime: str) -> None:
+    """An artifact made by edgekit.api scores the same through every runtime as the torch model does."""
+    from edgekit import api
+
+    art = api.compress("demo", "rtn", {"bits": 8}, tmp_path / "a", runtimes=[runtime])
+    ref = evaluate("demo", "digits")["metrics"]
+    got = evaluate(art, "digits", runtime=runtime)["metrics"]
+    assert got["accuracy"] == pytest.approx(ref["accuracy"], abs=0.005)
+    assert got["agreement"] >= 0.99
