@@ -135,6 +135,10 @@ def _source_info(loaded: LoadedModel) -> dict[str, Any]:
         from .models.digits_cnn import WEIGHTS
 
         info["sha256"] = art.sha256_file(WEIGHTS)
+    elif loaded.kind == "builtin":
+        from .models.real import state_dict_sha256
+
+        info["state_dict_sha256"] = state_dict_sha256(loaded.module)
     return info
 
 

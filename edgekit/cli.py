@@ -14,7 +14,8 @@ from .cli_common import STATE, console, parse_sets, user_errors
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress PyTorch models, export them to ONNX Runtime / OpenVINO / LiteRT, and measure them.")
 
-ModelArg = Annotated[str, typer.Argument(help="model file (.pt/.pth/.pt2/.safetensors), HF folder, artifact or 'demo'")]
+ModelArg = Annotated[str, typer.Argument(help="model file (.pt/.pth/.pt2/.safetensors), HF folder, artifact, 'demo' "
+                                                 "or a real model: efficientnet-lite0[-features], minilm, smollm2")]
 InputShape = Annotated[Optional[str], typer.Option(help="input shape, e.g. 1x3x224x224[:float32]; comma for several")]
 Dynamic = Annotated[Optional[list[str]], typer.Option(help="dynamic axes; only 'batch' is supported")]
 Arch = Annotated[Optional[str], typer.Option(help="pkg.module:factory that builds the model for a state dict")]

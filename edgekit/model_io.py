@@ -2,7 +2,8 @@
 
 Sources: a pickled nn.Module in .pt/.pth (torch's weights_only unpickler; classes outside torch.nn/edgekit need
 --allow-class or --trust-pickle), a state dict (.pt/.pth/.safetensors) plus --arch pkg.module:factory, a .pt2
-ExportedProgram, a Hugging Face folder (local only, never remote code), the built-in name "demo", or an artifact.
+ExportedProgram, a Hugging Face folder (local only, never remote code), an artifact, or a built-in name: "demo",
+"efficientnet-lite0" (or "-features"), "minilm", "smollm2" (the real models of the hf extra).
 """
 from __future__ import annotations
 
@@ -183,6 +184,8 @@ def load_model(src: str | Path, arch: str | None = None, allow_class: list[str] 
         from .models.digits_cnn import INPUT_SHAPE, load_demo_model
 
         return LoadedModel(load_demo_model(), "demo", "demo", [InputSpec("input", list(INPUT_SHAPE))])
+    if str(src) in _REAL:
+        return _load_real(str(src))
     path = Path(src)
     if not path.exists():
         raise ModelLoadError(f"{path} does not exist; pass a .pt/.pth/.pt2/.safetensors file, a Hugging Face folder, "
@@ -220,6 +223,27 @@ def load_model(src: str | Path, arch: str | None = None, allow_class: list[str] 
     if not isinstance(obj, nn.Module):
         raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not an nn.Module")
     return LoadedModel(obj.eval(), str(path), "pickled_module")
+
+
+_REAL = ("efficientnet-lite0", "efficientnet-lite0-features", "minilm", "smollm2")
+
+
+def _load_real(name: str) -> LoadedModel:
+    """The small real models that install offline (edgekit[hf]), by name, with their input specs."""
+    from .models import real
+
+    if name.startswith("efficientnet-lite0"):
+        m = real.load_efficientnet_lite0()
+        if name.endswith("features"):  # (logits, features): what the fashion-probe eval reads from an artifact
+            m = real.EfficientNetWithFeatures(m).eval()
+        return LoadedModel(m, name, "builtin", [InputSpec("input", [1, 3, 224, 224])])
+    if name == "minilm":
+        m, tok = real.load_minilm()
+        return LoadedModel(m, name, "builtin", [InputSpec("input_ids", [1, 128], "int64", high=tok.vocab_size),
+                                                InputSpec("attention_mask", [1, 128], "int64")])
+    lm, tok = real.load_smollm2()
+    return LoadedModel(real.CausalLMLogits(lm).eval(), name, "builtin",
+                       [InputSpec("input_ids", [1, 128], "int64", high=lm.config.vocab_size)])
 
 
 def _load_pt2(path: Path) -> nn.Module:
