@@ -156,7 +156,7 @@ def model_specs() -> dict[str, ModelSpec]:
                      "ort_static_pc": "skipped: as ort_static_pt"}),
         "demo": ModelSpec(
             "demo", "digits", {}, None, _demo, [InputSpec("input", [1, 1, 8, 8])], ["logits"], None, _demo_calib,
-            lambda: [np.zeros((1, 1, 8, 8), np.float32)], "1x1x8x8", ["fp32", "rtn8", "rtn4", "mag30", "mag50"]),
+            lambda: [np.zeros((1, 1, 8, 8), np.float32)], "1x1x8x8", ALL),
     }
 
 
@@ -290,12 +290,24 @@ class Context:
     def pre(self) -> Path:
         """FP32 ONNX after ORT's recommended quant_pre_process (shape inference + graph optimisation)."""
         p = self.work / "pre.onnx"
+        note = self.work / "pre.txt"
         if not p.is_file():
             from onnxruntime.quantization.shape_inference import quant_pre_process
 
-            quant_pre_process(str(self.onnx), str(p.with_suffix(".tmp.onnx")))
-            p.with_suffix(".tmp.onnx").replace(p)
+            tmp = str(p.with_suffix(".tmp.onnx"))
+            try:
+                quant_pre_process(str(self.onnx), tmp)
+                note.write_text("quant_pre_process (defaults)")
+            except Exception as e:  # symbolic shape inference fails on dynamo's Min(512, seq) dims
+                quant_pre_process(str(self.onnx), tmp, skip_symbolic_shape=True)
+                note.write_text(f"quant_pre_process(skip_symbolic_shape=True); the default failed: {str(e)[:120]}")
+            Path(tmp).replace(p)
         return p
+
+    def pre_note(self) -> str:
+        """How the pre-processed ONNX was made."""
+        self.pre()
+        return (self.work / "pre.txt").read_text()
 
 
 def fp32_variant(spec: ModelSpec, ctx: Context, root: Path) -> dict[str, Any]:

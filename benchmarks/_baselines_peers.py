@@ -98,7 +98,7 @@ def ort_static(spec: ModelSpec, ctx: Context, root: Path, per_channel: bool) -> 
                     per_channel=per_channel)
     info = {"tool": f"onnxruntime {ort.__version__} quantize_static (QDQ, MinMax, "
                     f"{'per-channel' if per_channel else 'per-tensor'})", "calibration_samples": len(ctx.calib()),
-            "preprocess": "quant_pre_process", "validation": NO_VALIDATION, "precision": "int8"}
+            "preprocess": ctx.pre_note(), "validation": NO_VALIDATION, "precision": "int8"}
     write_art(root, spec, {"onnxruntime": out}, info)
     return info
 
@@ -111,7 +111,7 @@ def ort_dynamic(spec: ModelSpec, ctx: Context, root: Path) -> dict[str, Any]:
     out = root / "exports" / "onnxruntime" / "model.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
     quantize_dynamic(str(ctx.pre()), str(out))
-    info = {"tool": f"onnxruntime {ort.__version__} quantize_dynamic (defaults)", "preprocess": "quant_pre_process",
+    info = {"tool": f"onnxruntime {ort.__version__} quantize_dynamic (defaults)", "preprocess": ctx.pre_note(),
             "validation": NO_VALIDATION, "precision": "int8"}
     write_art(root, spec, {"onnxruntime": out}, info)
     return info

@@ -39,7 +39,7 @@ def _lat(cell: dict[str, Any], rt: str) -> str:
     x = cell.get("latency", {}).get(rt)
     if not x:
         return "—"
-    return f"{x['p50_ms']:.1f} ({x['latency_vs_fp32']:.2f}x)"
+    return f"{x['p50_ms']:.3g} ({x['latency_vs_fp32']:.2f}x)"
 
 
 def _row(model: str, task: str, v: str, cell: dict[str, Any], rts: list[str]) -> str:
@@ -50,7 +50,7 @@ def _row(model: str, task: str, v: str, cell: dict[str, Any], rts: list[str]) ->
         return f"| {label} | " + " | ".join(["—"] * (len(METRICS[task]) + 2 + len(rts))) + f" | {anchor} ({note}) |"
     m = cell["metrics"]
     mets = [f"{m[k]:.{d}f}" if k in m else "—" for k, _, d in METRICS[task]]
-    size = " / ".join(f"{s:.1f}" for s in dict.fromkeys(cell["size_mb"].values()))
+    size = " / ".join(f"{s:.3g}" for s in dict.fromkeys(cell["size_mb"].values()))
     return (f"| {label} | {cell['fidelity_runtime']} | " + " | ".join(mets) + f" | {size} | "
             + " | ".join(_lat(cell, rt) for rt in rts) + f" | {anchor} |")
 
