@@ -234,7 +234,7 @@ def write_art(root: Path, spec: ModelSpec, files: dict[str, Path], info: dict[st
     return root
 
 
-def edgekit_variant(spec: ModelSpec, ctx: "Context", name: str, root: Path) -> dict[str, Any]:
+def edgekit_variant(spec: ModelSpec, ctx: Context, name: str, root: Path) -> dict[str, Any]:
     """rtn8/rtn4/mag30/mag50 through edgekit's methods; exported to ORT and OpenVINO, validated on ORT."""
     from edgekit.errors import ExportMismatchError
     from edgekit.export.validate import validate
@@ -298,7 +298,7 @@ class Context:
             try:
                 quant_pre_process(str(self.onnx), tmp)
                 note.write_text("quant_pre_process (defaults)")
-            except Exception as e:  # symbolic shape inference fails on dynamo's Min(512, seq) dims
+            except Exception as e:  # noqa: BLE001 - symbolic shape inference fails on dynamo's Min(512, seq) dims
                 quant_pre_process(str(self.onnx), tmp, skip_symbolic_shape=True)
                 note.write_text(f"quant_pre_process(skip_symbolic_shape=True); the default failed: {str(e)[:120]}")
             Path(tmp).replace(p)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from _baselines_build import Context, ModelSpec, write_art
 
 NO_VALIDATION = {"skipped": "third-party quantized file: no torch model computes it, so no reference to validate"}
@@ -55,14 +54,17 @@ def nncf_ptq(spec: ModelSpec, ctx: Context, root: Path) -> dict[str, Any]:
 
 
 def nncf_wc(spec: ModelSpec, ctx: Context, root: Path, bits: int) -> dict[str, Any]:
-    """nncf.compress_weights, data-free: INT8_ASYM, or INT4_SYM with groups of 128 (NNCF keeps its defaults for
-    embeddings / last layer and ratio)."""
+    """nncf.compress_weights, data-free: INT8_ASYM, or INT4_SYM with groups of 128, ADJUST fallback for widths 128
+    does not divide (NNCF keeps its defaults for embeddings / last layer and ratio)."""
     import nncf
     import openvino as ov
 
     model = ov.Core().read_model(str(ctx.xml))
     kw: dict[str, Any] = ({"mode": nncf.CompressWeightsMode.INT8_ASYM} if bits == 8 else
-                          {"mode": nncf.CompressWeightsMode.INT4_SYM, "group_size": 128})
+                          {"mode": nncf.CompressWeightsMode.INT4_SYM, "group_size": 128,
+                           # 576-wide inputs (SmolLM2) do not split into 128s: NNCF's ADJUST picks a divisor (64)
+                           "advanced_parameters": nncf.AdvancedCompressionParameters(
+                               group_size_fallback_mode=nncf.quantization.advanced_parameters.GroupSizeFallbackMode.ADJUST)})
     q = nncf.compress_weights(model, **kw)
     xml = _save_ov(q, root)
     info = {"tool": f"nncf {nncf.__version__} compress_weights", "options": {k: str(v) for k, v in kw.items()},
@@ -87,7 +89,11 @@ class _Reader:
 def ort_static(spec: ModelSpec, ctx: Context, root: Path, per_channel: bool) -> dict[str, Any]:
     """quantize_static, QDQ, MinMax, its default int8 types, on the pre-processed FP32 ONNX."""
     import onnxruntime as ort
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        quantize_static,
+    )
 
     CalibrationDataReader.register(_Reader)
     pre = ctx.pre()

@@ -46,8 +46,12 @@ def _row(model: str, task: str, v: str, cell: dict[str, Any], rts: list[str]) ->
     label = LABELS.get(v, v)
     anchor = ANCHORS.get(model, {}).get(v, "")
     if "skipped" in cell or "error" in cell:
-        note = cell.get("skipped") or f"error: {cell['error'][:120]}"
+        note = " ".join((cell.get("skipped") or f"error: {cell['error'][:120]}").split())
         return f"| {label} | " + " | ".join(["—"] * (len(METRICS[task]) + 2 + len(rts))) + f" | {anchor} ({note}) |"
+    wt = cell.get("info", {}).get("weight_types")
+    if v == "nncf_wc4" and wt and not any("4" in k for k in wt):
+        anchor += " (here: no INT4 weight in the file — NNCF keeps convolutions, and the last layer, the only "\
+                  "MatMul, in its INT8_ASYM backup mode, so on this CNN it equals INT8_ASYM)"
     m = cell["metrics"]
     mets = [f"{m[k]:.{d}f}" if k in m else "—" for k, _, d in METRICS[task]]
     size = " / ".join(f"{s:.3g}" for s in dict.fromkeys(cell["size_mb"].values()))
@@ -87,14 +91,22 @@ NOTES = """Notes
 - MB: the file(s) a runtime loads (OpenVINO: .xml + .bin); several sizes are ORT / OpenVINO.
 - NNCF and ORT quantized files have no torch twin: edgekit's export validation is skipped for them (recorded in the
   JSON); edgekit's RTN / magnitude files are validated against torch on ONNX Runtime.
+- Tool settings: documented defaults, plus: NNCF PTQ on MiniLM with model_type=TRANSFORMER; NNCF INT4 with
+  group_size_fallback_mode=ADJUST (SmolLM2's 576-wide inputs get groups of 64); ORT quantization on
+  quant_pre_process output (for MiniLM its symbolic shape inference fails on the exporter's Min(512, seq) dim,
+  so it ran with skip_symbolic_shape=True). edgekit RTN quantizes Conv/Linear only: MiniLM's 47 MB word
+  embedding stays FP32, while SmolLM2's embedding is its tied lm_head and is quantized with it.
+- ANCHORS figures were measured on a quiet machine; this run shared 2 cores with other jobs (load ~5), so
+  absolute ms are 2-3x ANCHORS' and ratios carry about +-0.1 of noise (identical-compute files such as the
+  magnitude-pruned ones read 0.90-1.07x).
 """
 
 
 def write_markdown(doc: dict[str, Any], path: Path) -> None:
     """Write the tables for every model in the JSON."""
     lines = ["# Peer baselines against FP32 (benchmarks/baselines.py)", "",
-             f"Host: {doc['meta']['host']}, {doc['meta']['cpus']} CPUs, {doc['meta']['threads']} threads; "
-             f"updated {doc['meta']['updated']}.", ""]
+             (f"Host: {doc['meta']['host']}, {doc['meta']['cpus']} CPUs, {doc['meta']['threads']} threads; "
+              f"updated {doc['meta']['updated']}."), ""]
     for mk, entry in doc.get("models", {}).items():
         lines += model_table(mk, entry)
     path.write_text("\n".join(lines + [NOTES]))

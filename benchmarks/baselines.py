@@ -30,13 +30,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import _baselines_build as B  # noqa: E402
-import _baselines_peers as P  # noqa: E402
-from _baselines_table import write_markdown  # noqa: E402
+import _baselines_build as B
+import _baselines_peers as P
+from _baselines_table import write_markdown
 
-from edgekit.artifact import export_file, read_manifest  # noqa: E402
-from edgekit.eval import evaluate  # noqa: E402
-from edgekit.profile.runners import open_session  # noqa: E402
+from edgekit.artifact import export_file, read_manifest
+from edgekit.eval import evaluate
+from edgekit.profile.runners import open_session
 
 RESULTS = Path(__file__).parent / "results"
 THREADS = 2
@@ -151,7 +151,7 @@ def main() -> None:
                 if v != "fp32" and not (ctx.work / "fp32" / "manifest.json").is_file():
                     build(spec, ctx, "fp32", ctx.work / "fp32")
                 cells[v] = run_cell(spec, ctx, v, args.budget)
-            except Exception as e:  # record and go on; a rerun retries cells with an error
+            except Exception as e:  # noqa: BLE001 - record and go on; a rerun retries cells with an error
                 traceback.print_exc()
                 cells[v] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
             cells[v]["wall_s"] = round(time.perf_counter() - t0, 1)

@@ -1,0 +1,62 @@
+"""benchmarks/baselines.py on the demo digits CNN: cells build, score, time and tabulate; weight swap is exact."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+B = pytest.importorskip("_baselines_build")
+bl = pytest.importorskip("baselines")
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path / "cache"))
+
+
+def test_demo_cells_rtn_and_ort_dynamic(tmp_path: Path) -> None:
+    spec = B.model_specs()["demo"]
+    ctx = B.Context(spec, tmp_path / "work")
+    bl.build(spec, ctx, "fp32", ctx.work / "fp32")
+    fp32 = bl.run_cell(spec, ctx, "fp32", budget_s=0.05)
+    rtn = bl.run_cell(spec, ctx, "rtn8", budget_s=0.05)
+    dyn = bl.run_cell(spec, ctx, "ort_dynamic", budget_s=0.05)
+    assert fp32["metrics"]["agreement"] == 1.0 and fp32["metrics"]["accuracy"] == fp32["reference"]["accuracy"]
+    assert rtn["metrics"]["agreement"] >= 0.98  # int8 per-channel on a small CNN barely moves predictions
+    assert rtn["info"]["validation"]["onnxruntime"]["passed"]
+    assert rtn["size_mb"]["onnxruntime"] < fp32["size_mb"]["onnxruntime"]  # real int8 initializers
+    assert set(rtn["latency"]) == {"onnxruntime", "openvino"}
+    assert all(x["p50_ms"] > 0 and x["fp32_p50_ms"] > 0 and x["pairs"] >= 8 for x in rtn["latency"].values())
+    assert dyn["runtimes"] == ["onnxruntime"] and "skipped" in dyn["info"]["validation"]
+    assert dyn["metrics"]["agreement"] > 0.9
+    from _baselines_table import model_table
+
+    md = "\n".join(model_table("demo", {"subset": {"task": "digits", "options": {}, "limit": None,
+                                                   "latency_input": "1x1x8x8"},
+                                        "cells": {"fp32": fp32, "rtn8": rtn, "nncf_ptq": {"skipped": "why"}}}))
+    assert "edgekit RTN W8" in md and "why" in md and md.count("\n|") == 5
+
+
+def test_swap_weights_reproduces_the_variant(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4)).eval()
+    spec = B.ModelSpec("mlp", "digits", {}, None, lambda: base, [B.InputSpec("x", [1, 16])], ["y"], None,
+                       lambda n: [], list, "1x16", [])
+    B.export_onnx(spec, base, tmp_path / "fp32.onnx")
+    var = B.copy.deepcopy(base)
+    var, _ = B.baseline_rtn.apply(var, B.baseline_rtn.Config(bits=4), None)
+    rep = B.swap_weights(tmp_path / "fp32.onnx", base, var, tmp_path / "v.onnx")
+    assert rep["weights_swapped"] == rep["weights_2d"] == 2
+    from edgekit.profile.runners import open_session
+
+    x = torch.randn(1, 16)
+    got = open_session(tmp_path / "v.onnx", threads=1).run({"x": x.numpy()})[0]
+    with torch.no_grad():
+        want, old = var(x).numpy(), base(x).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert np.abs(want - old).max() > 1e-3  # the swap really changed something
