@@ -16,7 +16,7 @@ from .export import onnx as onnx_export
 from .export.validate import validate
 from .methods import get_method, parse_config
 from .methods._quant import get_codes
-from .model_io import InputSpec, LoadedModel, example_inputs, load_model, parse_input_shape
+from .model_io import InputSpec, LoadedModel, example_inputs, load_model, mark_dynamic, parse_input_shape
 
 Step = Callable[[str], None]
 RUNTIMES = ("onnxruntime", "openvino", "tflite")
@@ -35,13 +35,7 @@ def resolve_specs(loaded: LoadedModel, input_shape: str | None, dynamic: list[st
                 s.name, s.high = known.name, known.high
         return specs
     if loaded.inputs:
-        specs = copy.deepcopy(loaded.inputs)
-        for d in dynamic or []:
-            if d != "batch":
-                raise ConfigError(f"--dynamic '{d}' is not supported; only 'batch' is")
-            for s in specs:
-                s.dynamic[0] = "batch"
-        return specs
+        return mark_dynamic(copy.deepcopy(loaded.inputs), dynamic)
     raise ConfigError(f"the input shape of {loaded.source} is unknown; pass --input-shape, e.g. 1x3x224x224")
 
 

@@ -64,6 +64,11 @@ def parse_input_shape(text: str, dynamic: list[str] | None = None) -> list[Input
         specs.append(InputSpec(f"input_{i}" if i else "input", shape, dtype))
     if not specs:
         raise ConfigError("--input-shape is empty; write e.g. 1x3x224x224")
+    return mark_dynamic(specs, dynamic)
+
+
+def mark_dynamic(specs: list[InputSpec], dynamic: list[str] | None) -> list[InputSpec]:
+    """Apply --dynamic axes to specs in place (only 'batch', axis 0, is supported)."""
     for d in dynamic or []:
         if d != "batch":
             raise ConfigError(f"--dynamic '{d}' is not supported; only 'batch' is")
