@@ -49,6 +49,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "fp4_w4_e8": ("fp4", {"w_bits": 4, "a_bits": None, "e_bits": 8}),
     "fpq_w4a8_e8": ("fp4", {"w_bits": 4, "a_bits": 8, "e_bits": 8, "variant": "fpq"}),
     "fpq_w8a8": ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "fpq", **FAST}),
+    "fpq_w8a8_default": ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "fpq", "e_bits": 16}),  # default search budget
     "minmax_fp_w8a8": ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "minmax", **FAST}),
     "minmax_int_w8a8": ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "minmax_int", **FAST}),
 }
