@@ -50,6 +50,7 @@ class ModelSpec:
     variants: list[str]
     nncf_type: str | None = None
     reuse_export: bool = False  # swap weights into the FP32 ONNX instead of re-exporting (SmolLM2: export ~3 min)
+    tflite: bool = False  # also a LiteRT file (static shapes: the latency input's)
     skipped: dict[str, str] = field(default_factory=dict)
 
 
@@ -126,8 +127,9 @@ def _ids(vocab: int, n: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, vocab, (1, n)).astype(np.int64)
 
 
-ALL = ["fp32", "nncf_ptq", "ort_static_pt", "ort_static_pc", "ort_dynamic", "nncf_wc8", "nncf_wc4", "rtn8", "rtn4",
-       "mag30", "mag50"]
+ALL = ["fp32", "nncf_ptq", "ort_static_pt", "ort_static_pc", "ort_dynamic", "nncf_wc8", "nncf_wc4", "litert_dyn8",
+       "litert_static8", "rtn8", "rtn4", "mag30", "mag50"]
+LITERT = ["litert_dyn8", "litert_static8"]
 SEQ = torch.export.Dim("seq", max=1024)
 
 
@@ -138,25 +140,22 @@ def model_specs() -> dict[str, ModelSpec]:
             "efficientnet", "fashion-probe", {}, None, _effnet, [InputSpec("input", [1, 3, 224, 224])],
             ["logits", "features"], None, _effnet_calib,
             lambda: [np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)], "1x3x224x224",
-            ALL),
+            ALL, tflite=True),
         "minilm": ModelSpec(
             "minilm", "wordnet10", {}, None, _minilm,
             [InputSpec("input_ids", [1, 16], "int64", high=30522), InputSpec("attention_mask", [1, 16], "int64")],
             ["sentence_embedding"], ({0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=512)},) * 2,
-            _minilm_calib, lambda: [_ids(30522, 128), np.ones((1, 128), np.int64)], "1x128", ALL, "transformer"),
+            _minilm_calib, lambda: [_ids(30522, 128), np.ones((1, 128), np.int64)], "1x128", ALL, "transformer",
+            tflite=True),
         "smollm2": ModelSpec(
-            "smollm2", "perplexity", {}, 4, _smollm2, [InputSpec("input_ids", [1, 128], "int64", high=49152)],
+            "smollm2", "perplexity", {}, None, _smollm2, [InputSpec("input_ids", [1, 128], "int64", high=49152)],
             ["logits"], ({1: SEQ},), _smollm2_calib, lambda: [_ids(49152, 128)], "1x128 prefill",
-            ["fp32", "ort_dynamic", "nncf_wc8", "nncf_wc4", "rtn8", "rtn4", "mag30", "mag50"], "transformer",
-            reuse_export=True,
-            skipped={"nncf_ptq": "skipped: full W8A8 PTQ of a 135M LLM costs more CPU than this run's budget; "
-                                 "ANCHORS already shows per-tensor W8A8 collapsing on down_proj",
-                     "ort_static_pt": "skipped: calibration of the augmented 540 MB graph is over budget; same "
-                                      "down_proj outlier collapse expected (ANCHORS W8A8)",
-                     "ort_static_pc": "skipped: as ort_static_pt"}),
+            [v for v in ALL if v not in LITERT], "transformer", reuse_export=True,
+            skipped={v: "skipped: no LiteRT file for SmolLM2 in this table (litert-torch export of the 135M "
+                        "decoder at a static 512-token window was not run here)" for v in LITERT}),
         "demo": ModelSpec(
             "demo", "digits", {}, None, _demo, [InputSpec("input", [1, 1, 8, 8])], ["logits"], None, _demo_calib,
-            lambda: [np.zeros((1, 1, 8, 8), np.float32)], "1x1x8x8", ALL),
+            lambda: [np.zeros((1, 1, 8, 8), np.float32)], "1x1x8x8", ALL, tflite=True),
     }
 
 
@@ -216,6 +215,26 @@ def to_openvino(onnx_path: Path, out_dir: Path) -> Path:
     return convert(onnx_path, out_dir)
 
 
+def tflite_specs(spec: ModelSpec) -> list[InputSpec]:
+    """Static input specs of the LiteRT file: the latency input's shapes (LiteRT files have static shapes)."""
+    return [InputSpec(s.name, list(a.shape), s.dtype, high=s.high) for s, a in zip(spec.specs, spec.latency())]
+
+
+def to_tflite(spec: ModelSpec, module: nn.Module, out_dir: Path, bits: int | None = None) -> tuple[Path, dict]:
+    """litert-torch file of `module` at the latency input's shapes; integer weights (ai-edge-quantizer) for RTN
+    variants when they reproduce the model (edgekit's own export rule), else float weights and the reason."""
+    from edgekit.api import _tflite_int_weights
+    from edgekit.export.tflite import convert
+    from edgekit.model_io import example_inputs
+
+    specs = tflite_specs(spec)
+    path = convert(module, tuple(example_inputs(specs)), out_dir)
+    note: dict = {}
+    if bits:
+        path, note = _tflite_int_weights(module, specs, path, bits, "fp32", lambda *_: None)
+    return path, note
+
+
 def file_mb(path: Path) -> float:
     """Size of a model file, with its .bin for OpenVINO IR."""
     size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
@@ -249,15 +268,20 @@ def edgekit_variant(spec: ModelSpec, ctx: Context, name: str, root: Path) -> dic
     onnx_p.parent.mkdir(parents=True, exist_ok=True)
     qdq = swap_weights(ctx.onnx, base, m, onnx_p) if spec.reuse_export else export_onnx(spec, m, onnx_p)
     xml = to_openvino(onnx_p, root / "exports" / "openvino")
+    files = {"onnxruntime": onnx_p, "openvino": xml}
     try:
         val = validate(m, spec.specs, onnx_p, "onnxruntime", "fp32", n_random=1, threads=2)
         v = {"onnxruntime": {"passed": True, "rel_l2": max(o["rel_l2"] for o in val["outputs"].values())}}
     except ExportMismatchError as e:
         v = {"onnxruntime": {"passed": False, "error": str(e)[:300]}}
+    tfl_note = None
+    if spec.tflite:
+        files["tflite"], tfl_note = to_tflite(spec, m, root / "exports" / "tflite",
+                                              int(name[3:]) if name.startswith("rtn") else None)
     info = {"tool": "edgekit " + rep.method, "bits_per_weight": round(rep.bits_per_weight, 2) if rep.bits_per_weight
             else None, "qdq": {k: qdq[k] for k in qdq if not isinstance(qdq[k], (list, dict))}, "validation": v,
-            "sparsity": rep.extra.get("sparsity_achieved")}
-    write_art(root, spec, {"onnxruntime": onnx_p, "openvino": xml}, info)
+            "sparsity": rep.extra.get("sparsity_achieved"), "tflite": tfl_note}
+    write_art(root, spec, files, info)
     return info
 
 
@@ -282,6 +306,10 @@ class Context:
     @property
     def onnx(self) -> Path:
         return self.work / "fp32" / "exports" / "onnxruntime" / "model.onnx"
+
+    @property
+    def tflite(self) -> Path:
+        return self.work / "fp32" / "exports" / "tflite" / "model.tflite"
 
     @property
     def xml(self) -> Path:
@@ -318,8 +346,12 @@ def fp32_variant(spec: ModelSpec, ctx: Context, root: Path) -> dict[str, Any]:
         export_onnx(spec, ctx.module(), tmp)
         tmp.replace(onnx_p)
     xml = to_openvino(onnx_p, root / "exports" / "openvino")
+    files = {"onnxruntime": onnx_p, "openvino": xml}
     info = {"tool": "torch.onnx (dynamo) + onnxslim; OpenVINO convert_model"}
-    write_art(root, spec, {"onnxruntime": onnx_p, "openvino": xml}, info)
+    if spec.tflite:
+        files["tflite"], _ = to_tflite(spec, ctx.module(), root / "exports" / "tflite")
+        info["tool"] += "; litert-torch at the latency input's static shapes"
+    write_art(root, spec, files, info)
     return info
 
 

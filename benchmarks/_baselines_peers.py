@@ -100,8 +100,10 @@ def ort_static(spec: ModelSpec, ctx: Context, root: Path, per_channel: bool) -> 
     names = [i.name for i in ort.InferenceSession(str(pre), providers=["CPUExecutionProvider"]).get_inputs()]
     out = root / "exports" / "onnxruntime" / "model.onnx"
     out.parent.mkdir(parents=True, exist_ok=True)
+    # CalibMaxIntermediateOutputs only bounds memory (ranges are merged every 8 samples; min/max merge is exact):
+    # without it the calibrator holds every activation of all samples at once (SmolLM2: > 24 GB).
     quantize_static(str(pre), str(out), _Reader(names, ctx.calib()), quant_format=QuantFormat.QDQ,
-                    per_channel=per_channel)
+                    per_channel=per_channel, extra_options={"CalibMaxIntermediateOutputs": 8})
     info = {"tool": f"onnxruntime {ort.__version__} quantize_static (QDQ, MinMax, "
                     f"{'per-channel' if per_channel else 'per-tensor'})", "calibration_samples": len(ctx.calib()),
             "preprocess": ctx.pre_note(), "validation": NO_VALIDATION, "precision": "int8"}
@@ -121,3 +123,39 @@ def ort_dynamic(spec: ModelSpec, ctx: Context, root: Path) -> dict[str, Any]:
             "validation": NO_VALIDATION, "precision": "int8"}
     write_art(root, spec, {"onnxruntime": out}, info)
     return info
+
+
+def litert(spec: ModelSpec, ctx: Context, root: Path, static: bool) -> dict[str, Any]:
+    """ai-edge-quantizer on the FP32 LiteRT file: dynamic-range INT8 (int8 weights, activations quantized at run
+    time) or static INT8 (int8 weights and activations, 300 calibration samples padded to the file's shapes)."""
+    from ai_edge_litert.interpreter import Interpreter
+    from ai_edge_quantizer import quantizer, recipe
+    from edgekit._fd import captured_fds
+
+    out = root / "exports" / "tflite" / "model.tflite"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with captured_fds():
+        q = quantizer.Quantizer(str(ctx.tflite))
+        q.load_quantization_recipe(recipe.static_wi8_ai8() if static else recipe.dynamic_wi8_afp32())
+        kw: dict[str, Any] = {}
+        if static:
+            sigs = Interpreter(model_path=str(ctx.tflite)).get_signature_list()
+            key = next(iter(sigs))
+            names = sigs[key]["inputs"]
+            shapes = [a.shape for a in spec.latency()]
+            data = [dict(zip(names, (_fit(a, s) for a, s in zip(sample, shapes)))) for sample in ctx.calib()]
+            kw["calibration_result"] = q.calibrate({key: data}, num_threads=2)
+        q.quantize(**kw).export_model(str(out), overwrite=True)
+    info = {"tool": "ai-edge-quantizer " + ("static_wi8_ai8 (calibrated)" if static else "dynamic_wi8_afp32"),
+            "calibration_samples": len(ctx.calib()) if static else 0, "validation": NO_VALIDATION,
+            "precision": "int8"}
+    write_art(root, spec, {"tflite": out}, info)
+    return info
+
+
+def _fit(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A calibration array cut or zero-padded to a static shape (token ids and masks: padding is mask 0)."""
+    out = np.zeros(shape, a.dtype)
+    sl = tuple(slice(0, min(x, y)) for x, y in zip(a.shape, shape))
+    out[sl] = a[sl]
+    return out

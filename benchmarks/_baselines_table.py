@@ -7,7 +7,8 @@ from typing import Any
 LABELS = {
     "fp32": "FP32", "nncf_ptq": "NNCF INT8 PTQ (W8A8, 300 calib.)", "ort_static_pt": "ORT static INT8 QDQ per-tensor",
     "ort_static_pc": "ORT static INT8 QDQ per-channel", "ort_dynamic": "ORT dynamic INT8",
-    "nncf_wc8": "NNCF weights INT8_ASYM", "nncf_wc4": "NNCF weights INT4_SYM g128", "rtn8": "edgekit RTN W8 per-channel",
+    "nncf_wc8": "NNCF weights INT8_ASYM", "nncf_wc4": "NNCF weights INT4_SYM g128",
+    "litert_dyn8": "LiteRT dynamic-range INT8 (ai-edge-quantizer)", "litert_static8": "LiteRT static INT8 (300 calib.)", "rtn8": "edgekit RTN W8 per-channel",
     "rtn4": "edgekit RTN W4 per-channel", "mag30": "edgekit magnitude 30%", "mag50": "edgekit magnitude 50%",
 }
 METRICS = {
@@ -67,6 +68,8 @@ def model_table(model: str, entry: dict[str, Any]) -> list[str]:
     rts = ["onnxruntime", "openvino"]
     if any("openvino+dynquant" in c.get("latency", {}) for c in cells.values()):
         rts.append("openvino+dynquant")
+    if any("tflite" in c.get("latency", {}) for c in cells.values()):
+        rts.append("tflite")
     ref = next((c["reference"] for c in cells.values() if "reference" in c), {})
     n = next((c["samples"] for c in cells.values() if "samples" in c), "?")
     lines = [f"### {TITLES.get(model, model)}", "",

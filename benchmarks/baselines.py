@@ -7,7 +7,7 @@ runtime (edgekit.eval, the first runtime listed), file size, and p50 latency on 
 measured interleaved with the FP32 file (alternating calls in one loop, 2 threads, medians).
 
 Subsample (set in _baselines_build.model_specs, recorded in the JSON): fashion-probe and wordnet10 at the task
-defaults; perplexity: first 4 windows of 512 of each text (4 Python docs + 4 GPL-3). Cells are cached in
+defaults; perplexity: the task default, 16 windows of 512 Python docs (as ANCHORS) + 8 of GPL-3. Cells are cached in
 benchmarks/results/baselines.json (resumable; --force redoes them); scratch artifacts live in $BASELINES_WORK
 (default /tmp/edgekit-baselines).
 
@@ -56,6 +56,8 @@ def build(spec: B.ModelSpec, ctx: B.Context, name: str, root: Path) -> dict[str,
         return P.ort_static(spec, ctx, root, name.endswith("pc"))
     if name == "ort_dynamic":
         return P.ort_dynamic(spec, ctx, root)
+    if name in B.LITERT:
+        return P.litert(spec, ctx, root, static=name == "litert_static8")
     raise SystemExit(f"unknown variant '{name}'; choose from {', '.join(B.ALL)}")
 
 

@@ -119,6 +119,25 @@ def _ov(path: Path, threads: int | None, device: str, fallback: str | None, prof
                     "config": {k: str(v) for k, v in cfg.items()}})
 
 
+def _to_tflite_input(x: np.ndarray, d: dict[str, Any]) -> np.ndarray:
+    """A feed in the input's dtype; float data for a quantized integer input (a fully integer LiteRT file, e.g.
+    ai-edge-quantizer's static recipe) is quantized with the input's own scale and zero point."""
+    dt = np.dtype(d["dtype"])
+    scale, zero = d.get("quantization", (0.0, 0))
+    if np.issubdtype(x.dtype, np.floating) and np.issubdtype(dt, np.integer) and scale:
+        info = np.iinfo(dt)
+        return np.ascontiguousarray(np.clip(np.round(x / scale) + zero, info.min, info.max).astype(dt))
+    return np.ascontiguousarray(x, dtype=dt)
+
+
+def _from_tflite_output(y: np.ndarray, d: dict[str, Any]) -> np.ndarray:
+    """An output as the model's real values: quantized integer outputs are dequantized to float32."""
+    scale, zero = d.get("quantization", (0.0, 0))
+    if np.issubdtype(y.dtype, np.integer) and scale:
+        return (y.astype(np.float32) - zero) * np.float32(scale)
+    return y.copy()
+
+
 def _tflite(path: Path, threads: int | None) -> Session:
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -135,10 +154,10 @@ def _tflite(path: Path, threads: int | None) -> Session:
     def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         vals = list(feeds.values())
         for i, d in enumerate(ind):
-            x = feeds.get(d["name"], vals[i] if i < len(vals) else None)
-            interp.set_tensor(d["index"], np.ascontiguousarray(x, dtype=d["dtype"]))
+            x = np.asarray(feeds.get(d["name"], vals[i] if i < len(vals) else None))
+            interp.set_tensor(d["index"], _to_tflite_input(x, d))
         interp.invoke()
-        return [interp.get_tensor(d["index"]).copy() for d in outd]
+        return [_from_tflite_output(interp.get_tensor(d["index"]), d) for d in outd]
 
     return Session("tflite", "CPU", [d["name"] for d in ind], [d["name"] for d in outd], run, {"interpreter": interp})
 

@@ -30,10 +30,19 @@ def test_demo_cells_rtn_and_ort_dynamic(tmp_path: Path) -> None:
     assert rtn["metrics"]["agreement"] >= 0.98  # int8 per-channel on a small CNN barely moves predictions
     assert rtn["info"]["validation"]["onnxruntime"]["passed"]
     assert rtn["size_mb"]["onnxruntime"] < fp32["size_mb"]["onnxruntime"]  # real int8 initializers
-    assert set(rtn["latency"]) == {"onnxruntime", "openvino"}
+    assert set(rtn["latency"]) == {"onnxruntime", "openvino", "tflite"}
+    assert rtn["info"]["tflite"]["weights"] == "int8 (ai-edge-quantizer weight-only)"
     assert all(x["p50_ms"] > 0 and x["fp32_p50_ms"] > 0 and x["pairs"] >= 8 for x in rtn["latency"].values())
     assert dyn["runtimes"] == ["onnxruntime"] and "skipped" in dyn["info"]["validation"]
     assert dyn["metrics"]["agreement"] > 0.9
+    # LiteRT static INT8 has int8 inputs/outputs: the runner must quantize the float feed and dequantize the logits
+    st = bl.run_cell(spec, ctx, "litert_static8", budget_s=0.05)
+    from edgekit.profile.runners import open_session
+
+    interp = open_session(ctx.work / "litert_static8" / "exports" / "tflite" / "model.tflite", "tflite").info[
+        "interpreter"]
+    assert interp.get_input_details()[0]["dtype"] == np.int8
+    assert st["runtimes"] == ["tflite"] and st["metrics"]["agreement"] >= 0.95
     from _baselines_table import model_table
 
     md = "\n".join(model_table("demo", {"subset": {"task": "digits", "options": {}, "limit": None,
