@@ -12,6 +12,11 @@ Spec: shared/methods/optin.md. No retraining, forward passes only:
    visited in layer-then-index order); `fixed`: I = MD + kd_weight·KD. The code-only multipliers (default on)
    multiply heads by 0.5·geomspace(10→1 over head index), neurons by geomspace(100→1 over neuron index) and the
    last layer by 0.5.
+   `reproduce_code_bug` (default off): the reference code never resets a layer's row of its head mask, so while the
+   heads of layer i are scored, the last head (H-1) of every earlier layer stays masked too (spec §8); the flag
+   reproduces that in the scorer (`_optin_score.head_score_masks`): layer-0 head scores are unchanged, later
+   layers' head scores include the effect of those extra masked heads (even a head that writes nothing scores > 0).
+   Neuron scores are not affected. It is part of the ranking cache key (only when on, so default keys are stable).
 3. Global search (`_heads.search`): heads and neurons of all layers ranked globally, the split maximising the
    kept score under cap = flops_keep·BaseMAC (MAC model of spec §3 at s = mean calibration length, or mac_seq_len).
 4. Physical slimming (`_heads.slim`): smaller q/k/v/o and FFN matrices, so the exported graph really shrinks.
@@ -73,7 +78,9 @@ class Config(BaseModel, extra="forbid"):
                                     "the budget when possible (no such floor in the reference)")
     pack: bool = Field(True, description="encoders without a task head: pack texts into max_len rows (no padding "
                        "compute; attention kept within each text)")
-    unit_batch: int = Field(32, ge=1, description="masked copies per forward pass (memory vs speed)")
+    reproduce_code_bug: bool = Field(False, description="head scoring also masks the last head of every earlier "
+                                     "layer, as the reference code's never-reset head mask (spec §8)")
+    unit_batch: int = Field(64, ge=1, description="masked copies per forward pass (memory vs speed; not in the scores)")
     seed: int = Field(0, description="seed of the calibration draw and of the MD token sample")
     device: str = Field("cpu", description="torch device for scoring ('cuda' when available)")
     cache: bool = Field(True, description="reuse cached rankings")
@@ -127,6 +134,8 @@ def cache_key(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, cfg: Conf
 
     opts = cfg.model_dump(include={"importance", "temperature", "md_tokens", "md_valid_only", "final_layer_md",
                                    "seed"})
+    if cfg.reproduce_code_bug:  # only when on: keys (and cached rankings) of the default stay as they were
+        opts["reproduce_code_bug"] = True
     return _sha(state_dict_sha256(model), ids.contiguous(), mask.contiguous(), opts, VERSION)
 
 
@@ -167,7 +176,7 @@ def raw_scores(model: nn.Module, arch: H.Arch, ids: torch.Tensor, mask: torch.Te
     model.to(dev)
     try:
         opts = ScoreOptions(cfg.temperature, cfg.md_tokens, cfg.md_valid_only, cfg.final_layer_md, cfg.unit_batch,
-                            cfg.seed)
+                            cfg.seed, cfg.reproduce_code_bug)
         with torch.no_grad():
             seg = pos = None
             if cfg.pack and arch.family == "bert" and arch.classifier is None:

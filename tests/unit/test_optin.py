@@ -9,12 +9,12 @@ transformers = pytest.importorskip("transformers")
 from edgekit.data import DataSource
 from edgekit.methods import _heads as H
 from edgekit.methods import optin
-from edgekit.methods._optin_score import ScoreOptions, Scorer
+from edgekit.methods._optin_score import ScoreOptions, Scorer, head_score_masks
 
 
-def _bert(cls=transformers.BertModel) -> torch.nn.Module:
+def _bert(cls=transformers.BertModel, layers: int = 2) -> torch.nn.Module:
     torch.manual_seed(0)
-    cfg = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=64, num_hidden_layers=layers, num_attention_heads=4,
                                   intermediate_size=128, max_position_embeddings=128)
     return _strong(cls(cfg).eval())
 
@@ -87,7 +87,7 @@ def test_scorer_equals_masked_hf_forward(make):
         sc = Scorer(arch, ids, mask, ScoreOptions(unit_batch=3))
     ref = _out(model, ids, mask)
     got = sc.h_final if arch.family == "bert" else arch.lm_head(arch.backbone.norm(sc.h_final))
-    assert torch.allclose(got[mask.bool()], ref[mask.bool()], atol=1e-5)
+    assert torch.allclose(got, ref.reshape(-1, ref.shape[-1])[mask.reshape(-1).bool()], atol=1e-5)
     with torch.no_grad():
         md_h, kd_h = sc.heads(0, torch.tensor([1, 0]))
         md_n, kd_n = sc.neurons(0, torch.tensor([5, 7, 9]))
@@ -96,9 +96,9 @@ def test_scorer_equals_masked_hf_forward(make):
         nk = [torch.ones(arch.neurons(l), dtype=torch.bool) for l in range(2)]
         (hk if is_head else nk)[0][unit] = False
         with H.masked(arch, hk, nk), torch.no_grad():
-            student = torch.log_softmax(sc.fw.head(model_hidden(model, arch, ids, mask)), -1)
+            student = torch.log_softmax(sc.fw.head(sc.fw.to_compact(model_hidden(model, arch, ids, mask))), -1)[0]
         want = (sc.teacher.exp() * (sc.teacher - student)).sum(-1)
-        want = (want * mask if want.dim() == 2 else want).sum() * 16
+        want = (want * sc.fw.weight if arch.family == "llama" else want).sum() * 16
         assert float(kd) == pytest.approx(float(want), rel=1e-6)
     assert (md_h > 0).all() and (md_n > 0).all()
 
@@ -224,3 +224,107 @@ def test_packed_calibration_scores_equal_padded():
             ma, ka = getattr(a, fn)(1, torch.tensor([0, 2]))
             mb, kb = getattr(b, fn)(1, torch.tensor([0, 2]))
             assert torch.allclose(ma, mb, rtol=1e-6) and torch.allclose(ka, kb, rtol=1e-6)
+
+
+def _oracle(model, arch, ids, mask, sc, hk, nk, l):
+    """Raw (MD, KD) of one unit of layer l from a plain masked HF forward (hooks), the spec's definition."""
+    L = len(arch.layers)
+
+    def feats(head_keep, neuron_keep):
+        out = {}
+        hooks = [arch.down(z).register_forward_hook(lambda _m, _i, o, z=z: out.__setitem__(z, o)) for z in range(L)]
+        try:
+            with H.masked(arch, head_keep, neuron_keep), torch.no_grad():
+                h = model_hidden(model, arch, ids, mask)
+        finally:
+            for k in hooks:
+                k.remove()
+        return out, h
+
+    def gram(f):
+        t = torch.nn.functional.normalize(f.reshape(-1, f.shape[-1])[sc.idx], dim=-1)
+        return t @ t.t()
+
+    ones = ([torch.ones(arch.units(z), dtype=torch.bool) for z in range(L)],
+            [torch.ones(arch.neurons(z), dtype=torch.bool) for z in range(L)])
+    ref, _ = feats(*ones)
+    got, h = feats(hk, nk)
+    md = sum(float(((gram(got[z]) - gram(ref[z])) ** 2).sum()) for z in range(L) if z > l or z == l == L - 1)
+    with torch.no_grad():
+        student = torch.log_softmax(sc.fw.head(sc.fw.to_compact(h)), -1)[0]
+    kl = (sc.teacher.exp() * (sc.teacher - student)).sum(-1)
+    kd = max(0.0, float((kl * sc.fw.weight if arch.family == "llama" else kl).sum()) * 16)
+    return md, kd
+
+
+@pytest.mark.parametrize("bug", [False, True])
+@pytest.mark.parametrize("make", [lambda: _bert(layers=3), _llama])
+def test_all_scores_equal_plain_masked_forward(make, bug):
+    """Every raw score of the optimised scorer (compact tokens, fused q/k/v, SDPA, replay from layer l, batched
+    units) equals MD and KD computed from a plain masked HF forward, float64; with reproduce_code_bug the reference
+    forward also masks the last head of every earlier layer."""
+    model = make().double()
+    arch = H.find_arch(model)
+    L = len(arch.layers)
+    ids, mask = _data(pad=arch.family == "bert")
+    with torch.no_grad():
+        sc = Scorer(arch, ids, mask, ScoreOptions(unit_batch=5, reproduce_code_bug=bug))
+        raw = sc.run()
+    rel = 1e-9 if arch.family == "bert" else 2e-5  # HF's Llama RMSNorm computes in float32 even for float64 models
+    rng = torch.Generator().manual_seed(0)
+    for l in range(L):
+        units = [("head", u) for u in range(arch.units(l))]
+        units += [("neuron", int(n)) for n in torch.randperm(arch.neurons(l), generator=rng)[:6]]
+        for kind, u in units:
+            hk = [torch.ones(arch.units(z), dtype=torch.bool) for z in range(L)]
+            nk = [torch.ones(arch.neurons(z), dtype=torch.bool) for z in range(L)]
+            (hk if kind == "head" else nk)[l][u] = False
+            if bug and kind == "head":
+                for z in range(l):
+                    hk[z][-1] = False
+            md, kd = _oracle(model, arch, ids, mask, sc, hk, nk, l)
+            assert float(raw[f"{kind}_md"][l][u]) == pytest.approx(md, rel=rel, abs=1e-12), (kind, l, u)
+            assert float(raw[f"{kind}_kd"][l][u]) == pytest.approx(kd, rel=max(rel, 1e-7), abs=1e-9), (kind, l, u)
+
+
+def test_head_score_masks_reproduce_code_bug():
+    """The masks behind each head's score: only the scored head, or (bug) also head H-1 of every earlier layer."""
+    units, scored = [4, 4, 4], torch.tensor([0, 3, 1])
+    for bug in (False, True):
+        for l in range(3):
+            keep = head_score_masks(units, l, scored, bug)
+            assert [tuple(k.shape) for k in keep] == [(3, 4)] * 3
+            want = [torch.ones(3, 4, dtype=torch.bool) for _ in range(3)]
+            want[l][torch.arange(3), scored] = False
+            if bug:
+                for z in range(l):
+                    want[z][:, 3] = False
+            for k, w in zip(keep, want):
+                assert torch.equal(k, w)
+    # the extra masked heads are exactly (z, H-1) for z < l, in every row
+    keep = head_score_masks(units, 2, scored, True)
+    removed = {(z, int(h)) for z in range(2) for h in torch.nonzero(~keep[z][0]).flatten()}
+    assert removed == {(0, 3), (1, 3)}
+
+
+def test_reproduce_code_bug_changes_later_layers_only(tmp_path, monkeypatch):
+    """Tiny 3-layer BERT: with the flag, layer-0 head scores and all neuron scores are unchanged, head scores of
+    layers 1 and 2 change; the flag is part of the cache key."""
+    monkeypatch.setenv("EDGEKIT_CACHE", str(tmp_path))
+    model = _bert(layers=3).double()
+    arch = H.find_arch(model)
+    ids, mask = _data()
+    a = optin.raw_scores(model, arch, ids, mask, _cfg())[0]
+    b = optin.raw_scores(model, arch, ids, mask, _cfg(reproduce_code_bug=True))[0]
+    for k in ("head_md", "head_kd"):
+        assert torch.equal(a[k][0], b[k][0])
+        for l in (1, 2):
+            assert ((a[k][l] - b[k][l]).abs() > 1e-6 * a[k][l].abs()).all(), (k, l)
+    for k in ("neuron_md", "neuron_kd"):
+        assert all(torch.equal(x, y) for x, y in zip(a[k], b[k]))
+    assert optin.cache_key(model, ids, mask, _cfg()) != optin.cache_key(model, ids, mask, _cfg(reproduce_code_bug=True))
+    with torch.no_grad():  # a head that writes nothing still scores > 0 in a later layer (its forward masks others)
+        arch.o(1).weight[:, 16:32] = 0
+    c = optin.raw_scores(model, arch, ids, mask, _cfg(reproduce_code_bug=True))[0]
+    d = optin.raw_scores(model, arch, ids, mask, _cfg())[0]
+    assert c["head_md"][1][1] > 0 and d["head_md"][1][1] == 0
