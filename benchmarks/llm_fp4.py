@@ -6,6 +6,7 @@ modules (disjoint from the evaluation text). Results merge into benchmarks/resul
 
     nice python benchmarks/llm_fp4.py --windows 8 --variants fp32,rtn_w4,fp4_w4 --threads 1
     nice python benchmarks/llm_fp4.py --export        # file size + ORT/OpenVINO p50 of the weight-only export
+    nice python benchmarks/llm_fp4.py --export-int    # MiniLM W4A4: FP32 vs fake-quant vs MatMulInteger export
 """
 from __future__ import annotations
 
@@ -129,15 +130,7 @@ def export_latency(threads: int, reps: int) -> dict:
     paths = {}
     for name, (m, rep) in models.items():
         p = tmp / f"{name}.onnx"
-        qdq = to_onnx(m, inputs, specs, p, get_codes(m) if rep else None)
-        if name.endswith("matmulinteger"):
-            import onnx
-
-            from edgekit.export.fp4_matmul import rewrite
-
-            proto, info = rewrite(onnx.load(str(p)), get_codes(m), llm_fp4.act_records(m))
-            onnx.save(proto, str(p))
-            qdq["int_matmul"] = info
+        qdq = to_onnx(m, inputs, specs, p, get_codes(m) if rep else None, int_matmul=name.endswith("matmulinteger"))
         try:
             val = validate(m, specs, p, "onnxruntime", rep.extra["export_precision"] if rep else "fp32")
             err = max(o["rel_l2"] for o in val["outputs"].values())
@@ -164,6 +157,107 @@ def export_latency(threads: int, reps: int) -> dict:
     return out
 
 
+def wordnet_glosses(n: int = 16) -> list[str]:
+    """n WordNet noun glosses, evenly spaced over the wordnet10 training split (the eval's own sampling)."""
+    from edgekit.eval.wordnet import Config as WordNetConfig
+    from edgekit.eval.wordnet import load_glosses
+
+    tr = load_glosses(WordNetConfig())[0]
+    return tr[:: len(tr) // n][:n]
+
+
+def _interleaved_p50(paths: dict[str, Path], feeds: dict, runtime: str, threads: int, reps: int) -> dict[str, float]:
+    """p50 seconds per model, the models timed round-robin in one loop so load drift hits all alike."""
+    import statistics
+
+    from edgekit.profile.runners import open_session
+
+    sess = {n: open_session(p, runtime, threads=threads) for n, p in paths.items()}
+    times: dict[str, list[float]] = {n: [] for n in sess}
+    for s in sess.values():
+        for _ in range(3):
+            s.run({k: feeds[k] for k in s.input_names})
+    for _ in range(reps):
+        for n, s in sess.items():
+            f = {k: feeds[k] for k in s.input_names}
+            t0 = time.perf_counter()
+            s.run(f)
+            times[n].append(time.perf_counter() - t0)
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+def export_int_w4a4(threads: int, reps: int) -> dict:
+    """MiniLM 1x128, W4A4 FPQ (16 WordNet glosses, reduced search): FP32 vs fake-quant vs MatMulInteger export.
+
+    One quantized model, exported twice (int_matmul off/on), so both files hold the same codes; the int graph is also
+    written with int8 instead of uint8+zero-point activation codes (s8s8 vs u8s8 MatMulInteger). Each export is
+    compared with the torch fake-quant model on ONNX Runtime and OpenVINO (4 inputs, as edgekit's validation), and
+    with the torch model's own float32-vs-float64 difference, the noise floor of a 4-bit-activation model.
+    """
+    import tempfile
+
+    import numpy as np
+
+    from edgekit.export.onnx import to_onnx
+    from edgekit.methods._quant import get_codes
+    from edgekit.model_io import InputSpec, example_inputs
+    from edgekit.models.real import load_minilm, minilm_dir
+    from edgekit.profile.runners import open_session
+
+    enc, tok = load_minilm()
+    specs = [InputSpec("input_ids", [1, 128], "int64", high=tok.vocab_size),
+             InputSpec("attention_mask", [1, 128], "int64")]
+    inputs = example_inputs(specs)
+    t0 = time.perf_counter()
+    cfg = llm_fp4.Config(tokenizer=str(minilm_dir()), progress=False, seq_len=128, n_seqs=4, search_tokens=128,
+                         n_candidates=8, rounds=1)
+    q, rep = llm_fp4.apply(copy.deepcopy(enc), cfg, DataSource(texts=wordnet_glosses(16)))
+    out: dict = {"setup": {"model": "all-MiniLM-L6-v2 + mean pooling, 1x128", "threads": threads, "reps": reps,
+                           "calibration": "16 WordNet glosses, 4x128 tokens, 128 in the MSE, 8 candidates, 1 round",
+                           "formats": rep.extra["formats"], "calibration_s": round(time.perf_counter() - t0, 1)}}
+    tmp = Path(tempfile.mkdtemp(prefix="llm_fp4_int_"))
+    paths = {"fp32": tmp / "fp32.onnx", "w4a4_fakequant": tmp / "fq.onnx", "w4a4_matmulinteger": tmp / "int.onnx"}
+    to_onnx(enc, inputs, specs, paths["fp32"])
+    to_onnx(q, inputs, specs, paths["w4a4_fakequant"], get_codes(q), int_matmul=False)
+    info = to_onnx(q, inputs, specs, paths["w4a4_matmulinteger"], get_codes(q), int_matmul=True)["int_matmul"]
+    out["int_matmul"] = info
+    import onnx  # the same rewrite with int8 (s8s8) codes instead of uint8 + zero point (u8s8), for comparison
+
+    from edgekit.export.fp4_matmul import rewrite
+
+    paths["w4a4_matmulinteger_s8s8"] = tmp / "int_s8.onnx"
+    proto, _ = rewrite(onnx.load(str(paths["w4a4_fakequant"])), get_codes(q), llm_fp4.act_records(q), uint8=False)
+    onnx.save(proto, str(paths["w4a4_matmulinteger_s8s8"]))
+    q64 = copy.deepcopy(q).double()
+    for name, p in paths.items():
+        ref_model = enc if name == "fp32" else q
+        e: dict = {"file_mb": round(p.stat().st_size / 1e6, 2)}
+        for rt in ("onnxruntime", "openvino"):
+            s = open_session(p, rt, threads=threads)
+            errs, floor = [], []
+            for seed in range(4):
+                x = example_inputs(specs, seed=seed)
+                with torch.no_grad():
+                    r = ref_model(*x).numpy()
+                    r64 = q64(*x).numpy() if name != "fp32" else r
+                got = s.run({n: t.numpy() for n, t in zip(s.input_names, x)})[0]
+                errs.append(float(np.linalg.norm(got - r) / np.linalg.norm(r)))
+                floor.append(float(np.linalg.norm(r64 - r) / np.linalg.norm(r64)))
+            e[f"rel_l2_vs_torch_{rt}"] = [round(v, 7) for v in errs]
+            if name != "fp32":
+                e["torch_fp32_vs_fp64_rel_l2"] = [round(v, 7) for v in floor]
+        out[name] = e
+    feeds = {s.name: t.numpy() for s, t in zip(specs, inputs)}
+    for rt in ("onnxruntime", "openvino"):
+        p50 = _interleaved_p50(paths, feeds, rt, threads, reps)
+        for n, v in p50.items():
+            out[n][f"p50_ms_{rt}"] = round(1e3 * v, 2)
+            out[n][f"latency_vs_fp32_{rt}"] = round(v / p50["fp32"], 3)
+        for n in ("w4a4_matmulinteger", "w4a4_matmulinteger_s8s8"):
+            out[n][f"latency_vs_fakequant_{rt}"] = round(p50[n] / p50["w4a4_fakequant"], 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--windows", type=int, default=8, help="Python-docs windows of 512 tokens")
@@ -171,8 +265,16 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--gpl3", action="store_true", help="also score the GPL-3 text (4 windows)")
     ap.add_argument("--export", action="store_true", help="only the MiniLM export size/latency part")
+    ap.add_argument("--export-int", action="store_true", help="only MiniLM W4A4 fake-quant vs MatMulInteger export")
+    ap.add_argument("--reps", type=int, default=30, help="timed runs per model and runtime (--export-int)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.export_int:
+        res = json.loads(OUT.read_text()) if OUT.is_file() else {}
+        res["export_int_w4a4_minilm_1x128"] = export_int_w4a4(2, args.reps)
+        print(json.dumps(res["export_int_w4a4_minilm_1x128"], indent=1))
+        OUT.write_text(json.dumps(res, indent=1))
+        return
     if args.export:
         res = json.loads(OUT.read_text()) if OUT.is_file() else {}
         res["export_minilm_1x128"] = export_latency(2, 30)

@@ -199,12 +199,16 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
             report.params_before, report.macs_before = params0, macs0
             report.params_after, report.macs_after = count_params(model), count_macs(model, inputs)
         entries.append({"name": name, "config": cfg.model_dump(), "report": report.to_dict()})
-    precision = "int" if any(e["report"]["extra"].get("export_precision") == "int" for e in entries) else "fp32"
+    precs = {e["report"]["extra"].get("export_precision", "fp32") for e in entries}
+    precision = next((p for p in ("act_quant", "int", "fp16") if p in precs), "fp32")
     with art.staging(out, overwrite) as root:
         on_step("export onnx")
         t0 = time.perf_counter()
         codes = get_codes(model)
         qdq = onnx_export.to_onnx(model, inputs, specs, root / "model.onnx", codes)
+        for e in entries:  # llm_fp4 int_matmul: which linears run as int8 MatMulInteger, which kept fake-quant, why
+            if "int_matmul" in qdq and e["name"] == "llm_fp4":
+                e["report"]["extra"]["int_matmul"] = qdq["int_matmul"]
         _save_program(model, inputs, specs, root / "model.pt2")
         steps["onnx"] = time.perf_counter() - t0
         on_step("validate onnx")

@@ -71,13 +71,36 @@ def save_onnx(proto: onnx.ModelProto, path: Path) -> None:
 
 
 def to_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], specs: Sequence[InputSpec], path: Path,
-            codes: dict[str, WeightCode] | None = None) -> dict:
-    """Full ONNX step; returns the integer-weight report of export.qdq (empty when no codes)."""
+            codes: dict[str, WeightCode] | None = None, int_matmul: bool | None = None) -> dict:
+    """Full ONNX step; returns the integer-weight report of export.qdq (empty when no codes).
+
+    int_matmul (None: as the method asked, see llm_fp4.Config.int_matmul): rewrite activation-quantized LLM-FP4
+    linears to exact int8 MatMulInteger (export.fp4_matmul); the report's "int_matmul" lists what was rewritten and
+    what kept the fake-quant graph (and why). Each rewritten layer is checked on ONNX Runtime against exact integer
+    arithmetic on its own activation codes (export.fp4_matmul.check); if any is off, the fake-quant graph is saved
+    instead and the reason recorded.
+    """
     from .qdq import apply_codes
 
     proto = slim(torch_to_onnx_proto(model, inputs, specs))
     report: dict = {}
     if codes:
         proto, report = apply_codes(proto, codes)
+        from ..methods.llm_fp4 import int_matmul_records
+
+        acts = int_matmul_records(model, force=bool(int_matmul)) if int_matmul is not False else {}
+        if acts:
+            from .fp4_matmul import check, rewrite
+
+            ref, details = onnx.ModelProto(), []
+            ref.CopyFrom(proto)
+            proto, info = rewrite(proto, codes, acts, details)
+            if info["int_matmul_layers"]:
+                feeds = {s.name: t.numpy() for s, t in zip(specs, inputs)}
+                info["check"] = check(ref, proto, details, feeds)
+                if not info["check"]["ok"]:
+                    info["fallback"] = "integer graph did not reproduce the fake-quant graph; fake-quant kept"
+                    proto = ref
+            report["int_matmul"] = info
     save_onnx(proto, path)
     return report

@@ -20,7 +20,10 @@ TOLERANCES: dict[str, dict[str, float]] = {
     "fp32": {"max_abs": 1e-4, "rel_l2": 1e-4, "cosine": 0.99999},
     "fp16": {"max_abs": 5e-2, "rel_l2": 1e-2, "cosine": 0.999},
     "int": {"max_abs": 5e-2, "rel_l2": 1e-2, "cosine": 0.9995},
+    # quantized activations: see validate(); the fixed figures are the floor of the input-dependent tolerance
+    "act_quant": {"max_abs": 5e-2, "rel_l2": 1e-2, "cosine": 0.9995},
 }
+ACT_QUANT_FACTOR = 3.0  # a runtime may be this many times further from the exact answer than torch float32 is
 
 
 def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
@@ -39,44 +42,84 @@ def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     return out
 
 
-def _torch_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+def _torch_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...], dtype: type = np.float32) -> list[np.ndarray]:
     with torch.no_grad():
         out = model(*inputs)
     outs = out if isinstance(out, (tuple, list)) else [out]
-    return [o.detach().float().numpy() for o in outs]
+    return [o.detach().double().numpy().astype(dtype) for o in outs]
+
+
+def _float64_twin(model: nn.Module) -> nn.Module:
+    """A float64 copy of a model with quantized activations: its quantizers see (nearly) exact inputs, so it is the
+    reference a runtime is judged against. Why: a 4-bit activation grid turns a 1e-7 float difference into a whole
+    rounding step, and the flips compound through the layers, so torch float32 itself lands far from the exact
+    answer (MiniLM W4A4: rel L2 up to 0.2); a fixed tolerance against torch float32 would reject exact exports."""
+    import copy
+
+    return copy.deepcopy(model).double().eval()
 
 
 def validate(model: nn.Module, specs: Sequence[InputSpec], path: Path, runtime: str, precision: str = "fp32",
              n_random: int = 3, threads: int | None = None) -> dict:
-    """Run `path` in `runtime` and PyTorch on the same inputs; raise ExportMismatchError over tolerance."""
+    """Run `path` in `runtime` and PyTorch on the same inputs; raise ExportMismatchError over tolerance.
+
+    precision "act_quant" (quantized activations): outputs are compared with a float64 copy of the model; the mean
+    rel L2 over the inputs must stay under the fixed floor or ACT_QUANT_FACTOR times torch float32's own mean
+    distance to float64, whichever is larger (recorded in the result). Rounding flips are sporadic (one input has
+    none, the next a cascade), so a per-input bound would be a coin toss; the mean over inputs is stable."""
     from ..profile.runners import open_session
 
     tol = TOLERANCES[precision]
     sess = open_session(path, runtime, threads=threads)
     worst: dict[str, dict[str, float]] = {}
+    exact = _float64_twin(model) if precision == "act_quant" else None
+    errs: dict[str, list[tuple[float, float]]] = {}  # act_quant: per input (runtime, torch float32) vs float64
     for seed in range(n_random + 1):
         inputs = example_inputs(list(specs), seed=seed)
         ref = _torch_outputs(model, inputs)
         got = sess.run({n: t.numpy() for n, t in zip(sess.input_names, inputs)})
+        ref64 = _torch_outputs(exact, tuple(t.double() if t.is_floating_point() else t for t in inputs),
+                               np.float64) if exact is not None else None
         for i, (r, g) in enumerate(zip(ref, got)):
             name = sess.output_names[i] if i < len(sess.output_names) else f"output_{i}"
             if r.shape != np.asarray(g).shape:
                 raise ExportMismatchError(f"{runtime}: output '{name}' has shape {np.asarray(g).shape}, PyTorch gives "
                                           f"{r.shape}; the export is wrong, no artifact was written")
-            f = compare(r, np.asarray(g))
+            if ref64 is None:
+                f = compare(r, np.asarray(g))
+            else:  # both judged against the exact (float64) answer
+                f, own = compare(ref64[i], np.asarray(g)), compare(ref64[i], r)
+                f["torch_float32_rel_l2"] = own["rel_l2"]
+                errs.setdefault(name, []).append((f["rel_l2"], own["rel_l2"]))
             w = worst.setdefault(name, dict(f))
-            for k in ("max_abs", "max_abs_scaled", "rel_l2"):
-                w[k] = max(w[k], f[k])
+            for k in ("max_abs", "max_abs_scaled", "rel_l2", "torch_float32_rel_l2"):
+                if k in f:
+                    w[k] = max(w[k], f[k])
             for k in ("cosine", "top1_agreement"):
                 if k in f:
                     w[k] = min(w[k], f[k])
-    for name, f in worst.items():
-        bad = f["max_abs_scaled"] > tol["max_abs"] or f["rel_l2"] > tol["rel_l2"] or f["cosine"] < tol["cosine"]
-        if bad:
-            raise ExportMismatchError(
-                f"{runtime} output '{name}' differs from PyTorch: max_abs {f['max_abs']:.3g} "
-                f"(scaled {f['max_abs_scaled']:.3g}), rel_l2 {f['rel_l2']:.3g}, cosine {f['cosine']:.6f}; tolerance "
-                f"({precision}) max_abs {tol['max_abs']}, rel_l2 {tol['rel_l2']}, cosine {tol['cosine']}; "
-                "no artifact was written (report the model, or try another runtime)")
+    if exact is not None:
+        limits = {}
+        for name, pairs in errs.items():
+            rt_mean, t_mean = (float(np.mean([p[j] for p in pairs])) for j in (0, 1))
+            lim = max(tol["rel_l2"], ACT_QUANT_FACTOR * t_mean)
+            worst[name].update({"mean_rel_l2": rt_mean, "torch_float32_mean_rel_l2": t_mean})
+            limits[name] = lim
+            if rt_mean > lim:
+                raise ExportMismatchError(
+                    f"{runtime} output '{name}' differs from PyTorch float64 (exact quantizer): mean rel_l2 "
+                    f"{rt_mean:.3g} over {len(pairs)} inputs, torch float32's own {t_mean:.3g}; tolerance "
+                    f"(act_quant) {lim:.3g} = max({tol['rel_l2']}, {ACT_QUANT_FACTOR} x torch float32's); no artifact "
+                    "was written (report the model, or try another runtime)")
+        tol = {"rule": f"mean rel_l2 vs PyTorch float64 over the inputs <= max({tol['rel_l2']}, "
+                       f"{ACT_QUANT_FACTOR} x torch float32's own mean)", "limits": limits}
+    else:
+        for name, f in worst.items():
+            if f["max_abs_scaled"] > tol["max_abs"] or f["rel_l2"] > tol["rel_l2"] or f["cosine"] < tol["cosine"]:
+                raise ExportMismatchError(
+                    f"{runtime} output '{name}' differs from PyTorch: max_abs {f['max_abs']:.3g} "
+                    f"(scaled {f['max_abs_scaled']:.3g}), rel_l2 {f['rel_l2']:.3g}, cosine {f['cosine']:.6f}; "
+                    f"tolerance ({precision}) max_abs {tol['max_abs']}, rel_l2 {tol['rel_l2']}, cosine "
+                    f"{tol['cosine']}; no artifact was written (report the model, or try another runtime)")
     return {"precision": precision, "tolerance": tol, "inputs_checked": n_random + 1, "outputs": worst,
             "device": sess.device, "runtime_config": sess.info.get("config", {})}

@@ -18,7 +18,9 @@ Decisions (why):
 - Weight-only (a_bits None or 16) uses the same search with float inputs, one round.
 - Storage: E1M2 codes (|c| <= 7) are int4, E2M1 (12) and E3M0 (64) int8, so mixed-format FP4 is 4x smaller than
   fp32, E1M2-only (w_formats=[E1M2]) 8x. `act_records(model)` + the weight codes feed edgekit.export.fp4_matmul,
-  which turns each A4 fake-quant linear into an exact int8 MatMulInteger (spec §9.3).
+  which turns each A4 fake-quant linear into an exact int8 MatMulInteger (spec §9.3). With `int_matmul` (default)
+  the ONNX export does this on its own (export.onnx.to_onnx), checks each rewritten layer on ONNX Runtime against
+  exact integer arithmetic, and lists rewritten / kept layers in the manifest and this method's report.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ from ._report import MethodReport
 NEEDS: Literal["none", "calibration", "training"] = "calibration"
 SUMMARY = "LLM-FP4: FP4/FP8 (ExMy, real exponent bias) weights+activations with format/bias search (EMNLP 2023)"
 _ACT_ATTR = "_edgekit_fp_act"
+_INT_ATTR = "_edgekit_fp_int_matmul"
 
 
 class Config(BaseModel, extra="forbid"):
@@ -71,6 +74,9 @@ class Config(BaseModel, extra="forbid"):
     skip: list[str] = Field(default_factory=lambda: [r"(^|\.)lm_head$"], description="regexes of modules kept float")
     cache_mb: int = Field(256, ge=8, description="memory budget for cached layer inputs during calibration")
     progress: bool = Field(True, description="per-layer progress bar on stderr")
+    int_matmul: bool = Field(True, description="ONNX export: turn each A4 fake-quant linear whose codes fit int8 into "
+                                               "an exact integer Cast+MatMulInteger+rescale (spec §9.3); the rest "
+                                               "keeps the fake-quant graph, listed with the reason")
 
 
 def _fmts(names: list[str] | None) -> list[F.Format] | None:
@@ -211,6 +217,7 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
         layers[n] = {"w_format": F.fmt_name(wq.fmt) if wq.kind == "fp" else f"INT{e_bits}", **wq.stats}
         rep.layers_touched.append(n)
     object.__setattr__(model, _ACT_ATTR, act_records)
+    object.__setattr__(model, _INT_ATTR, bool(cfg.int_matmul and a_bits and act_records))
     total = rep.params_after = count_params(model)
     rep.bits_per_weight = (stored + (total - qn) * 32) / max(total, 1)
     rep.seconds = time.perf_counter() - t0
@@ -219,9 +226,9 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
         for k in ("w_format", "a_format"):
             if k in info:
                 fm[f"{k[0]}:{info[k]}"] = fm.get(f"{k[0]}:{info[k]}", 0) + 1
-    rep.extra = {"export_precision": "int" if a_bits else "fp32", "variant": cfg.variant,
+    rep.extra = {"export_precision": "act_quant" if a_bits else "fp32", "variant": cfg.variant,
                  "nominal_bits": {"w": cfg.w_bits, "a": a_bits, "e": e_bits}, "calibration_tokens": tokens,
-                 "formats": fm, "layers": layers,
+                 "formats": fm, "layers": layers, "int_matmul_requested": bool(cfg.int_matmul and a_bits),
                  "layers_never_worse_than_minmax": sum(i["mse"] <= i["mse_minmax"] * (1 + 1e-6)
                                                        for i in layers.values() if "mse_minmax" in i)}
     return model, rep
@@ -230,3 +237,12 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
 def act_records(model: nn.Module) -> dict[str, S.ActQ]:
     """Activation quantizers the method left (format, rho, FPQ shifts) for exporters of integer MatMuls."""
     return dict(getattr(model, _ACT_ATTR, {}))
+
+
+def int_matmul_records(model: nn.Module, force: bool = False) -> dict[str, S.ActQ]:
+    """act_records of the model (or of the first submodule that has them, e.g. inside a wrapper) when its config
+    asked for int_matmul (or always, with force)."""
+    for m in model.modules():
+        if getattr(m, _INT_ATTR, False) or (force and getattr(m, _ACT_ATTR, None)):
+            return act_records(m)
+    return {}

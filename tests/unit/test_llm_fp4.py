@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -140,7 +141,7 @@ def test_search_never_worse_than_minmax_and_fpq_ordering():
             assert sum(i["mse"] < 0.9 * i["mse_minmax"] for i in layers.values()) >= 10
         kl[v] = _kl(m, q, ids)
     assert kl["fpq"] < kl["minmax"] and kl["fpq_baseline"] < kl["minmax"]
-    assert rep.extra["export_precision"] == "int"
+    assert rep.extra["export_precision"] == "act_quant"
 
 
 def test_outlier_channels_fpq_shifts_recover():
@@ -195,7 +196,7 @@ def test_tiny_llama_exports_to_onnx_matching_torch(tmp_path, a_bits):
     wrapped = LogitsOnly(q).eval()
     specs = [InputSpec("input_ids", [1, 32], "int64", high=256)]
     ids = _data(1).tensors[0]
-    qdq = to_onnx(wrapped, (ids,), specs, tmp_path / "m.onnx", get_codes(q))
+    qdq = to_onnx(wrapped, (ids,), specs, tmp_path / "m.onnx", get_codes(q), int_matmul=False)
     assert qdq["integer_weights"] == 15 and qdq["unmatched"] == []
     # E1M2-only weights store as int4 (8x smaller than fp32); E2M1/E3M0 codes need int8 (4x)
     ratio = qdq["weight_bytes_float"] / qdq["weight_bytes_stored"]
@@ -210,12 +211,132 @@ def test_tiny_llama_exports_to_onnx_matching_torch(tmp_path, a_bits):
     from edgekit.export.fp4_matmul import rewrite
 
     proto, info = rewrite(onnx.load(str(tmp_path / "m.onnx")), get_codes(q), llm_fp4.act_records(q))
-    assert info == {"int_matmul_layers": 14, "kept_fake_quant": {}}
+    assert info["int_matmul_layers"] == 14 and len(info["rewritten"]) == 14 and info["kept_fake_quant"] == {}
     assert sum(n.op_type == "MatMulInteger" for n in proto.graph.node) == 14
     onnx.save(proto, str(tmp_path / "int.onnx"))
     for rt in ("onnxruntime", "openvino"):
         val = validate(wrapped, specs, tmp_path / "int.onnx", rt, "int")
         assert val["outputs"]["linear_14"]["rel_l2"] < 1e-5  # int32 accumulation is exact
+
+
+# ---------------------------------------------------------------- exact integer W4A4 export (spec §9.3)
+def _tiny_bert():
+    torch.manual_seed(0)
+    return transformers.BertModel(transformers.BertConfig(
+        vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+        hidden_dropout_prob=0.0)).eval()
+
+
+def _bert_data() -> DataSource:
+    return DataSource(tensors=[torch.randint(0, 100, (8, 16), generator=torch.Generator().manual_seed(1))])
+
+
+BERT_ENCODER_LINEARS = [f"model.encoder.layer.{i}.{n}" for i in range(2) for n in (
+    "attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+    "intermediate.dense", "output.dense")]
+POOLER_DEAD = {"model.pooler.dense": "its fake-quant is not in the exported graph (the layer does not reach an output)"}
+
+
+def test_tiny_bert_compress_w4a4_exports_matmulinteger(tmp_path):
+    """api.compress of a W4A4 BERT: every encoder linear runs as int8 MatMulInteger, matching torch on ORT and OV."""
+    import onnx
+
+    from edgekit import api
+    from edgekit.artifact import read_manifest
+
+    _tiny_bert().save_pretrained(tmp_path / "src")
+    art = api.compress(tmp_path / "src", "llm_fp4", {"n_candidates": 6, "seq_len": 16, "progress": False},
+                       tmp_path / "art", input_shape="1x16:int64,1x16:int64", data=_bert_data(),
+                       runtimes=["onnxruntime", "openvino"])
+    man = read_manifest(art)
+    info = man["integer_weights"]["int_matmul"]
+    # the pooler is computed by BertModel but not returned: exported away, listed as such
+    assert info["rewritten"] == BERT_ENCODER_LINEARS and info["kept_fake_quant"] == POOLER_DEAD
+    assert man["method"]["report"]["extra"]["int_matmul"]["rewritten"] == BERT_ENCODER_LINEARS
+    assert info["check"]["ok"] and info["check"]["max_layer_rel_err_vs_exact"] < 1e-6
+    g = onnx.load(str(art / "model.onnx")).graph
+    ops, weights = [n.op_type for n in g.node], {i.name for i in g.initializer}
+    # slim's Reshape(B*T, K) -> Gemm is seen through; q/k/v share one Cast(int8) of their common fake-quant
+    assert ops.count("MatMulInteger") == 12 and ops.count("Gemm") == 0
+    assert not [n for n in g.node if n.op_type == "MatMul" and set(n.input) & weights]  # only Q·K^T and P·V left
+    assert not [i for i in g.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2
+                and i.dims[0] * i.dims[1] >= 64 * 64]  # no float weight matrix is left
+    # codes enter as uint8 + zero point (ORT's fast u8s8 GEMM), one cast per distinct fake-quant (q/k/v share)
+    casts = [n for n in g.node if n.op_type == "Cast" and n.name.endswith("__int_CastA")]
+    assert all(n.attribute[0].i == onnx.TensorProto.UINT8 for n in casts) and len(casts) < 12
+    assert sum(info["activation_encoding"].values()) == 12 and all(e.startswith("uint8-") for e in
+                                                                   info["activation_encoding"])
+    for val in [man["validation"]["onnx"]] + [e["validation"] for e in man["exports"].values()]:
+        assert all(o["rel_l2"] < 1e-5 for o in val["outputs"].values())  # vs the torch fake-quant model
+
+
+def _export_pair(tmp_path, **kw):
+    """The same quantized tiny BERT exported as fake-quant and as int graph; (model, specs, int report)."""
+    from edgekit.export.onnx import to_onnx
+    from edgekit.hf import LogitsOnly
+    from edgekit.model_io import InputSpec, example_inputs
+
+    q, _ = llm_fp4.apply(LogitsOnly(_tiny_bert()), llm_fp4.Config(progress=False, n_candidates=6, seq_len=16, **kw),
+                         _bert_data())
+    specs = [InputSpec("input_ids", [1, 16], "int64", high=100), InputSpec("attention_mask", [1, 16], "int64")]
+    x = example_inputs(specs)
+    assert to_onnx(q, x, specs, tmp_path / "fq.onnx", get_codes(q), int_matmul=False).get("int_matmul") is None
+    info = to_onnx(q, x, specs, tmp_path / "int.onnx", get_codes(q))["int_matmul"]  # default: as the method asked
+    return q, specs, info
+
+
+def test_int_graph_reproduces_fake_quant_graph_exactly(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from edgekit.export.fp4_matmul import check, rewrite
+    from edgekit.model_io import example_inputs
+    from edgekit.profile.runners import open_session
+
+    q, specs, info = _export_pair(tmp_path)
+    assert info["rewritten"] == BERT_ENCODER_LINEARS
+    fq, it = (open_session(tmp_path / f, "onnxruntime", threads=1) for f in ("fq.onnx", "int.onnx"))
+    for seed in range(4):
+        feeds = {s.name: t.numpy() for s, t in zip(specs, example_inputs(specs, seed=seed))}
+        a, b = fq.run(feeds)[0].astype(np.float64), it.run(feeds)[0].astype(np.float64)
+        # the int path is exact up to the rescale; the fake-quant MatMul's float32 sums differ by a few ulp
+        assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-6
+    # per layer, teacher-forced on the graph's own codes: within float32 rounding of exact integer arithmetic
+    assert info["check"]["ok"] and info["check"]["max_layer_rel_err_vs_exact"] < 3e-7
+    # ... and the check has teeth: one wrong channel scale (x2) in one layer is caught
+    details: list = []
+    ref = onnx.load(str(tmp_path / "fq.onnx"))
+    proto, _ = rewrite(onnx.load(str(tmp_path / "fq.onnx")), get_codes(q), llm_fp4.act_records(q), details)
+    s = next(i for i in proto.graph.initializer if i.name.endswith("layer.1.output.dense__int_s"))
+    v = numpy_helper.to_array(s).copy()
+    v[3] *= 2
+    s.CopyFrom(numpy_helper.from_array(v, s.name))
+    bad = check(ref, proto, details, {s_.name: t.numpy() for s_, t in zip(specs, example_inputs(specs))})
+    assert not bad["ok"] and bad["worst_layer"] == "model.encoder.layer.1.output.dense"
+    # the int8 encoding of the codes (used when uint8 + zero point could saturate AVX2's int16 pair sums) is exact too
+    details = []
+    proto, info8 = rewrite(onnx.load(str(tmp_path / "fq.onnx")), get_codes(q), llm_fp4.act_records(q), details,
+                           uint8=False)
+    assert info8["activation_encoding"] == {"int8": 12}
+    for seed in range(2):
+        res = check(ref, proto, details, {s_.name: t.numpy() for s_, t in zip(specs, example_inputs(specs, seed=seed))})
+        assert res["ok"] and res["end_to_end_rel_l2_vs_fake_quant_graph"] < 1e-6
+
+
+def test_layers_that_do_not_fit_int8_keep_fake_quant_and_are_listed(tmp_path):
+    from edgekit.export.validate import validate
+
+    # E3M0 weights (codes up to 64) with shifted E3M0 activations: 64·2^K > 127 as soon as K >= 1
+    q, specs, info = _export_pair(tmp_path, a_formats=["E3M0"], w_formats=["E3M0"])
+    kept = {n: r for n, r in info["kept_fake_quant"].items() if n not in POOLER_DEAD}
+    assert kept and info["rewritten"] and sorted(info["rewritten"] + list(kept)) == sorted(BERT_ENCODER_LINEARS)
+    assert all(r.startswith("codes exceed int8") for r in kept.values())
+    assert all(int(re.search(r"weights up to (\d+)", r).group(1)) > 127 for r in kept.values())
+    assert all(int(llm_fp4.act_records(q)[n].shift.max()) == 0 for n in info["rewritten"])  # 64·2^0 fits
+    # the mixed graph (some int8, some fake-quant) still matches torch
+    val = validate(q, specs, tmp_path / "int.onnx", "onnxruntime", "int")
+    assert all(o["rel_l2"] < 1e-5 for o in val["outputs"].values())
 
 
 def test_plain_linear_model_with_tensor_data_and_minmax_int():
