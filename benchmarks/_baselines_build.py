@@ -241,11 +241,14 @@ def file_mb(path: Path) -> float:
     return round(size / 1e6, 2)
 
 
-def write_art(root: Path, spec: ModelSpec, files: dict[str, Path], info: dict[str, Any]) -> Path:
-    """Manifest for an artifact whose export files are already in place."""
+def write_art(root: Path, spec: ModelSpec, files: dict[str, Path], info: dict[str, Any],
+              static: list[InputSpec] | None = None) -> Path:
+    """Manifest for an artifact whose export files are already in place (`static`: its fixed input shapes)."""
     ins = [{"name": s.name, "dtype": s.dtype,
             "shape": [("seq" if spec.dynamic and 1 in spec.dynamic[k] and j == 1 else d) for j, d in
                       enumerate(s.shape)]} for k, s in enumerate(spec.specs)]
+    if static:
+        ins = [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in static]
     exports = {rt: {"file": str(p.relative_to(root)), "precision": info.get("precision", "fp32"),
                     "validation": info.get("validation", {})} for rt, p in files.items()}
     write_manifest(root, {"kind": "baseline", "model": exports[next(iter(exports))]["file"], "inputs": ins,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _baselines_build import Context, ModelSpec, write_art
+from _baselines_build import Context, ModelSpec, tflite_specs, write_art
 
 NO_VALIDATION = {"skipped": "third-party quantized file: no torch model computes it, so no reference to validate"}
 
@@ -149,7 +149,7 @@ def litert(spec: ModelSpec, ctx: Context, root: Path, static: bool) -> dict[str,
     info = {"tool": "ai-edge-quantizer " + ("static_wi8_ai8 (calibrated)" if static else "dynamic_wi8_afp32"),
             "calibration_samples": len(ctx.calib()) if static else 0, "validation": NO_VALIDATION,
             "precision": "int8"}
-    write_art(root, spec, {"tflite": out}, info)
+    write_art(root, spec, {"tflite": out}, info, static=tflite_specs(spec))  # LiteRT files have static shapes
     return info
 
 

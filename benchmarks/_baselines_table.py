@@ -31,7 +31,9 @@ ANCHORS = {
                "nncf_ptq": "0.827 / 0.996; 1.25x; 24 MB", "nncf_wc8": "0.825 / 0.9997; 1.0x; 23.8 MB",
                "nncf_wc4": "0.827 / 0.958; 1.0x; 18.9 MB"},
     "smollm2": {"fp32": "14.94 (16 windows); 540 MB", "nncf_wc8": "14.99; 1.19x; 138 MB",
-                "nncf_wc4": "19.7 (g64/128, emb. INT8); 1.10x; 87 MB", "rtn4": "29.9 (16 windows)",
+                "nncf_wc4": "19.7 (g64/128, emb. INT8); 1.10x; 87 MB",
+                "rtn4": "29.9 (16 windows; tied embedding/lm_head kept FP32 — edgekit RTN W4 with "
+                        "skip=[lm_head] gives 29.89 on the same windows, torch, measured)",
                 "mag50": "375 (6 windows, REAL_MODELS)"},
 }
 
@@ -98,7 +100,12 @@ NOTES = """Notes
   group_size_fallback_mode=ADJUST (SmolLM2's 576-wide inputs get groups of 64); ORT quantization on
   quant_pre_process output (for MiniLM its symbolic shape inference fails on the exporter's Min(512, seq) dim,
   so it ran with skip_symbolic_shape=True). edgekit RTN quantizes Conv/Linear only: MiniLM's 47 MB word
-  embedding stays FP32, while SmolLM2's embedding is its tied lm_head and is quantized with it.
+  embedding stays FP32, while SmolLM2's embedding is its tied lm_head and is quantized with it (at W4 that alone
+  takes perplexity from 29.9 to 50.8).
+- LiteRT: FP32 and edgekit files are converted by litert-torch at the latency input's static shape (MiniLM: 128
+  tokens, so wordnet10 texts are cut at 128 instead of 256 on LiteRT); LiteRT peers are ai-edge-quantizer recipes
+  on that FP32 file (dynamic_wi8_afp32; static_wi8_ai8 calibrated on the 300 samples, padded to the static shape).
+  SmolLM2 has no LiteRT file here (the 135M decoder at a static 512-token window was not converted).
 - ANCHORS figures were measured on a quiet machine; this run shared 2 cores with other jobs (load ~5), so
   absolute ms are 2-3x ANCHORS' and ratios carry about +-0.1 of noise (identical-compute files such as the
   magnitude-pruned ones read 0.90-1.07x).
