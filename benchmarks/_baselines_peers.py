@@ -139,11 +139,12 @@ def litert(spec: ModelSpec, ctx: Context, root: Path, static: bool) -> dict[str,
         q.load_quantization_recipe(recipe.static_wi8_ai8() if static else recipe.dynamic_wi8_afp32())
         kw: dict[str, Any] = {}
         if static:
-            sigs = Interpreter(model_path=str(ctx.tflite)).get_signature_list()
-            key = next(iter(sigs))
-            names = sigs[key]["inputs"]
-            shapes = [a.shape for a in spec.latency()]
-            data = [dict(zip(names, (_fit(a, s) for a, s in zip(sample, shapes)))) for sample in ctx.calib()]
+            interp = Interpreter(model_path=str(ctx.tflite))
+            key = next(iter(interp.get_signature_list()))
+            det = interp.get_signature_runner(key).get_input_details()  # litert-torch stores int64 inputs as int32
+            names = list(det)
+            data = [{n: _fit(a, tuple(det[n]["shape"]), det[n]["dtype"]) for n, a in zip(names, sample)}
+                    for sample in ctx.calib()]
             kw["calibration_result"] = q.calibrate({key: data}, num_threads=2)
         q.quantize(**kw).export_model(str(out), overwrite=True)
     info = {"tool": "ai-edge-quantizer " + ("static_wi8_ai8 (calibrated)" if static else "dynamic_wi8_afp32"),
@@ -153,9 +154,10 @@ def litert(spec: ModelSpec, ctx: Context, root: Path, static: bool) -> dict[str,
     return info
 
 
-def _fit(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """A calibration array cut or zero-padded to a static shape (token ids and masks: padding is mask 0)."""
-    out = np.zeros(shape, a.dtype)
+def _fit(a: np.ndarray, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """A calibration array cut or zero-padded to a static shape and cast to the file's input type (token ids and
+    masks: padding is mask 0)."""
+    out = np.zeros(shape, dtype)
     sl = tuple(slice(0, min(x, y)) for x, y in zip(a.shape, shape))
     out[sl] = a[sl]
     return out
