@@ -7,6 +7,7 @@ modules (disjoint from the evaluation text). Results merge into benchmarks/resul
     nice python benchmarks/llm_fp4.py --windows 8 --variants fp32,rtn_w4,fp4_w4 --threads 1
     nice python benchmarks/llm_fp4.py --export        # file size + ORT/OpenVINO p50 of the weight-only export
     nice python benchmarks/llm_fp4.py --export-int    # MiniLM W4A4: FP32 vs fake-quant vs MatMulInteger export
+    nice python benchmarks/llm_fp4.py --minilm --minilm-limit 1000 --threads 2   # MiniLM wordnet10 comparison
 """
 from __future__ import annotations
 
@@ -54,6 +55,13 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "minmax_fp_w8a8": ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "minmax", **FAST}),
     "minmax_int_w8a8": ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "minmax_int", **FAST}),
 }
+
+
+# MiniLM (wordnet10) comparison: the SmolLM2 settings by name (same options, FAST budget where SmolLM2 uses it),
+# plus weight-only FP8 at the default budget
+MINILM_VARIANTS = ["fp32", "minmax_int_w4a4", "minmax_fp_w4a4", "fpq_baseline_w4a4", "fpq_w4a4", "fpq_w4a8",
+                   "fpq_w8a8", "fp4_w4", "fp8_w8"]  # also runnable: fpq_w8a8_default, fp4_w4_fast
+VARIANTS["fp8_w8"] = ("fp4", {"w_bits": 8, "a_bits": None})
 
 
 def calib_texts() -> list[str]:
@@ -258,6 +266,65 @@ def export_int_w4a4(threads: int, reps: int) -> dict:
     return out
 
 
+def minilm_calib_ids(n_rows: int = 16, seq_len: int = 256, seed: int = 1) -> torch.Tensor:
+    """(n_rows, seq_len) int64 MiniLM token ids: WordNet *train* glosses (seeded draw, disjoint from the test split),
+    each tokenised with its own [CLS] ... [SEP] and packed back to back into windows of seq_len tokens.
+
+    Packed rather than the method's plain-text path ("\\n\\n".join -> one [CLS] for the whole text, random offsets)
+    so the calibration sees [CLS]/[SEP] tokens at the rate the eval does (each gloss is encoded on its own there);
+    the BERT outlier channels that those tokens carry would otherwise be missing from the activation ranges.
+    """
+    import numpy as np
+
+    from edgekit.eval.wordnet import Config as WordNetConfig
+    from edgekit.eval.wordnet import load_glosses
+    from edgekit.models.real import minilm_tokenizer
+
+    tr = load_glosses(WordNetConfig())[0]
+    tok = minilm_tokenizer()
+    stream: list[int] = []
+    for i in np.random.default_rng(seed).permutation(len(tr)):
+        stream += tok(tr[i], truncation=True, max_length=seq_len)["input_ids"]
+        if len(stream) >= n_rows * seq_len:
+            break
+    return torch.tensor(stream[: n_rows * seq_len], dtype=torch.int64).reshape(n_rows, seq_len)
+
+
+def _budget(opts: dict) -> str:
+    return "FAST (4x256 calib tokens, 128 in MSE, 8 candidates, 1 round, embeddings float)" \
+        if all(opts.get(k) == v for k, v in FAST.items()) else \
+        "default (8x256 calib tokens, 256 in MSE, 16 candidates, 2 rounds (1 when weight-only); embeddings at w_bits)"
+
+
+def minilm_compare(names: list[str], limit: int | None, threads: int):
+    """MiniLM wordnet10 (torch) for FP32 and each llm_fp4 variant; calibration on packed WordNet train glosses."""
+    from edgekit.eval import evaluate
+    from edgekit.models.real import load_minilm
+
+    base, _ = load_minilm()
+    ids = minilm_calib_ids()
+    data = DataSource(tensors=[ids])
+    for name in names:
+        kind, opts = VARIANTS[name]
+        m, info = base, {"options": opts}
+        if kind == "fp4":
+            m = copy.deepcopy(base)
+            t0 = time.perf_counter()
+            m, rep = llm_fp4.apply(m, llm_fp4.Config(**opts, progress=False), data)
+            info.update(calibration_s=round(time.perf_counter() - t0, 1), budget=_budget(opts),
+                        bits_per_weight=round(rep.bits_per_weight, 3), formats=rep.extra["formats"],
+                        calibration_tokens=rep.extra["calibration_tokens"],
+                        never_worse_than_minmax=f"{rep.extra['layers_never_worse_than_minmax']}/"
+                                                f"{sum('mse_minmax' in i for i in rep.extra['layers'].values())}")
+        elif kind != "none":
+            raise ValueError(f"{name}: only llm_fp4 variants run on MiniLM")
+        res = evaluate(m, "wordnet10", limit=limit, threads=threads)
+        info.update({k: round(v, 4) for k, v in res["metrics"].items()}, samples=res["samples"],
+                    eval_s=res["seconds"], fp32_reference=res["reference"])
+        print(name, json.dumps({k: v for k, v in info.items() if k not in ("options", "formats")}), flush=True)
+        yield name, info
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--windows", type=int, default=8, help="Python-docs windows of 512 tokens")
@@ -267,8 +334,32 @@ def main() -> None:
     ap.add_argument("--export", action="store_true", help="only the MiniLM export size/latency part")
     ap.add_argument("--export-int", action="store_true", help="only MiniLM W4A4 fake-quant vs MatMulInteger export")
     ap.add_argument("--reps", type=int, default=30, help="timed runs per model and runtime (--export-int)")
+    ap.add_argument("--minilm", action="store_true", help="only the MiniLM wordnet10 comparison")
+    ap.add_argument("--minilm-limit", type=int, default=None, help="test glosses (default: all 1,000)")
+    ap.add_argument("--minilm-variants", default=",".join(MINILM_VARIANTS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.minilm:
+        key = "minilm_wordnet10"
+        res = json.loads(OUT.read_text()) if OUT.is_file() else {}
+        sec = res.get(key, {})
+        sec["setup"] = {"model": "all-MiniLM-L6-v2 + mean pooling (torch)", "task": "wordnet10",
+                        "test_glosses": args.minilm_limit or 1000, "threads": args.threads,
+                        "calibration": "WordNet-10 train glosses (seed-1 draw, disjoint from the test split), each "
+                                       "[CLS] gloss [SEP], packed into 256-token windows; FAST variants use 4 of "
+                                       "them, default-budget ones 8",
+                        "probe": "head fitted on FP32 train embeddings (eval's cached reference)",
+                        "anchors": {"fp32_probe": 0.825, "nncf_int8_ptq": {"probe": 0.827, "cosine": 0.996},
+                                    "nncf_int4_weights": {"probe": 0.827, "cosine": 0.958},
+                                    "ort_dynamic_int8": {"probe": 0.813, "cosine": 0.966}}}
+        sec.setdefault("variants", {})
+        names = ["fp32"] + [v for v in args.minilm_variants.split(",") if v != "fp32"]
+        for name, info in minilm_compare(names, args.minilm_limit, args.threads):
+            sec["variants"][name] = info
+            res = json.loads(OUT.read_text()) if OUT.is_file() else {}
+            res[key] = sec
+            OUT.write_text(json.dumps(res, indent=1))
+        return
     if args.export_int:
         res = json.loads(OUT.read_text()) if OUT.is_file() else {}
         res["export_int_w4a4_minilm_1x128"] = export_int_w4a4(2, args.reps)

@@ -120,14 +120,38 @@ def _init_act(f: F.Format, xmax_ch: torch.Tensor, variant: str) -> tuple[torch.T
     return bt.min(), (bt if variant == "fpq" else None)
 
 
-def search_layer(w: torch.Tensor, x: torch.Tensor, xmax_ch: torch.Tensor, opts: SearchOpts) -> tuple[WeightQ, ActQ | None]:
-    """Quantize one linear: w (out, in), x (T, in) calibration inputs, xmax_ch (in,) max |x| over all tokens."""
+def search_subset(x: torch.Tensor, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(rows, token weights) for the MSE objective: all of x when it has <= n rows; else the n//8 rows with the
+    largest |x| (always) plus a seeded random draw of the rest, weighted so the weighted MSE estimates the MSE over
+    all of x without bias. A plain random draw usually misses the few outlier tokens (e.g. an LLM's first-position
+    "massive activations") that set the ranges; the search then sees no cost in clipping them."""
+    T = x.shape[0]
+    if T <= n:
+        return x, None
+    m = max(1, n // 8)
+    top = x.abs().amax(1).topk(m).indices
+    rest = torch.ones(T, dtype=torch.bool)
+    rest[top] = False
+    rest = rest.nonzero().squeeze(1)
+    pick = rest[torch.randperm(len(rest), generator=gen)[: n - m]]
+    idx = torch.cat([top, pick])
+    order = idx.argsort()
+    wts = torch.cat([torch.full((m,), 1.0 / T), torch.full((n - m,), (T - m) / ((n - m) * T))])
+    return x[idx[order]], wts[order].to(x.dtype)
+
+
+def search_layer(w: torch.Tensor, x: torch.Tensor, xmax_ch: torch.Tensor, opts: SearchOpts,
+                 weights: torch.Tensor | None = None) -> tuple[WeightQ, ActQ | None]:
+    """Quantize one linear: w (out, in), x (T, in) calibration inputs, xmax_ch (in,) max |x| over all tokens;
+    weights (T,), summing to 1: per-token weights of the MSE (None: plain mean)."""
     w, x = w.detach().float(), x.detach().float()
     y = x @ w.T
     aq = opts.a_bits is not None
+    tw = None if weights is None else weights.float()[:, None]
 
     def mse(xq: torch.Tensor, wq: torch.Tensor) -> torch.Tensor:  # per output channel
-        return ((xq @ wq.T - y) ** 2).mean(0)
+        d = (xq @ wq.T - y) ** 2
+        return d.mean(0) if tw is None else (d * tw).sum(0)
 
     if opts.variant == "minmax_int":
         wq = quant_weight_int(w, opts.w_bits)

@@ -70,6 +70,9 @@ class Config(BaseModel, extra="forbid"):
                                                "rows of float arrays; ranges use all their tokens")
     search_tokens: int = Field(256, ge=16, description="tokens per layer used in the MSE objective (seeded subset)")
     seed: int = Field(0, description="seed of window offsets and the token subset")
+    keep_outlier_tokens: bool = Field(True, description="the MSE token subset always holds the search_tokens//8 "
+                                                        "tokens of largest |x| (reweighted: unbiased full-data MSE); "
+                                                        "False = plain random subset (the old behaviour)")
     tokenizer: str | None = Field(None, description="tokenizer folder for .txt data (default: the HF model's)")
     skip: list[str] = Field(default_factory=lambda: [r"(^|\.)lm_head$"], description="regexes of modules kept float")
     cache_mb: int = Field(256, ge=8, description="memory budget for cached layer inputs during calibration")
@@ -172,9 +175,10 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
                     continue
                 x = xs.pop(n)
                 tokens = max(tokens, x.shape[0])
-                sub = x if x.shape[0] <= cfg.search_tokens else \
-                    x[torch.randperm(x.shape[0], generator=gen)[: cfg.search_tokens].sort().values]
-                results[n] = S.search_layer(lins[n].weight, sub, x.abs().amax(0), opts)
+                sub, wts = S.search_subset(x, cfg.search_tokens, gen) if cfg.keep_outlier_tokens else \
+                    (x if x.shape[0] <= cfg.search_tokens else
+                     x[torch.randperm(x.shape[0], generator=gen)[: cfg.search_tokens].sort().values], None)
+                results[n] = S.search_layer(lins[n].weight, sub, x.abs().amax(0), opts, wts)
                 bar.advance(task)
         emb_q: dict[str, S.WeightQ] = {}
         for n, m in embs.items():

@@ -361,3 +361,27 @@ def test_text_data_without_tokenizer_is_a_config_error():
                       DataSource(texts=["hello world"]))
     with pytest.raises(ConfigError, match="calibration data"):
         llm_fp4.apply(nn.Linear(4, 4), llm_fp4.Config(progress=False), None)
+
+
+def test_rare_outlier_tokens_are_in_the_search_subset_and_not_clipped():
+    """A few tokens with a massive activation (an LLM's first-position tokens) set the range; a random MSE subset
+    misses them and the search, seeing no cost, clips them (the SmolLM2 W8A8 loss). They must stay unclipped."""
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(64, 64))
+    x = torch.randn(2048, 64)
+    x[[5, 1500], 3] = 200.0  # 2 of 2048 tokens
+    data = DataSource(tensors=[x])
+    sub, wts = S.search_subset(x, 128, torch.Generator().manual_seed(0))
+    assert sub.shape == (128, 64) and abs(float(wts.sum()) - 1) < 1e-6 and float(sub[:, 3].abs().max()) == 200.0
+    err = {}
+    for v, keep in (("minmax", True), ("fpq", True), ("fpq_random_subset", False)):
+        cfg = llm_fp4.Config(w_bits=8, a_bits=8, variant=v.split("_")[0], search_tokens=128, n_candidates=8,
+                             rounds=1, keep_outlier_tokens=keep, progress=False)
+        q, _ = llm_fp4.apply(copy.deepcopy(m), cfg, data)
+        with torch.no_grad():
+            err[v] = float(((q(x) - m(x)) ** 2).mean())
+        if keep and v == "fpq":
+            layer = q[0]
+            xmax = layer.a_unit * F.max_code(layer.a_E, layer.a_M)
+            assert float(xmax.expand(64)[3]) >= 0.9 * 200  # the outlier channel keeps its range
+    assert err["fpq"] <= err["minmax"]  # the search pays on all the data, not just on its subset
