@@ -69,8 +69,8 @@ class _Structured(nn.Module):
 
     def set_guide(self, w: Tensor | None) -> None:
         """Attach a trainable dense guide (SGT) initialised to `w`, or drop it (None)."""
-        dtype = next(self.parameters()).dtype
-        self.guide = None if w is None else nn.Parameter(w.detach().clone().to(dtype))
+        ref = next(self.parameters())
+        self.guide = None if w is None else nn.Parameter(w.detach().clone().to(device=ref.device, dtype=ref.dtype))
         self.alpha = 1.0 if w is not None else 0.0
 
 

@@ -125,7 +125,24 @@ def recover(model: nn.Module, teacher: nn.Module, replaced: list, data: Any, cfg
     kind = cfg.loss if cfg.loss != "auto" else ("kl" if is_causal_lm(model) else "mse")
     if kind in ("kl", "lm") and not is_causal_lm(model):
         raise ConfigError(f"loss={kind} needs a causal LM (next-token logits); use loss=mse for this model")
-    it, fixed = batches(model, data, cfg)
+    dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if cfg.device == "auto" else cfg.device))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={cfg.device}: no CUDA device here; use device=cpu (or auto)")
+    try:
+        model.to(dev)
+        teacher.to(dev)
+        return _recover(model, teacher, replaced, data, cfg, kind, dev)
+    finally:
+        model.to("cpu")
+        teacher.to("cpu")
+
+
+def _recover(model: nn.Module, teacher: nn.Module, replaced: list, data: Any, cfg: Any, kind: str,
+             dev: torch.device) -> dict[str, Any]:
+    it0, fixed = batches(model, data, cfg)
+    fixed = tuple(t.to(dev) for t in fixed)
+    it = (tuple(t.to(dev) for t in b) for b in it0)
     layers = [layer for _, layer, _ in replaced]
     sgt = cfg.train_mode == "sgt"
     T = int(cfg.sgt_ratio * cfg.train_steps) if sgt else 0
@@ -177,4 +194,4 @@ def recover(model: nn.Module, teacher: nn.Module, replaced: list, data: Any, cfg
     return {"mode": cfg.train_mode, "loss": kind, "steps": cfg.train_steps, "sgt_steps": T, "lr": cfg.lr,
             "batch": cfg.batch, "seq_len": cfg.seq_len, "scope": cfg.train_scope,
             "fixed_batch_loss_before": before, "fixed_batch_loss_after": fixed_loss(),
-            "train_loss_first": losses[0], "train_loss_last": sum(losses[-tail:]) / tail}
+            "train_loss_first": losses[0], "train_loss_last": sum(losses[-tail:]) / tail, "device": str(dev)}

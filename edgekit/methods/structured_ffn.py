@@ -67,6 +67,8 @@ class Config(BaseModel, extra="forbid"):
     tokenizer: str | None = Field(None, description="local tokenizer folder for text data (default: the model's)")
     seed: int = Field(0, description="seed of data order and SGT sampling")
     progress: bool = Field(True, description="show a progress bar during recovery training")
+    device: str = Field("cpu", description="torch device for recovery training ('cuda' when available, 'auto' picks "
+                        "it); the model comes back on the CPU")
 
 
 def find_ffn(model: nn.Module, patterns: list[str]) -> list[tuple[str, nn.Linear, int]]:

@@ -273,3 +273,15 @@ def test_sgt_schedule_and_guide_mixing():
     lay.alpha, lay.sample_guide = 0.3, True
     used = sum(not torch.allclose(lay(x), y) for _ in range(2000)) / 2000
     assert abs(used - 0.3) < 0.05
+
+
+def test_recovery_device_option():
+    ids = torch.randint(0, 100, (16, 16), generator=torch.Generator().manual_seed(2))
+    cfg = sf.Config(kind="lowrank", param_ratio=0.3, train_steps=2, batch=4, progress=False, device="auto")
+    model, rep = sf.apply(tiny_bert(), cfg, DataSource([ids]))
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert rep.extra["training"]["device"].startswith(want)
+    assert all(p.device.type == "cpu" for p in model.parameters())  # back on the CPU for export
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA device"):
+            sf.apply(tiny_bert(), cfg.model_copy(update={"device": "cuda"}), DataSource([ids]))
