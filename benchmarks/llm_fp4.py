@@ -57,6 +57,24 @@ VARIANTS: dict[str, tuple[str, dict]] = {
 }
 
 
+# the issue's calibration budget (32 windows of 512 tokens), the default search otherwise, embeddings quantized
+FULL = {"n_seqs": 32, "seq_len": 512, "search_tokens": 512, "cache_mb": 4096}
+for _name, (_kind, _opts) in list(VARIANTS.items()):
+    if _kind == "fp4" and _name in ("fp4_w4", "minmax_int_w4a4", "minmax_fp_w4a4", "fpq_baseline_w4a4", "fpq_w4a4",
+                                    "fpq_w4a8", "fpq_w8a8", "minmax_int_w8a8", "fp8_w8"):
+        _o = {k: v for k, v in _opts.items() if k not in FAST}
+        VARIANTS[f"{_name}_full"] = ("fp4", {**_o, **FULL})
+VARIANTS["fp8_w8_full"] = ("fp4", {"w_bits": 8, "a_bits": None, **FULL})
+# W8A8 clipping study: FPQ shifts lowered by h binades (a_headroom), default vs the full calibration budget
+for _h in (1, 2, 3):
+    VARIANTS[f"fpq_w8a8_h{_h}"] = ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "fpq", "a_headroom": _h})
+    VARIANTS[f"fpq_w8a8_full_h{_h}"] = ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "fpq", "a_headroom": _h, **FULL})
+    VARIANTS[f"fpq_w4a8_full_h{_h}"] = ("fp4", {"w_bits": 4, "a_bits": 8, "variant": "fpq", "a_headroom": _h, **FULL})
+VARIANTS["fpq_w4a8_full_e8"] = ("fp4", {"w_bits": 4, "a_bits": 8, "variant": "fpq", "e_bits": 8, **FULL})
+VARIANTS["fp4_w4_full_e8"] = ("fp4", {"w_bits": 4, "a_bits": None, "e_bits": 8, **FULL})
+VARIANTS["fpq_w8a8_dflt"] = ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "fpq"})
+VARIANTS["fpq_baseline_w8a8_full"] = ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "fpq_baseline", **FULL})
+
 # MiniLM (wordnet10) comparison: the SmolLM2 settings by name (same options, FAST budget where SmolLM2 uses it),
 # plus weight-only FP8 at the default budget
 MINILM_VARIANTS = ["fp32", "minmax_int_w4a4", "minmax_fp_w4a4", "fpq_baseline_w4a4", "fpq_w4a4", "fpq_w4a8",
@@ -80,19 +98,24 @@ def calib_texts() -> list[str]:
 
 
 def perplexity(model: torch.nn.Module, ids: torch.Tensor) -> float:
-    """exp(mean NLL) over windows, each scored on its own."""
+    """exp(mean NLL) over windows, each scored on its own (on the model's device)."""
     nll, n = 0.0, 0
+    dev = next(model.parameters()).device
     with torch.no_grad():
         for w in ids:
+            w = w.to(dev)
             logits = model(input_ids=w[None], use_cache=False).logits[0, :-1].float()
             nll -= float(torch.log_softmax(logits, -1).gather(1, w[1:, None]).sum())
             n += len(w) - 1
     return math.exp(nll / n)
 
 
-def run_variant(name: str, base: torch.nn.Module, data: DataSource, tok_dir: str) -> tuple[torch.nn.Module, dict]:
+def run_variant(name: str, base: torch.nn.Module, data: DataSource, tok_dir: str,
+                device: str = "cpu") -> tuple[torch.nn.Module, dict]:
     """Compress a copy of the FP32 model; returns (model, info)."""
     kind, opts = VARIANTS[name]
+    if kind == "fp4":
+        opts = {**opts, "device": device}
     m = copy.deepcopy(base)
     t0 = time.perf_counter()
     info: dict = {"options": opts}
@@ -109,6 +132,9 @@ def run_variant(name: str, base: torch.nn.Module, data: DataSource, tok_dir: str
                                             f"{sum('mse_minmax' in i for i in ex['layers'].values())}")
         mses = [(i["mse"], i["mse_minmax"]) for i in ex["layers"].values() if "mse_minmax" in i]
         info["mean_layer_mse_ratio_vs_minmax"] = round(sum(a / max(b, 1e-30) for a, b in mses) / len(mses), 4)
+        info["options"] = {k: v for k, v in opts.items() if k != "device"}
+        info["device"] = device
+        info["a_headroom"] = ex["a_headroom"]
     info["calibration_s"] = round(time.perf_counter() - t0, 1)
     return m, info
 
@@ -330,7 +356,13 @@ def main() -> None:
     ap.add_argument("--windows", type=int, default=8, help="Python-docs windows of 512 tokens")
     ap.add_argument("--variants", default="fp32,rtn_w4,fp4_w4")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--gpl3", action="store_true", help="also score the GPL-3 text (4 windows)")
+    ap.add_argument("--gpl3", action="store_true", help="also score the GPL-3 text (--gpl3-windows windows)")
+    ap.add_argument("--gpl3-windows", type=int, default=4)
+    ap.add_argument("--offset", type=int, default=0, help="skip this many Python-docs windows (a validation split: "
+                                                          "e.g. 16 = the windows after the evaluation's 16)")
+    ap.add_argument("--device", default="cpu", help="calibration and evaluation device (cpu, cuda, auto)")
+    ap.add_argument("--section", default="", help="results key for SmolLM2 rows (default: the top-level "
+                                                  "'variants'/'setup' of earlier runs)")
     ap.add_argument("--export", action="store_true", help="only the MiniLM export size/latency part")
     ap.add_argument("--export-int", action="store_true", help="only MiniLM W4A4 fake-quant vs MatMulInteger export")
     ap.add_argument("--reps", type=int, default=30, help="timed runs per model and runtime (--export-int)")
@@ -377,29 +409,38 @@ def main() -> None:
 
     base, tok = load_smollm2()
     tok_dir = str(_smollm2_cache())
-    texts = {"python_docs": torch.from_numpy(windows(tok, "python_docs", 512, args.windows))}
+    texts = {"python_docs": torch.from_numpy(windows(tok, "python_docs", 512, args.offset + args.windows)
+                                              [args.offset:])}
     if args.gpl3:
-        texts["gpl3"] = torch.from_numpy(windows(tok, "gpl3", 512, 4))
+        texts["gpl3"] = torch.from_numpy(windows(tok, "gpl3", 512, args.gpl3_windows))
+    from edgekit.methods._device import resolve
+
+    dev = resolve(args.device)
     data = DataSource(texts=calib_texts())
     res = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    res.setdefault("variants", {})
-    res["setup"] = {"model": "SmolLM2-135M-Instruct", "eval": {k: list(v.shape) for k, v in texts.items()},
-                    "threads": args.threads, "calibration": "stdlib docstrings, 8x256 tokens, seed 0"}
+    sec = res.setdefault(args.section, {}) if args.section else res
+    sec.setdefault("variants", {})
+    sec["setup"] = {"model": "SmolLM2-135M-Instruct", "eval": {k: list(v.shape) for k, v in texts.items()},
+                    "python_docs_first_window": args.offset, "threads": args.threads, "device": str(dev),
+                    "calibration": "stdlib docstrings (calib_texts), windows at seeded offsets; per-variant "
+                                   "n_seqs x seq_len in its options (default 8x256)"}
     fp32 = None
     for name in ["fp32"] + [v for v in args.variants.split(",") if v != "fp32"]:
         if name == "fp32":
             m, info = base, {}
         else:
-            m, info = run_variant(name, base, data, tok_dir)
+            m, info = run_variant(name, base, data, tok_dir, args.device)
         t0 = time.perf_counter()
+        m.to(dev)
         for tname, ids in texts.items():
             info[f"ppl_{tname}"] = round(perplexity(m, ids), 3)
+        m.to("cpu")
         info["eval_s"] = round(time.perf_counter() - t0, 1)
         if name == "fp32":
             fp32 = info
         info["ppl_ratio_vs_fp32_same_run"] = round(info["ppl_python_docs"] / fp32["ppl_python_docs"], 3)
         info["fp32_same_run"] = fp32["ppl_python_docs"]
-        res["variants"][name] = info
+        sec["variants"][name] = info
         print(name, json.dumps(info), flush=True)
         OUT.parent.mkdir(exist_ok=True)
         OUT.write_text(json.dumps(res, indent=1))

@@ -151,19 +151,67 @@ def docstrings() -> list[str]:
     return [t for t in out if len(t) > 40]
 
 
+CORPUS_SKIP = {"this", "antigravity", "pydoc_data", "idlelib", "tkinter", "turtle", "turtledemo", "test", "lib2to3",
+               "ensurepip", "venv", "pydoc"}
+
+
+def stdlib_corpus() -> list[str]:
+    """A larger training text (~0.8 MB here): docstrings of every importable public stdlib module, its public
+    classes, functions and methods (sorted, deduplicated; pydoc/pydoc_data, whose topics are the evaluation text,
+    excluded)."""
+    import contextlib
+    import importlib
+    import inspect
+    import io
+    import warnings
+
+    seen, out = set(), []
+    for name in sorted(sys.stdlib_module_names):
+        if name in CORPUS_SKIP or name.startswith("_"):
+            continue
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                mod = importlib.import_module(name)
+        except Exception:  # noqa: BLE001, S112 - platform-specific or deprecated modules are skipped
+            continue
+        objs = [mod]
+        for a in sorted(dir(mod)):
+            o = getattr(mod, a, None)
+            if a.startswith("_") or getattr(o, "__module__", None) != name:
+                continue
+            if inspect.isclass(o) or inspect.isfunction(o) or inspect.isbuiltin(o):
+                objs.append(o)
+                if inspect.isclass(o):
+                    objs += [f for m, f in sorted(vars(o).items()) if not m.startswith("_")
+                             and (inspect.isfunction(f) or inspect.ismethoddescriptor(f))]
+        for o in objs:
+            d = (mod.__doc__ or "") if o is mod else (inspect.getdoc(o) or "")
+            d = inspect.cleandoc(d) if d else ""
+            if len(d) > 40 and d not in seen:
+                seen.add(d)
+                out.append(d)
+    return out
+
+
+TRAIN_TEXTS = {"docstrings": docstrings, "stdlib": stdlib_corpus}
+
+
 def run_smollm2(args) -> None:
     from edgekit.models.real import CausalLMLogits, load_smollm2
 
     lm = load_smollm2()[0]
-    res = load("smollm2", {"limit_windows_per_text": args.limit})
+    limit = args.limit or None  # 0: the task's default windows (16 Python docs + 8 GPL-3)
+    key = args.section or "smollm2"
+    res = load(key, {"limit_windows_per_text": limit or "task default (16 + 8)"})
 
     def ev(tag: str, model: nn.Module, extra: dict | None = None) -> None:
         t0 = time.perf_counter()
-        r = evaluate(CausalLMLogits(model).eval(), "perplexity", limit=args.limit, threads=THREADS)
+        r = evaluate(CausalLMLogits(model).eval(), "perplexity", limit=limit, threads=THREADS)
         res["rows"][tag] = {**r["metrics"], **(extra or {}), "eval_s": round(time.perf_counter() - t0, 1)}
         res["reference"] = r["reference"]
         log(tag, {k: round(v, 4) if isinstance(v, float) else v for k, v in res["rows"][tag].items()})
-        save("smollm2", res)
+        save(key, res)
 
     if not args.skip_base:
         ev("fp32", lm, {"ffn_ratio": 1.0})
@@ -174,17 +222,20 @@ def run_smollm2(args) -> None:
                 ev(f"{kind}@{ratio}", m, {"ffn_ratio": rep.extra["ratio_replaced"], "params": rep.params_after})
             ev(f"magnitude@{ratio}", magnitude(copy.deepcopy(lm), ratio), {"ffn_ratio": ratio})
             ev(f"neurons@{ratio}", neurons(copy.deepcopy(lm), ratio), {"ffn_ratio": ratio})
+    texts = TRAIN_TEXTS[args.train_text]() if args.train_ratios else []
     for ratio in args.train_ratios:
         for kind in args.train_kinds:
             m = copy.deepcopy(lm)
             t0 = time.perf_counter()
             cfg = sf.Config(kind=kind, param_ratio=ratio, train_steps=args.train_steps, batch=args.batch,
-                            seq_len=128, lr=args.lr, tokenizer=None, progress=False)
-            _, rep = sf.apply(m, cfg, DataSource(texts=docstrings()))
+                            seq_len=args.seq_len, lr=args.lr, tokenizer=None, progress=False, device=args.device)
+            _, rep = sf.apply(m, cfg, DataSource(texts=texts))
             tr = rep.extra["training"]
-            ev(f"{kind}@{ratio}+distill", m, {"ffn_ratio": rep.extra["ratio_replaced"], "train_s":
-               round(time.perf_counter() - t0, 1), **{k: tr[k] for k in ("steps", "batch", "seq_len", "lr",
-                                                     "fixed_batch_loss_before", "fixed_batch_loss_after")}})
+            ev(f"{kind}@{ratio}+distill{args.row_suffix}", m, {
+                "ffn_ratio": rep.extra["ratio_replaced"], "train_s": round(time.perf_counter() - t0, 1),
+                "train_text": f"{args.train_text} ({sum(map(len, texts))} chars)",
+                **{k: tr[k] for k in ("steps", "batch", "seq_len", "lr", "device", "fixed_batch_loss_before",
+                                      "fixed_batch_loss_after", "train_loss_first", "train_loss_last")}})
 
 
 def run_latency(args) -> None:
@@ -238,6 +289,7 @@ def run_latency(args) -> None:
 
 
 def main() -> None:
+    global THREADS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("part", choices=["minilm", "smollm2", "latency"])
     ap.add_argument("--limit", type=int, default=None, help="test glosses (minilm) / windows per text (smollm2)")
@@ -248,11 +300,22 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--skip-base", action="store_true", help="only the recovery-training rows")
+    ap.add_argument("--seq-len", type=int, default=128, help="recovery-training window (tokens)")
+    ap.add_argument("--train-text", choices=sorted(TRAIN_TEXTS), default="docstrings",
+                    help="SmolLM2 recovery text: 18 modules' docstrings (~130 kB) or the whole stdlib's (~0.8 MB)")
+    ap.add_argument("--device", default="cpu", help="recovery-training device: cpu, cuda or auto")
+    ap.add_argument("--threads", type=int, default=THREADS, help="torch CPU threads (evaluation)")
+    ap.add_argument("--row-suffix", default="", help="appended to recovery row names (e.g. a budget tag)")
+    ap.add_argument("--section", default="", help="smollm2: results key (default: smollm2 for --limit 4, else "
+                                                  "smollm2_<limit>)")
     args = ap.parse_args()
+    THREADS = args.threads
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     if args.limit is None:
         args.limit = 200 if args.part == "minilm" else 2
+    if args.part == "smollm2" and not args.section and args.limit != 4:
+        args.section = f"smollm2_{args.limit or 'default'}"
     {"minilm": run_minilm, "smollm2": run_smollm2, "latency": run_latency}[args.part](args)
 
 

@@ -40,6 +40,7 @@ class SearchOpts:
     w_formats: list[F.Format] | None = None
     a_formats: list[F.Format] | None = None
     shift_round: str = "search"  # floor(b~_j - rho) | code: round(b~_j) - round(rho) | search: both, by MSE
+    a_headroom: int = 0  # FPQ shifts lowered by this many binades (channel j keeps 2^h x its calibration max)
 
 
 @dataclass
@@ -52,6 +53,10 @@ class ActQ:
     rho: float = 0.0  # tensor-wise bias (fp)
     shift: torch.Tensor | None = None  # integer k_j (fpq)
     qmax: float = 7.0
+
+    def cpu(self) -> ActQ:
+        return ActQ(self.kind, self.fmt, self.unit.cpu(), self.rho, None if self.shift is None else self.shift.cpu(),
+                    self.qmax)
 
 
 @dataclass
@@ -67,6 +72,9 @@ class WeightQ:
     def weight(self) -> torch.Tensor:
         """codes·unit in float32, the exact value the ONNX DequantizeLinear reproduces."""
         return self.codes.to(torch.float32) * self.unit.to(torch.float32)[:, None]
+
+    def cpu(self) -> WeightQ:
+        return WeightQ(self.kind, self.fmt, self.codes.cpu(), self.unit.cpu(), self.stats)
 
 
 def candidates(b0: torch.Tensor, opts: SearchOpts) -> list[torch.Tensor]:
@@ -96,14 +104,16 @@ def quant_weight_int(w: torch.Tensor, bits: int) -> WeightQ:
     return WeightQ("int", (0, 0), F.int_codes(w / u[:, None], qmax), u)
 
 
-def act_quant(fmt: F.Format, rho: torch.Tensor, bt: torch.Tensor | None, shift_round: str = "floor") -> ActQ:
-    """FP activation quantizer with tensor bias rho, plus FPQ shifts when per-channel biases bt are given."""
+def act_quant(fmt: F.Format, rho: torch.Tensor, bt: torch.Tensor | None, shift_round: str = "floor",
+              headroom: int = 0) -> ActQ:
+    """FP activation quantizer with tensor bias rho, plus FPQ shifts when per-channel biases bt are given; headroom
+    lowers every shift by that many binades (a channel then clips only above 2^headroom x its calibration max)."""
     E, M = fmt
     u0 = F.unit(rho.reshape(1), M)
     if bt is None:
         return ActQ("fp", fmt, u0, float(rho))
     k = torch.floor(bt - rho) if shift_round == "floor" else torch.round(bt) - torch.round(rho)
-    k = torch.clamp(k, 0, 2 ** E - 1)
+    k = torch.clamp(k - headroom, 0, 2 ** E - 1)
     return ActQ("fp", fmt, u0 * torch.exp2(-k).to(torch.float32), float(rho), k.to(torch.int32))
 
 
@@ -129,7 +139,7 @@ def search_subset(x: torch.Tensor, n: int, gen: torch.Generator) -> tuple[torch.
     if T <= n:
         return x, None
     m = max(1, n // 8)
-    top = x.abs().amax(1).topk(m).indices
+    top = x.abs().amax(1).topk(m).indices.cpu()
     rest = torch.ones(T, dtype=torch.bool)
     rest[top] = False
     rest = rest.nonzero().squeeze(1)
@@ -137,7 +147,7 @@ def search_subset(x: torch.Tensor, n: int, gen: torch.Generator) -> tuple[torch.
     idx = torch.cat([top, pick])
     order = idx.argsort()
     wts = torch.cat([torch.full((m,), 1.0 / T), torch.full((n - m,), (T - m) / ((n - m) * T))])
-    return x[idx[order]], wts[order].to(x.dtype)
+    return x[idx[order].to(x.device)], wts[order].to(device=x.device, dtype=x.dtype)
 
 
 def search_layer(w: torch.Tensor, x: torch.Tensor, xmax_ch: torch.Tensor, opts: SearchOpts,
@@ -180,7 +190,7 @@ def search_layer(w: torch.Tensor, x: torch.Tensor, xmax_ch: torch.Tensor, opts: 
     modes = ["code", "floor"] if opts.shift_round == "search" else [opts.shift_round]
     mode = {f: modes[0] for f in a_fmts}
     wf, af = wf0, af0
-    cur_act = act_quant(af, rho[af], ainit[af][1], mode[af]) if aq else None
+    cur_act = act_quant(af, rho[af], ainit[af][1], mode[af], opts.a_headroom) if aq else None
     cur_w = quant_weight_fp(w, wf, bw[wf]).weight()
     e0 = float(mse(apply_act(x, cur_act), cur_w).mean())
     search = opts.variant != "minmax"
@@ -209,12 +219,12 @@ def search_layer(w: torch.Tensor, x: torch.Tensor, xmax_ch: torch.Tensor, opts: 
             best = None
             for r in candidates(r0, opts):
                 for md in (modes if bt is not None else modes[:1]):
-                    e = float(mse(apply_act(x, act_quant(f, r, bt, md)), cur_w).mean())
+                    e = float(mse(apply_act(x, act_quant(f, r, bt, md, opts.a_headroom)), cur_w).mean())
                     if best is None or e < best[0]:
                         best = (e, r, md)
             a_err[f], rho[f], mode[f] = best
         af = min(a_err, key=lambda f: a_err[f])
-        cur_act = act_quant(af, rho[af], ainit[af][1], mode[af])
+        cur_act = act_quant(af, rho[af], ainit[af][1], mode[af], opts.a_headroom)
     wq = quant_weight_fp(w, wf, bw[wf])
     e = float(mse(apply_act(x, cur_act), wq.weight()).mean())
     wq.stats = {"mse": e, "mse_minmax": e0}

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ._device import resolve as resolve_device
 
 
 def alpha(t: int, total: int, schedule: str) -> float:
@@ -125,10 +126,7 @@ def recover(model: nn.Module, teacher: nn.Module, replaced: list, data: Any, cfg
     kind = cfg.loss if cfg.loss != "auto" else ("kl" if is_causal_lm(model) else "mse")
     if kind in ("kl", "lm") and not is_causal_lm(model):
         raise ConfigError(f"loss={kind} needs a causal LM (next-token logits); use loss=mse for this model")
-    dev = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if cfg.device == "auto" else cfg.device))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={cfg.device}: no CUDA device here; use device=cpu (or auto)")
+    dev = resolve_device(cfg.device)
     try:
         model.to(dev)
         teacher.to(dev)

@@ -37,6 +37,7 @@ from ..errors import ConfigError
 from ..flops import count_params
 from . import _fp as F
 from . import _fp_search as S
+from ._device import resolve as resolve_device
 from ._fp_calib import calibration_calls, capture
 from ._quant import WeightCode, attach_codes
 from ._report import MethodReport
@@ -75,6 +76,11 @@ class Config(BaseModel, extra="forbid"):
                                                         "False = plain random subset (the old behaviour)")
     tokenizer: str | None = Field(None, description="tokenizer folder for .txt data (default: the HF model's)")
     skip: list[str] = Field(default_factory=lambda: [r"(^|\.)lm_head$"], description="regexes of modules kept float")
+    a_headroom: int | None = Field(None, ge=0, le=7, description="lower every FPQ activation shift by this many "
+                                   "binades, so a channel clips only above 2^h x its calibration maximum; None = 2 "
+                                   "for a_bits >= 6, 0 (the paper) below")
+    device: str = Field("cpu", description="torch device of calibration and search: cpu, cuda or auto; the model "
+                                           "comes back on the CPU")
     cache_mb: int = Field(256, ge=8, description="memory budget for cached layer inputs during calibration")
     progress: bool = Field(True, description="per-layer progress bar on stderr")
     int_matmul: bool = Field(True, description="ONNX export: turn each A4 fake-quant linear whose codes fit int8 into "
@@ -136,7 +142,9 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
         raise ConfigError(f"llm_fp4: a_bits={a_bits} is not supported; use 4..8, or 16/None for weight-only")
     e_bits = cfg.w_bits if cfg.e_bits is None else (None if cfg.e_bits == 16 else cfg.e_bits)
     opts = S.SearchOpts(cfg.variant, cfg.w_bits, a_bits, cfg.grid, cfg.n_candidates, cfg.rounds, tuple(cfg.gamma),
-                        cfg.alpha_min, _fmts(cfg.w_formats), _fmts(cfg.a_formats), cfg.shift_round)
+                        cfg.alpha_min, _fmts(cfg.w_formats), _fmts(cfg.a_formats), cfg.shift_round,
+                        cfg.a_headroom if cfg.a_headroom is not None else (2 if (a_bits or 0) >= 6 else 0))
+    dev = resolve_device(cfg.device)
     rep = MethodReport("llm_fp4", params_before=count_params(model))
 
     def skip(n: str) -> bool:
@@ -154,40 +162,14 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
     for n, m in lins.items():  # a quantized tied lm_head gets its own copy of the weight
         if any(em.weight is m.weight for em in embs.values()):
             m.weight = nn.Parameter(m.weight.detach().clone())
-    calls = calibration_calls(model, cfg, data)
-    tokens = 0
-    results: dict[str, tuple[S.WeightQ, S.ActQ | None]] = {}
-    gen = torch.Generator().manual_seed(cfg.seed)
-    with _progress(cfg.progress, len(lins) + len(embs)) as bar:
-        task = bar.add_task("calibrate", total=len(lins) + len(embs))
-        names = list(lins)
-        while names:
-            group, budget = [], cfg.cache_mb * 2**20
-            while names and (not group or budget > 0):
-                group.append(names.pop(0))
-                budget -= 4 * lins[group[-1]].in_features * cfg.seq_len * cfg.n_seqs
-            xs = capture(model, calls, {n: lins[n] for n in group})
-            for n in group:
-                bar.update(task, description=n)
-                if n not in xs:
-                    rep.layers_skipped[n] = "never called on the calibration data"
-                    bar.advance(task)
-                    continue
-                x = xs.pop(n)
-                tokens = max(tokens, x.shape[0])
-                sub, wts = S.search_subset(x, cfg.search_tokens, gen) if cfg.keep_outlier_tokens else \
-                    (x if x.shape[0] <= cfg.search_tokens else
-                     x[torch.randperm(x.shape[0], generator=gen)[: cfg.search_tokens].sort().values], None)
-                results[n] = S.search_layer(lins[n].weight, sub, x.abs().amax(0), opts, wts)
-                bar.advance(task)
-        emb_q: dict[str, S.WeightQ] = {}
-        for n, m in embs.items():
-            bar.update(task, description=n)
-            if e_bits is None or skip(n):
-                rep.layers_skipped[n] = "embedding kept float" if e_bits is None else "matches a skip pattern"
-            else:
-                emb_q[n] = S.search_embedding(m.weight, e_bits, opts)
-            bar.advance(task)
+    calls = [(tuple(a.to(dev) if torch.is_tensor(a) else a for a in args),
+              {k: v.to(dev) if torch.is_tensor(v) else v for k, v in kw.items()})
+             for args, kw in calibration_calls(model, cfg, data)]
+    try:
+        model.to(dev)
+        results, emb_q, tokens = _calibrate(model, cfg, opts, lins, embs, e_bits, calls, skip, rep)
+    finally:
+        model.to("cpu")
     layers, act_records, stored, qn = {}, {}, 0.0, 0
     for n, (wq, act) in results.items():
         lin = lins[n]
@@ -232,11 +214,52 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
                 fm[f"{k[0]}:{info[k]}"] = fm.get(f"{k[0]}:{info[k]}", 0) + 1
     rep.extra = {"export_precision": "act_quant" if a_bits else "fp32", "variant": cfg.variant,
                  "nominal_bits": {"w": cfg.w_bits, "a": a_bits, "e": e_bits}, "calibration_tokens": tokens,
+                 "a_headroom": opts.a_headroom if a_bits else None,
                  "formats": fm, "layers": layers, "int_matmul_requested": bool(cfg.int_matmul and a_bits),
                  "layers_never_worse_than_minmax": sum(i["mse"] <= i["mse_minmax"] * (1 + 1e-6)
                                                        for i in layers.values() if "mse_minmax" in i)}
     return model, rep
 
+
+def _calibrate(model: nn.Module, cfg: Config, opts: S.SearchOpts, lins: dict, embs: dict, e_bits: int | None,
+               calls: list, skip, rep: MethodReport) -> tuple[dict, dict, int]:
+    """Layer-parallel search over the non-skipped linears (a few at a time) and embeddings, on the model's device;
+    results on the CPU."""
+    tokens = 0
+    results: dict[str, tuple[S.WeightQ, S.ActQ | None]] = {}
+    gen = torch.Generator().manual_seed(cfg.seed)
+    with _progress(cfg.progress, len(lins) + len(embs)) as bar:
+        task = bar.add_task("calibrate", total=len(lins) + len(embs))
+        names = list(lins)
+        while names:
+            group, budget = [], cfg.cache_mb * 2**20
+            while names and (not group or budget > 0):
+                group.append(names.pop(0))
+                budget -= 4 * lins[group[-1]].in_features * cfg.seq_len * cfg.n_seqs
+            xs = capture(model, calls, {n: lins[n] for n in group})
+            for n in group:
+                bar.update(task, description=n)
+                if n not in xs:
+                    rep.layers_skipped[n] = "never called on the calibration data"
+                    bar.advance(task)
+                    continue
+                x = xs.pop(n)
+                tokens = max(tokens, x.shape[0])
+                sub, wts = S.search_subset(x, cfg.search_tokens, gen) if cfg.keep_outlier_tokens else \
+                    (x if x.shape[0] <= cfg.search_tokens else
+                     x[torch.randperm(x.shape[0], generator=gen)[: cfg.search_tokens].sort().values], None)
+                wq, act = S.search_layer(lins[n].weight, sub, x.abs().amax(0), opts, wts)
+                results[n] = (wq.cpu(), None if act is None else act.cpu())
+                bar.advance(task)
+        emb_q: dict[str, S.WeightQ] = {}
+        for n, m in embs.items():
+            bar.update(task, description=n)
+            if e_bits is None or skip(n):
+                rep.layers_skipped[n] = "embedding kept float" if e_bits is None else "matches a skip pattern"
+            else:
+                emb_q[n] = S.search_embedding(m.weight, e_bits, opts).cpu()
+            bar.advance(task)
+    return results, emb_q, tokens
 
 def act_records(model: nn.Module) -> dict[str, S.ActQ]:
     """Activation quantizers the method left (format, rho, FPQ shifts) for exporters of integer MatMuls."""

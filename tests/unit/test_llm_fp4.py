@@ -385,3 +385,58 @@ def test_rare_outlier_tokens_are_in_the_search_subset_and_not_clipped():
             xmax = layer.a_unit * F.max_code(layer.a_E, layer.a_M)
             assert float(xmax.expand(64)[3]) >= 0.9 * 200  # the outlier channel keeps its range
     assert err["fpq"] <= err["minmax"]  # the search pays on all the data, not just on its subset
+
+
+def test_headroom_lowers_shifts_and_keeps_unseen_spikes():
+    """a_headroom=h: every FPQ shift drops by h binades (floored at 0), so a channel holds 2^h x its calibration max;
+    a later input 4x above a channel's calibrated max is clipped with h=0 and passes with h=3."""
+    torch.manual_seed(0)
+    lin = nn.Linear(32, 16)
+    x = torch.randn(512, 32)
+    x[:, 0] *= 40.0  # one big channel sets the tensor range; the others are shifted up
+    data = DataSource(tensors=[x])
+    q = {}
+    for h in (0, 3):
+        cfg = llm_fp4.Config(w_bits=8, a_bits=8, a_formats=["E4M3"], shift_round="floor", n_candidates=4, rounds=1,
+                             a_headroom=h, progress=False)
+        q[h] = llm_fp4.apply(nn.Sequential(copy.deepcopy(lin)), cfg, data)[0][0]
+    k0 = torch.log2(q[0].a_unit.max() / q[0].a_unit).round()
+    k3 = torch.log2(q[3].a_unit.max() / q[3].a_unit).round()
+    assert float(k0.max()) >= 3 and torch.equal(k3, (k0 - 3).clamp_min(0))
+    spike = torch.zeros(1, 32)
+    c = int(k0[1:].argmax()) + 1
+    spike[0, c] = 4 * float(x[:, c].abs().max())
+    lim = {h: float((q[h].a_unit * F.max_code(4, 3)).expand(32)[c]) for h in q}
+    assert lim[0] < spike[0, c] <= lim[3]
+
+
+def test_act_quant_headroom_formula():
+    bt = torch.tensor([0.0, 2.5, 5.2, 9.9], dtype=torch.float64)
+    rho = torch.tensor(0.0, dtype=torch.float64)
+    for h in range(4):
+        a = S.act_quant((2, 1), rho, bt, "floor", headroom=h)
+        assert a.shift.tolist() == [max(0, min(3, k - h)) for k in (0, 2, 5, 9)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_calibration_matches_cpu():
+    """device=cuda computes the same search (formats equal, codes almost all equal) and returns a CPU model."""
+    m = _tiny_llama(outliers=True)
+    qc, rc = _quantize(m)
+    qg, rg = _quantize(m, device="cuda")
+    assert next(qg.parameters()).device.type == "cpu"
+    fc = {n: (i["w_format"], i.get("a_format")) for n, i in rc.extra["layers"].items()}
+    fg = {n: (i["w_format"], i.get("a_format")) for n, i in rg.extra["layers"].items()}
+    assert fc == fg
+    cc, cg = get_codes(qc), get_codes(qg)
+    same = sum(int((cc[n].codes == cg[n].codes).sum()) for n in cc) / sum(cc[n].codes.numel() for n in cc)
+    assert same > 0.99
+    ids = _data(2, seed=9).tensors[0]
+    assert abs(_kl(m, qc, ids) - _kl(m, qg, ids)) < 0.2 * _kl(m, qc, ids) + 1e-4
+
+
+def test_cuda_without_gpu_is_a_config_error():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(ConfigError, match="no CUDA device"):
+        _quantize(_tiny_llama(), device="cuda")

