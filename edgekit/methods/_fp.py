@@ -3,7 +3,8 @@
 Every ExMy grid with bias b is an integer set times a unit u = 2^(1-M-b) (spec §9): subnormals are 1..2^M-1,
 binade p>=1 holds 2^(p-1)·(2^M..2^(M+1)-1), so the largest code is (2^(M+1)-1)·2^(2^E-2) (12 for E2M1, 7 for
 E1M2, 64 for E3M0). We quantize as Q_b(x) = u·Qint(x/u): the integer codes come out exactly, weights become
-codes·u bit for bit (the WeightCode contract), and the same ops export to ONNX (Div, Abs, Log, Floor, Pow, Round).
+codes·u bit for bit (the WeightCode contract), and the same ops export to ONNX (Div, Clip, Mul, Sub, Abs, Less, Round,
+Where: see fp_codes).
 """
 from __future__ import annotations
 
@@ -60,11 +61,26 @@ def unit(b: torch.Tensor, M: int) -> torch.Tensor:
 
 
 def fp_codes(y: torch.Tensor, E: int, M: int) -> torch.Tensor:
-    """Round y (already divided by u) to the nearest ExMy integer code, half to even; float tensor of integers."""
+    """Round y (already divided by u) to the nearest ExMy integer code, half to even; float tensor of integers.
+
+    Codes below 2^M are integers (subnormals and the first binade: step 1): plain rounding. Above, the step is
+    2^(e-M), i.e. y rounded to M+1 significant bits, done exactly by Veltkamp splitting: with s = 2^(p-1-M) + 1 (p
+    the dtype's significand bits), t = s·y, fl(t - fl(t - y)) is y rounded to nearest-even at M+1 bits. Three
+    elementwise ops instead of log2/floor/exp2: the exported graph runs Mul, Sub, Sub, Abs, Less, Round, Where (no
+    transcendental ops); tested against the log2 definition over random values, every grid point and every tie.
+    """
+    c = max_code(E, M)
+    y = y.clamp(-c, c)
+    s = float(2 ** (round(-math.log2(torch.finfo(y.dtype).eps)) - M) + 1)
+    t = y * s
+    return torch.where(y.abs() < 2 ** M, torch.round(y), t - (t - y))
+
+
+def fp_codes_log2(y: torch.Tensor, E: int, M: int) -> torch.Tensor:
+    """The definition: code = round(y / 2^max(floor(log2|y|) - M, 0)) · step (reference for tests)."""
     y = y.clamp(-max_code(E, M), max_code(E, M))
     a = y.abs()
     e = torch.floor(torch.log2(a))
-    # log2 is exported as Log/ln2, which can land one binade off at powers of two: fix it with exact comparisons
     e = e - (a < torch.exp2(e)).to(y.dtype) + (a >= torch.exp2(e + 1)).to(y.dtype)
     step = torch.exp2(torch.clamp(e - M, min=0.0))
     return torch.round(y / step) * step

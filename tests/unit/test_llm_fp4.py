@@ -440,3 +440,16 @@ def test_cuda_without_gpu_is_a_config_error():
         pytest.skip("a CUDA device is present")
     with pytest.raises(ConfigError, match="no CUDA device"):
         _quantize(_tiny_llama(), device="cuda")
+
+
+@pytest.mark.parametrize("fmt", FMT4 + F.formats_for(8))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_veltkamp_rounding_equals_log2_definition(fmt, dtype):
+    """fp_codes (Veltkamp split, no log2/exp2) = the log2 definition on random values, every grid point, every exact
+    midpoint between neighbours (ties to even) and powers of two far below the grid."""
+    E, M = fmt
+    g = F.grid_values(E, M, 1 - M).to(dtype)  # unit 1: the integer codes themselves
+    y = torch.cat([torch.randn(20000, dtype=dtype, generator=torch.Generator().manual_seed(0)) * F.max_code(E, M) / 3,
+                   g, (g[1:] + g[:-1]) / 2, torch.exp2(torch.arange(-30, 9, dtype=dtype)), torch.tensor([1e9], dtype=dtype)])
+    y = torch.cat([y, -y])
+    assert torch.equal(F.fp_codes(y, E, M), F.fp_codes_log2(y, E, M))
