@@ -72,6 +72,7 @@ for _h in (1, 2, 3):
     VARIANTS[f"fpq_w4a8_full_h{_h}"] = ("fp4", {"w_bits": 4, "a_bits": 8, "variant": "fpq", "a_headroom": _h, **FULL})
 VARIANTS["fpq_w4a8_full_e8"] = ("fp4", {"w_bits": 4, "a_bits": 8, "variant": "fpq", "e_bits": 8, **FULL})
 VARIANTS["fp4_w4_full_e8"] = ("fp4", {"w_bits": 4, "a_bits": None, "e_bits": 8, **FULL})
+VARIANTS["fpq_w4a4_e8"] = ("fp4", {"w_bits": 4, "a_bits": 4, "variant": "fpq", "e_bits": 8})
 VARIANTS["fpq_w8a8_dflt"] = ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "fpq"})
 VARIANTS["fpq_baseline_w8a8_full"] = ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "fpq_baseline", **FULL})
 

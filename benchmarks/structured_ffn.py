@@ -3,7 +3,7 @@
 Parts (run one at a time, under nice; each writes its key of benchmarks/results/structured_ffn.json):
   python benchmarks/structured_ffn.py minilm  [--limit 200] [--train-steps 10] [--train-ratios 0.3125]
   python benchmarks/structured_ffn.py smollm2 [--limit 2] [--train-steps 0]
-  python benchmarks/structured_ffn.py latency [--runs 30]
+  python benchmarks/structured_ffn.py latency [--runs 30] [--model smollm2]
 Ratios 0.625 / 0.3125 are the paper's "63% / 32%" FFN parameters (of the replaced layers; block 0 stays dense).
 Baselines at the same count: unstructured magnitude pruning of each replaced FFN weight to the same number of
 nonzeros (zeros only: no size/speed gain), and structured neuron pruning (intermediate neurons ranked by the product
@@ -214,14 +214,20 @@ def run_smollm2(args) -> None:
         save(key, res)
 
     if not args.skip_base:
-        ev("fp32", lm, {"ffn_ratio": 1.0})
+        want = set(args.base_rows.split(",")) if args.base_rows else None
+        if not want or "fp32" in want:
+            ev("fp32", lm, {"ffn_ratio": 1.0})
         for ratio in RATIOS:
             for kind in KINDS:
+                if want and kind not in want:
+                    continue
                 m = copy.deepcopy(lm)
                 _, rep = sf.apply(m, sf.Config(kind=kind, param_ratio=ratio), None)
                 ev(f"{kind}@{ratio}", m, {"ffn_ratio": rep.extra["ratio_replaced"], "params": rep.params_after})
-            ev(f"magnitude@{ratio}", magnitude(copy.deepcopy(lm), ratio), {"ffn_ratio": ratio})
-            ev(f"neurons@{ratio}", neurons(copy.deepcopy(lm), ratio), {"ffn_ratio": ratio})
+            if not want or "magnitude" in want:
+                ev(f"magnitude@{ratio}", magnitude(copy.deepcopy(lm), ratio), {"ffn_ratio": ratio})
+            if not want or "neurons" in want:
+                ev(f"neurons@{ratio}", neurons(copy.deepcopy(lm), ratio), {"ffn_ratio": ratio})
     texts = TRAIN_TEXTS[args.train_text]() if args.train_ratios else []
     for ratio in args.train_ratios:
         for kind in args.train_kinds:
@@ -239,38 +245,63 @@ def run_smollm2(args) -> None:
 
 
 def run_latency(args) -> None:
-    """p50 latency (batch 1, sequence 128) of FP32 and FFN-compressed MiniLM, interleaved, per runtime."""
+    """p50 latency (batch 1, sequence 128) of FP32 and FFN-compressed MiniLM or SmolLM2 (prefill, logits),
+    interleaved, per runtime; a runtime whose conversion fails is recorded with the error, not fatal."""
     from edgekit.export.onnx import to_onnx
     from edgekit.export.openvino import convert as to_ov
     from edgekit.export.tflite import convert as to_tflite
     from edgekit.export.validate import validate
     from edgekit.model_io import InputSpec, example_inputs
-    from edgekit.models.real import load_minilm
     from edgekit.profile.runners import open_session
 
-    enc = load_minilm()[0]
-    specs = [InputSpec("input_ids", [1, 128], "int64", high=30522), InputSpec("attention_mask", [1, 128], "int64")]
+    if args.model == "smollm2":
+        from edgekit.models.real import CausalLMLogits, load_smollm2
+
+        base = load_smollm2()[0]
+        specs = [InputSpec("input_ids", [1, 128], "int64", high=49152)]
+        wrap, core, key = CausalLMLogits, (lambda m: m.lm), "latency_smollm2"
+        cases = [("lowrank", 0.625), ("blockshuffle", 0.625), ("lowrank", 0.3125), ("blockdense", 0.3125),
+                 ("blockshuffle", 0.3125)]
+    else:
+        from edgekit.models.real import load_minilm
+
+        base = load_minilm()[0]
+        specs = [InputSpec("input_ids", [1, 128], "int64", high=30522), InputSpec("attention_mask", [1, 128], "int64")]
+        wrap, core, key = (lambda m: m), (lambda m: m.bert), "latency"
+        cases = [("lowrank", 0.625), ("lowrank", 0.3125), ("blockdense", 0.3125), ("blockshuffle", 0.3125)]
     inputs = example_inputs(specs)
-    variants = {"fp32": (enc, 1.0)}
-    for kind, ratio in [("lowrank", 0.625), ("lowrank", 0.3125), ("blockdense", 0.3125), ("blockshuffle", 0.3125)]:
-        m = copy.deepcopy(enc)
-        _, rep = sf.apply(m.bert, sf.Config(kind=kind, param_ratio=ratio), None)
-        variants[f"{kind}@{ratio}"] = (m.eval(), rep.extra["ratio_all_ffn"])
-    root = Path(os.environ.get("TMPDIR", "/tmp")) / "edgekit_sffn_latency"
-    sessions, res = {}, {"threads": THREADS, "runs": args.runs, "seq": 128, "rows": {}}
+    variants = {"fp32": (wrap(base).eval(), 1.0)}
+    for kind, ratio in cases:
+        m = copy.deepcopy(base)
+        _, rep = sf.apply(core(wrap(m)) if args.model == "minilm" else m, sf.Config(kind=kind, param_ratio=ratio),
+                          None)
+        variants[f"{kind}@{ratio}"] = (wrap(m).eval(), rep.extra["ratio_all_ffn"])
+    root = Path(os.environ.get("TMPDIR", "/tmp")) / f"edgekit_sffn_latency_{args.model}"
+    runtimes = [r for r in ("onnxruntime", "openvino", "tflite") if r in args.runtimes]
+    sessions, res = {}, {"model": args.model, "threads": THREADS, "runs": args.runs, "seq": 128, "rows": {}}
     for tag, (m, ratio) in variants.items():
         d = root / tag
         d.mkdir(parents=True, exist_ok=True)
+        row = res["rows"].setdefault(tag, {"ffn_ratio_all": ratio})
         t0 = time.perf_counter()
         to_onnx(m, inputs, specs, d / "model.onnx")
-        files = {"onnxruntime": d / "model.onnx", "openvino": to_ov(d / "model.onnx", d / "ov"),
-                 "tflite": to_tflite(m, inputs, d / "tfl")}
-        for rt, f in files.items():
-            val = validate(m, specs, f, rt, n_random=1, threads=THREADS)["outputs"]
-            sessions[(rt, tag)] = open_session(f, rt, threads=THREADS)
-            res["rows"].setdefault(tag, {"ffn_ratio_all": ratio})[f"{rt}_rel_l2"] = max(v["rel_l2"] for v in val.values())
-        log(tag, "exported + validated in", round(time.perf_counter() - t0, 1), "s")
-    feeds = {"input_ids": inputs[0].numpy(), "attention_mask": inputs[1].numpy()}
+        row["onnx_mb"] = round((d / "model.onnx").stat().st_size / 2**20 + sum(
+            f.stat().st_size for f in d.glob("*.data")) / 2**20, 1)
+        for rt in runtimes:
+            try:
+                if rt == "onnxruntime":
+                    f = d / "model.onnx"
+                elif rt == "openvino":
+                    f = to_ov(d / "model.onnx", d / "ov")
+                else:
+                    f = to_tflite(m, inputs, d / "tfl")
+                val = validate(m, specs, f, rt, n_random=1, threads=THREADS)["outputs"]
+                sessions[(rt, tag)] = open_session(f, rt, threads=THREADS)
+                row[f"{rt}_rel_l2"] = max(v["rel_l2"] for v in val.values())
+            except Exception as e:  # noqa: BLE001 - recorded in the results, the other runtimes go on
+                row[f"{rt}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+        log(tag, "exported + validated in", round(time.perf_counter() - t0, 1), "s", row)
+    feeds = {s.name: x.numpy() for s, x in zip(specs, inputs)}
     times: dict = {k: [] for k in sessions}
     for i in range(args.runs + 3):
         for k, s in sessions.items():
@@ -280,12 +311,13 @@ def run_latency(args) -> None:
                 times[k].append(time.perf_counter() - t0)
     for (rt, tag), ts in times.items():
         p50 = float(np.median(ts)) * 1e3
-        base = float(np.median(times[(rt, "fp32")])) * 1e3
-        res["rows"][tag][f"{rt}_p50_ms"] = round(p50, 2)
-        res["rows"][tag][f"{rt}_speedup"] = round(base / p50, 3)
+        row = res["rows"][tag]
+        row[f"{rt}_p50_ms"] = round(p50, 2)
+        if (rt, "fp32") in times:
+            row[f"{rt}_speedup"] = round(float(np.median(times[(rt, "fp32")])) * 1e3 / p50, 3)
     for tag, row in res["rows"].items():
         log(tag, row)
-    save("latency", res)
+    save(key, res)
 
 
 def main() -> None:
@@ -299,7 +331,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--runs", type=int, default=30)
+    ap.add_argument("--model", choices=["minilm", "smollm2"], default="minilm", help="latency: which model")
+    ap.add_argument("--runtimes", default="onnxruntime,openvino,tflite", help="latency: runtimes to time")
     ap.add_argument("--skip-base", action="store_true", help="only the recovery-training rows")
+    ap.add_argument("--base-rows", default="", help="smollm2: only these base rows, e.g. fp32,magnitude "
+                                                    "(kinds: lowrank, blockdense, blockshuffle, magnitude, neurons)")
     ap.add_argument("--seq-len", type=int, default=128, help="recovery-training window (tokens)")
     ap.add_argument("--train-text", choices=sorted(TRAIN_TEXTS), default="docstrings",
                     help="SmolLM2 recovery text: 18 modules' docstrings (~130 kB) or the whole stdlib's (~0.8 MB)")
