@@ -118,7 +118,7 @@ def run_variant(name: str, base: torch.nn.Module, data: DataSource, tok_dir: str
     if kind == "fp4":
         opts = {**opts, "device": device}
     m = copy.deepcopy(base)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     info: dict = {"options": opts}
     if kind == "rtn":
         m, rep = baseline_rtn.apply(m, baseline_rtn.Config(**opts), None)
@@ -137,6 +137,7 @@ def run_variant(name: str, base: torch.nn.Module, data: DataSource, tok_dir: str
         info["device"] = device
         info["a_headroom"] = ex["a_headroom"]
     info["calibration_s"] = round(time.perf_counter() - t0, 1)
+    info["calibration_cpu_s"] = round(time.process_time() - c0, 1)  # all threads: bounds wall time on idle cores
     return m, info
 
 
