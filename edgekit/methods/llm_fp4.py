@@ -16,6 +16,13 @@ Decisions (why):
   MSE, "max" grid of 16 candidates, 2 rounds. The code's budget (32x1024 tokens, bias grid, n=100, 3 rounds) is
   reachable by options. lm_head is skipped by default (a tied lm_head shares the embedding's quantized rows).
 - Weight-only (a_bits None or 16) uses the same search with float inputs, one round.
+- FPQ shifts with headroom (`a_headroom`, ours, not the paper's): the shifts fit each channel to its calibration
+  maximum, and on unseen text SmolLM2's down_proj inputs spike 5-9.5x above it and are clipped (plain FPQ W8A8:
+  +5.7% perplexity). Lowering every shift by h binades lets a channel reach 2^h x its calibration max. Chosen on
+  Python-docs windows disjoint from the evaluation ones: h = 0/1/2/3 gave +5.7/+2.6/+0.5/+0.2% at W8A8, so the
+  default is 2 at >= 6-bit activations (8-bit formats have range to spare) and 0 at 4 bits (the paper's shifts,
+  where every binade of precision counts).
+- `device`: calibration and search run where the model is put (cuda for large calibrations), results on the CPU.
 - Storage: E1M2 codes (|c| <= 7) are int4, E2M1 (12) and E3M0 (64) int8, so mixed-format FP4 is 4x smaller than
   fp32, E1M2-only (w_formats=[E1M2]) 8x. `act_records(model)` + the weight codes feed edgekit.export.fp4_matmul,
   which turns each A4 fake-quant linear into an exact int8 MatMulInteger (spec §9.3). With `int_matmul` (default)
