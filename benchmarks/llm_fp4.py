@@ -341,7 +341,7 @@ def minilm_compare(names: list[str], limit: int | None, threads: int):
             m, rep = llm_fp4.apply(m, llm_fp4.Config(**opts, progress=False), data)
             info.update(calibration_s=round(time.perf_counter() - t0, 1), budget=_budget(opts),
                         bits_per_weight=round(rep.bits_per_weight, 3), formats=rep.extra["formats"],
-                        calibration_tokens=rep.extra["calibration_tokens"],
+                        calibration_tokens=rep.extra["calibration_tokens"], a_headroom=rep.extra["a_headroom"],
                         never_worse_than_minmax=f"{rep.extra['layers_never_worse_than_minmax']}/"
                                                 f"{sum('mse_minmax' in i for i in rep.extra['layers'].values())}")
         elif kind != "none":
