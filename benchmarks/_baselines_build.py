@@ -6,9 +6,12 @@ skipped for them and the manifest says so; edgekit's own baselines (rtn, magnitu
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import io
 import os
+import warnings
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,10 +26,10 @@ from onnx import numpy_helper
 from torch import nn
 
 from edgekit.artifact import write_manifest
-from edgekit.export.onnx import OPSET, _quiet, save_onnx, slim
+from edgekit.export.onnx import OPSET, save_onnx, slim
 from edgekit.export.qdq import apply_codes
 from edgekit.methods import baseline_magnitude, baseline_rtn
-from edgekit.methods._quant import get_codes
+from edgekit.quant import get_codes
 from edgekit.model_io import InputSpec
 
 CALIB_N = 300
@@ -63,9 +66,12 @@ def _effnet() -> nn.Module:
 
 def _effnet_calib(n: int) -> list[list[np.ndarray]]:
     """n Fashion-MNIST train images (seed 1, disjoint draw from the probe's) at 224 px."""
-    from edgekit.eval.fashion import _idx, preprocess
+    import gzip
 
-    x = _idx("train-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)
+    from edgekit.eval.fashion import DATA, preprocess
+
+    with gzip.open(DATA / "train-images-idx3-ubyte.gz", "rb") as f:  # all 60k, file order (IDX header: 16 bytes)
+        x = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
     pick = np.random.default_rng(1).choice(len(x), n, replace=False)
     return [[preprocess(x[i:i + 1], 224)] for i in pick]
 
@@ -160,6 +166,14 @@ def model_specs() -> dict[str, ModelSpec]:
 
 
 # ------------------------------------------------------------------ export
+@contextlib.contextmanager
+def _quiet():
+    """The exporter's chatter (warnings, progress prints) off, as edgekit's own export does."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
 def export_onnx(spec: ModelSpec, module: nn.Module, path: Path) -> dict:
     """Dynamo export (+ onnxslim), integer weights from recorded codes; returns the qdq report."""
     from edgekit.model_io import example_inputs
@@ -223,16 +237,24 @@ def tflite_specs(spec: ModelSpec) -> list[InputSpec]:
 def to_tflite(spec: ModelSpec, module: nn.Module, out_dir: Path, bits: int | None = None) -> tuple[Path, dict]:
     """litert-torch file of `module` at the latency input's shapes; integer weights (ai-edge-quantizer) for RTN
     variants when they reproduce the model (edgekit's own export rule), else float weights and the reason."""
-    from edgekit.api import _tflite_int_weights
-    from edgekit.export.tflite import convert
+    from edgekit.errors import ExportMismatchError
+    from edgekit.export.tflite import convert, quantize_weights
+    from edgekit.export.validate import validate
     from edgekit.model_io import example_inputs
 
     specs = tflite_specs(spec)
     path = convert(module, tuple(example_inputs(specs)), out_dir)
-    note: dict = {}
-    if bits:
-        path, note = _tflite_int_weights(module, specs, path, bits, "fp32", lambda *_: None)
-    return path, note
+    if not bits:
+        return path, {}
+    qpath = path.with_name("model_int.tflite")  # the rule of `edgekit export --target tflite`, public API only
+    try:
+        quantize_weights(path, bits, qpath)
+        validate(module, specs, qpath, "tflite", "fp32")
+    except (ExportMismatchError, ImportError, RuntimeError, ValueError) as e:
+        qpath.unlink(missing_ok=True)
+        return path, {"weights": "float", "reason": f"integer weights did not reproduce the model: {str(e)[:200]}"}
+    qpath.replace(path)
+    return path, {"weights": f"int{8 if bits > 4 else 4} (ai-edge-quantizer weight-only)"}
 
 
 def file_mb(path: Path) -> float:

@@ -5,14 +5,37 @@ documented defaults except where stated. No torch twin exists for these files: e
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 from _baselines_build import Context, ModelSpec, tflite_specs, write_art
 
 NO_VALIDATION = {"skipped": "third-party quantized file: no torch model computes it, so no reference to validate"}
+
+
+@contextlib.contextmanager
+def captured_fds() -> Iterator[None]:
+    """fds 1 and 2 into a temp file while TensorFlow/absl log at C level (ai-edge-quantizer); dropped after."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, saved_fd in ((1, saved[0]), (2, saved[1])):
+                os.dup2(saved_fd, fd)
+                os.close(saved_fd)
 
 
 def _ov_weight_types(model: Any) -> dict[str, int]:
@@ -130,7 +153,6 @@ def litert(spec: ModelSpec, ctx: Context, root: Path, static: bool) -> dict[str,
     time) or static INT8 (int8 weights and activations, 300 calibration samples padded to the file's shapes)."""
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import quantizer, recipe
-    from edgekit._fd import captured_fds
 
     out = root / "exports" / "tflite" / "model.tflite"
     out.parent.mkdir(parents=True, exist_ok=True)

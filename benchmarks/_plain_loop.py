@@ -1,6 +1,10 @@
 """A bare timing loop with a runtime's own API and nothing else (no torch, no edgekit), for profiler_check.
 
 Run as `python benchmarks/_plain_loop.py MODEL RUNTIME THREADS` it prints the p50 in ms from a fresh process.
+
+Deliberately not edgekit.profile.interleaved (which replaced the other benchmarks' hand-written loops): this loop is
+the independent reference that profiler_check compares edgekit's profiler and interleaved helper against; built
+on edgekit, the check would compare edgekit with itself and could not fail.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ Per model (EfficientNet-Lite0 / fashion-probe, MiniLM / wordnet10, SmolLM2 / per
 INT8 PTQ, ORT static QDQ per-tensor / per-channel, ORT dynamic, NNCF weight compression INT8 / INT4-g128, edgekit
 RTN INT8 / INT4, edgekit global magnitude pruning 30 / 50 %): task fidelity through the exported file in its
 runtime (edgekit.eval, the first runtime listed), file size, and p50 latency on every runtime the file runs on,
-measured interleaved with the FP32 file (alternating calls in one loop, 2 threads, medians).
+measured interleaved with the FP32 file (edgekit.profile.interleaved: one worker process, order rotating each
+round, 2 threads, medians, ratio with its bootstrap CI).
 
 Subsample (set in _baselines_build.model_specs, recorded in the JSON): fashion-probe and wordnet10 at the task
 defaults; perplexity: the task default, 16 windows of 512 Python docs (as ANCHORS) + 8 of GPL-3. Cells are cached in
@@ -20,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 import traceback
@@ -36,7 +36,8 @@ from _baselines_table import write_markdown
 
 from edgekit.artifact import export_file, read_manifest
 from edgekit.eval import evaluate
-from edgekit.profile.runners import open_session
+from edgekit.profile import interleaved as time_interleaved
+from edgekit.profile import provenance
 
 RESULTS = Path(__file__).parent / "results"
 THREADS = 2
@@ -62,27 +63,20 @@ def build(spec: B.ModelSpec, ctx: B.Context, name: str, root: Path) -> dict[str,
 
 
 def interleaved(ref: Path, var: Path, runtime: str, feeds: list, budget_s: float, dq: bool = False) -> dict:
-    """p50 of the FP32 file and the variant, alternating calls (order flipped every pair) in one loop."""
-    a = open_session(ref, runtime, threads=THREADS)
-    b = open_session(var, runtime, threads=THREADS, ov_dynamic_quant=dq)
-    fa = dict(zip(a.input_names, feeds))
-    fb = dict(zip(b.input_names, feeds))
-    for _ in range(3):
-        a.run(fa)
-        b.run(fb)
-    ta: list[float] = []
-    tb: list[float] = []
-    t_end = time.perf_counter() + budget_s
-    i = 0
-    while i < 8 or (time.perf_counter() < t_end and i < 200):
-        for s, f, t in ((a, fa, ta), (b, fb, tb))[:: 1 if i % 2 == 0 else -1]:
-            t0 = time.perf_counter()
-            s.run(f)
-            t.append(time.perf_counter() - t0)
-        i += 1
-    pa, pb = statistics.median(ta) * 1e3, statistics.median(tb) * 1e3
+    """p50 of the FP32 file and the variant, timed in one interleaved loop in a worker process (at least 8 rounds,
+    more while under budget_s, at most 200), the feeds given by position."""
+    res = time_interleaved([{"path": ref, "runtime": runtime, "threads": THREADS, "label": "fp32"},
+                            {"path": var, "runtime": runtime, "threads": THREADS, "label": "variant",
+                             "ov_dynamic_quant": dq}],
+                           rounds=8, warmup=3, min_seconds=budget_s, max_rounds=200, feeds=list(feeds),
+                           with_provenance=False)
+    if res["status"] != "ok":
+        raise RuntimeError(f"interleaved timing on {runtime} failed: {res['error']}")
+    a, b = res["files"]
+    pa, pb = a["timing_ms"]["p50"], b["timing_ms"]["p50"]
     return {"fp32_p50_ms": round(pa, 2), "p50_ms": round(pb, 2), "latency_vs_fp32": round(pb / pa, 3),
-            "speedup": round(pa / pb, 3), "pairs": i}
+            "speedup": round(pa / pb, 3), "pairs": res["rounds"],
+            "latency_vs_fp32_ci95": [round(x, 3) for x in b["ratio"]["ci95"]], "load": res["load"]}
 
 
 def run_cell(spec: B.ModelSpec, ctx: B.Context, name: str, budget_s: float) -> dict[str, Any]:
@@ -127,7 +121,8 @@ def main() -> None:
     specs = B.model_specs()
     doc = json.loads(args.out.read_text()) if args.out.is_file() else {}
     doc["meta"] = {"host": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": THREADS,
-                   "latency": "p50 of interleaved calls (FP32 file and variant alternating in one loop)",
+                   "latency": "p50 of interleaved calls (FP32 file and variant in one loop in one worker process, "
+                              "edgekit.profile.interleaved)",
                    "updated": time.strftime("%Y-%m-%d %H:%M")}
     wanted = args.variants.split(",")
     for mk in args.models.split(","):
@@ -157,6 +152,7 @@ def main() -> None:
                 traceback.print_exc()
                 cells[v] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
             cells[v]["wall_s"] = round(time.perf_counter() - t0, 1)
+            cells[v]["provenance"] = provenance(threads=THREADS)  # command, commit, versions, CPU/ISA, load
             print(f"[{mk}] {v}: {json.dumps({k: cells[v].get(k) for k in ('metrics', 'error')})[:300]} "
                   f"({cells[v]['wall_s']} s)", flush=True)
             save(doc, args.out)

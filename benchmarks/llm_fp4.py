@@ -143,15 +143,13 @@ def run_variant(name: str, base: torch.nn.Module, data: DataSource, tok_dir: str
 
 def export_latency(threads: int, reps: int) -> dict:
     """MiniLM (1x128): FP32 vs weight-only FP4 (mixed formats -> int8 codes; E1M2 -> int4) ONNX size and p50."""
-    import statistics
     import tempfile
 
     from edgekit.export.onnx import to_onnx
     from edgekit.export.validate import validate
-    from edgekit.methods._quant import get_codes
+    from edgekit.quant import get_codes
     from edgekit.model_io import InputSpec, example_inputs
     from edgekit.models.real import load_minilm, minilm_dir
-    from edgekit.profile.runners import open_session
 
     enc, tok = load_minilm()
     specs = [InputSpec("input_ids", [1, 128], "int64", high=tok.vocab_size), InputSpec("attention_mask", [1, 128], "int64")]
@@ -168,7 +166,7 @@ def export_latency(threads: int, reps: int) -> dict:
         p = tmp / f"{name}.onnx"
         qdq = to_onnx(m, inputs, specs, p, get_codes(m) if rep else None, int_matmul=name.endswith("matmulinteger"))
         try:
-            val = validate(m, specs, p, "onnxruntime", rep.extra["export_precision"] if rep else "fp32")
+            val = validate(m, specs, p, "onnxruntime", rep.export_precision if rep else "fp32")
             err = max(o["rel_l2"] for o in val["outputs"].values())
         except ExportMismatchError as e:  # record, keep measuring the others
             err = str(e)[:300]
@@ -177,19 +175,10 @@ def export_latency(threads: int, reps: int) -> dict:
                      "bits_per_weight": round(rep.bits_per_weight, 2) if rep else 32.0}
     feeds = {s.name: t.numpy() for s, t in zip(specs, inputs)}
     for rt in ("onnxruntime", "openvino"):
-        sess = {n: open_session(p, rt, threads=threads) for n, p in paths.items()}
-        times: dict[str, list[float]] = {n: [] for n in sess}
-        for s in sess.values():
-            for _ in range(3):
-                s.run(feeds)
-        for _ in range(reps):  # interleaved so drift hits every variant alike
-            for n, s in sess.items():
-                t0 = time.perf_counter()
-                s.run(feeds)
-                times[n].append(time.perf_counter() - t0)
-        for n in sess:
-            out[n][f"p50_ms_{rt}"] = round(1e3 * statistics.median(times[n]), 2)
-            out[n][f"latency_vs_fp32_{rt}"] = round(statistics.median(times[n]) / statistics.median(times["fp32"]), 3)
+        p50 = _interleaved_p50(paths, feeds, rt, threads, reps)  # interleaved so drift hits every variant alike
+        for n, v in p50.items():
+            out[n][f"p50_ms_{rt}"] = round(1e3 * v, 2)
+            out[n][f"latency_vs_fp32_{rt}"] = round(v / p50["fp32"], 3)
     return out
 
 
@@ -203,23 +192,15 @@ def wordnet_glosses(n: int = 16) -> list[str]:
 
 
 def _interleaved_p50(paths: dict[str, Path], feeds: dict, runtime: str, threads: int, reps: int) -> dict[str, float]:
-    """p50 seconds per model, the models timed round-robin in one loop so load drift hits all alike."""
-    import statistics
+    """p50 seconds per model, the models timed in one interleaved loop in a worker (edgekit.profile.interleaved)
+    so load drift hits all alike; `paths` must start with the reference."""
+    from edgekit.profile import interleaved
 
-    from edgekit.profile.runners import open_session
-
-    sess = {n: open_session(p, runtime, threads=threads) for n, p in paths.items()}
-    times: dict[str, list[float]] = {n: [] for n in sess}
-    for s in sess.values():
-        for _ in range(3):
-            s.run({k: feeds[k] for k in s.input_names})
-    for _ in range(reps):
-        for n, s in sess.items():
-            f = {k: feeds[k] for k in s.input_names}
-            t0 = time.perf_counter()
-            s.run(f)
-            times[n].append(time.perf_counter() - t0)
-    return {n: statistics.median(t) for n, t in times.items()}
+    res = interleaved([{"path": p, "runtime": runtime, "threads": threads, "label": n} for n, p in paths.items()],
+                      rounds=reps, warmup=3, feeds=feeds, with_provenance=False)
+    if res["status"] != "ok":
+        raise RuntimeError(f"interleaved timing on {runtime} failed: {res['error']}")
+    return {f["label"]: f["timing_ms"]["p50"] / 1e3 for f in res["files"]}
 
 
 def export_int_w4a4(threads: int, reps: int) -> dict:
@@ -235,7 +216,7 @@ def export_int_w4a4(threads: int, reps: int) -> dict:
     import numpy as np
 
     from edgekit.export.onnx import to_onnx
-    from edgekit.methods._quant import get_codes
+    from edgekit.quant import get_codes
     from edgekit.model_io import InputSpec, example_inputs
     from edgekit.models.real import load_minilm, minilm_dir
     from edgekit.profile.runners import open_session
@@ -260,9 +241,10 @@ def export_int_w4a4(threads: int, reps: int) -> dict:
     import onnx  # the same rewrite with int8 (s8s8) codes instead of uint8 + zero point (u8s8), for comparison
 
     from edgekit.export.fp4_matmul import rewrite
+    from edgekit.quant import act_records
 
     paths["w4a4_matmulinteger_s8s8"] = tmp / "int_s8.onnx"
-    proto, _ = rewrite(onnx.load(str(paths["w4a4_fakequant"])), get_codes(q), llm_fp4.act_records(q), uint8=False)
+    proto, _ = rewrite(onnx.load(str(paths["w4a4_fakequant"])), get_codes(q), act_records(q), uint8=False)
     onnx.save(proto, str(paths["w4a4_matmulinteger_s8s8"]))
     q64 = copy.deepcopy(q).double()
     for name, p in paths.items():
@@ -407,17 +389,16 @@ def main() -> None:
         OUT.write_text(json.dumps(res, indent=1))
         return
     from edgekit.eval.perplexity import windows
-    from edgekit.models.real import _smollm2_cache, load_smollm2
+    from edgekit.models.real import load_smollm2, smollm2_dir
 
     base, tok = load_smollm2()
-    tok_dir = str(_smollm2_cache())
+    tok_dir = str(smollm2_dir())
     texts = {"python_docs": torch.from_numpy(windows(tok, "python_docs", 512, args.offset + args.windows)
                                               [args.offset:])}
     if args.gpl3:
         texts["gpl3"] = torch.from_numpy(windows(tok, "gpl3", 512, args.gpl3_windows))
-    from edgekit.methods._device import resolve
-
-    dev = resolve(args.device)
+    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                       "cpu" if args.device == "auto" else args.device)
     data = DataSource(texts=calib_texts())
     res = json.loads(OUT.read_text()) if OUT.is_file() else {}
     sec = res.setdefault(args.section, {}) if args.section else res

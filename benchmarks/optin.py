@@ -29,7 +29,6 @@ import torch
 
 from edgekit.data import DataSource
 from edgekit.eval import evaluate
-from edgekit.methods import _heads as H
 from edgekit.methods import optin
 
 OUT = Path(__file__).parent / "results" / "optin.json"
@@ -89,7 +88,7 @@ def smol_calibration(model: torch.nn.Module, samples: int) -> tuple[torch.Tensor
     win = torch.tensor(ids[:n * 128]).view(n, 128)
     cfg = optin.Config(samples=samples, max_len=128, progress=False)
     data = DataSource(tensors=[win])
-    a, b = optin.calibration(model, H.find_arch(model), data, cfg)
+    a, b = optin.calibration(model, None, data, cfg)
     return a, b, cfg, data
 
 
@@ -140,20 +139,15 @@ def smollm2(samples: int = 8, windows: int = 4, scores: str | None = None) -> di
 
 
 def _time_pair(paths: dict[str, Path], runtime: str, feeds: dict, reps: int) -> dict[str, float]:
-    """Median latency (ms) of each file, runs interleaved so load changes hit both alike."""
-    from edgekit.profile.runners import open_session
+    """Median latency (ms) of each file, timed in one interleaved loop in a worker process (edgekit.profile.
+    interleaved) so load changes hit all alike; `paths` starts with the FP32 reference."""
+    from edgekit.profile import interleaved
 
-    sess = {k: open_session(p, runtime, threads=2) for k, p in paths.items()}
-    for s in sess.values():
-        for _ in range(3):
-            s.run(feeds)
-    times: dict[str, list[float]] = {k: [] for k in sess}
-    for _ in range(reps):
-        for k, s in sess.items():
-            t = time.perf_counter()
-            s.run(feeds)
-            times[k].append((time.perf_counter() - t) * 1e3)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    res = interleaved([{"path": p, "runtime": runtime, "threads": 2, "label": k} for k, p in paths.items()],
+                      rounds=reps, warmup=3, feeds=feeds, with_provenance=False)
+    if res["status"] != "ok":
+        raise RuntimeError(f"interleaved timing on {runtime} failed: {res['error']}")
+    return {f["label"]: f["timing_ms"]["p50"] for f in res["files"]}
 
 
 def latency(reps: int = 30) -> dict:
@@ -239,6 +233,8 @@ def scoring_time(keep: float = 0.6) -> dict:
 if __name__ == "__main__":
     torch.set_num_threads(2)
     part = sys.argv[1] if len(sys.argv) > 1 else "minilm"
+    if part in ("-h", "--help"):
+        raise SystemExit(print(__doc__))
     args = dict(zip(sys.argv[2::2], sys.argv[3::2]))
     if part == "minilm":
         minilm(int(args.get("--samples", 16)))

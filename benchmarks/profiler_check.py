@@ -4,7 +4,9 @@ For each runtime: a plain loop with the runtime's own API (same threads) in a fr
 that runtime, the same loop in this process (which also holds torch), then profile_artifact (subprocess, target
 protocol), then both plain loops again. ratio = profiler p50 / fresh-process plain p50 (expected 0.9-1.1);
 ratio_in_process shows what a loop sharing its process with torch measures (OpenVINO's threads contend with
-torch's: ~20% slower here, the reason the profiler isolates each measurement). Also prints the subprocess overhead.
+torch's: ~20% slower here, the reason the profiler isolates each measurement). Also prints the subprocess overhead,
+and the p50 of edgekit.profile.interleaved on the same file alone (ratio_interleaved, expected 0.9-1.1: the A/B
+helper's loop measures what a plain loop measures). Each row records provenance (command, commit, CPU/ISA, load).
 Writes benchmarks/results/profiler_check.json.  Run: python benchmarks/profiler_check.py
 """
 from __future__ import annotations
@@ -25,10 +27,10 @@ from _plain_loop import plain_p50, plain_runner  # noqa: E402  (runtime-only mod
 
 from edgekit import api
 from edgekit.artifact import export_file
-from edgekit.profile import host_info, profile_artifact
+from edgekit.profile import host_info, interleaved, profile_artifact, provenance
 from edgekit.profile.measure import host_threads
 
-TARGETS = {"onnxruntime": "host-epyc-zen3", "openvino": "intel-cpu-openvino", "tflite": "rpi5-litert"}
+TARGETS = {"onnxruntime": "host", "openvino": "intel-cpu-openvino", "tflite": "rpi5-litert"}
 OUT = Path(__file__).parent / "results" / "profiler_check.json"
 
 
@@ -82,15 +84,20 @@ def main() -> None:
             res = profile_artifact(art, [tgt])["results"][0]
             wall = time.perf_counter() - t0
             fresh_after, after = fresh_p50(path, rt, threads), plain_p50(run)
+            il = interleaved([(path, rt, "CPU", threads)], rounds=50, warmup=20, min_seconds=2.0, feeds=[x],
+                             with_provenance=False)
             plain, fresh = (before + after) / 2, (fresh_before + fresh_after) / 2
             prof = res["timing_ms"]["warm"]["p50"] if res["status"] == "ok" else None
+            il_p50 = il["files"][0]["timing_ms"]["p50"] if il["status"] == "ok" else None
             row = {"runtime": rt, "target": tgt, "threads": threads, "fresh_plain_p50_ms": [fresh_before, fresh_after],
                    "in_process_plain_p50_ms": [before, after], "profiler_p50_ms": prof,
                    "ratio": prof / fresh if prof else None, "ratio_in_process": prof / plain if prof else None,
                    "profiler_stable": res.get("stable"),
                    "robust_cv": res["timing_ms"]["warm"]["robust_cv"] if prof else None,
                    "subprocess_overhead_s": (res.get("subprocess") or {}).get("overhead_s"),
-                   "profile_artifact_wall_s": wall, "error": res.get("error")}
+                   "profile_artifact_wall_s": wall, "error": res.get("error"), "interleaved_p50_ms": il_p50,
+                   "ratio_interleaved": il_p50 / fresh if il_p50 else None, "host_load": res.get("host_load"),
+                   "provenance": provenance(threads=threads)}
             rows.append(row)
             print(f"{rt:12s} plain (fresh process) {fresh:7.3f} ms  (in this process {plain:7.3f} ms)  profiler "
                   f"{prof or float('nan'):7.3f} ms  ratio {row['ratio'] or float('nan'):.3f} "
@@ -102,4 +109,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        raise SystemExit(print(__doc__))
     main()

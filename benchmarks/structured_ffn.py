@@ -87,13 +87,13 @@ def neurons(model: nn.Module, ratio: float) -> nn.Module:
             new.weight.data = lin.weight.data[keep].clone()
             if lin.bias is not None:
                 new.bias.data = lin.bias.data[keep].clone()
-            sf._set_module(model, name, new)
+            model.set_submodule(name, new)
         name, lin = out
         new = nn.Linear(len(keep), lin.out_features, bias=lin.bias is not None)
         new.weight.data = lin.weight.data[:, keep].clone()
         if lin.bias is not None:
             new.bias.data = lin.bias.data.clone()
-        sf._set_module(model, name, new)
+        model.set_submodule(name, new)
     return model
 
 
@@ -252,7 +252,7 @@ def run_latency(args) -> None:
     from edgekit.export.tflite import convert as to_tflite
     from edgekit.export.validate import validate
     from edgekit.model_io import InputSpec, example_inputs
-    from edgekit.profile.runners import open_session
+    from edgekit.profile import interleaved
 
     if args.model == "smollm2":
         from edgekit.models.real import CausalLMLogits, load_smollm2
@@ -278,7 +278,7 @@ def run_latency(args) -> None:
         variants[f"{kind}@{ratio}"] = (wrap(m).eval(), rep.extra["ratio_all_ffn"])
     root = Path(os.environ.get("TMPDIR", "/tmp")) / f"edgekit_sffn_latency_{args.model}"
     runtimes = [r for r in ("onnxruntime", "openvino", "tflite") if r in args.runtimes]
-    sessions, res = {}, {"model": args.model, "threads": THREADS, "runs": args.runs, "seq": 128, "rows": {}}
+    files, res = {}, {"model": args.model, "threads": THREADS, "runs": args.runs, "seq": 128, "rows": {}}
     for tag, (m, ratio) in variants.items():
         d = root / tag
         d.mkdir(parents=True, exist_ok=True)
@@ -296,25 +296,28 @@ def run_latency(args) -> None:
                 else:
                     f = to_tflite(m, inputs, d / "tfl")
                 val = validate(m, specs, f, rt, n_random=1, threads=THREADS)["outputs"]
-                sessions[(rt, tag)] = open_session(f, rt, threads=THREADS)
+                files[(rt, tag)] = f
                 row[f"{rt}_rel_l2"] = max(v["rel_l2"] for v in val.values())
             except Exception as e:  # noqa: BLE001 - recorded in the results, the other runtimes go on
                 row[f"{rt}_error"] = f"{type(e).__name__}: {str(e)[:300]}"
         log(tag, "exported + validated in", round(time.perf_counter() - t0, 1), "s", row)
-    feeds = {s.name: x.numpy() for s, x in zip(specs, inputs)}
-    times: dict = {k: [] for k in sessions}
-    for i in range(args.runs + 3):
-        for k, s in sessions.items():
-            t0 = time.perf_counter()
-            s.run(dict(zip(s.input_names, feeds.values())))
-            if i >= 3:
-                times[k].append(time.perf_counter() - t0)
-    for (rt, tag), ts in times.items():
-        p50 = float(np.median(ts)) * 1e3
-        row = res["rows"][tag]
-        row[f"{rt}_p50_ms"] = round(p50, 2)
-        if (rt, "fp32") in times:
-            row[f"{rt}_speedup"] = round(float(np.median(times[(rt, "fp32")])) * 1e3 / p50, 3)
+    feeds = [x.numpy() for x in inputs]  # by position: LiteRT files name their inputs differently
+    for rt in runtimes:  # one interleaved loop per runtime, in a worker process; fp32 (when it converted) first
+        tags = [t for t in res["rows"] if (rt, t) in files]
+        if not tags:
+            continue
+        r = interleaved([{"path": files[(rt, t)], "runtime": rt, "threads": THREADS, "label": t} for t in tags],
+                        rounds=args.runs, warmup=3, feeds=feeds, with_provenance=False)
+        if r["status"] != "ok":
+            for t in tags:
+                res["rows"][t][f"{rt}_error"] = f"timing: {r['error']}"
+            continue
+        p50 = {f["label"]: f["timing_ms"]["p50"] for f in r["files"]}
+        for t in tags:
+            row = res["rows"][t]
+            row[f"{rt}_p50_ms"] = round(p50[t], 2)
+            if "fp32" in p50:
+                row[f"{rt}_speedup"] = round(p50["fp32"] / p50[t], 3)
     for tag, row in res["rows"].items():
         log(tag, row)
     save(key, res)

@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from statistics import median
 
 import torch
 from torch import nn
@@ -161,7 +160,7 @@ def part_deploy(runs: int) -> dict:
     """Export FP32 and pruned UDFC variants; file sizes and interleaved latency ratios on ORT and OpenVINO."""
     from edgekit import api
     from edgekit.artifact import export_file, read_manifest
-    from edgekit.profile.runners import open_session
+    from edgekit.profile import interleaved
 
     tmp = Path(tempfile.mkdtemp(prefix="udfc_bench_"))
     t0 = time.perf_counter()
@@ -184,17 +183,12 @@ def part_deploy(runs: int) -> dict:
                 print(f"  exported {name} ({meta[name]['compress_total_s']} s)", flush=True)
     x = load_fashion("test")[0][:1].numpy()
     out: dict = {}
-    for runtime in ("onnxruntime", "openvino", "tflite"):
-        sess = {n: open_session(export_file(a, runtime), runtime, threads=2) for n, a in arts.items()}
-        feeds = {n: {s.input_names[0]: x} for n, s in sess.items()}
-        times: dict[str, list[float]] = {n: [] for n in sess}
-        for i in range(runs + 20):  # interleaved: every variant sees the same machine load
-            for n, s in sess.items():
-                t = time.perf_counter()
-                s.run(feeds[n])
-                if i >= 20:
-                    times[n].append(time.perf_counter() - t)
-        med = {n: median(v) for n, v in times.items()}
+    for runtime in ("onnxruntime", "openvino", "tflite"):  # interleaved: every variant sees the same machine load
+        r = interleaved([{"path": export_file(a, runtime), "runtime": runtime, "threads": 2, "label": n}
+                         for n, a in arts.items()], rounds=runs, warmup=20, feeds=[x], with_provenance=False)
+        if r["status"] != "ok":
+            raise RuntimeError(f"interleaved timing on {runtime} failed: {r['error']}")
+        med = {f["label"]: f["timing_ms"]["p50"] / 1e3 for f in r["files"]}
         fp_mb = _dir_mb(export_file(arts["fp32"], runtime).parent)
         out[runtime] = {n: {"median_ms": round(med[n] * 1e3, 4), "latency_ratio": round(med[n] / med["fp32"], 3),
                             "file_mb": round(_dir_mb(export_file(a, runtime).parent), 4),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import shutil
 import time
 from pathlib import Path
@@ -15,8 +16,9 @@ from .errors import ConfigError
 from .export import onnx as onnx_export
 from .export.validate import validate
 from .methods import get_method, parse_config
-from .methods._quant import get_codes
-from .model_io import InputSpec, LoadedModel, example_inputs, load_model, mark_dynamic, parse_input_shape
+from .model_io import (InputSpec, LoadedModel, SourceOptions, example_inputs, load_model, mark_dynamic,
+                       parse_input_shape)
+from .quant import get_codes, loosest
 
 Step = Callable[[str], None]
 RUNTIMES = ("onnxruntime", "openvino", "tflite")
@@ -39,16 +41,22 @@ def resolve_specs(loaded: LoadedModel, input_shape: str | None, dynamic: list[st
     raise ConfigError(f"the input shape of {loaded.source} is unknown; pass --input-shape, e.g. 1x3x224x224")
 
 
-def resolve_runtime(target: str) -> tuple[str, dict[str, Any]]:
-    """A runtime name, or a target profile name/path -> (runtime, profile dict or {})."""
-    if target in RUNTIMES:
-        return target, {}
-    try:
-        from .targets import load_target
-    except ImportError:
-        raise ConfigError(f"unknown target '{target}'; choose one of {', '.join(RUNTIMES)}") from None
-    prof = load_target(target)
-    return prof.runtime, prof.model_dump()
+def resolve_target(target: Any) -> Any:
+    """Once, at the edge: a runtime name stays that name; a profile name/path becomes its `TargetProfile`
+    (a `TargetProfile` passes through), so that its hints (round_to, static shapes) travel with it."""
+    from .targets import TargetProfile, load_target
+
+    if isinstance(target, TargetProfile):
+        return target
+    if str(target) in RUNTIMES:
+        return str(target)
+    return load_target(target)
+
+
+def resolve_runtime(target: Any) -> tuple[str, dict[str, Any]]:
+    """A runtime name, a target profile name/path or a `TargetProfile` -> (runtime, profile dict or {})."""
+    t = resolve_target(target)
+    return (t, {}) if isinstance(t, str) else (t.runtime, t.model_dump())
 
 
 def _save_program(model: nn.Module, inputs: tuple[torch.Tensor, ...], specs: Sequence[InputSpec], path: Path) -> None:
@@ -57,6 +65,19 @@ def _save_program(model: nn.Module, inputs: tuple[torch.Tensor, ...], specs: Seq
     with onnx_export._quiet():
         prog = torch.export.export(model, inputs, dynamic_shapes=dyn)
         torch.export.save(prog, str(path))
+
+
+def _check_runs(model: nn.Module, inputs: tuple[torch.Tensor, ...], specs: Sequence[InputSpec]) -> None:
+    """Run the model once on the example inputs: a wrong --input-shape/dtype is a one-line error, not a traceback
+    from deep inside a method or exporter."""
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    except Exception as e:  # the user's model on the user's shape: any failure is a configuration problem
+        shapes = ", ".join(f"{s.name} {'x'.join(map(str, s.shape))}:{s.dtype}" for s in specs)
+        msg = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"the model fails on example inputs ({shapes}): {type(e).__name__}: {msg}; check "
+                          "--input-shape and its dtype") from e
 
 
 def _output_specs(model: nn.Module, inputs: tuple[torch.Tensor, ...]) -> list[dict[str, Any]]:
@@ -120,43 +141,43 @@ def _export_runtime(model: nn.Module, specs: Sequence[InputSpec], root: Path, ru
     return entry
 
 
-def _source_info(loaded: LoadedModel) -> dict[str, Any]:
-    p = Path(loaded.source)
-    info: dict[str, Any] = {"path": loaded.source, "kind": loaded.kind}
-    if p.is_file():
-        info["sha256"] = art.sha256_file(p)
-    elif loaded.kind == "demo":
-        from .models.digits_cnn import WEIGHTS
+def _source_info(loaded: LoadedModel, opts: SourceOptions | None = None) -> dict[str, Any]:
+    """How to re-load the source and its checksum (edgekit.source), for eval's FP32 reference."""
+    from .source import source_info
 
-        info["sha256"] = art.sha256_file(WEIGHTS)
-    elif loaded.kind == "builtin":
-        from .models.real import state_dict_sha256
-
-        info["state_dict_sha256"] = state_dict_sha256(loaded.module)
-    return info
+    return source_info(loaded, opts)
 
 
 def compress(model_src: str | Path, method: str, options: dict[str, Any] | None, out: Path,
              input_shape: str | None = None, data: Any = None, overwrite: bool = False,
-             runtimes: Sequence[str] = (), dynamic: list[str] | None = None, arch: str | None = None,
-             allow_class: list[str] | None = None, trust_pickle: bool = False, on_step: Step = _noop) -> Path:
+             runtimes: Sequence[Any] = (), dynamic: list[str] | None = None, arch: str | None = None,
+             allow_class: list[str] | None = None, trust_pickle: bool = False, on_step: Step = _noop,
+             deploy: str | None = None, arch_args: dict[str, Any] | None = None,
+             min_fidelity: float | None = None) -> Path:
     """Load, apply `method`, write an artifact (model.onnx validated on ONNX Runtime, model.pt2, exports).
 
-    `runtimes` may name runtimes or target profiles; a profile's `round_to` hint fills a method's `round_to` option
-    when the user did not set it.
+    `arch_args` are the keyword arguments of the `arch` factory. The manifest's `fidelity` entry compares the
+    compressed model with the source on held-out inputs (edgekit.fidelity); with `min_fidelity` it records
+    `failed` when the headline figure is below it (the artifact is still written, as with recipe gates).
+
+    `deploy` ("int8" | "auto", edgekit.deploy.select) lowers the ONNX Runtime/OpenVINO exports to static INT8.
+
+    `runtimes` may be runtime names, target profile names/paths or `TargetProfile` objects; the profiles'
+    `round_to` hint (their least common multiple) fills a method's `round_to` option when the user did not set it.
     """
     return compress_chain(model_src, [(method, dict(options or {}))], out, input_shape, data, overwrite, runtimes,
-                          dynamic, arch, allow_class, trust_pickle, on_step)
+                          dynamic, arch, allow_class, trust_pickle, on_step, deploy, arch_args=arch_args,
+                          min_fidelity=min_fidelity)
 
 
-def _plan(chain: Sequence[tuple[str, dict[str, Any]]], runtimes: Sequence[str], data: Any) -> tuple[list, list[str]]:
+def _plan(chain: Sequence[tuple[str, dict[str, Any]]], runtimes: Sequence[Any], data: Any) -> tuple[list, list[str]]:
     """Resolve methods, configs and runtimes before any work, so bad options fail fast."""
     rts, hints = [], {}
     for t in runtimes:
         rt, prof = resolve_runtime(t)
         rts.append(rt)
-        if prof.get("round_to"):
-            hints.setdefault("round_to", prof["round_to"])
+        if prof.get("round_to"):  # a channel count that suits every target
+            hints["round_to"] = math.lcm(hints.get("round_to", 1), int(prof["round_to"]))
     plan = []
     for name, opts in chain:
         mod = get_method(name)
@@ -173,17 +194,30 @@ def _plan(chain: Sequence[tuple[str, dict[str, Any]]], runtimes: Sequence[str], 
 
 def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, Any]]], out: Path,
                    input_shape: str | None = None, data: Any = None, overwrite: bool = False,
-                   runtimes: Sequence[str] = (), dynamic: list[str] | None = None, arch: str | None = None,
-                   allow_class: list[str] | None = None, trust_pickle: bool = False, on_step: Step = _noop) -> Path:
+                   runtimes: Sequence[Any] = (), dynamic: list[str] | None = None, arch: str | None = None,
+                   allow_class: list[str] | None = None, trust_pickle: bool = False, on_step: Step = _noop,
+                   deploy: str | None = None, arch_args: dict[str, Any] | None = None,
+                   min_fidelity: float | None = None) -> Path:
     """Apply methods in order (e.g. structured pruning, then quantization) and write one artifact."""
+    from . import fidelity
     from .flops import count_macs, count_params
 
+    fidelity.check_min_fidelity(min_fidelity)
+    opts = SourceOptions(arch, dict(arch_args or {}), list(allow_class or []), trust_pickle, input_shape, dynamic)
     plan, rts = _plan(chain, runtimes, data)
+    if deploy is not None:  # before any work
+        from .deploy import check_request
+
+        check_request(deploy, rts, data)
+    art.check_output(out, overwrite, protect=[model_src])  # before any work: never fail after an hour of it
     on_step("load")
-    loaded = load_model(model_src, arch, allow_class, trust_pickle)
+    loaded = opts.load(model_src)
     specs = resolve_specs(loaded, input_shape, dynamic)
     inputs = example_inputs(specs)
     model = loaded.module
+    _check_runs(model, inputs, specs)
+    fid_inputs, fid_from = fidelity.held_out_inputs(specs, data)
+    fid_inputs, fid_ref = fidelity.source_outputs(model, fid_inputs)  # before any method changes the module
     steps: dict[str, float] = {}
     entries = []
     for name, mod, cfg in plan:
@@ -192,6 +226,14 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
         t0 = time.perf_counter()
         on_step(f"compress ({name})")
         model, report = mod.apply(model, cfg, data)
+        if loaded.kind in ("exported_program", "artifact") and not report.layers_touched:
+            from .errors import UnsupportedModelError
+
+            src = (loaded.source if loaded.kind == "exported_program" else
+                   art.read_manifest(Path(loaded.source)).get("source", {}).get("path", "the original model"))
+            raise UnsupportedModelError(f"{loaded.source} is a torch.export program: its layers are graph ops, not "
+                                        f"modules, so '{name}' found nothing to compress; compress the original model "
+                                        f"({src}) and chain methods in one run (a recipe with several steps)")
         model.eval()
         steps[f"compress:{name}"] = time.perf_counter() - t0
         with torch.no_grad():
@@ -199,15 +241,16 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
             report.params_before, report.macs_before = params0, macs0
             report.params_after, report.macs_after = count_params(model), count_macs(model, inputs)
         entries.append({"name": name, "config": cfg.model_dump(), "report": report.to_dict()})
-    precs = {e["report"]["extra"].get("export_precision", "fp32") for e in entries}
-    precision = next((p for p in ("act_quant", "int", "fp16") if p in precs), "fp32")
-    with art.staging(out, overwrite) as root:
+    precision = loosest(e["report"]["export_precision"] for e in entries)
+    on_step("fidelity")
+    fid = fidelity.measure(model, fid_inputs, fid_ref, fid_from, min_fidelity)
+    with art.staging(out, overwrite, protect=[model_src]) as root:
         on_step("export onnx")
         t0 = time.perf_counter()
         codes = get_codes(model)
         qdq = onnx_export.to_onnx(model, inputs, specs, root / "model.onnx", codes)
-        for e in entries:  # llm_fp4 int_matmul: which linears run as int8 MatMulInteger, which kept fake-quant, why
-            if "int_matmul" in qdq and e["name"] == "llm_fp4":
+        for e in entries:  # int_matmul: which linears run as int8 MatMulInteger, which kept fake-quant, why
+            if "int_matmul" in qdq and e["report"]["export_precision"] == "act_quant":
                 e["report"]["extra"]["int_matmul"] = qdq["int_matmul"]
         _save_program(model, inputs, specs, root / "model.pt2")
         steps["onnx"] = time.perf_counter() - t0
@@ -215,7 +258,11 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
         val = validate(model, specs, root / "model.onnx", "onnxruntime", precision)
         wbits = max((c.storage_bits() for c in codes.values()), default=None)
         exports = {rt: _export_runtime(model, specs, root, rt, precision, on_step, weight_bits=wbits) for rt in rts}
-        manifest = {"kind": "compress", "source": _source_info(loaded), "model": "model.onnx",
+        if deploy is not None:  # may replace exports/<runtime>/ files by their INT8 form; entries say which and why
+            from .deploy import deploy_exports
+
+            deploy_exports(model, specs, root, exports, deploy, data, on_step)
+        manifest = {"kind": "compress", "source": _source_info(loaded, opts), "fidelity": fid, "model": "model.onnx",
                     "torch_program": "model.pt2", "inputs": [s.to_dict() for s in specs],
                     "outputs": _output_specs(model, inputs), "method": entries[-1], "methods": entries,
                     "integer_weights": qdq, "weight_bits": wbits, "export_precision": precision,
@@ -229,7 +276,7 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
 def export(src: str | Path, target: str, out: Path | None = None, input_shape: str | None = None,
            overwrite: bool = False, dynamic: list[str] | None = None, arch: str | None = None,
            allow_class: list[str] | None = None, trust_pickle: bool = False, fp16: bool = False,
-           on_step: Step = _noop) -> Path:
+           on_step: Step = _noop, arch_args: dict[str, Any] | None = None) -> Path:
     """Export a model or an artifact to one runtime (or target profile); validated; returns the artifact folder."""
     runtime, profile = resolve_runtime(target)
     src_p = Path(src)
@@ -238,8 +285,10 @@ def export(src: str | Path, target: str, out: Path | None = None, input_shape: s
 
         return export_onnx_file(src_p, runtime, out, overwrite, fp16, on_step)
     on_step("load")
-    loaded = load_model(src, arch, allow_class, trust_pickle)
+    opts = SourceOptions(arch, dict(arch_args or {}), list(allow_class or []), trust_pickle, input_shape, dynamic)
+    loaded = opts.load(src)
     specs = resolve_specs(loaded, input_shape, dynamic)
+    _check_runs(loaded.module, example_inputs(specs), specs)
     if profile.get("static_shapes") and any(s.dynamic for s in specs):
         raise ConfigError(f"target '{target}' needs static shapes; drop --dynamic")
     is_art = loaded.kind == "artifact"
@@ -247,9 +296,9 @@ def export(src: str | Path, target: str, out: Path | None = None, input_shape: s
     if dest is None:
         raise ConfigError("pass -o DIR for the artifact folder")
     with art.staging(dest, overwrite=overwrite or (is_art and dest.resolve() == src_p.resolve()),
-                     base=src_p if is_art else None) as root:
+                     base=src_p if is_art else None, protect=[src]) as root:
         if is_art:
-            man = art.read_manifest(root)
+            man = art.read_manifest(root, verify=False)  # a copy of the artifact verified by staging
             precision = man.get("export_precision", "fp32")
         else:
             inputs = example_inputs(specs)
@@ -257,7 +306,7 @@ def export(src: str | Path, target: str, out: Path | None = None, input_shape: s
             onnx_export.to_onnx(loaded.module, inputs, specs, root / "model.onnx")
             _save_program(loaded.module, inputs, specs, root / "model.pt2")
             precision = "fp32"
-            man = {"kind": "export", "source": _source_info(loaded), "model": "model.onnx",
+            man = {"kind": "export", "source": _source_info(loaded, opts), "model": "model.onnx",
                    "torch_program": "model.pt2", "inputs": [s.to_dict() for s in specs],
                    "outputs": _output_specs(loaded.module, inputs), "exports": {}}
         man.setdefault("exports", {})[runtime] = _export_runtime(loaded.module, specs, root, runtime, precision,
@@ -288,19 +337,18 @@ def check_gates(original: nn.Module, artifact_dir: Path, gates: Any) -> dict[str
         if "top1_agreement" in f:
             figs["top1_agreement"].append(f["top1_agreement"])
     res: dict[str, Any] = {k: float(np.mean(v)) for k, v in figs.items() if v}
-    failed = []
+    failed = [f"{k} is {v} (non-finite outputs)" for k, v in res.items() if not np.isfinite(v)]
     if gates.min_cosine is not None and res["cosine"] < gates.min_cosine:
         failed.append(f"cosine {res['cosine']:.4f} < {gates.min_cosine}")
     if gates.min_top1_agreement is not None and res.get("top1_agreement", 1.0) < gates.min_top1_agreement:
         failed.append(f"top-1 agreement {res.get('top1_agreement'):.4f} < {gates.min_top1_agreement}")
+    res = {k: (v if np.isfinite(v) else None) for k, v in res.items()}  # recorded as null, and failed above
     res["failed"] = failed
     return res
 
 
 def run_recipe(path: Path, out: Path | None = None, overwrite: bool = False, on_step: Step = _noop) -> tuple[Path, dict]:
     """Run a recipe YAML: methods in order, exports, then gates (recorded in the manifest)."""
-    import json
-
     from .config import Recipe, load_yaml_model
 
     rec = load_yaml_model(path, Recipe)
@@ -313,18 +361,16 @@ def run_recipe(path: Path, out: Path | None = None, overwrite: bool = False, on_
     chain = [(s.method, s.options) for s in rec.steps]
     if not chain:  # export only
         targets = rec.targets or ["onnxruntime"]
-        export(rec.model, targets[0], dest, rec.input_shape, overwrite, arch=rec.arch, on_step=on_step)
+        export(rec.model, targets[0], dest, rec.input_shape, overwrite, arch=rec.arch, on_step=on_step,
+               arch_args=rec.arch_args)
         for t in targets[1:]:
             export(dest, t, on_step=on_step)
         return dest, {"failed": []}
     compress_chain(rec.model, chain, dest, rec.input_shape, data, overwrite, rec.targets, arch=rec.arch,
-                   on_step=on_step)
+                   on_step=on_step, arch_args=rec.arch_args)
     on_step("gates")
-    original = load_model(rec.model, rec.arch).module
+    original = load_model(rec.model, rec.arch, arch_args=rec.arch_args).module
     gates = check_gates(original, dest, rec.gates)
-    man_path = dest / art.MANIFEST
-    man = json.loads(man_path.read_text())
-    man["recipe"] = {"path": str(path), "sha256": art.sha256_file(Path(path)), "config": rec.model_dump(),
-                     "gates": gates}
-    man_path.write_text(json.dumps(man, indent=2, default=str))
+    art.update_manifest(dest, {"recipe": {"path": str(path), "sha256": art.sha256_file(Path(path)),
+                                          "config": rec.model_dump(), "gates": gates}})
     return dest, gates

@@ -8,12 +8,15 @@ Writes OUT/bench.json (+ .md, .html) and keeps each (variant, target) artifact u
 from __future__ import annotations
 
 import shutil
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import ConfigError, EdgekitError, ExportMismatchError
+from .model_io import SourceOptions
+from .safety import check_replaceable, safe_component
 from .targets import TargetProfile, load_target
 
 SCHEMA = "edgekit.bench/1"
@@ -45,29 +48,71 @@ def _size_mb(f: Path) -> float:
     return (f.stat().st_size + sum(p.stat().st_size for p in f.parent.glob(f.stem + ".bin"))) / 1e6
 
 
+def method_options_from_sets(methods: Sequence[str], sets: dict[str, Any] | None,
+                             per_method: dict[str, dict] | None = None) -> dict[str, dict]:
+    """--set METHOD.key=value (that method) and --set key=value (every method whose Config has that field) ->
+    options per method. A key no method has, or a METHOD not benched, is a one-line error before any work."""
+    from .methods import get_method
+
+    out = {m: dict((per_method or {}).get(m, {})) for m in methods}
+    fields = {m: set(get_method(m).Config.model_fields) for m in methods}
+    sets = sets or {}
+    for key, value in ((k, v) for k, v in sets.items() if "." not in k):
+        hit = [m for m in methods if key in fields[m]]
+        if not hit:
+            raise ConfigError(f"--set {key}: no benched method ({', '.join(methods) or 'none'}) has that option; "
+                              "see `edgekit methods`")
+        for m in hit:
+            out[m][key] = value
+    for key, value in ((k, v) for k, v in sets.items() if "." in k):  # METHOD.key wins over a plain key
+        meth, _, name = key.rpartition(".")
+        if meth not in out:
+            raise ConfigError(f"--set {key}: '{meth}' is not among the benched methods "
+                              f"({', '.join(methods) or 'none'}); add it to --methods or drop the option")
+        if name not in fields[meth]:
+            raise ConfigError(f"--set {key}: method {meth} has no option '{name}'; it has "
+                              f"{', '.join(sorted(fields[meth]))}")
+        out[meth][name] = value
+    return out
+
+
+def check_source(model_src: Any, source: SourceOptions) -> None:
+    """Load the source once before any work: a missing file, a bad --arch or --input-shape is a one-line error
+    (exit 2), not a matrix of failed cells."""
+    from .api import _check_runs, resolve_specs
+    from .model_io import example_inputs
+
+    loaded = source.load(model_src)
+    specs = resolve_specs(loaded, source.input_shape, source.dynamic)
+    _check_runs(loaded.module, example_inputs(specs), specs)
+
+
 def _build(model_src: Any, variants: list[str], tgts: list[TargetProfile], specs: Sequence[Any], root: Path,
-           input_shape: Any, method_options: dict[str, dict]) -> dict[tuple[str, str], dict[str, Any]]:
+           source: SourceOptions, method_options: dict[str, dict],
+           data: Any = None) -> dict[tuple[str, str], dict[str, Any]]:
     """Compress each variant once and export it per target; every failure becomes a cell status with its reason."""
     from . import api
 
+    kw = source.api_kwargs()
     cells: dict[tuple[str, str], dict[str, Any]] = {}
     for v in variants:
         base: Any = model_src
         if v != "fp32":
             try:
                 base = api.compress(model_src, v, method_options.get(v, {}), root / v / "_compressed",
-                                    input_shape=input_shape, overwrite=True)
+                                    data=data, overwrite=True, **kw)
             except EdgekitError as e:
                 for t in tgts:
                     cells[v, t.name] = {"status": COMPRESS_FAILED, "reason": str(e), "art": None}
                 continue
         for t, spec in zip(tgts, specs):
-            dst = root / v / t.name
-            shutil.rmtree(dst, ignore_errors=True)  # never measure a stale artifact from an earlier bench
+            dst = root / safe_component(v, "method") / safe_component(t.name, "target name")
+            if dst.exists():  # never measure a stale artifact from an earlier bench; never delete anything else
+                check_replaceable(dst, protect=[model_src] if isinstance(model_src, (str, Path)) else [])
+                shutil.rmtree(dst)
             cell: dict[str, Any] = {"status": PASSED, "reason": None, "art": dst}
             try:
-                cell["art"] = Path(api.export(base, _export_target(spec, t), out=dst, input_shape=input_shape,
-                                              overwrite=True))
+                cell["art"] = Path(api.export(base, _export_target(spec, t), out=dst, overwrite=True, **kw))
             except ExportMismatchError as e:
                 cell.update(status=MISMATCH, reason=str(e))
             except Exception as e:  # noqa: BLE001 - any exporter crash is a cell result, not a bench failure
@@ -133,15 +178,20 @@ def _row(v: str, t: TargetProfile, cell: dict[str, Any], prof: dict[str, Any] | 
 
 
 def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_dir: str | Path,
-          input_shape: Any = None, method_options: dict[str, dict] | None = None) -> dict[str, Any]:
-    """Run the matrix and write bench.json/.md/.html into out_dir; returns the JSON document."""
+          input_shape: Any = None, method_options: dict[str, dict] | None = None,
+          source: SourceOptions | None = None, data: Any = None, sets: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the matrix and write bench.json/.md/.html into out_dir; returns the JSON document.
+
+    The model source takes what `compress` takes (`source`: --arch, --arch-args, --allow-class, --trust-pickle,
+    --input-shape, --dynamic); `data` (a path or DataSource) feeds methods that calibrate; `sets` are the CLI's
+    --set METHOD.key=value / key=value (method_options_from_sets)."""
     from .artifact import now_iso, read_manifest
     from .methods import METHODS
-    from .profile import host_info, profile_artifact, require_runtime
+    from .profile import host_info, profile_artifact, provenance, require_runtime
     from .profile.report import write_reports
 
     if not targets:
-        raise ConfigError("no targets given; pass --targets a,b (see `edgekit targets list`)")
+        raise ConfigError("no targets given; pass --target NAME (repeatable) or --targets a,b (see `edgekit targets list`)")
     tgts = [load_target(t) for t in targets]
     for t in tgts:
         require_runtime(t.runtime)
@@ -150,9 +200,16 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
             from .methods import get_method
 
             get_method(m)  # raises the 'did you mean' ConfigError
-    out_dir = Path(out_dir)
+    source = replace(source or SourceOptions(), input_shape=input_shape or (source.input_shape if source else None))
     variants = ["fp32"] + [m for m in methods if m != "fp32"]
-    cells = _build(model_src, variants, tgts, targets, out_dir / "artifacts", input_shape, method_options or {})
+    options = method_options_from_sets(variants[1:], sets, method_options)
+    if data is not None and not hasattr(data, "tensors"):
+        from .data import open_data
+
+        data = open_data(data)
+    check_source(model_src, source)
+    out_dir = Path(out_dir)
+    cells = _build(model_src, variants, tgts, targets, out_dir / "artifacts", source, options, data)
     rows = []
     for t in tgts:  # measure per target, variants back to back, so ratios come from one stretch of time
         for v in variants:
@@ -179,8 +236,10 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
                     r["slower"] = slower_note(ratio, ref["profile"].get("ops") or {}, r["profile"].get("ops") or {})
                     if not (r["stable"] and ref["stable"]):
                         r["slower"]["summary"] += " (a measurement was unstable: the ratio may be noise)"
-    doc = {"schema": SCHEMA, "kind": "bench", "created": now_iso(), "host": host_info(), "model": str(model_src),
-           "input_shape": input_shape, "targets": [t.name for t in tgts], "variants": variants,
+    doc = {"schema": SCHEMA, "kind": "bench", "created": now_iso(), "host": host_info(), "provenance": provenance(
+               threads=max(t.threads for t in tgts)), "model": str(model_src),
+           "input_shape": source.input_shape, "source_options": asdict(source),
+           "method_options": options, "data": getattr(data, "source", None), "targets": [t.name for t in tgts], "variants": variants,
            "slower_tolerance": SLOWER_TOLERANCE, "rows": rows}
     write_reports(doc, out_dir, "bench")
     return doc

@@ -9,18 +9,17 @@ import typer
 from rich.table import Table
 
 from . import __version__
-from .cli_common import STATE, console, parse_sets, user_errors
+from .cli_common import (STATE, AllowClassOpt, ArchArgsOpt, ArchOpt, InputShapeOpt, TrustPickleOpt, console,
+                         install_signal_handlers, parse_sets, quiet_third_party, user_errors)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress PyTorch models, export them to ONNX Runtime / OpenVINO / LiteRT, and measure them.")
 
-ModelArg = Annotated[str, typer.Argument(help="model file (.pt/.pth/.pt2/.safetensors), HF folder, artifact, 'demo' "
-                                                 "or a real model: efficientnet-lite0[-features], minilm, smollm2")]
-InputShape = Annotated[Optional[str], typer.Option(help="input shape, e.g. 1x3x224x224[:float32]; comma for several")]
+ModelArg = Annotated[str, typer.Argument(help="model file (.pt/.pth/.pt2/.safetensors), HF folder, artifact, 'demo', "
+                                                 "pkg.module:factory, path/to/file.py:factory, or a real model: "
+                                                 "efficientnet-lite0[-features], minilm, smollm2")]
+InputShape, Arch, AllowClass, TrustPickle = InputShapeOpt, ArchOpt, AllowClassOpt, TrustPickleOpt  # cli_common
 Dynamic = Annotated[Optional[list[str]], typer.Option(help="dynamic axes; only 'batch' is supported")]
-Arch = Annotated[Optional[str], typer.Option(help="pkg.module:factory that builds the model for a state dict")]
-AllowClass = Annotated[Optional[list[str]], typer.Option(help="trust this pickled class (repeatable)")]
-TrustPickle = Annotated[bool, typer.Option(help="unpickle with arbitrary code execution (only your own files)")]
 Overwrite = Annotated[bool, typer.Option(help="replace an existing output folder")]
 
 
@@ -31,12 +30,14 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show tracebacks")] = False,
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="tracebacks, third-party warnings")] = False,
          version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False) -> None:
     """edgekit command line."""
     import warnings
 
     STATE["verbose"] = verbose
+    install_signal_handlers()
+    quiet_third_party(verbose)  # third-party warnings/log noise off unless -v; our own progress stays
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called")  # JAX (via litert-torch) noise
 
 
@@ -65,8 +66,14 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
              set_: Annotated[Optional[list[str]], typer.Option("--set", help="method option key=value")] = None,
              data: Annotated[Optional[Path], typer.Option(help="calibration data file")] = None,
              target: Annotated[Optional[list[str]], typer.Option(help="also export to this runtime/target")] = None,
-             input_shape: InputShape = None, dynamic: Dynamic = None, arch: Arch = None,
-             allow_class: AllowClass = None, trust_pickle: TrustPickle = False, overwrite: Overwrite = False) -> None:
+             input_shape: InputShape = None, dynamic: Dynamic = None, arch: Arch = None, arch_args: ArchArgsOpt = None,
+             allow_class: AllowClass = None, trust_pickle: TrustPickle = False, overwrite: Overwrite = False,
+             min_fidelity: Annotated[Optional[float], typer.Option(
+                 help="fail (exit 1, artifact kept) when fidelity vs the source (top-1 agreement, or cosine) is "
+                      "below this")] = None,
+             deploy: Annotated[Optional[str], typer.Option(help="int8: static INT8 (integer activations) for the "
+                                                           "ORT/OpenVINO targets; auto: the fastest validated form "
+                                                           "(FP32, default, INT8), measured")] = None) -> None:
     """Compress a model with a method and write an artifact (ONNX validated on ONNX Runtime)."""
     from . import api
     from .artifact import read_manifest
@@ -77,11 +84,12 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
             from .data import open_data
 
             src = open_data(data)
-        runtimes = [api.resolve_runtime(t)[0] for t in target or []]
+        runtimes = [api.resolve_target(t) for t in target or []]  # profiles travel whole (round_to, ...)
         status, step = _steps()
         with status:
             art = api.compress(model, method, parse_sets(set_), out, input_shape, src, overwrite, runtimes, dynamic,
-                               arch, allow_class, trust_pickle, on_step=step)
+                               arch, allow_class, trust_pickle, on_step=step, deploy=deploy,
+                               arch_args=parse_sets(arch_args, "--arch-args"), min_fidelity=min_fidelity)
         man = read_manifest(art)
         rep = man["method"]["report"]
         console.print(f"[green]wrote[/green] {art}  ({method}: params {rep['params_before']:,} -> "
@@ -89,13 +97,61 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
                       f"{len(rep['layers_touched'])} layers touched, {len(rep['layers_skipped'])} skipped)")
         if man.get("exports"):
             console.print(_validation_table(man))
+        _print_deploy(man)
+        if _print_fidelity(man):
+            raise typer.Exit(1)
+
+
+def _print_weight_storage(man: dict) -> None:
+    """Say on the console when an export fell back to float weights (LiteRT integer weights did not validate)."""
+    for rt, e in man.get("exports", {}).items():
+        ws = e.get("weight_storage") or {}
+        if ws.get("weights") == "float":
+            console.print(f"[yellow]warning:[/yellow] {rt}: the file keeps float weights (integer weights were tried "
+                          f"and dropped, so it is not smaller): {ws.get('reason', '')}", highlight=False)
+
+
+def _print_fidelity(man: dict) -> bool:
+    """The fidelity line, a loud warning below the default thresholds, float-weight fallbacks; True = failed."""
+    from .fidelity import summary
+
+    _print_weight_storage(man)
+    fid = man.get("fidelity")
+    if not fid:
+        return False
+    console.print(summary(fid), highlight=False)
+    if fid.get("below_threshold"):
+        th = fid["thresholds"]
+        console.print(f"[bold yellow]WARNING: the compressed model departs from its source: "
+                      f"{'; '.join(fid['below_threshold'])} (warned below top-1 agreement {th['top1_agreement']} or "
+                      f"cosine {th['cosine']}); check it on your data (edgekit eval) before using it[/bold yellow]",
+                      highlight=False)
+    if fid.get("failed"):
+        console.print(f"[red]fidelity failed:[/red] {fid['metric'].replace('_', ' ')} {fid['value']} < --min-fidelity "
+                      f"{fid['min_fidelity']} (the artifact is kept; its manifest records the figures)",
+                      highlight=False)
+        return True
+    return False
+
+
+def _print_deploy(man: dict) -> None:
+    """One line per runtime: the form --deploy kept, its latency vs FP32, and a warning when it is slower."""
+    for rt, e in man.get("exports", {}).items():
+        d = e.get("deploy")
+        if not d:
+            continue
+        ratio = (d.get("speed") or {}).get("ratio_to_fp32", {}).get("int8")
+        line = f"{rt}: deploy {d['requested']} -> {d['form']}" + (f", INT8 {ratio:.2f}x FP32 latency" if ratio else "")
+        console.print(line + f" ({d['why']})", highlight=False)
+        if d.get("warning"):
+            console.print(f"[yellow]warning:[/yellow] {rt}: {d['warning']}", highlight=False)
 
 
 @app.command()
 def export(model: ModelArg, target: Annotated[str, typer.Option("--target", "-t", help="onnxruntime|openvino|tflite|PROFILE")],
            out: Annotated[Optional[Path], typer.Option("-o", "--out", help="artifact folder (default: the input artifact)")] = None,
-           input_shape: InputShape = None, dynamic: Dynamic = None, arch: Arch = None, allow_class: AllowClass = None,
-           trust_pickle: TrustPickle = False, overwrite: Overwrite = False,
+           input_shape: InputShape = None, dynamic: Dynamic = None, arch: Arch = None, arch_args: ArchArgsOpt = None,
+           allow_class: AllowClass = None, trust_pickle: TrustPickle = False, overwrite: Overwrite = False,
            fp16: Annotated[bool, typer.Option(help="store OpenVINO weights as fp16")] = False) -> None:
     """Export a model or artifact to a runtime and validate it against PyTorch (fails closed)."""
     from . import api
@@ -105,9 +161,11 @@ def export(model: ModelArg, target: Annotated[str, typer.Option("--target", "-t"
         status, step = _steps()
         with status:
             art = api.export(model, target, out, input_shape, overwrite, dynamic, arch, allow_class, trust_pickle,
-                             fp16, on_step=step)
+                             fp16, on_step=step, arch_args=parse_sets(arch_args, "--arch-args"))
         console.print(f"[green]wrote[/green] {art}")
-        console.print(_validation_table(read_manifest(art)))
+        man = read_manifest(art)
+        console.print(_validation_table(man))
+        _print_weight_storage(man)
 
 
 @app.command()
@@ -128,6 +186,28 @@ def inspect(path: Annotated[Path, typer.Argument(help=".pt/.pt2/.onnx/.xml/.tfli
                 v = ", ".join(f"{o}x{n}" for o, n in v.items())
             t.add_row(k, f"{v:,}" if isinstance(v, int) else str(v))
         console.print(t)
+
+
+@app.command()
+def verify(artifact: Annotated[Path, typer.Argument(help="artifact folder")],
+           as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
+    """Check an artifact before using it: checksums, paths, symlinks, manifest, finite validation figures."""
+    from .artifact import verify_artifact
+
+    with user_errors():
+        res = verify_artifact(artifact)
+        man = res["manifest"]
+        info = {"artifact": str(artifact), "ok": True, "kind": man["kind"], "files": res["files"],
+                "bytes": res["bytes"], "unlisted_files": res["unlisted"],
+                "exports": {rt: e.get("precision") for rt, e in man.get("exports", {}).items()},
+                "versions": man.get("versions", {})}
+        if as_json:
+            console.print_json(json.dumps(info, default=str))
+            return
+        console.print(f"[green]verified[/green] {artifact}: {res['files']} files, {res['bytes'] / 1e6:.1f} MB, "
+                      f"checksums match; exports: {', '.join(info['exports']) or 'none'}"
+                      + (f"; [yellow]unlisted (not verified, never used): {', '.join(res['unlisted'])}[/yellow]"
+                         if res["unlisted"] else ""))
 
 
 @app.command()
@@ -187,7 +267,7 @@ def run(recipe: Annotated[Path, typer.Argument(help="recipe YAML (see recipes/)"
         man = read_manifest(art)
         if man.get("exports"):
             console.print(_validation_table(man))
-        figs = {k: round(v, 4) for k, v in gates.items() if k != "failed"}
+        figs = {k: (round(v, 4) if v is not None else None) for k, v in gates.items() if k != "failed"}
         if gates["failed"]:
             console.print(f"[red]gates failed:[/red] {'; '.join(gates['failed'])} (figures {figs})")
             raise typer.Exit(1)

@@ -7,7 +7,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli_common import console, user_errors
+from .cli_common import (AllowClassOpt, ArchArgsOpt, ArchOpt, InputShapeOpt, TrustPickleOpt, console, parse_sets,
+                         source_options, user_errors)
 
 targets_app = typer.Typer(help="Hardware target profiles (bundled YAML, or your own .yaml path).",
                           no_args_is_help=True)
@@ -58,25 +59,40 @@ def targets_show(name: str = typer.Argument(..., help="bundled name or .yaml pat
 
 
 def _print_profile(doc: dict) -> None:
-    """Profile table plus per-target notes."""
-    from .profile.report import notes, profile_rows
+    """Profile (or compare) table plus per-target notes."""
+    from .profile.report import compare_rows, notes, profile_rows
 
-    head, rows = profile_rows(doc)
-    console.print(_table(head, rows, "profile (measured on this host; (est.) = estimate for the device)"))
+    if doc.get("kind") == "compare":
+        head, rows = compare_rows(doc)
+        title = "compare (timed interleaved on this host; ratios to the first artifact)"
+    else:
+        head, rows = profile_rows(doc)
+        title = "profile (measured on this host; (est.) = estimate for the device)"
+    console.print(_table(head, rows, title))
     for n in notes(doc):
         console.print(n, highlight=False)
 
 
-def profile_cmd(artifact: Path = typer.Argument(..., help="artifact folder"),
+def profile_cmd(artifacts: list[Path] = typer.Argument(..., help="artifact folder(s); with two or more they are "
+                                                        "timed interleaved and compared with the first"),
                 target: list[str] = typer.Option(..., "--target", "-t", help="target name or .yaml (repeatable)"),
                 out: Optional[Path] = typer.Option(None, "-o", "--out",
-                                                   help="folder for profile.json/.md/.html")) -> None:
-    """Measure an artifact on one or more targets (each run in its own subprocess)."""
-    from .profile import profile_artifact
+                                                   help="folder for profile.json/.md/.html"),
+                rounds: Optional[int] = typer.Option(None, "--rounds", help="2+ artifacts: timed rounds per target "
+                                                     "(default: the target's protocol.min_runs)")) -> None:
+    """Measure one artifact on targets (latency, memory, ops; a subprocess each), or compare 2+ artifacts: one
+    interleaved loop per target, ratios to the first with their spread."""
+    from .errors import ConfigError
+    from .profile import compare_artifacts, profile_artifact
     from .profile.report import write_reports
 
     with user_errors():
-        doc = profile_artifact(artifact, target)
+        if len(artifacts) > 1:
+            doc = compare_artifacts(artifacts, target, rounds=rounds)
+        elif rounds is not None:
+            raise ConfigError("--rounds applies when comparing two or more artifacts; drop it for one artifact")
+        else:
+            doc = profile_artifact(artifacts[0], target)
         _print_profile(doc)
         if out is not None:
             paths = write_reports(doc, out, "profile")
@@ -85,17 +101,27 @@ def profile_cmd(artifact: Path = typer.Argument(..., help="artifact folder"),
         raise typer.Exit(1)
 
 
-def bench_cmd(model: str = typer.Argument(..., help="model source (.pt/.pt2/module:factory/HF folder)"),
-              targets: str = typer.Option(..., "--targets", help="comma-separated target names"),
+def bench_cmd(model: str = typer.Argument(..., help="model source, as compress takes it: .pt/.pth/.pt2/.safetensors "
+                                                    "(+ --arch), pkg.module:factory, path/to/file.py:factory, HF "
+                                                    "folder, artifact, demo"),
+              target: Optional[list[str]] = typer.Option(None, "--target", "-t",
+                                                         help="target name or .yaml (repeatable)"),
+              targets: Optional[str] = typer.Option(None, "--targets", help="comma-separated target names"),
               methods: str = typer.Option("", "--methods", help="comma-separated methods (fp32 is always run)"),
-              input_shape: Optional[str] = typer.Option(None, "--input-shape", help="e.g. 1,3,224,224"),
+              sets: Optional[list[str]] = typer.Option(None, "--set", help="method option METHOD.key=value, or "
+                                                       "key=value for every method that has it (repeatable)"),
+              data: Optional[Path] = typer.Option(None, "--data", help="calibration data file for the methods"),
+              input_shape: InputShapeOpt = None, arch: ArchOpt = None, arch_args: ArchArgsOpt = None,
+              allow_class: AllowClassOpt = None, trust_pickle: TrustPickleOpt = False,
               out: Path = typer.Option(..., "-o", "--out", help="output folder")) -> None:
     """Variants x targets: status, size, fidelity vs fp32, p50, speed-up, peak memory; flags slow-downs."""
     from .bench import bench
     from .profile.report import bench_rows, notes
 
     with user_errors():
-        doc = bench(model, _split(targets), _split(methods), out, input_shape=input_shape)
+        src = source_options(arch, arch_args, allow_class, trust_pickle, input_shape)
+        doc = bench(model, list(target or []) + _split(targets), _split(methods), out, source=src, data=data,
+                    sets=parse_sets(sets))
         head, rows = bench_rows(doc)
         console.print(_table(head, rows, "bench"))
         for n in notes(doc):

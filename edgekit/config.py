@@ -3,6 +3,7 @@
 A recipe is a ready pipeline: a model source, methods applied in order, exports, and fidelity gates::
 
     model: demo                      # file, HF folder, artifact or 'demo'
+    arch: nets.py:build              # for a state dict (optional), with arch_args: {width: 8}
     input_shape: 1x1x8x8             # optional when the source knows it
     steps:
       - method: rtn
@@ -22,6 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 from .errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+MAX_YAML_BYTES = 1 << 20
 
 
 class Step(BaseModel, extra="forbid"):
@@ -34,16 +36,19 @@ class Step(BaseModel, extra="forbid"):
 class Gates(BaseModel, extra="forbid"):
     """Fidelity of the compressed model against the original on random inputs of the input spec."""
 
-    min_cosine: float | None = Field(None, description="lowest allowed output cosine similarity")
-    min_top1_agreement: float | None = Field(None, description="lowest allowed top-1 agreement (classifiers)")
-    samples: int = Field(32, description="random inputs used for the gates")
+    min_cosine: float | None = Field(None, ge=-1, le=1, allow_inf_nan=False,
+                                     description="lowest allowed output cosine similarity")
+    min_top1_agreement: float | None = Field(None, ge=0, le=1, allow_inf_nan=False,
+                                             description="lowest allowed top-1 agreement (classifiers)")
+    samples: int = Field(32, ge=1, le=10000, description="random inputs used for the gates")
 
 
 class Recipe(BaseModel, extra="forbid"):
     """A pipeline: model -> methods -> exports, with gates."""
 
     model: str = Field(description="model source")
-    arch: str | None = Field(None, description="pkg.module:factory for state dicts")
+    arch: str | None = Field(None, description="pkg.module:factory or path/to/file.py:factory for state dicts")
+    arch_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the arch factory")
     input_shape: str | None = Field(None, description="e.g. 1x3x224x224[:dtype]")
     data: str | None = Field(None, description="calibration data file, for methods that need it")
     steps: list[Step] = Field(default_factory=list, description="methods in order")
@@ -57,10 +62,18 @@ def load_yaml_model(path: Path, model: type[M], missing_hint: str = "add it") ->
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path} not found; pass an existing YAML file")
-    text = path.read_text()
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path} is {path.stat().st_size:,} bytes; a recipe/target YAML is at most "
+                          f"{MAX_YAML_BYTES:,}; pass the right file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; pass a YAML file") from None
     try:
         data = yaml.safe_load(text)
         root = yaml.compose(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: YAML nested too deeply; simplify it") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else "?"
@@ -69,7 +82,7 @@ def load_yaml_model(path: Path, model: type[M], missing_hint: str = "add it") ->
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: expected a YAML mapping of fields ({', '.join(model.model_fields)})")
     try:
-        return model(**data)
+        return model(**{str(k): v for k, v in data.items()})
     except ValidationError as e:
         err = sorted(e.errors(), key=lambda x: x["type"] != "extra_forbidden")[0]
         loc = list(err["loc"])

@@ -40,6 +40,9 @@ def run_demo(out: Path, method: str = "rtn", options: dict[str, Any] | None = No
     from .profile import profile_artifact
     from .profile.report import write_reports
 
+    from .methods import get_method, parse_config
+
+    parse_config(get_method(method), dict(options or {}))  # a bad method/option fails before the disk is touched
     out = Path(out)
     _, _, xte, yte = digits_split()
     x, y = xte.numpy(), yte.numpy()

@@ -32,3 +32,8 @@ class UnsafeModelError(EdgekitError):
 
 class ModelLoadError(EdgekitError):
     """A model file is missing, truncated, of the wrong format, or does not fit the architecture."""
+
+
+class ArtifactError(ModelLoadError):
+    """An artifact failed verification: a checksum, a path leaving the folder, a symlink, a malformed manifest or a
+    non-finite validation figure."""

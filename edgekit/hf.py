@@ -33,7 +33,13 @@ def load_hf_folder(path: Path, seq_len: int = 128):
         import transformers
     except ImportError as e:
         raise MissingDependencyError("transformers", "hf") from e
-    cfg = json.loads((Path(path) / "config.json").read_text())
+    try:
+        cfg = json.loads((Path(path) / "config.json").read_bytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ModelLoadError(f"{path}/config.json is not valid JSON ({type(e).__name__}); fix or re-download the "
+                             "config") from None
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{path}/config.json is not a JSON object; fix or re-download the config")
     if cfg.get("auto_map"):
         raise ModelLoadError(f"{path} needs remote code (auto_map in config.json), which edgekit never runs; "
                              "use a model whose architecture ships with transformers")
@@ -46,7 +52,9 @@ def load_hf_folder(path: Path, seq_len: int = 128):
                                     dtype=torch.float32, use_safetensors=True)
     except Exception as e:
         raise ModelLoadError(f"{path} could not be loaded by transformers ({str(e).splitlines()[0]})") from None
-    vocab = int(cfg.get("vocab_size", 1000))
+    vocab = cfg.get("vocab_size", 1000)
+    if not isinstance(vocab, int) or not 0 < vocab < (1 << 31):
+        raise ModelLoadError(f"{path}/config.json: vocab_size {vocab!r} is not a positive integer")
     specs = [InputSpec("input_ids", [1, seq_len], "int64", high=vocab),
              InputSpec("attention_mask", [1, seq_len], "int64")]
     return LoadedModel(LogitsOnly(model).eval(), str(path), "huggingface", specs)

@@ -2,12 +2,20 @@
 
 Sources: a pickled nn.Module in .pt/.pth (torch's weights_only unpickler; classes outside torch.nn/edgekit need
 --allow-class or --trust-pickle), a state dict (.pt/.pth/.safetensors) plus --arch pkg.module:factory, a .pt2
-ExportedProgram, a Hugging Face folder (local only, never remote code), an artifact, or a built-in name: "demo",
+ExportedProgram, a Hugging Face folder (local only, never remote code), an artifact, a factory on its own
+("pkg.mod:callable" or "path/to/file.py:callable": the model it builds, weights included), or a built-in name: "demo",
 "efficientnet-lite0" (or "-features"), "minilm", "smollm2" (the real models of the hf extra).
+
+--arch takes "pkg.mod:callable" (imported; "pkg.mod:Class.from_name" works) or "path/to/file.py:callable" (that one
+file loaded by path with importlib, no PYTHONPATH needed; its own imports resolve as usual, so a file that imports
+its siblings needs them importable). --arch-args key=value are passed as keyword arguments; a factory that needs
+arguments and gets none is a one-line error naming --arch-args (checked with inspect.signature before the call).
+`SourceOptions` carries these options (and --allow-class, --trust-pickle, --input-shape, --dynamic) for every verb.
 """
 from __future__ import annotations
 
 import importlib
+import math
 import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -19,6 +27,7 @@ from torch import nn
 
 from .errors import ConfigError, ModelLoadError, UnsafeModelError
 
+MAX_INPUT_ELEMENTS = 1 << 27  # 512 MB of float32 per example input
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "int64": torch.int64, "int32": torch.int32,
            "uint8": torch.uint8, "bool": torch.bool}
 
@@ -40,6 +49,8 @@ class InputSpec:
             return torch.randn(self.shape, generator=gen).to(dt)
         if self.name == "attention_mask":
             return torch.ones(self.shape, dtype=dt)
+        if dt == torch.bool:
+            return torch.randint(0, 2, self.shape, generator=gen).bool()
         return torch.randint(0, self.high or 100, self.shape, generator=gen, dtype=dt)
 
     def to_dict(self) -> dict[str, Any]:
@@ -48,7 +59,14 @@ class InputSpec:
 
 
 def parse_input_shape(text: str, dynamic: list[str] | None = None) -> list[InputSpec]:
-    """'1x3x224x224[:dtype]' (comma-separated for several inputs) -> InputSpecs; --dynamic batch marks axis 0."""
+    """'1x3x224x224[:dtype]' (comma-separated for several inputs) -> InputSpecs; --dynamic batch marks axis 0.
+
+    '1,3,224,224' (every part a bare number) is refused: it is one shape written with commas, which would otherwise
+    be read as four 1-D inputs and fail deep inside the model."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if len(parts) > 1 and all(p.isdigit() for p in parts):
+        raise ConfigError(f"--input-shape '{text}' reads as {len(parts)} one-number inputs; dimensions are joined "
+                          f"with x (write {'x'.join(parts)}), commas separate inputs")
     specs = []
     for i, part in enumerate(p for p in text.split(",") if p.strip()):
         shape_s, _, dtype = part.strip().partition(":")
@@ -59,8 +77,12 @@ def parse_input_shape(text: str, dynamic: list[str] | None = None) -> list[Input
             shape = [int(d) for d in shape_s.lower().split("x")]
         except ValueError:
             raise ConfigError(f"--input-shape '{part}' is not like 1x3x224x224[:float32]") from None
-        if any(d <= 0 for d in shape):
+        if not shape or any(d <= 0 for d in shape):
             raise ConfigError(f"--input-shape '{part}': dimensions must be positive")
+        if len(shape) > 8 or math.prod(shape) > MAX_INPUT_ELEMENTS:
+            raise ConfigError(f"--input-shape '{part}' has {math.prod(shape):,} elements in {len(shape)} dims; the "
+                              f"limit is {MAX_INPUT_ELEMENTS:,} elements and 8 dims (an example input is built in "
+                              "memory)")
         specs.append(InputSpec(f"input_{i}" if i else "input", shape, dtype))
     if not specs:
         raise ConfigError("--input-shape is empty; write e.g. 1x3x224x224")
@@ -93,17 +115,138 @@ class LoadedModel:
     inputs: list[InputSpec] | None = None
 
 
+@dataclass
+class SourceOptions:
+    """How to load a model source: the options every verb that takes one shares (compress, export, bench, eval,
+    run), so that they are declared and threaded once: --arch, --arch-args, --allow-class, --trust-pickle,
+    --input-shape, --dynamic."""
+
+    arch: str | None = None
+    arch_args: dict[str, Any] = field(default_factory=dict)
+    allow_class: list[str] = field(default_factory=list)
+    trust_pickle: bool = False
+    input_shape: str | None = None
+    dynamic: list[str] | None = None
+
+    def load(self, src: str | Path) -> LoadedModel:
+        """load_model with these options."""
+        return load_model(src, self.arch, self.allow_class, self.trust_pickle, self.arch_args)
+
+    def api_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of edgekit.api.compress/compress_chain/export."""
+        return {"input_shape": self.input_shape, "dynamic": self.dynamic, "arch": self.arch,
+                "arch_args": dict(self.arch_args), "allow_class": list(self.allow_class),
+                "trust_pickle": self.trust_pickle}
+
+
+def is_factory_ref(text: str) -> bool:
+    """'pkg.mod:callable' or 'path/to/file.py:callable' (what --arch takes, and what a source may be)."""
+    import re
+
+    mod, sep, attr = str(text).partition(":")
+    return bool(sep and attr and (mod.endswith(".py") or re.fullmatch(r"[A-Za-z_][\w.]*", mod)))
+
+
+def import_factory(arch: str) -> Any:
+    """The callable named by --arch: 'pkg.mod:callable' is imported; 'path/to/file.py:callable' loads that file as a
+    module (importlib.util.spec_from_file_location, registered under a private name so its classes pickle/export).
+    Names from dangerous modules are refused before anything is imported, and again after resolution (a file's
+    'os.system' attribute is the same function as 'os:system')."""
+    from .safety import is_dangerous
+
+    mod, sep, attr = arch.partition(":")
+    if sep and mod.endswith(".py"):
+        obj = _import_file_object(Path(mod), attr, arch)
+    else:
+        obj = _import_object(arch)
+    owner = getattr(obj, "__module__", None)
+    if isinstance(owner, str) and is_dangerous(f"{owner}.{getattr(obj, '__qualname__', '')}"):
+        raise ConfigError(f"--arch {arch} resolves to {owner}.{getattr(obj, '__qualname__', '?')}, from a module "
+                          "that can run commands or import code; pass your own model factory")
+    if not callable(obj):
+        raise ConfigError(f"--arch {arch} is a {type(obj).__name__}, not a callable that builds a model")
+    return obj
+
+
+def _import_file_object(path: Path, attr: str, arch: str) -> Any:
+    """Load one local module file by path and return its attribute `attr` (dotted for Class.from_name)."""
+    import hashlib
+    import importlib.util
+    import sys
+
+    if not attr:
+        raise ConfigError(f"--arch {arch}: name the callable after the colon, e.g. {path}:build")
+    if not path.is_file():
+        raise ConfigError(f"--arch {arch}: {path} does not exist; pass path/to/file.py:factory or pkg.module:factory")
+    name = f"_edgekit_arch_{path.stem.replace('-', '_')}_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:10]}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"--arch {arch}: {path} cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        obj: Any = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        return obj
+    except AttributeError as e:
+        raise ConfigError(f"--arch {arch}: {path} has no '{attr}' ({e}); check the name after the colon") from None
+    except Exception as e:  # the user's module failed at import: one line, -v shows where
+        sys.modules.pop(name, None)
+        raise ConfigError(f"--arch {arch}: importing {path} failed ({type(e).__name__}: {str(e)[:160]})") from e
+
+
+def build_from_factory(arch: str, arch_args: dict[str, Any] | None = None) -> nn.Module:
+    """Call the --arch factory with --arch-args as keyword arguments; missing or unknown arguments are one line."""
+    import inspect
+
+    factory = import_factory(arch)
+    kwargs = dict(arch_args or {})
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # some builtins/C callables have no signature: just call
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(**kwargs)
+        except TypeError as e:
+            need = [n for n, p in sig.parameters.items() if p.default is p.empty and n not in kwargs
+                    and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+            has_var = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+            unknown = [k for k in kwargs if k not in sig.parameters and not has_var]
+            if need:
+                raise ConfigError(f"--arch {arch} needs argument{'s' if len(need) > 1 else ''} "
+                                  f"{', '.join(need)}; pass {'them' if len(need) > 1 else 'it'} with "
+                                  + " ".join(f"--arch-args {n}=VALUE" for n in need)
+                                  + (f" (it takes no {', '.join(unknown)})" if unknown else "")) from None
+            raise ConfigError(f"--arch-args do not fit {arch}{sig} ({e}); check the names") from None
+    try:
+        model = factory(**kwargs)
+    except Exception as e:  # the user's factory: its failure is a one-line error, -v shows the traceback
+        raise ConfigError(f"--arch {arch}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed "
+                          f"({type(e).__name__}: {str(e)[:160]}); check --arch-args") from e
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"--arch {arch} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
 def _import_object(qualname: str) -> Any:
     """Import 'pkg.mod.Class' or 'pkg.mod:factory'."""
+    from .safety import is_dangerous
+
     mod, sep, attr = qualname.partition(":")
     if not sep:
         mod, _, attr = qualname.rpartition(".")
+    if is_dangerous(qualname if sep else f"{mod}.{attr}") or not mod or not attr:
+        raise ConfigError(f"'{qualname}' is not a model factory edgekit will import (empty, or from a module that "
+                          "can run commands or import code); pass your own pkg.module:factory")
     try:
         obj = importlib.import_module(mod)
         for part in attr.split("."):
             obj = getattr(obj, part)
         return obj
-    except (ImportError, AttributeError, ValueError) as e:
+    except (ImportError, AttributeError, ValueError, TypeError) as e:
         raise ConfigError(f"cannot import '{qualname}' ({e}); check the module path and that it is installed") from None
 
 
@@ -118,32 +261,126 @@ def _auto_allowed(name: str) -> bool:
     return isinstance(obj, type) and issubclass(obj, nn.Module)
 
 
+def _allowed_objects(allow: list[str]) -> dict[str, Any]:
+    """--allow-class names -> classes; functions and names from dangerous modules are refused outright."""
+    from .safety import check_allowed_class
+
+    out = {}
+    for name in allow:
+        check_allowed_class(name, None)  # a dangerous name is refused before anything is imported
+        obj = _import_object(name)
+        check_allowed_class(name, obj)
+        out[f"{obj.__module__}.{obj.__qualname__}"] = obj
+        out[name.replace(":", ".")] = obj
+    if out:
+        warnings.warn(f"--allow-class: constructing {', '.join(sorted(set(allow)))} while reading the file; only "
+                      "allow classes you trust", stacklevel=3)
+    return out
+
+
+def _scan_globals(path: Path, allowed: dict[str, Any]) -> list[Any]:
+    """The globals a zip checkpoint needs, checked: dangerous ones refused, unknown ones need --allow-class."""
+    from torch.serialization import get_unsafe_globals_in_checkpoint
+
+    from .safety import is_dangerous
+
+    try:
+        found = get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as e:  # truncated or not a torch zip file
+        raise ModelLoadError(f"{path} is not a readable PyTorch file ({type(e).__name__}: {str(e)[:120]}); "
+                             "check the file is complete and was written by torch.save") from None
+    danger = sorted(g for g in found if is_dangerous(g))
+    if danger:
+        raise UnsafeModelError(f"{path} calls {', '.join(danger)} when unpickled, which can run commands or import "
+                               "code; refusing it (no option allows these)")
+    blocked = sorted(g for g in found if g not in allowed and not _auto_allowed(g))
+    if blocked:
+        classes = [g for g in blocked if _is_class(g)]
+        others = [g for g in blocked if g not in classes]
+        hint = ("Allow each trusted class with --allow-class NAME (repeatable), or all with --trust-pickle (runs code "
+                "from the file), or save a state dict and pass --arch pkg.module:factory") if not others else \
+            (f"{', '.join(others)} {'is' if len(others) == 1 else 'are'} not a class and cannot be allowed; save a "
+             "state dict and pass --arch pkg.module:factory")
+        raise UnsafeModelError(f"{path} needs globals outside torch.nn/edgekit to unpickle: {', '.join(blocked)}. "
+                               + hint)
+    return [allowed.get(g) or _import_object(g) for g in found]
+
+
+def _is_class(name: str) -> bool:
+    try:
+        return isinstance(_import_object(name), type)
+    except ConfigError:
+        return False
+
+
+def _refuse_constructed(obj: Any, path: Path) -> Any:
+    """Tensors a pickle built by calling a constructor (not read from the file) are on the meta device: refuse."""
+    if isinstance(obj, nn.Module):
+        tensors = list(obj.parameters()) + list(obj.buffers())
+    elif isinstance(obj, dict):
+        tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
+    else:
+        tensors = [obj] if isinstance(obj, torch.Tensor) else []
+    if any(t.is_meta for t in tensors):
+        raise UnsafeModelError(f"{path} builds tensors by calling constructors while it is read instead of storing "
+                               "them; refusing it (re-save it with torch.save, or pass a state dict with --arch)")
+    return obj
+
+
+def _unreadable(path: Path, e: Exception) -> Any:
+    msg = str(e).strip()
+    raise ModelLoadError(f"{path} could not be loaded safely ({type(e).__name__}: {msg.splitlines()[0][:160] if msg else ''}"
+                         "); check the file is complete, or re-save it as a state dict and pass --arch") from None
+
+
+def _legacy_global(path: Path, e: Exception) -> Any:
+    """The global a legacy checkpoint's weights-only load refused: torch.nn/edgekit classes are allowed and
+    returned; anything else is refused with the fix."""
+    import re
+
+    from .safety import is_dangerous
+
+    g = re.search(r"GLOBAL (\S+) was not an allowed global", str(e))
+    if "Only persistent_load of storage" in str(e):
+        raise UnsafeModelError(f"{path} is a legacy-format pickled module (it embeds class source), which only a full "
+                               "unpickler reads; re-save it as a state dict and pass --arch, or pass --trust-pickle "
+                               "if you made it yourself") from None
+    if not g:
+        _unreadable(path, e)
+    name = g.group(1)
+    if is_dangerous(name):
+        raise UnsafeModelError(f"{path} calls {name} when unpickled, which can run commands; refusing it") from None
+    if not _auto_allowed(name):
+        raise UnsafeModelError(f"{path} needs {name} to unpickle; allow a trusted class with --allow-class {name}, or "
+                               "save a state dict and pass --arch pkg.module:factory") from None
+    return _import_object(name)
+
+
 def _load_pickle(path: Path, allow: list[str], trust: bool) -> Any:
-    """torch.load with weights_only; unknown globals need explicit opt-in."""
-    from torch.serialization import get_unsafe_globals_in_checkpoint, safe_globals
+    """torch.load with weights_only; unknown classes need explicit opt-in, dangerous callables are never allowed.
+
+    The load runs under torch.device("meta"): a constructor called by the pickle (e.g. nn.Linear(20000, 20000) from
+    a 1 KB file) allocates nothing, and any tensor left on meta proves the file did not store it -> refused.
+    Legacy (non-zip) checkpoints go through the same weights-only unpickler; torch names the globals it refuses."""
+    from torch.serialization import safe_globals
 
     if trust:
         warnings.warn(f"--trust-pickle: executing arbitrary code from {path} is possible; only do this for files "
                       "you made yourself", stacklevel=2)
         return torch.load(path, map_location="cpu", weights_only=False)
-    try:
-        found = get_unsafe_globals_in_checkpoint(str(path))
-    except Exception as e:  # truncated or not a torch zip file
-        raise ModelLoadError(f"{path} is not a readable PyTorch file ({type(e).__name__}: {e}); "
-                             "check the file is complete and was written by torch.save") from None
-    blocked = [g for g in found if g not in allow and not _auto_allowed(g)]
-    if blocked:
-        raise UnsafeModelError(
-            f"{path} needs classes outside torch.nn/edgekit to unpickle: {', '.join(sorted(blocked))}. "
-            "Allow each trusted one with --allow-class NAME (repeatable), or all with --trust-pickle "
-            "(runs code from the file), or save a state dict and pass --arch pkg.module:factory")
-    allowed_objs = [_import_object(g) for g in found]
-    try:
-        with safe_globals(allowed_objs):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ModelLoadError(f"{path} could not be loaded safely ({str(e).splitlines()[0]}); "
-                             "re-save it as a state dict and pass --arch pkg.module:factory") from None
+    allowed = _allowed_objects(allow)
+    legacy = not zipfile.is_zipfile(path)
+    objs = list(allowed.values()) if legacy else _scan_globals(path, allowed)
+    for _ in range(256):  # legacy (non-zip) files cannot be scanned first: torch names one refused global a time
+        try:
+            with safe_globals(objs), torch.device("meta"):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            break
+        except Exception as e:
+            objs.append(_legacy_global(path, e) if legacy else _unreadable(path, e))
+    else:
+        raise ModelLoadError(f"{path} needs too many globals to unpickle; re-save it as a state dict")
+    return _refuse_constructed(obj, path)
 
 
 def _load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -183,8 +420,14 @@ def _apply_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], path: Path)
 
 
 def load_model(src: str | Path, arch: str | None = None, allow_class: list[str] | None = None,
-               trust_pickle: bool = False) -> LoadedModel:
-    """Load a model from any supported source into an eval-mode nn.Module."""
+               trust_pickle: bool = False, arch_args: dict[str, Any] | None = None) -> LoadedModel:
+    """Load a model from any supported source into an eval-mode nn.Module (`arch_args`: the factory's kwargs)."""
+    if arch_args and not arch and not is_factory_ref(str(src)):
+        raise ConfigError("--arch-args are the arguments of an --arch factory; pass --arch pkg.module:factory too")
+    if is_factory_ref(str(src)) and not Path(src).exists():  # the factory builds the model, weights included
+        if arch:
+            raise ConfigError(f"{src} is a factory already; drop --arch, or pass a weights file with --arch {arch}")
+        return LoadedModel(build_from_factory(str(src), arch_args).eval(), str(src), "factory")
     if str(src) == "demo":
         from .models.digits_cnn import INPUT_SHAPE, load_demo_model
 
@@ -194,7 +437,7 @@ def load_model(src: str | Path, arch: str | None = None, allow_class: list[str] 
     path = Path(src)
     if not path.exists():
         raise ModelLoadError(f"{path} does not exist; pass a .pt/.pth/.pt2/.safetensors file, a Hugging Face folder, "
-                             "an artifact folder or 'demo'")
+                             "an artifact folder, pkg.module:factory, path/to/file.py:factory or 'demo'")
     if path.is_dir():
         from . import artifact
 
@@ -210,14 +453,11 @@ def load_model(src: str | Path, arch: str | None = None, allow_class: list[str] 
         raise ConfigError(f"{path} is ONNX: it can be exported and profiled (`edgekit export`), not compressed; "
                           "pass the PyTorch model instead")
     if arch:
-        factory = _import_object(arch)
-        model = factory()
-        if not isinstance(model, nn.Module):
-            raise ConfigError(f"--arch {arch} returned {type(model).__name__}, not an nn.Module")
+        model = build_from_factory(arch, arch_args)
         _apply_state_dict(model, _load_state_dict_file(path), path)
         return LoadedModel(model.eval(), str(path), "state_dict")
     if path.suffix == ".pt2":
-        return LoadedModel(_load_pt2(path), str(path), "exported_program")
+        return LoadedModel(_load_pt2(path, trust_pickle), str(path), "exported_program")
     if path.suffix == ".safetensors":
         raise ConfigError(f"{path} holds only weights; pass --arch pkg.module:factory to build the model")
     if path.suffix not in (".pt", ".pth", ".bin"):
@@ -251,25 +491,46 @@ def _load_real(name: str) -> LoadedModel:
                        [InputSpec("input_ids", [1, 128], "int64", high=lm.config.vocab_size)])
 
 
-def _load_pt2(path: Path) -> nn.Module:
-    """torch.export.load -> runnable module."""
-    if not zipfile.is_zipfile(path):
-        raise ModelLoadError(f"{path} is not a valid .pt2 archive (truncated or wrong format); re-export it with "
-                             "torch.export.save")
-    try:
-        return torch.export.load(str(path)).module()
-    except Exception as e:
-        raise ModelLoadError(f"{path} could not be loaded as an ExportedProgram ({str(e).splitlines()[0]})") from None
+class ProgramModule(nn.Module):
+    """An ExportedProgram's module as a plain nn.Module: train()/eval() only set a flag (the exported graph has its
+    mode baked in and refuses both), so methods and exporters can treat it like any model."""
+
+    def __init__(self, program: nn.Module):
+        super().__init__()
+        self.program = program
+
+    def train(self, mode: bool = True) -> "ProgramModule":
+        self.training = mode
+        return self
+
+    def forward(self, *args: Any) -> Any:
+        return self.program(*args)
+
+
+def _load_pt2(path: Path, trust: bool = False) -> nn.Module:
+    """A .pt2 checked to be a plain, code-free program (edgekit.safe_pt2), as a runnable module."""
+    from .safe_pt2 import load_exported_program
+
+    return ProgramModule(load_exported_program(path, trust).module())
 
 
 def _load_artifact(path: Path) -> LoadedModel:
     """The compressed model kept in an artifact (model.pt2), with the artifact's input spec."""
     from .artifact import read_manifest
 
-    man = read_manifest(path)
-    pt2 = path / man.get("torch_program", "model.pt2")
+    man = read_manifest(path)  # verifies checksums, paths and symlinks before any file is read
+    pt2 = path / (man.get("torch_program") or "model.pt2")
     if not pt2.is_file():
         raise ModelLoadError(f"artifact {path} has no PyTorch program (model.pt2); re-run `edgekit compress`")
-    specs = [InputSpec(i["name"], i["shape"], i["dtype"], {int(k): v for k, v in i.get("dynamic", {}).items()},
-                       i.get("high")) for i in man["inputs"]]
+    try:
+        specs = [InputSpec(i["name"], i["shape"], i["dtype"], {int(k): str(v) for k, v in i.get("dynamic", {}).items()},
+                           i.get("high")) for i in man["inputs"]]
+        bad = [s.dtype for s in specs if s.dtype not in _DTYPES]
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        bad = [f"{type(e).__name__} {e}"]
+    if bad or not specs:
+        from .errors import ArtifactError
+
+        raise ArtifactError(f"artifact {path}: malformed input spec in manifest.json ({bad[:1] or 'no inputs'}); "
+                            "re-create the artifact")
     return LoadedModel(_load_pt2(pt2), str(path), "artifact", specs)

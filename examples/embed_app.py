@@ -16,12 +16,25 @@ from pathlib import Path
 import numpy as np
 
 
-def verify(art: Path, manifest: dict) -> None:
-    """Refuse to run a tampered or incomplete artifact."""
+def verify(art: Path, manifest: dict, runtime: str) -> None:
+    """Refuse to run a tampered or incomplete artifact: the same rules as `edgekit verify ART` (run that when you
+    package the app): no symbolic links, every listed file inside the folder with its sha256, the file to run listed,
+    validation figures finite."""
+    root = art.resolve()
+    for p in art.rglob("*"):
+        if p.is_symlink():
+            sys.exit(f"{p.relative_to(art)}: symbolic link inside the artifact; refusing it")
     for rel, meta in manifest["files"].items():
-        digest = hashlib.sha256((art / rel).read_bytes()).hexdigest()
-        if digest != meta["sha256"]:
+        p = (art / rel).resolve()
+        if not p.is_relative_to(root) or not p.is_file():
+            sys.exit(f"{rel}: outside the artifact or missing; refusing it")
+        if hashlib.sha256(p.read_bytes()).hexdigest() != meta["sha256"]:
             sys.exit(f"{rel}: checksum mismatch; the artifact was modified or is incomplete")
+    ex = manifest["exports"].get(runtime)
+    if ex is None or ex["file"] not in manifest["files"]:
+        sys.exit(f"no verified {runtime} export in the artifact")
+    if "NaN" in json.dumps(ex["validation"]) or "Infinity" in json.dumps(ex["validation"]):
+        sys.exit(f"the {runtime} export has non-finite validation figures; refusing it")
 
 
 def open_model(art: Path, manifest: dict, runtime: str):
@@ -63,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runtime", default="onnxruntime")
     a = ap.parse_args(argv)
     manifest = json.loads((a.artifact / "manifest.json").read_text())
-    verify(a.artifact, manifest)
+    verify(a.artifact, manifest, a.runtime)
     spec = manifest["inputs"][0]
     model = open_model(a.artifact, manifest, a.runtime)
     from sklearn.datasets import load_digits  # a real digit to classify

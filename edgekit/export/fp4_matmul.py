@@ -7,7 +7,7 @@ pre-shifted weight codes 2^(K-k_j) w_ij are integers, stored as int8 when they f
 activations: 12·8 = 96). MatMulInteger accumulates in int32 (exact), one Mul applies the per-output-channel
 scale. Activation codes go in as uint8 a + z with zero point z = max code (E2M1: 0..24) whenever 2·2z·max|w| <=
 32767, so that even AVX2's saturating u8·s8 pair-add (vpmaddubsw, no VNNI) stays exact; ONNX Runtime's u8s8 GEMM
-is its fast path (s8s8 measured 5x slower on MiniLM). Otherwise they go in as int8 (exact everywhere). Driven by the records the method leaves (weight codes + `llm_fp4.act_records`), never by guessing: a layer
+is its fast path (s8s8 measured 5x slower on MiniLM). Otherwise they go in as int8 (exact everywhere). Driven by the records the method leaves (weight codes + `edgekit.quant.act_records`), never by guessing: a layer
 is rewritten only when its fake-quant output Mul(codes, <name>.a_unit) feeds a MatMul/Gemm with its weight, directly
 or through shape-only ops that keep every element in its channel, and everything fits int8 and int32; the rest
 stays on the reference fake-quant path and is listed with the reason.
@@ -29,8 +29,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..methods._fp import max_code
-from ..methods._quant import WeightCode
+from ..quant.codes import WeightCode
+from ..quant.fp import max_code
 
 _ORDER_KEEPING = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 _MAX_CHAIN = 4
@@ -49,19 +49,30 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
     return default if a is None else helper.get_attribute_value(a)
 
 
-def _value(g: onnx.GraphProto, name: str) -> np.ndarray | None:
-    """Constant value of a tensor: an initializer, or DequantizeLinear of initializers (int4/int8 codes)."""
+def _value(g: onnx.GraphProto, name: str, depth: int = 0) -> np.ndarray | None:
+    """Constant value of a tensor (float64): an initializer, a Constant, DequantizeLinear of initializers (int4/int8
+    codes), or export.qdq's table decoding of 8-bit codes, Mul(Gather(table, Cast(indices)), scale)."""
     inits = {i.name: i for i in g.initializer}
     if name in inits:
         return numpy_helper.to_array(inits[name]).astype(np.float64)
-    const = next((n for n in g.node if n.op_type == "Constant" and n.output[0] == name), None)
-    if const is not None and _attr(const, "value") is not None:
-        return numpy_helper.to_array(_attr(const, "value")).astype(np.float64)
-    dq = next((n for n in g.node if n.op_type == "DequantizeLinear" and n.output[0] == name), None)
-    if dq is None or any(i not in inits for i in dq.input):
+    node = next((n for n in g.node if name in n.output), None)
+    if node is None or depth > 4:
         return None
-    q, s = (numpy_helper.to_array(inits[i]).astype(np.float64) for i in dq.input[:2])
-    axis = _attr(dq, "axis", 1)
+    if node.op_type == "Constant":
+        return None if _attr(node, "value") is None else numpy_helper.to_array(_attr(node, "value")).astype(np.float64)
+    if node.op_type in ("Cast", "Gather", "Mul"):  # the lut8 chain (module doc of export.qdq)
+        vals = [_value(g, i, depth + 1) for i in node.input]
+        if any(v is None for v in vals):
+            return None
+        if node.op_type == "Cast":
+            return vals[0]
+        if node.op_type == "Gather":
+            return np.take(vals[0], vals[1].astype(np.int64), axis=_attr(node, "axis", 0))
+        return vals[0] * vals[1]  # float32 x float32 is exact in float64
+    if node.op_type != "DequantizeLinear" or any(i not in inits for i in node.input):
+        return None
+    q, s = (numpy_helper.to_array(inits[i]).astype(np.float64) for i in node.input[:2])
+    axis = _attr(node, "axis", 1)
     if s.ndim == 1 and s.size > 1:
         shape = [1] * q.ndim
         shape[axis] = -1

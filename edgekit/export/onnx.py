@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedModelError
-from ..methods._quant import WeightCode
 from ..model_io import InputSpec
+from ..quant.act import int_matmul_records
+from ..quant.codes import WeightCode
 
 OPSET = 21  # int4 DequantizeLinear needs opset 21
 _TWO_GB = 2 * 1024**3
@@ -74,7 +75,7 @@ def to_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], specs: Sequence[
             codes: dict[str, WeightCode] | None = None, int_matmul: bool | None = None) -> dict:
     """Full ONNX step; returns the integer-weight report of export.qdq (empty when no codes).
 
-    int_matmul (None: as the method asked, see llm_fp4.Config.int_matmul): rewrite activation-quantized LLM-FP4
+    int_matmul (None: as the method asked in its edgekit.quant.act records): rewrite activation-quantized FP/INT
     linears to exact int8 MatMulInteger (export.fp4_matmul); the report's "int_matmul" lists what was rewritten and
     what kept the fake-quant graph (and why). Each rewritten layer is checked on ONNX Runtime against exact integer
     arithmetic on its own activation codes (export.fp4_matmul.check); if any is off, the fake-quant graph is saved
@@ -86,8 +87,6 @@ def to_onnx(model: nn.Module, inputs: tuple[torch.Tensor, ...], specs: Sequence[
     report: dict = {}
     if codes:
         proto, report = apply_codes(proto, codes)
-        from ..methods.llm_fp4 import int_matmul_records
-
         acts = int_matmul_records(model, force=bool(int_matmul)) if int_matmul is not False else {}
         if acts:
             from .fp4_matmul import check, rewrite

@@ -7,11 +7,12 @@ from typing import Callable
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
 
 from .. import artifact as art
 from ..errors import ConfigError, ExportMismatchError, ModelLoadError
-from ..model_io import InputSpec, example_inputs
-from .validate import TOLERANCES, compare
+from ..model_io import InputSpec, example_inputs, parse_input_shape
+from .validate import TOLERANCES, check_finite, compare
 
 _ONNX_DT = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 2: "uint8", 9: "bool"}
 
@@ -21,7 +22,10 @@ def onnx_input_specs(path: Path) -> list[InputSpec]:
     try:
         m = onnx.load(str(path), load_external_data=False)
     except Exception as e:
-        raise ModelLoadError(f"{path} is not a valid ONNX file ({str(e).splitlines()[0]})") from None
+        raise ModelLoadError(f"{path} is not a valid ONNX file ({(str(e).strip().splitlines() or [type(e).__name__])[0][:160]})") \
+            from None
+    if not m.graph.node or not m.graph.output:
+        raise ModelLoadError(f"{path} is not a usable ONNX model (empty graph); pass the exported model file")
     inits = {i.name for i in m.graph.initializer}
     specs = []
     for i in m.graph.input:
@@ -29,10 +33,38 @@ def onnx_input_specs(path: Path) -> list[InputSpec]:
             continue
         t = i.type.tensor_type
         dims = [d.dim_value for d in t.shape.dim]
-        if any(d <= 0 for d in dims):
+        if not t.HasField("shape") or any(d <= 0 for d in dims):
             raise ConfigError(f"{path}: input '{i.name}' has dynamic dims {dims}; re-export it with static shapes")
-        specs.append(InputSpec(i.name, dims, _ONNX_DT.get(t.elem_type, "float32")))
+        if t.elem_type not in _ONNX_DT:
+            raise ConfigError(f"{path}: input '{i.name}' has ONNX element type {t.elem_type}, which edgekit cannot "
+                              f"feed (supported: {', '.join(_ONNX_DT.values())})")
+        specs.append(InputSpec(i.name, dims, _ONNX_DT[t.elem_type]))
+        parse_input_shape("x".join(map(str, dims)))  # the same size limits as --input-shape
+    if not specs:
+        raise ModelLoadError(f"{path} has no graph inputs to feed")
     return specs
+
+
+def _copy_self_contained(src: Path, dst: Path) -> None:
+    """Copy an ONNX file with its external data (if any) folded in: the artifact must not depend on files outside
+    it. External data paths are resolved by onnx relative to the file and may not leave its folder."""
+    m = onnx.load(str(src), load_external_data=False)
+    if not any(onnx.external_data_helper.uses_external_data(t) for t in m.graph.initializer):
+        shutil.copy2(src, dst)
+        return
+    for t in m.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location" and (Path(e.value).is_absolute() or ".." in Path(e.value).parts):
+                raise ModelLoadError(f"{src}: external data '{e.value}' lies outside the model's folder; refusing it")
+    try:
+        onnx.load_external_data_for_model(m, str(src.parent))
+    except Exception as e:
+        raise ModelLoadError(f"{src}: its external data could not be read ({str(e)[:160]}); keep the data file(s) "
+                             "next to the .onnx") from None
+    if m.ByteSize() > 2_000_000_000:
+        onnx.save_model(m, str(dst), save_as_external_data=True, location=dst.name + ".data")
+    else:
+        onnx.save_model(m, str(dst))
 
 
 def export_onnx_file(src: Path, runtime: str, out: Path | None, overwrite: bool, fp16: bool,
@@ -45,14 +77,14 @@ def export_onnx_file(src: Path, runtime: str, out: Path | None, overwrite: bool,
     if out is None:
         raise ConfigError("pass -o DIR for the artifact folder")
     specs = onnx_input_specs(src)
-    with art.staging(out, overwrite) as root:
-        shutil.copy2(src, root / "model.onnx")
+    with art.staging(out, overwrite, protect=[src]) as root:
+        _copy_self_contained(src, root / "model.onnx")
         ref = open_session(root / "model.onnx", "onnxruntime")
         d = root / "exports" / runtime
         d.mkdir(parents=True)
         if runtime == "onnxruntime":
             path = d / "model.onnx"
-            shutil.copy2(src, path)
+            _copy_self_contained(root / "model.onnx", path)
         else:
             from .openvino import convert
 
@@ -65,6 +97,8 @@ def export_onnx_file(src: Path, runtime: str, out: Path | None, overwrite: bool,
         for seed in range(3):
             feeds = {s.name: t.numpy() for s, t in zip(specs, example_inputs(specs, seed))}
             for name, r, g in zip(ref.output_names, ref.run(feeds), sess.run(feeds)):
+                check_finite(np.asarray(r), f"ONNX Runtime output '{name}' of {src.name}")
+                check_finite(np.asarray(g), f"{runtime} output '{name}'")
                 f = compare(np.asarray(r), np.asarray(g))
                 tol = TOLERANCES[prec]
                 if f["max_abs_scaled"] > tol["max_abs"] or f["cosine"] < tol["cosine"]:

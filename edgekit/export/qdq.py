@@ -5,6 +5,21 @@ per-output-channel factor f_c (f = 1 normally; the exporter folds BatchNorm into
 f_c = gamma_c / sigma_c). The factor goes into a per-channel DequantizeLinear scale (axis 0), so codes stay
 exact. Transposed copies (Linear exported as MatMul) are matched too. Anything that does not match is left
 in float and listed, never silently approximated.
+
+Storage kinds, picked from the codes' actual range (never from the nominal bit width alone):
+- int4 + DequantizeLinear: bits <= 4 and every code in [-8, 7] (RTN/UDFC int4, LLM-FP4 E1M2);
+- int8 + DequantizeLinear: every code in [-128, 127];
+- lut8: uint8 indices into a float32 table of the tensor's distinct codes (at most 256 values, each exact in
+  float32) -> Cast(int32) -> Gather -> Mul(scale) (+ Add offset). Why: an 8-bit floating-point grid written as
+  integer codes times a unit (LLM-FP4, `edgekit.quant.fp`) spans far more than int8: the largest code is
+  (2^(M+1)-1)·2^(2^E-2) = 127 (E1M6), 252 (E2M5), 1984 (E3M4), 245760 (E4M3), 7·2^30 (E5M2), while the grid has only
+  255 values. Casting those codes to int8 wrapped them around (252 -> -4): the weight-only W8 and W8A8 exports of
+  every BERT came out garbage (MiniLM rel L2 ~8) because the old rule took "bits == 8" to mean "fits int8". ONNX
+  FLOAT8 types cannot hold these grids either (no E3M4/E2M5/E1M6 type; our E4M3/E5M2 have no inf/NaN codes, so
+  their top binade is not in E4M3FN/E5M2), hence the table: exact, one byte per weight, plain ops that every
+  runtime constant-folds at load (so the speed is that of the float model);
+- anything else (more than 256 distinct codes out of int8, or codes not exact in float32) stays float and is
+  listed in "kept_float" with the reason.
 """
 from __future__ import annotations
 
@@ -12,7 +27,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..methods._quant import WeightCode
+from ..quant.codes import WeightCode
 
 REL_TOL = 1e-5
 
@@ -30,6 +45,9 @@ def _channel_factor(w: np.ndarray, deq: np.ndarray) -> np.ndarray | None:
 
 def _int_tensor(name: str, codes: np.ndarray, bits: int) -> TensorProto:
     """Raw little-endian int8, or int4 packed two per byte (low nibble first), as ONNX stores them."""
+    lo, hi = (-8, 7) if bits == 4 else (-128, 127)
+    if codes.size and (codes.min() < lo or codes.max() > hi):  # never wrap around (see the module doc)
+        raise ValueError(f"codes in [{codes.min()}, {codes.max()}] do not fit int{bits}")
     flat = codes.astype(np.int8).ravel()
     if bits == 8:
         return helper.make_tensor(name, TensorProto.INT8, codes.shape, flat.tobytes(), raw=True)
@@ -40,9 +58,35 @@ def _int_tensor(name: str, codes: np.ndarray, bits: int) -> TensorProto:
     return helper.make_tensor(name, TensorProto.INT4, codes.shape, packed.tobytes(), raw=True)
 
 
-def _encode(name: str, code: WeightCode, f: np.ndarray, transposed: bool) -> tuple[list, list, dict]:
-    """Integer initializer + DQ (+ Add for an offset) nodes producing tensor `name`."""
-    codes = code.codes.numpy().astype(np.int64)
+def storage_kind(code: WeightCode) -> tuple[str | None, str]:
+    """("int4" | "int8" | "lut8", "") for the storage the codes fit exactly, or (None, why not); module doc."""
+    codes = code.codes.numpy().astype(np.int64) if not code.codes.is_floating_point() else code.codes.double().numpy()
+    if codes.size == 0:
+        return "int8", ""
+    if not np.array_equal(codes, np.round(codes)):
+        return None, "codes are not integers"
+    codes = codes.astype(np.int64)
+    lo, hi = int(codes.min()), int(codes.max())
+    if code.bits <= 4 and -8 <= lo and hi <= 7:
+        return "int4", ""
+    if -128 <= lo and hi <= 127:
+        return "int8", ""
+    vals = np.unique(codes)
+    if vals.size > 256:
+        return None, f"codes in [{lo}, {hi}] exceed int8 and take {vals.size} > 256 distinct values"
+    if not np.array_equal(vals.astype(np.float32).astype(np.int64), vals):
+        return None, "codes are not exact in float32"
+    return "lut8", ""
+
+
+def _bcast_shape(n_out: int, ndim: int, transposed: bool) -> list[int]:
+    """Shape that broadcasts a per-output-channel vector over the (possibly transposed) weight."""
+    return [1] * (ndim - 1) + [n_out] if transposed else [n_out] + [1] * (ndim - 1)
+
+
+def _encode(name: str, code: WeightCode, f: np.ndarray, transposed: bool, kind: str) -> tuple[list, list, dict]:
+    """Integer initializer + DQ (int4/int8) or Cast/Gather/Mul (lut8), + Add for an offset, producing `name`."""
+    codes = code.codes.double().numpy().astype(np.int64)
     shape = codes.shape
     n_out = shape[0]
     axis_none = code.axis is None or code.scale.dim() == 0
@@ -50,23 +94,35 @@ def _encode(name: str, code: WeightCode, f: np.ndarray, transposed: bool) -> tup
     if not axis_none and code.axis != 0:
         raise ValueError("only axis-0 codes are supported")
     scale = (base * f).astype(np.float32)
-    bits = code.storage_bits()
     if transposed:  # MatMul weight = W^T: channels move to the last axis
         codes = codes.T
-    q = _int_tensor(f"{name}__q", codes, bits)
-    s = numpy_helper.from_array(scale, f"{name}__scale")
     axis = codes.ndim - 1 if transposed else 0
-    dq_out = f"{name}__dq" if code.offset is not None else name
-    nodes = [helper.make_node("DequantizeLinear", [q.name, s.name], [dq_out], axis=axis, name=f"{name}__DQ")]
-    inits = [q, s]
+    deq = f"{name}__dq" if code.offset is not None else name
+    if kind == "lut8":
+        vals = np.unique(codes)
+        idx = np.searchsorted(vals, codes).astype(np.uint8)
+        q = numpy_helper.from_array(idx, f"{name}__idx")
+        lut = numpy_helper.from_array(vals.astype(np.float32), f"{name}__lut")
+        s = numpy_helper.from_array(scale.reshape(_bcast_shape(n_out, codes.ndim, transposed)), f"{name}__scale")
+        inits = [q, lut, s]
+        nodes = [helper.make_node("Cast", [q.name], [f"{name}__idx32"], to=TensorProto.INT32, name=f"{name}__Cast"),
+                 helper.make_node("Gather", [lut.name, f"{name}__idx32"], [f"{name}__codes"], axis=0,
+                                  name=f"{name}__LUT"),
+                 helper.make_node("Mul", [f"{name}__codes", s.name], [deq], name=f"{name}__Scale")]
+        bits = 8
+    else:
+        bits = 4 if kind == "int4" else 8
+        q = _int_tensor(f"{name}__q", codes, bits)
+        s = numpy_helper.from_array(scale, f"{name}__scale")
+        nodes = [helper.make_node("DequantizeLinear", [q.name, s.name], [deq], axis=axis, name=f"{name}__DQ")]
+        inits = [q, s]
     if code.offset is not None:
         off_base = np.full(n_out, float(code.offset)) if code.offset.dim() == 0 else code.offset.numpy()
-        off = (off_base * f).astype(np.float32)
-        off = off.reshape([1] * (codes.ndim - 1) + [-1]) if transposed else off.reshape([-1] + [1] * (codes.ndim - 1))
+        off = (off_base * f).astype(np.float32).reshape(_bcast_shape(n_out, codes.ndim, transposed))
         o = numpy_helper.from_array(off, f"{name}__offset")
         inits.append(o)
-        nodes.append(helper.make_node("Add", [dq_out, o.name], [name], name=f"{name}__Offset"))
-    return inits, nodes, {"bits": bits, "numel": int(codes.size)}
+        nodes.append(helper.make_node("Add", [deq, o.name], [name], name=f"{name}__Offset"))
+    return inits, nodes, {"bits": bits, "numel": int(codes.size), "kind": kind}
 
 
 def apply_codes(proto: onnx.ModelProto, codes: dict[str, WeightCode]) -> tuple[onnx.ModelProto, dict]:
@@ -76,9 +132,13 @@ def apply_codes(proto: onnx.ModelProto, codes: dict[str, WeightCode]) -> tuple[o
     by_size: dict[int, list[str]] = {}
     for n, i in inits.items():
         by_size.setdefault(int(np.prod(i.dims)) if i.dims else 1, []).append(n)
-    matched, unmatched, new_nodes = {}, [], []
+    matched, unmatched, new_nodes, kept_float, kinds = {}, [], [], {}, {}
     float_bytes = stored_bytes = 0
     for pname, code in codes.items():
+        kind, why = storage_kind(code)
+        if kind is None:
+            kept_float[pname] = why
+            continue
         deq = code.dequantize().numpy()
         hit = None
         for cand in ([pname] if pname in inits else []) + by_size.get(deq.size, []):
@@ -96,16 +156,19 @@ def apply_codes(proto: onnx.ModelProto, codes: dict[str, WeightCode]) -> tuple[o
             unmatched.append(pname)
             continue
         cand, f, transposed = hit
-        new_inits, nodes, info = _encode(cand, code, f, transposed)
+        new_inits, nodes, info = _encode(cand, code, f, transposed, kind)
         g.initializer.remove(inits.pop(cand))
         g.initializer.extend(new_inits)
         new_nodes.extend(nodes)
         matched[pname] = cand
+        kinds[kind] = kinds.get(kind, 0) + 1
         float_bytes += info["numel"] * 4
         stored_bytes += info["numel"] * info["bits"] / 8
     if new_nodes:
         for node in reversed(new_nodes):
             g.node.insert(0, node)
-    report = {"integer_weights": len(matched), "unmatched": unmatched,
+    report = {"integer_weights": len(matched), "unmatched": unmatched, "storage": kinds,
               "weight_bytes_float": int(float_bytes), "weight_bytes_stored": int(stored_bytes)}
+    if kept_float:
+        report["kept_float"] = kept_float
     return proto, report

@@ -42,6 +42,15 @@ def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
     return out
 
 
+def check_finite(a: np.ndarray, what: str) -> None:
+    """NaN/Inf never pass a check (every `err > tol` is False for NaN, so test explicitly)."""
+    a = np.asarray(a)
+    if a.dtype.kind in "fc" and not np.isfinite(a).all():
+        n = int((~np.isfinite(a)).sum())
+        raise ExportMismatchError(f"{what} has {n} NaN/Inf values of {a.size}; a model with non-finite outputs is "
+                                  "never validated (check its weights); no artifact was written")
+
+
 def _torch_outputs(model: nn.Module, inputs: tuple[torch.Tensor, ...], dtype: type = np.float32) -> list[np.ndarray]:
     with torch.no_grad():
         out = model(*inputs)
@@ -85,6 +94,8 @@ def validate(model: nn.Module, specs: Sequence[InputSpec], path: Path, runtime: 
             if r.shape != np.asarray(g).shape:
                 raise ExportMismatchError(f"{runtime}: output '{name}' has shape {np.asarray(g).shape}, PyTorch gives "
                                           f"{r.shape}; the export is wrong, no artifact was written")
+            check_finite(r, f"PyTorch output '{name}' (the model itself, input {seed})")
+            check_finite(np.asarray(g), f"{runtime} output '{name}' (input {seed})")
             if ref64 is None:
                 f = compare(r, np.asarray(g))
             else:  # both judged against the exact (float64) answer
@@ -98,6 +109,10 @@ def validate(model: nn.Module, specs: Sequence[InputSpec], path: Path, runtime: 
             for k in ("cosine", "top1_agreement"):
                 if k in f:
                     w[k] = min(w[k], f[k])
+    for name, f in worst.items():
+        if not all(np.isfinite(v) for v in f.values() if isinstance(v, float)):
+            raise ExportMismatchError(f"{runtime} output '{name}': a fidelity figure is NaN/Inf ({f}); no artifact "
+                                      "was written")
     if exact is not None:
         limits = {}
         for name, pairs in errs.items():

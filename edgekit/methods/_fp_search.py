@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import _fp as F
+from ..quant import fp as F
+from ..quant.act import ActQ
 
 
 @dataclass
@@ -41,22 +42,6 @@ class SearchOpts:
     a_formats: list[F.Format] | None = None
     shift_round: str = "search"  # floor(b~_j - rho) | code: round(b~_j) - round(rho) | search: both, by MSE
     a_headroom: int = 0  # FPQ shifts lowered by this many binades (channel j keeps 2^h x its calibration max)
-
-
-@dataclass
-class ActQ:
-    """How one linear's input is quantized: per-tensor or per-channel unit, format, and the FPQ shifts."""
-
-    kind: str  # "fp" | "int"
-    fmt: F.Format
-    unit: torch.Tensor  # (1,) or (in,) float32
-    rho: float = 0.0  # tensor-wise bias (fp)
-    shift: torch.Tensor | None = None  # integer k_j (fpq)
-    qmax: float = 7.0
-
-    def cpu(self) -> ActQ:
-        return ActQ(self.kind, self.fmt, self.unit.cpu(), self.rho, None if self.shift is None else self.shift.cpu(),
-                    self.qmax)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from ..flops import count_params
-from ._quant import attach_codes, symmetric_per_channel
+from ..quant.codes import attach_codes, symmetric_per_channel
 from ._report import MethodReport
 
 NEEDS: Literal["none", "calibration", "training"] = "none"

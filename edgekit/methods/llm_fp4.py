@@ -24,10 +24,16 @@ Decisions (why):
   where every binade of precision counts).
 - `device`: calibration and search run where the model is put (cuda for large calibrations), results on the CPU.
 - Storage: E1M2 codes (|c| <= 7) are int4, E2M1 (12) and E3M0 (64) int8, so mixed-format FP4 is 4x smaller than
-  fp32, E1M2-only (w_formats=[E1M2]) 8x. `act_records(model)` + the weight codes feed edgekit.export.fp4_matmul,
-  which turns each A4 fake-quant linear into an exact int8 MatMulInteger (spec §9.3). With `int_matmul` (default)
-  the ONNX export does this on its own (export.onnx.to_onnx), checks each rewritten layer on ONNX Runtime against
-  exact integer arithmetic, and lists rewritten / kept layers in the manifest and this method's report.
+  fp32, E1M2-only (w_formats=[E1M2]) 8x. 8-bit formats: codes·unit spans far more than int8 (largest code
+  (2^(M+1)-1)·2^(2^E-2): E1M6 127, E2M5 252, E3M4 1984, E4M3 245760, E5M2 7·2^30) though the grid has 255 values,
+  so export.qdq stores E1M6 as int8 + DequantizeLinear and the others as uint8 indices into a per-tensor table of
+  the codes (Gather, then the row scale): exact and 4x smaller. The codes are kept in the smallest integer dtype
+  that holds the format's largest code (`_code`). Until this was fixed, 8-bit codes were cast to int8 (252 -> -4)
+  and to int16 (E4M3/E5M2 overflowed), and every 8-bit BERT export failed validation (MiniLM W8 rel L2 ~8). The activation records (`edgekit.quant.act`) + the weight codes feed
+  edgekit.export.fp4_matmul, which turns each A4 fake-quant linear into an exact int8 MatMulInteger (spec §9.3).
+  With `int_matmul` (default) the ONNX export does this on its own (export.onnx.to_onnx), checks each rewritten
+  layer on ONNX Runtime against exact integer arithmetic, and lists rewritten / kept layers in the manifest and
+  this method's report.
 """
 from __future__ import annotations
 
@@ -42,17 +48,16 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..flops import count_params
-from . import _fp as F
+from ..quant import fp as F
+from ..quant.act import attach_act_records
+from ..quant.codes import WeightCode, attach_codes
 from . import _fp_search as S
 from ._device import resolve as resolve_device
 from ._fp_calib import calibration_calls, capture
-from ._quant import WeightCode, attach_codes
 from ._report import MethodReport
 
 NEEDS: Literal["none", "calibration", "training"] = "calibration"
 SUMMARY = "LLM-FP4: FP4/FP8 (ExMy, real exponent bias) weights+activations with format/bias search (EMNLP 2023)"
-_ACT_ATTR = "_edgekit_fp_act"
-_INT_ATTR = "_edgekit_fp_int_matmul"
 
 
 class Config(BaseModel, extra="forbid"):
@@ -138,7 +143,11 @@ def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def _code(wq: S.WeightQ, bits: int) -> WeightCode:
-    return WeightCode(wq.codes.to(torch.int16), wq.unit.to(torch.float32), 0, bits)
+    """WeightCode of a quantized weight, in the smallest integer dtype that holds every code of its grid: 8-bit
+    formats reach 245760 (E4M3) and 7·2^30 (E5M2), which int16 (the old dtype) silently wrapped."""
+    top = F.max_code(*wq.fmt) if wq.kind == "fp" else float(wq.codes.abs().max()) if wq.codes.numel() else 0.0
+    dt = next(d for d in (torch.int16, torch.int32, torch.int64) if top <= torch.iinfo(d).max)
+    return WeightCode(wq.codes.to(dt), wq.unit.to(torch.float32), 0, bits)
 
 
 def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodReport]:
@@ -209,8 +218,7 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
         qn += m.weight.numel()
         layers[n] = {"w_format": F.fmt_name(wq.fmt) if wq.kind == "fp" else f"INT{e_bits}", **wq.stats}
         rep.layers_touched.append(n)
-    object.__setattr__(model, _ACT_ATTR, act_records)
-    object.__setattr__(model, _INT_ATTR, bool(cfg.int_matmul and a_bits and act_records))
+    attach_act_records(model, act_records, int_matmul=bool(cfg.int_matmul and a_bits))
     total = rep.params_after = count_params(model)
     rep.bits_per_weight = (stored + (total - qn) * 32) / max(total, 1)
     rep.seconds = time.perf_counter() - t0
@@ -219,7 +227,8 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
         for k in ("w_format", "a_format"):
             if k in info:
                 fm[f"{k[0]}:{info[k]}"] = fm.get(f"{k[0]}:{info[k]}", 0) + 1
-    rep.extra = {"export_precision": "act_quant" if a_bits else "fp32", "variant": cfg.variant,
+    rep.export_precision = "act_quant" if a_bits else "fp32"
+    rep.extra = {"variant": cfg.variant,
                  "nominal_bits": {"w": cfg.w_bits, "a": a_bits, "e": e_bits}, "calibration_tokens": tokens,
                  "a_headroom": opts.a_headroom if a_bits else None,
                  "formats": fm, "layers": layers, "int_matmul_requested": bool(cfg.int_matmul and a_bits),
@@ -267,16 +276,3 @@ def _calibrate(model: nn.Module, cfg: Config, opts: S.SearchOpts, lins: dict, em
                 emb_q[n] = S.search_embedding(m.weight, e_bits, opts).cpu()
             bar.advance(task)
     return results, emb_q, tokens
-
-def act_records(model: nn.Module) -> dict[str, S.ActQ]:
-    """Activation quantizers the method left (format, rho, FPQ shifts) for exporters of integer MatMuls."""
-    return dict(getattr(model, _ACT_ATTR, {}))
-
-
-def int_matmul_records(model: nn.Module, force: bool = False) -> dict[str, S.ActQ]:
-    """act_records of the model (or of the first submodule that has them, e.g. inside a wrapper) when its config
-    asked for int_matmul (or always, with force)."""
-    for m in model.modules():
-        if getattr(m, _INT_ATTR, False) or (force and getattr(m, _ACT_ATTR, None)):
-            return act_records(m)
-    return {}

@@ -87,8 +87,14 @@ class Config(BaseModel, extra="forbid"):
     progress: bool = Field(True, description="show a progress bar while scoring")
 
 
-def calibration(model: nn.Module, arch: H.Arch, data: Any, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids, attention mask) of the calibration batch, from texts (tokenised) or token-id arrays."""
+def calibration(model: nn.Module, arch: H.Arch | None, data: Any, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention mask) of the calibration batch, from texts (tokenised) or token-id arrays; `arch` None: the
+    model's layout, found as apply() finds it (so callers need no private helper)."""
+    if arch is None:
+        arch = H.find_arch(model)
+        if arch is None:
+            raise UnsupportedModelError("optin needs a Hugging Face BERT-style encoder or Llama-style decoder; "
+                                        f"none found in {type(model).__name__}")
     g = torch.Generator().manual_seed(cfg.seed)
     if data is None or not (getattr(data, "texts", None) or getattr(data, "tensors", None)):
         raise ConfigError("optin needs calibration data; pass --data FILE (.txt text, or .npy token ids)")
@@ -283,7 +289,7 @@ def apply(model: nn.Module, cfg: Config, data: Any = None) -> tuple[nn.Module, M
         "attention_unit": "kv group" if arch.q_per_unit > 1 else "head",
         "units_per_layer": counts["units"], "neurons_per_layer": counts["neurons"],
         "calibration_shape": list(ids.shape), "scoring_seconds": round(t_score, 2), "cache_hit": hit,
-        "scoring_seconds_when_computed": float(raw["seconds"][0]) if raw.get("seconds") else round(t_score, 2),
-        "export_precision": "fp32"})
+        "scoring_seconds_when_computed": float(raw["seconds"][0]) if raw.get("seconds") else round(t_score, 2)})
+    rep.export_precision = "fp32"
     rep.seconds = time.perf_counter() - t0
     return model, rep

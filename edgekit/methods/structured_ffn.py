@@ -179,7 +179,8 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
         "ratio_all_ffn": round((struct_total + kept_dense) / ffn_total, 6),
         "ffn_params_dense": ffn_total, "ffn_params_after": struct_total + kept_dense,
         "ffn_macs_per_token_dense": ffn_total, "ffn_macs_per_token_after": struct_total + kept_dense,
-        "layers": per_layer, "export_precision": "fp32"})
+        "layers": per_layer})
+    rep.export_precision = "fp32"
     if cfg.train_steps > 0:
         from ._structured_train import recover
 

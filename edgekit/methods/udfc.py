@@ -55,7 +55,7 @@ from torch import nn
 from ..errors import UnsupportedModelError
 from ..flops import count_macs, count_params
 from . import _prune as P
-from ._quant import WeightCode, attach_codes, clear_codes
+from ..quant.codes import WeightCode, attach_codes, clear_codes
 from ._report import MethodReport
 
 NEEDS: Literal["none", "calibration", "training"] = "none"

@@ -192,6 +192,13 @@ def _smollm2_cache() -> Path:
     return out
 
 
+def smollm2_dir() -> Path:
+    """Folder of SmolLM2-135M-Instruct as safetensors + tokenizer (built once from the packaged GGUF), e.g. for a
+    method's `tokenizer` option; the counterpart of minilm_dir()."""
+    _offline()
+    return _smollm2_cache()
+
+
 def smollm2_tokenizer() -> Any:
     """The SmolLM2 tokenizer from the cached folder (built from the GGUF on first use)."""
     _offline()

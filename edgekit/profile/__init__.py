@@ -1,11 +1,16 @@
 """Profile an artifact on one or more targets: `profile_artifact(art, targets, out_json=None) -> dict`.
 
-Imports stay lazy here so that the measuring subprocess (`edgekit.profile._worker`) starts fast.
+Also public here (imported lazily, so that the measuring subprocess `edgekit.profile._worker` starts fast):
+`interleaved(files, rounds, warmup)` times several model files in one interleaved loop in one worker, with
+ratios to the first and their spread (edgekit.profile.interleave); `compare_artifacts(arts, targets)` does that
+per target for artifacts (kind "compare", schema in edgekit.profile.compare); `provenance(argv)` and
+`host_load()` record where a figure came from and how loaded the host was (edgekit.profile.runinfo).
 
 JSON schema ("edgekit.profile/1"), the same for every runtime::
 
     {"schema": "edgekit.profile/1", "kind": "profile", "created": ISO time, "artifact": path,
-     "host": {"cpu", "cores", "platform", "python"},
+     "host": {"cpu", "cores", "isa", "platform", "python"}, "provenance": provenance() (command, git commit,
+     versions, CPU, ISA flags, cores, threads, load average, timestamp),
      "cost": graph_cost of the canonical ONNX (estimate: macs, flops, weight/io/activation bytes) or null,
      "results": [{
         "target", "runtime", "file", "file_bytes", "status": "ok" | "error", "error": null | one line,
@@ -24,9 +29,13 @@ JSON schema ("edgekit.profile/1"), the same for every runtime::
                      bound, peak_gflops, peak_precision}, host_profile, host_roofline_ms, host_efficiency,
                      calibrated_ms},
         "versions": {runtime: version, ...},
-        "subprocess": {"wall_s", "worker_s", "overhead_s"}}]}
+        "subprocess": {"wall_s", "worker_s", "overhead_s"},
+        "host_load": {"loadavg_before", "loadavg_after", "cores", "threads", "seconds", "others_after_est",
+                      "high", "warning"}}]}
 
 Every latency is milliseconds per inference at the artifact's input shape; "estimate" blocks are never measurements.
+Every absolute figure carries the host load around its measurement; "high" (> 0.75 x cores of other work) adds a
+warning, shown in every report: on a loaded host only ratios from one interleaved run compare.
 """
 from __future__ import annotations
 
@@ -52,30 +61,14 @@ def require_runtime(runtime: str) -> None:
 
 
 def host_info() -> dict[str, Any]:
-    """What machine produced the numbers."""
+    """What machine produced the numbers (CPU model and ISA flags detected from /proc/cpuinfo)."""
+    from ..targets.host import parse_cpuinfo, read_cpuinfo
     from .measure import host_threads
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": host_threads(), "isa": _isa_flags(), "platform": platform.platform(),
+    info = parse_cpuinfo(read_cpuinfo())
+    cpu = info["model"] if info["model"] != "unknown CPU" else (platform.processor() or platform.machine())
+    return {"cpu": cpu, "cores": host_threads(), "isa": info["flags"], "platform": platform.platform(),
             "python": sys.version.split()[0]}
-
-
-def _isa_flags() -> list[str]:
-    """SIMD features that change kernel choice (so a report shows what the host really had)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith(("flags", "Features"))), [])
-    keep = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm")
-    return [f for f in keep if f in flags]
 
 
 def artifact_file(art: Path, manifest: dict[str, Any], runtime: str) -> Path:
@@ -90,12 +83,18 @@ def artifact_file(art: Path, manifest: dict[str, Any], runtime: str) -> Path:
 def profile_one(art: Path, manifest: dict[str, Any], target: Any, cost: dict[str, Any] | None,
                 host: Any) -> dict[str, Any]:
     """Measure one target and attach file size, budget check and labelled estimates."""
-    from .measure import measure_file
+    import time
+
+    from .measure import host_threads, measure_file
+    from .runinfo import host_load, load_during
     from .roofline import estimate
 
     f = artifact_file(art, manifest, target.runtime)
+    before, t0 = host_load(), time.perf_counter()
     res = measure_file(f, target.runtime, device=target.device, fallback=target.fallback, threads=target.threads,
                        protocol=target.protocol, input_hint=manifest.get("inputs"), static_shapes=target.static_shapes)
+    res["host_load"] = load_during(before, host_load(), min(target.threads, host_threads()),
+                                   time.perf_counter() - t0)
     size = f.stat().st_size + sum(p.stat().st_size for p in f.parent.glob(f.stem + ".bin")) if f.is_file() else 0
     base = {"target": target.name, "runtime": target.runtime, "file": str(f.relative_to(art)), "file_bytes": size}
     res = {**base, **res}
@@ -109,8 +108,10 @@ def profile_one(art: Path, manifest: dict[str, Any], target: Any, cost: dict[str
     return res
 
 
-def profile_artifact(art: str | Path, targets: Sequence[Any], out_json: str | Path | None = None) -> dict[str, Any]:
-    """Profile `art` on each target (name, YAML path or TargetProfile), each in its own subprocess."""
+def profile_artifact(art: str | Path, targets: Sequence[Any], out_json: str | Path | None = None,
+                     argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Profile `art` on each target (name, YAML path or TargetProfile), each in its own subprocess; `argv` (default
+    sys.argv) is the command recorded in the provenance."""
     from ..artifact import now_iso, read_manifest
     from ..errors import ConfigError
     from ..targets import host_target, load_target
@@ -128,7 +129,10 @@ def profile_artifact(art: str | Path, targets: Sequence[Any], out_json: str | Pa
     shapes = {i["name"]: i["shape"] for i in manifest.get("inputs", [])}
     cost = graph_cost(onnx_path, shapes) if onnx_path.is_file() else None
     host = host_target()
+    from .runinfo import provenance
+
     doc = {"schema": SCHEMA, "kind": "profile", "created": now_iso(), "artifact": str(art), "host": host_info(),
+           "provenance": provenance(argv, threads=max(t.threads for t in tgts)),
            "cost": cost, "results": [profile_one(art, manifest, t, cost, host) for t in tgts]}
     if out_json is not None:
         out = Path(out_json)
@@ -139,4 +143,18 @@ def profile_artifact(art: str | Path, targets: Sequence[Any], out_json: str | Pa
     return doc
 
 
-__all__ = ["SCHEMA", "profile_artifact", "require_runtime"]
+_LAZY = {"interleaved": "interleave", "ratio_spread": "interleave", "compare_artifacts": "compare",
+         "provenance": "runinfo", "host_load": "runinfo"}
+
+
+def __getattr__(name: str) -> Any:
+    """Lazy public names (module docstring), so importing edgekit.profile stays cheap."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["SCHEMA", "compare_artifacts", "host_info", "host_load", "interleaved", "profile_artifact",
+           "provenance", "ratio_spread", "require_runtime"]

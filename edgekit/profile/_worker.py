@@ -1,4 +1,5 @@
-"""Measuring worker: `python -m edgekit.profile._worker SPEC.json OUT.json` (spawned by measure.measure_file).
+"""Measuring worker: `python -m edgekit.profile._worker SPEC.json OUT.json` (spawned by measure.measure_file, and
+by interleave.interleaved for specs of kind "interleaved").
 
 Phases, each with its own peak RSS: baseline (interpreter + numpy) -> load/compile -> first inference + timed
 runs -> per-op profiling (separate session, not timed, memory not reported). Failures become
@@ -88,7 +89,12 @@ def main(argv: list[str]) -> int:
     """Entry point: read spec, measure, write the JSON result (errors included)."""
     spec = json.loads(Path(argv[0]).read_text())
     try:
-        res = run(spec)
+        if spec.get("kind") == "interleaved":  # several files in one loop (edgekit.profile.interleave)
+            from .interleave import run_interleaved
+
+            res = run_interleaved(spec)
+        else:
+            res = run(spec)
     except Exception as e:  # noqa: BLE001 - reported to the parent as data
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         res = {"status": "error", "error": f"{type(e).__name__}: {msg}", "trace": traceback.format_exc()[-2000:]}

@@ -144,6 +144,17 @@ def host_threads() -> int:
         return os.cpu_count() or 1
 
 
+def _die_with_parent() -> None:
+    """In the worker (Linux): get SIGKILL when the parent dies, so a killed `edgekit profile` leaves no orphan."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
 def measure_file(path: Path, runtime: str, *, device: str = "CPU", fallback: str | None = None,
                  threads: int = 1, protocol: MeasureProtocol | None = None, input_hint: list[dict] | None = None,
                  static_shapes: bool = False, timeout_s: float = WORKER_TIMEOUT_S) -> dict[str, Any]:
@@ -162,7 +173,8 @@ def measure_file(path: Path, runtime: str, *, device: str = "CPU", fallback: str
         t0 = time.perf_counter()
         try:
             proc = subprocess.run([sys.executable, "-m", "edgekit.profile._worker", str(spec_p), str(out_p)],
-                                  cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout_s)
+                                  cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout_s,
+                                  preexec_fn=_die_with_parent)
         except subprocess.TimeoutExpired:
             return {"status": "error", "error": f"measurement exceeded {timeout_s:.0f} s; lower protocol.min_runs "
                     "or min_seconds in the target profile"}

@@ -1,6 +1,8 @@
-"""Profile / bench JSON -> Markdown table and self-contained HTML (plots embedded as base64 PNG).
+"""Profile / compare / bench JSON -> Markdown table and self-contained HTML (plots embedded as base64 PNG).
 
-`report(dir)` rebuilds both from the JSON alone, so reports can be regenerated without re-measuring.
+`report(dir)` rebuilds both from the JSON alone, so reports can be regenerated without re-measuring. Every
+absolute latency is shown with the host load around it, and a high load adds a warning line; a "compare"
+document (several artifacts timed interleaved) shows ratios to the first artifact with their spread.
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ def _f(x: Any, nd: int = 3) -> str:
 def profile_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header + rows of the profile table (one row per target)."""
     head = ["target", "runtime", "device", "threads", "load ms", "first ms", "p50 ms", "p90 ms", "p99 ms",
-            "robust CV", "stable", "peak MB load/infer", "budget", "roofline ms (est.)", "calibrated ms (est.)"]
+            "robust CV", "stable", "host load 1m before/after", "peak MB load/infer", "budget", "roofline ms (est.)",
+            "calibrated ms (est.)"]
     rows = []
     for r in doc["results"]:
         if r.get("status") != "ok":
@@ -44,15 +47,49 @@ def profile_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         est = r.get("estimate") or {}
         rows.append([r["target"], r["runtime"], dev, thr, _f(r["timing_ms"]["load"]),
                      _f(r["timing_ms"]["first_inference"]), _f(w["p50"]), _f(w["p90"]), _f(w["p99"]),
-                     _f(w["robust_cv"], 2), _f(r["stable"]), f"{m['load_peak']:.0f}/{m['inference_peak']:.0f}",
+                     _f(w["robust_cv"], 2), _f(r["stable"]), load_cell(r.get("host_load")),
+                     f"{m['load_peak']:.0f}/{m['inference_peak']:.0f}",
                      ("EXCEEDS " if budget.get("exceeds") else "ok ") + _f(budget.get("budget_mb")),
                      _f((est.get("target") or {}).get("roofline_ms")), _f(est.get("calibrated_ms"))])
     return head, rows
 
 
+def load_cell(hl: dict[str, Any] | None) -> str:
+    """'HIGH 5.2/4.9 of 2 cores' from a host-load block ('—' for JSON written before loads were recorded)."""
+    if not hl:
+        return "—"
+    la = [x for x in (hl.get("loadavg_before"), hl.get("loadavg_after")) if x]
+    text = "/".join(f"{x[0]:.1f}" for x in la) or "?"
+    return ("HIGH " if hl.get("high") else "") + f"{text} of {hl.get('cores', '?')} cores"
+
+
+def compare_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header + rows of a compare document: one row per (target, artifact), ratios to the first artifact."""
+    head = ["target", "runtime", "device", "artifact", "file", "p50 ms", "mean ms", "min ms", "robust CV",
+            "ratio vs first (p50)", "ratio 95% CI", "per-round ratio p10-p90", "block ratios min-max",
+            "host load 1m before/after"]
+    rows = []
+    for r in doc["results"]:
+        if r.get("status") != "ok":
+            rows.append([r.get("target", "?"), r.get("runtime", "?"), "error: " + str(r.get("error"))]
+                        + [""] * (len(head) - 3))
+            continue
+        for f in r["files"]:
+            d, w, q = f["device"], f["timing_ms"], f.get("ratio")
+            dev = d["used"] + (f" (fallback from {d['requested']})" if d["fallback_used"] else "")
+            rows.append([r["target"], r["runtime"], dev, f["artifact"], f["file"], _f(w["p50"]), _f(w["mean"]),
+                         _f(w["min"]), _f(w["robust_cv"], 2), "1 (reference)" if q is None else f"{q['p50']:.3f}",
+                         "" if q is None else f"{q['ci95'][0]:.3f}-{q['ci95'][1]:.3f}",
+                         "" if q is None else f"{q['per_round']['p10']:.3f}-{q['per_round']['p90']:.3f}",
+                         "" if q is None else f"{q['block_range'][0]:.3f}-{q['block_range'][1]:.3f}",
+                         load_cell(r.get("load"))])
+    return head, rows
+
+
 def bench_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header + rows of the bench matrix (variant x target)."""
-    head = ["variant", "target", "status", "size MB", "fidelity", "p50 ms", "speed-up vs fp32", "peak MB", "note"]
+    head = ["variant", "target", "status", "size MB", "fidelity", "p50 ms", "speed-up vs fp32", "peak MB",
+            "host load 1m before/after", "note"]
     rows = []
     for r in doc["rows"]:
         fid = r.get("fidelity") or {}
@@ -60,13 +97,29 @@ def bench_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         rows.append([r["variant"], r["target"], r["status"] + (f": {r['reason']}" if r.get("reason") else ""),
                      _f(r.get("size_mb")), fid_s, _f(r.get("p50_ms")), _f(r.get("speedup"), 2),
                      _f(round(r["peak_mb"], 1) if r.get("peak_mb") is not None else None),
+                     load_cell((r.get("profile") or {}).get("host_load")),
                      r.get("slower", {}).get("summary", "") if r.get("slower") else ""])
     return head, rows
 
 
 def _rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Pick the table for a document kind."""
-    return bench_rows(doc) if doc.get("kind") == "bench" else profile_rows(doc)
+    kind = doc.get("kind")
+    return bench_rows(doc) if kind == "bench" else compare_rows(doc) if kind == "compare" else profile_rows(doc)
+
+
+def provenance_line(doc: dict[str, Any]) -> str:
+    """One line: the command, commit, CPU/ISA and load at start (empty for JSON written without provenance)."""
+    p = doc.get("provenance")
+    if not p:
+        return ""
+    git = p.get("git") or {}
+    commit = f"commit {git['commit'][:12]}{' (dirty)' if git.get('dirty') else ''}" if git.get("commit") else \
+        "no git commit"
+    la = (p.get("load") or {}).get("loadavg")
+    return (f"Command: `{p.get('command', '')}`; {commit}; {p.get('cpu')} ({p.get('cores')} cores, "
+            f"{' '.join(p.get('isa') or []) or 'ISA unknown'}); load average at start "
+            f"{la[0] if la else '?'}; {p.get('timestamp', '')}.")
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -76,8 +129,10 @@ def markdown(doc: dict[str, Any]) -> str:
     lines = [f"# edgekit {doc.get('kind', 'profile')} ({doc.get('created', '')})", "",
              f"Host: {doc.get('host', {}).get('cpu', '?')}, {doc.get('host', {}).get('cores', '?')} cores. "
              "Latencies are measured on this host with each target's runtime, device (or fallback) and threads; "
-             "columns marked (est.) are estimates for the real device.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+             "columns marked (est.) are estimates for the real device.", ""]
+    if provenance_line(doc):
+        lines += [provenance_line(doc), ""]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(r) + " |" for r in esc]
     for note in notes(doc):
         lines += ["", note]
@@ -85,8 +140,18 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def notes(doc: dict[str, Any]) -> list[str]:
-    """Per-target lines: top ops, ops that left the requested device, profiler limits, slow-down explanations."""
+    """Per-target lines: load warnings, top ops, ops that left the requested device, profiler limits, slow-down
+    explanations, and for a compare document what its ratio columns mean."""
     out = []
+    if doc.get("kind") == "compare":
+        out.append(f"Ratios are to the first artifact ({doc.get('reference')}), all artifacts timed in one "
+                   "interleaved loop per target (order rotating each round). 95% CI: paired bootstrap of the ratio "
+                   "of medians over rounds; per-round ratio: quantiles of each round's ratio; block ratios: the "
+                   "ratio of medians in 5 consecutive chunks of rounds (the run-to-run spread).")
+    for r in doc.get("results", []) + [row.get("profile") or {} for row in doc.get("rows", [])]:
+        warn = (r.get("host_load") or r.get("load") or {}).get("warning")
+        if warn:
+            out.append(f"{r.get('target', '?')}: {warn}")
     for r in doc.get("results", []):
         ops = r.get("ops") or {}
         if ops.get("top"):
@@ -131,6 +196,11 @@ def _series(doc: dict[str, Any]) -> list[tuple[str, str, list[float]]]:
         q = ((prof.get("timing_ms") or {}).get("warm") or {}).get("quantiles_ms")
         if q:
             out.append((r["target"], r.get("variant", r["target"]), q))
+    for r in doc.get("results", []) if doc.get("kind") == "compare" else []:
+        for f in r.get("files") or []:
+            q = (f.get("timing_ms") or {}).get("quantiles_ms")
+            if q:
+                out.append((r["target"], f["artifact"], q))
     return out
 
 
@@ -189,6 +259,7 @@ def html_page(doc: dict[str, Any]) -> str:
             f"<style>{style}</style></head><body><h1>edgekit {html.escape(str(doc.get('kind')))}</h1>"
             f"<p>{html.escape(str(doc.get('created', '')))}; host {html.escape(str(doc.get('host', {}).get('cpu')))}."
             " Columns marked (est.) are estimates, not measurements.</p>"
+            f"<p>{html.escape(provenance_line(doc))}</p>"
             f"{table}{note_html}{figs}</body></html>")
 
 

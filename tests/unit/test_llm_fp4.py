@@ -10,10 +10,10 @@ from torch import nn
 
 from edgekit.data import DataSource
 from edgekit.errors import ConfigError
-from edgekit.methods import _fp as F
 from edgekit.methods import _fp_search as S
 from edgekit.methods import llm_fp4
-from edgekit.methods._quant import get_codes
+from edgekit.quant import act_records, get_codes
+from edgekit.quant import fp as F
 
 transformers = pytest.importorskip("transformers")
 
@@ -141,7 +141,7 @@ def test_search_never_worse_than_minmax_and_fpq_ordering():
             assert sum(i["mse"] < 0.9 * i["mse_minmax"] for i in layers.values()) >= 10
         kl[v] = _kl(m, q, ids)
     assert kl["fpq"] < kl["minmax"] and kl["fpq_baseline"] < kl["minmax"]
-    assert rep.extra["export_precision"] == "act_quant"
+    assert rep.export_precision == "act_quant"
 
 
 def test_outlier_channels_fpq_shifts_recover():
@@ -201,7 +201,7 @@ def test_tiny_llama_exports_to_onnx_matching_torch(tmp_path, a_bits):
     # E1M2-only weights store as int4 (8x smaller than fp32); E2M1/E3M0 codes need int8 (4x)
     ratio = qdq["weight_bytes_float"] / qdq["weight_bytes_stored"]
     assert ratio == pytest.approx(8.0) if a_bits is None else 4.0 <= ratio < 8.0
-    val = validate(wrapped, specs, tmp_path / "m.onnx", "onnxruntime", rep.extra["export_precision"])
+    val = validate(wrapped, specs, tmp_path / "m.onnx", "onnxruntime", rep.export_precision)
     assert val["outputs"]["linear_14"]["rel_l2"] < 1e-5
     if a_bits is None:
         return
@@ -210,7 +210,7 @@ def test_tiny_llama_exports_to_onnx_matching_torch(tmp_path, a_bits):
 
     from edgekit.export.fp4_matmul import rewrite
 
-    proto, info = rewrite(onnx.load(str(tmp_path / "m.onnx")), get_codes(q), llm_fp4.act_records(q))
+    proto, info = rewrite(onnx.load(str(tmp_path / "m.onnx")), get_codes(q), act_records(q))
     assert info["int_matmul_layers"] == 14 and len(info["rewritten"]) == 14 and info["kept_fake_quant"] == {}
     assert sum(n.op_type == "MatMulInteger" for n in proto.graph.node) == 14
     onnx.save(proto, str(tmp_path / "int.onnx"))
@@ -307,7 +307,7 @@ def test_int_graph_reproduces_fake_quant_graph_exactly(tmp_path):
     # ... and the check has teeth: one wrong channel scale (x2) in one layer is caught
     details: list = []
     ref = onnx.load(str(tmp_path / "fq.onnx"))
-    proto, _ = rewrite(onnx.load(str(tmp_path / "fq.onnx")), get_codes(q), llm_fp4.act_records(q), details)
+    proto, _ = rewrite(onnx.load(str(tmp_path / "fq.onnx")), get_codes(q), act_records(q), details)
     s = next(i for i in proto.graph.initializer if i.name.endswith("layer.1.output.dense__int_s"))
     v = numpy_helper.to_array(s).copy()
     v[3] *= 2
@@ -316,7 +316,7 @@ def test_int_graph_reproduces_fake_quant_graph_exactly(tmp_path):
     assert not bad["ok"] and bad["worst_layer"] == "model.encoder.layer.1.output.dense"
     # the int8 encoding of the codes (used when uint8 + zero point could saturate AVX2's int16 pair sums) is exact too
     details = []
-    proto, info8 = rewrite(onnx.load(str(tmp_path / "fq.onnx")), get_codes(q), llm_fp4.act_records(q), details,
+    proto, info8 = rewrite(onnx.load(str(tmp_path / "fq.onnx")), get_codes(q), act_records(q), details,
                            uint8=False)
     assert info8["activation_encoding"] == {"int8": 12}
     for seed in range(2):
@@ -333,7 +333,7 @@ def test_layers_that_do_not_fit_int8_keep_fake_quant_and_are_listed(tmp_path):
     assert kept and info["rewritten"] and sorted(info["rewritten"] + list(kept)) == sorted(BERT_ENCODER_LINEARS)
     assert all(r.startswith("codes exceed int8") for r in kept.values())
     assert all(int(re.search(r"weights up to (\d+)", r).group(1)) > 127 for r in kept.values())
-    assert all(int(llm_fp4.act_records(q)[n].shift.max()) == 0 for n in info["rewritten"])  # 64·2^0 fits
+    assert all(int(act_records(q)[n].shift.max()) == 0 for n in info["rewritten"])  # 64·2^0 fits
     # the mixed graph (some int8, some fake-quant) still matches torch
     val = validate(q, specs, tmp_path / "int.onnx", "onnxruntime", "int")
     assert all(o["rel_l2"] < 1e-5 for o in val["outputs"].values())

@@ -41,8 +41,12 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path):
     with pytest.raises(UnsafeModelError) as e:
         load_model(bad)
     msg = str(e.value)
-    assert "pathlib" in msg and "--allow-class" in msg and "--trust-pickle" in msg
+    # refused outright: the message must not suggest allowing the dangerous names (issue: it used to)
+    assert "pathlib" in msg and "--allow-class" not in msg and "no option allows" in msg
     assert "\n" not in msg
+    for allow in (["pathlib.Path", "pathlib.PosixPath", "builtins.getattr"], ["builtins.eval"]):
+        with pytest.raises(UnsafeModelError, match="never allowed"):
+            load_model(bad, allow_class=allow)
     assert not marker.exists()
 
 

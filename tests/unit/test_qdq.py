@@ -10,7 +10,7 @@ from onnx import TensorProto
 
 from edgekit.export.onnx import to_onnx
 from edgekit.methods import baseline_rtn
-from edgekit.methods._quant import WeightCode, attach_codes, get_codes, load_codes, save_codes, symmetric_per_channel
+from edgekit.quant import WeightCode, attach_codes, get_codes, load_codes, save_codes, symmetric_per_channel
 from edgekit.model_io import InputSpec
 
 

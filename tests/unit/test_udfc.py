@@ -13,7 +13,7 @@ from edgekit.flops import count_params
 from edgekit.methods import get_method, parse_config
 from edgekit.methods import _prune as P
 from edgekit.methods import udfc
-from edgekit.methods._quant import get_codes
+from edgekit.quant import get_codes
 
 torch.manual_seed(0)
 

@@ -1,4 +1,4 @@
-"""The weight-code contract between quantizing methods and exporters (shared math, no method logic).
+"""Weight codes and their storage: the contract between quantizing methods and exporters (no method logic).
 
 A method leaves each quantized weight exactly on its grid (float values) and records a `WeightCode` for it:
 ``weight == (codes - zero_point) * scale + offset`` with ``scale``/``offset`` broadcast along ``axis``.

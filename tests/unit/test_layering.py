@@ -1,0 +1,70 @@
+"""The house's layering (DESIGN.md "Rules"): export/, quant/ and profile/ never import edgekit.methods (the
+quantization contract lives in edgekit.quant, below both), and methods never import a runtime."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[2] / "edgekit"
+RUNTIMES = ("onnxruntime", "openvino", "ai_edge_litert", "tflite_runtime", "tensorflow")
+
+
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, root: Path = PKG.parent) -> set[str]:
+    """Absolute names of every module a file imports, anywhere in it (functions included), relative ones resolved."""
+    here = _module_name(path, root)
+    package = here if path.name == "__init__.py" else here.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            out.add(mod)
+            out.update(f"{mod}.{a.name}" for a in node.names)  # `from .. import methods`
+    return out
+
+
+def _files(sub: str) -> list[Path]:
+    return sorted((PKG / sub).rglob("*.py"))
+
+
+def test_import_resolver_sees_relative_and_nested_imports(tmp_path: Path) -> None:
+    """The checker itself: a relative import inside a function resolves to edgekit.methods."""
+    f = tmp_path / "edgekit" / "export" / "probe.py"
+    f.parent.mkdir(parents=True)
+    f.write_text("import torch\ndef f():\n    from ..methods.llm_fp4 import x\n    from .. import methods\n")
+    mods = imported_modules(f, tmp_path)
+    assert "edgekit.methods.llm_fp4" in mods and "edgekit.methods" in mods
+
+
+@pytest.mark.parametrize("sub", ["export", "quant", "profile"])
+def test_lower_layers_never_import_methods(sub: str) -> None:
+    files = _files(sub)
+    assert files, f"edgekit/{sub}/ has no modules"
+    bad = {}
+    for f in files:
+        hits = sorted(m for m in imported_modules(f) if m == "edgekit.methods" or m.startswith("edgekit.methods."))
+        if hits:
+            bad[str(f.relative_to(PKG))] = hits
+    assert not bad, f"edgekit/{sub}/ imports edgekit.methods (move the shared part to edgekit/quant/): {bad}"
+
+
+def test_methods_never_import_a_runtime() -> None:
+    bad = {}
+    for f in _files("methods"):
+        hits = sorted(m for m in imported_modules(f) if m.split(".")[0] in RUNTIMES)
+        if hits:
+            bad[str(f.relative_to(PKG))] = hits
+    assert not bad, bad
