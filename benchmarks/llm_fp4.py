@@ -28,6 +28,7 @@ import torch
 from edgekit.data import DataSource
 from edgekit.errors import ExportMismatchError
 from edgekit.methods import baseline_rtn, llm_fp4
+from edgekit.profile import provenance
 
 OUT = Path(__file__).parent / "results" / "llm_fp4.json"
 CALIB_MODULES = ["os", "re", "json", "collections", "itertools", "functools", "typing", "argparse", "subprocess",
@@ -371,20 +372,20 @@ def main() -> None:
         sec.setdefault("variants", {})
         names = ["fp32"] + [v for v in args.minilm_variants.split(",") if v != "fp32"]
         for name, info in minilm_compare(names, args.minilm_limit, args.threads):
-            sec["variants"][name] = info
+            sec["variants"][name] = {**info, "provenance": provenance(threads=args.threads)}
             res = json.loads(OUT.read_text()) if OUT.is_file() else {}
             res[key] = sec
             OUT.write_text(json.dumps(res, indent=1))
         return
     if args.export_int:
         res = json.loads(OUT.read_text()) if OUT.is_file() else {}
-        res["export_int_w4a4_minilm_1x128"] = export_int_w4a4(2, args.reps)
+        res["export_int_w4a4_minilm_1x128"] = {**export_int_w4a4(2, args.reps), "provenance": provenance(threads=2)}
         print(json.dumps(res["export_int_w4a4_minilm_1x128"], indent=1))
         OUT.write_text(json.dumps(res, indent=1))
         return
     if args.export:
         res = json.loads(OUT.read_text()) if OUT.is_file() else {}
-        res["export_minilm_1x128"] = export_latency(2, 30)
+        res["export_minilm_1x128"] = {**export_latency(2, 30), "provenance": provenance(threads=2)}
         print(json.dumps(res["export_minilm_1x128"], indent=1))
         OUT.write_text(json.dumps(res, indent=1))
         return
@@ -423,7 +424,7 @@ def main() -> None:
             fp32 = info
         info["ppl_ratio_vs_fp32_same_run"] = round(info["ppl_python_docs"] / fp32["ppl_python_docs"], 3)
         info["fp32_same_run"] = fp32["ppl_python_docs"]
-        sec["variants"][name] = info
+        sec["variants"][name] = {**info, "provenance": provenance(threads=args.threads)}
         print(name, json.dumps(info), flush=True)
         OUT.parent.mkdir(exist_ok=True)
         OUT.write_text(json.dumps(res, indent=1))

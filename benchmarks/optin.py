@@ -41,7 +41,9 @@ def _save(part: str, res: dict) -> None:
     """Merge one part's results into the JSON file."""
     OUT.parent.mkdir(parents=True, exist_ok=True)
     old = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    old[part] = res
+    from edgekit.profile import provenance
+
+    old[part] = {**res, "provenance": provenance(threads=2)}  # command, commit, versions, CPU/ISA, load
     OUT.write_text(json.dumps(old, indent=1))
 
 

@@ -48,7 +48,9 @@ def load(key: str, fresh: dict) -> dict:
 def save(key: str, value: dict) -> None:
     OUT.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    data[key] = value
+    from edgekit.profile import provenance
+
+    data[key] = {**value, "provenance": provenance(threads=THREADS)}  # command, commit, versions, CPU/ISA, load
     OUT.write_text(json.dumps(data, indent=1, default=float))
 
 

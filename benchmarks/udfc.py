@@ -266,6 +266,9 @@ def main() -> None:
     if "deploy" in parts:
         res["deploy"] = part_deploy(a.runs)
     res.setdefault("wall_seconds", {})[a.part] = round(time.perf_counter() - t0, 1)
+    from edgekit.profile import provenance
+
+    res.setdefault("provenance", {})[a.part] = provenance(threads=a.threads)  # command, commit, versions, CPU, load
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=1, default=str) + "\n")
     table(res)

@@ -192,6 +192,28 @@ def _plan(chain: Sequence[tuple[str, dict[str, Any]]], runtimes: Sequence[Any], 
     return plan, list(dict.fromkeys(rts))
 
 
+def _locks_output(fn: Callable[..., Path]) -> Callable[..., Path]:
+    """Hold the output folder's lock for the whole verb (not only while writing), so a concurrent run into the same
+    -o fails at once instead of silently replacing the first one's artifact."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Path:
+        bound = sig.bind(*args, **kwargs)
+        out = bound.arguments.get("out")
+        if out is None:
+            return fn(*args, **kwargs)
+        art.check_path_text(out)
+        with art.output_lock(Path(out)):
+            return fn(*args, **kwargs)
+
+    return run
+
+
+@_locks_output
 def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, Any]]], out: Path,
                    input_shape: str | None = None, data: Any = None, overwrite: bool = False,
                    runtimes: Sequence[Any] = (), dynamic: list[str] | None = None, arch: str | None = None,
@@ -216,7 +238,9 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
     inputs = example_inputs(specs)
     model = loaded.module
     _check_runs(model, inputs, specs)
-    fid_inputs, fid_from = fidelity.held_out_inputs(specs, data)
+    with torch.no_grad():
+        fid_n = fidelity.sample_count(count_macs(model, inputs))
+    fid_inputs, fid_from = fidelity.held_out_inputs(specs, data, fid_n)
     fid_inputs, fid_ref = fidelity.source_outputs(model, fid_inputs)  # before any method changes the module
     steps: dict[str, float] = {}
     entries = []
@@ -273,6 +297,7 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
     return Path(out)
 
 
+@_locks_output
 def export(src: str | Path, target: str, out: Path | None = None, input_shape: str | None = None,
            overwrite: bool = False, dynamic: list[str] | None = None, arch: str | None = None,
            allow_class: list[str] | None = None, trust_pickle: bool = False, fp16: bool = False,

@@ -457,7 +457,8 @@ def load_model(src: str | Path, arch: str | None = None, allow_class: list[str] 
         _apply_state_dict(model, _load_state_dict_file(path), path)
         return LoadedModel(model.eval(), str(path), "state_dict")
     if path.suffix == ".pt2":
-        return LoadedModel(_load_pt2(path, trust_pickle), str(path), "exported_program")
+        module, specs = _load_pt2_with_specs(path, trust_pickle)
+        return LoadedModel(module, str(path), "exported_program", specs)
     if path.suffix == ".safetensors":
         raise ConfigError(f"{path} holds only weights; pass --arch pkg.module:factory to build the model")
     if path.suffix not in (".pt", ".pth", ".bin"):
@@ -509,9 +510,27 @@ class ProgramModule(nn.Module):
 
 def _load_pt2(path: Path, trust: bool = False) -> nn.Module:
     """A .pt2 checked to be a plain, code-free program (edgekit.safe_pt2), as a runnable module."""
+    return _load_pt2_with_specs(path, trust)[0]
+
+
+def _load_pt2_with_specs(path: Path, trust: bool = False) -> tuple[nn.Module, list[InputSpec] | None]:
+    """The program's module and the input specs it was exported with (dynamic dims take their example size)."""
     from .safe_pt2 import load_exported_program
 
-    return ProgramModule(load_exported_program(path, trust).module())
+    ep = load_exported_program(path, trust)
+    specs: list[InputSpec] | None = []
+    rev = {v: k for k, v in _DTYPES.items()}
+    names = set(ep.graph_signature.user_inputs)
+    for node in ep.graph.nodes:
+        if node.op != "placeholder" or node.name not in names:
+            continue
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor) or val.dtype not in rev:
+            specs = None
+            break
+        dims = [int(d) if isinstance(d, int) else int(getattr(d.node, "hint", None) or 1) for d in val.shape]
+        specs.append(InputSpec(node.name if len(names) > 1 else "input", dims, rev[val.dtype]))
+    return ProgramModule(ep.module()), (specs or None)
 
 
 def _load_artifact(path: Path) -> LoadedModel:

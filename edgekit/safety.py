@@ -107,7 +107,11 @@ def output_lock(out: Path) -> Iterator[None]:
     """Hold an exclusive lock for `out` (a hidden sibling lock file); a second writer fails at once."""
     import fcntl
 
-    out = Path(out)
+    out = Path(out).resolve()
+    if out in _HELD:  # re-entrant within this process (a verb holds it for its whole run, staging takes it again)
+        yield
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
     lock = out.parent / f".{out.name}.lock"
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
@@ -123,9 +127,14 @@ def output_lock(out: Path) -> Iterator[None]:
         if same:
             break
         os.close(fd)
+    _HELD.add(out)
     try:
         yield
     finally:
+        _HELD.discard(out)
         with contextlib.suppress(OSError):
             lock.unlink()  # while still holding it, so a waiter sees a fresh file
         os.close(fd)
+
+
+_HELD: set[Path] = set()

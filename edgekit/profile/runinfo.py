@@ -73,7 +73,10 @@ def load_during(before: dict[str, Any], after: dict[str, Any], threads: int, sec
 
 
 def git_state(root: str | Path | None = None) -> dict[str, Any] | None:
-    """{"commit", "dirty"} of the git repository holding `root` (default: the edgekit package), else None."""
+    """{"commit", "dirty"} of the git repository holding `root`, else None. Default: the checkout the running
+    edgekit package sits in (its top level must hold the package: an installed wheel inside some other repository,
+    e.g. a project's .venv, has no commit of ours)."""
+    own = root is None
     root = Path(root) if root else Path(__file__).resolve().parents[2]
 
     def git(*args: str) -> str | None:
@@ -84,7 +87,8 @@ def git_state(root: str | Path | None = None) -> dict[str, Any] | None:
         return r.stdout if r.returncode == 0 else None
 
     commit = git("rev-parse", "HEAD")
-    if not commit:
+    top = git("rev-parse", "--show-toplevel")
+    if not commit or (own and (not top or Path(top.strip()).resolve() != root.resolve())):
         return None
     status = git("status", "--porcelain", "--untracked-files=no")
     return {"commit": commit.strip(), "dirty": None if status is None else bool(status.strip())}

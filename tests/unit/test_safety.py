@@ -341,13 +341,25 @@ def test_example_app_refuses_a_symlinked_artifact(tmp_path):
 
 def test_second_writer_fails_at_once(tmp_path):
     out = tmp_path / "a"
-    with output_lock(out.resolve()):
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import time\nfrom edgekit.safety import output_lock\n"
+                               f"with output_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(30)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(ConfigError, match="another edgekit run"):
             with staging(out):
                 pass
-    with staging(out) as root:  # the lock is free again
-        (root / "f").write_text("x")
+    finally:
+        holder.kill()
+        holder.wait()
+    with output_lock(out):  # re-entrant in one process: a verb holds it and staging takes it again
+        with staging(out) as root:
+            (root / "f").write_text("x")
     assert (out / "f").exists()
+    with pytest.raises(ConfigError, match="not an edgekit artifact"):  # lock free again; the folder is not ours
+        with staging(out, overwrite=True):
+            pass
 
 
 def _dead_pid() -> int:
@@ -397,3 +409,20 @@ def test_validation_figures_are_finite_on_a_good_export(tmp_path):
     art = api.export("demo", "onnxruntime", tmp_path / "a")
     figs = json.loads((art / "manifest.json").read_text())["exports"]["onnxruntime"]["validation"]["outputs"]
     assert all(np.isfinite(v) for o in figs.values() for v in o.values() if isinstance(v, float))
+
+
+def test_concurrent_compress_into_the_same_output_fails_the_second(tmp_path):
+    """Two real processes: the second run into the same -o fails at once with one line while the first holds it."""
+    out = tmp_path / "a"
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import sys, time\nfrom edgekit.safety import output_lock\n"
+                               f"with output_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(30)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        res = subprocess.run([sys.executable, "-m", "edgekit.cli", "compress", "demo", "--method", "rtn", "-o",
+                              str(out)], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2 and "another edgekit run" in res.stderr and not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
