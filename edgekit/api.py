@@ -153,8 +153,10 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
              runtimes: Sequence[Any] = (), dynamic: list[str] | None = None, arch: str | None = None,
              allow_class: list[str] | None = None, trust_pickle: bool = False, on_step: Step = _noop,
              deploy: str | None = None, arch_args: dict[str, Any] | None = None,
-             min_fidelity: float | None = None) -> Path:
+             min_fidelity: float | None = None, kv_cache: bool = False) -> Path:
     """Load, apply `method`, write an artifact (model.onnx validated on ONNX Runtime, model.pt2, exports).
+
+    `kv_cache`: a causal LM is exported as a decoder with a KV cache for generation (edgekit.genai.build).
 
     `arch_args` are the keyword arguments of the `arch` factory. The manifest's `fidelity` entry compares the
     compressed model with the source on held-out inputs (edgekit.fidelity); with `min_fidelity` it records
@@ -167,7 +169,7 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
     """
     return compress_chain(model_src, [(method, dict(options or {}))], out, input_shape, data, overwrite, runtimes,
                           dynamic, arch, allow_class, trust_pickle, on_step, deploy, arch_args=arch_args,
-                          min_fidelity=min_fidelity)
+                          min_fidelity=min_fidelity, kv_cache=kv_cache)
 
 
 def _plan(chain: Sequence[tuple[str, dict[str, Any]]], runtimes: Sequence[Any], data: Any) -> tuple[list, list[str]]:
@@ -219,7 +221,7 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
                    runtimes: Sequence[Any] = (), dynamic: list[str] | None = None, arch: str | None = None,
                    allow_class: list[str] | None = None, trust_pickle: bool = False, on_step: Step = _noop,
                    deploy: str | None = None, arch_args: dict[str, Any] | None = None,
-                   min_fidelity: float | None = None) -> Path:
+                   min_fidelity: float | None = None, kv_cache: bool = False) -> Path:
     """Apply methods in order (e.g. structured pruning, then quantization) and write one artifact."""
     from . import fidelity
     from .flops import count_macs, count_params
@@ -231,6 +233,10 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
         from .deploy import check_request
 
         check_request(deploy, rts, data)
+    if kv_cache:  # before any work
+        from .genai.verbs import check_request as check_kv
+
+        check_kv(rts, deploy)
     art.check_output(out, overwrite, protect=[model_src])  # before any work: never fail after an hour of it
     on_step("load")
     loaded = opts.load(model_src)
@@ -268,6 +274,11 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
     precision = loosest(e["report"]["export_precision"] for e in entries)
     on_step("fidelity")
     fid = fidelity.measure(model, fid_inputs, fid_ref, fid_from, min_fidelity)
+    if kv_cache:  # a decoder with a KV cache: its own graph, validation (vs transformers generate) and folders
+        from .genai.verbs import compressed_decoder
+
+        return compressed_decoder(model, loaded, _source_info(loaded, opts), out, rts, entries, fid, precision,
+                                  overwrite, [model_src], on_step)
     with art.staging(out, overwrite, protect=[model_src]) as root:
         on_step("export onnx")
         t0 = time.perf_counter()
@@ -280,7 +291,7 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
         steps["onnx"] = time.perf_counter() - t0
         on_step("validate onnx")
         val = validate(model, specs, root / "model.onnx", "onnxruntime", precision)
-        wbits = max((c.storage_bits() for c in codes.values()), default=None)
+        wbits = max((b for c in codes.values() if (b := c.storage_bits()) < 32), default=None)  # 32: kept float
         exports = {rt: _export_runtime(model, specs, root, rt, precision, on_step, weight_bits=wbits) for rt in rts}
         if deploy is not None:  # may replace exports/<runtime>/ files by their INT8 form; entries say which and why
             from .deploy import deploy_exports
@@ -301,8 +312,11 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
 def export(src: str | Path, target: str, out: Path | None = None, input_shape: str | None = None,
            overwrite: bool = False, dynamic: list[str] | None = None, arch: str | None = None,
            allow_class: list[str] | None = None, trust_pickle: bool = False, fp16: bool = False,
-           on_step: Step = _noop, arch_args: dict[str, Any] | None = None) -> Path:
-    """Export a model or an artifact to one runtime (or target profile); validated; returns the artifact folder."""
+           on_step: Step = _noop, arch_args: dict[str, Any] | None = None, kv_cache: bool = False) -> Path:
+    """Export a model or an artifact to one runtime (or target profile); validated; returns the artifact folder.
+
+    `kv_cache`: a causal LM as a decoder with a KV cache for generation, or one more runtime for such an artifact
+    (edgekit.genai.build; a decoder artifact always takes this path)."""
     runtime, profile = resolve_runtime(target)
     src_p = Path(src)
     if str(src).endswith(".onnx") and src_p.is_file():
@@ -311,6 +325,10 @@ def export(src: str | Path, target: str, out: Path | None = None, input_shape: s
         return export_onnx_file(src_p, runtime, out, overwrite, fp16, on_step)
     on_step("load")
     opts = SourceOptions(arch, dict(arch_args or {}), list(allow_class or []), trust_pickle, input_shape, dynamic)
+    from .genai.verbs import export_kv_cache, is_decoder_artifact
+
+    if kv_cache or is_decoder_artifact(src_p):
+        return export_kv_cache(src, runtime, out, overwrite, opts, on_step)
     loaded = opts.load(src)
     specs = resolve_specs(loaded, input_shape, dynamic)
     _check_runs(loaded.module, example_inputs(specs), specs)

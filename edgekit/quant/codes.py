@@ -42,9 +42,15 @@ class WeightCode:
         return w
 
     def storage_bits(self) -> int:
-        """Bits per stored code: 4 if the codes fit int4 and bits <= 4, else 8."""
+        """Bits per stored code, as export/qdq.py stores them: 4 if the codes fit int4 and bits <= 4; 8 if they fit
+        int8 or take at most 256 distinct values (uint8 index into a table: 8-bit FP grids whose integer codes
+        exceed int8); else 32 (the weight stays float)."""
         lo, hi = int(self.codes.min()), int(self.codes.max())
-        return 4 if self.bits <= 4 and -8 <= lo and hi <= 7 else 8
+        if self.bits <= 4 and -8 <= lo and hi <= 7:
+            return 4
+        if -128 <= lo and hi <= 127 or torch.unique(self.codes).numel() <= 256:
+            return 8
+        return 32
 
 
 def attach_codes(model: nn.Module, name: str, code: WeightCode) -> None:
@@ -71,7 +77,9 @@ def save_codes(codes: dict[str, WeightCode], path: Path) -> None:
 
     tensors, meta = {}, {}
     for name, c in codes.items():
-        tensors[f"{name}::codes"] = c.codes.to(torch.int16).contiguous()
+        lo, hi = int(c.codes.min()), int(c.codes.max())
+        dt = torch.int16 if -(1 << 15) <= lo and hi < (1 << 15) else torch.int64  # E4M3/E5M2 codes exceed int16
+        tensors[f"{name}::codes"] = c.codes.to(dt).contiguous()
         tensors[f"{name}::scale"] = c.scale.to(torch.float32).contiguous()
         if c.offset is not None:
             tensors[f"{name}::offset"] = c.offset.to(torch.float32).contiguous()
