@@ -18,6 +18,9 @@ Storage kinds, picked from the codes' actual range (never from the nominal bit w
   FLOAT8 types cannot hold these grids either (no E3M4/E2M5/E1M6 type; our E4M3/E5M2 have no inf/NaN codes, so
   their top binade is not in E4M3FN/E5M2), hence the table: exact, one byte per weight, plain ops that every
   runtime constant-folds at load (so the speed is that of the float model);
+- lut4: the same with uint4 indices (two per byte) when a <= 4-bit request's codes take at most 16 distinct values
+  but exceed int4 (FP4 E2M1 / E3M0 grids: codes up to 12 / 64) -> DequantizeLinear(uint4 -> float index) -> Cast ->
+  Gather -> Mul: a 4-bit request stores 4 bits (+ a 16-entry table per tensor), not 8;
 - anything else (more than 256 distinct codes out of int8, or codes not exact in float32) stays float and is
   listed in "kept_float" with the reason.
 """
@@ -58,8 +61,19 @@ def _int_tensor(name: str, codes: np.ndarray, bits: int) -> TensorProto:
     return helper.make_tensor(name, TensorProto.INT4, codes.shape, packed.tobytes(), raw=True)
 
 
+def _uint4_tensor(name: str, idx: np.ndarray) -> TensorProto:
+    """uint4 indices packed two per byte, low nibble first."""
+    flat = idx.astype(np.uint8).ravel()
+    if flat.size and flat.max() > 15:
+        raise ValueError("uint4 indices must be < 16")
+    if flat.size % 2:
+        flat = np.concatenate([flat, np.zeros(1, np.uint8)])
+    packed = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+    return helper.make_tensor(name, TensorProto.UINT4, idx.shape, packed.tobytes(), raw=True)
+
+
 def storage_kind(code: WeightCode) -> tuple[str | None, str]:
-    """("int4" | "int8" | "lut8", "") for the storage the codes fit exactly, or (None, why not); module doc."""
+    """("int4" | "int8" | "lut4" | "lut8", "") for the storage the codes fit exactly, or (None, why not); module doc."""
     codes = code.codes.numpy().astype(np.int64) if not code.codes.is_floating_point() else code.codes.double().numpy()
     if codes.size == 0:
         return "int8", ""
@@ -69,9 +83,11 @@ def storage_kind(code: WeightCode) -> tuple[str | None, str]:
     lo, hi = int(codes.min()), int(codes.max())
     if code.bits <= 4 and -8 <= lo and hi <= 7:
         return "int4", ""
+    vals = np.unique(codes)
+    if code.bits <= 4 and vals.size <= 16 and np.array_equal(vals.astype(np.float32).astype(np.int64), vals):
+        return "lut4", ""
     if -128 <= lo and hi <= 127:
         return "int8", ""
-    vals = np.unique(codes)
     if vals.size > 256:
         return None, f"codes in [{lo}, {hi}] exceed int8 and take {vals.size} > 256 distinct values"
     if not np.array_equal(vals.astype(np.float32).astype(np.int64), vals):
@@ -98,18 +114,27 @@ def _encode(name: str, code: WeightCode, f: np.ndarray, transposed: bool, kind: 
         codes = codes.T
     axis = codes.ndim - 1 if transposed else 0
     deq = f"{name}__dq" if code.offset is not None else name
-    if kind == "lut8":
+    if kind in ("lut8", "lut4"):
         vals = np.unique(codes)
         idx = np.searchsorted(vals, codes).astype(np.uint8)
-        q = numpy_helper.from_array(idx, f"{name}__idx")
         lut = numpy_helper.from_array(vals.astype(np.float32), f"{name}__lut")
         s = numpy_helper.from_array(scale.reshape(_bcast_shape(n_out, codes.ndim, transposed)), f"{name}__scale")
-        inits = [q, lut, s]
-        nodes = [helper.make_node("Cast", [q.name], [f"{name}__idx32"], to=TensorProto.INT32, name=f"{name}__Cast"),
-                 helper.make_node("Gather", [lut.name, f"{name}__idx32"], [f"{name}__codes"], axis=0,
-                                  name=f"{name}__LUT"),
-                 helper.make_node("Mul", [f"{name}__codes", s.name], [deq], name=f"{name}__Scale")]
-        bits = 8
+        if kind == "lut8":
+            q = numpy_helper.from_array(idx, f"{name}__idx")
+            nodes = [helper.make_node("Cast", [q.name], [f"{name}__idx32"], to=TensorProto.INT32,
+                                      name=f"{name}__Cast")]
+            inits = [q, lut, s]
+        else:  # uint4 indices; DequantizeLinear (scale 1, zero point 0) turns them into float indices
+            q = _uint4_tensor(f"{name}__idx", idx)
+            one = numpy_helper.from_array(np.array(1.0, np.float32), f"{name}__one")
+            nodes = [helper.make_node("DequantizeLinear", [q.name, one.name], [f"{name}__idxf"], name=f"{name}__DQi"),
+                     helper.make_node("Cast", [f"{name}__idxf"], [f"{name}__idx32"], to=TensorProto.INT32,
+                                      name=f"{name}__Cast")]
+            inits = [q, one, lut, s]
+        nodes += [helper.make_node("Gather", [lut.name, f"{name}__idx32"], [f"{name}__codes"], axis=0,
+                                   name=f"{name}__LUT"),
+                  helper.make_node("Mul", [f"{name}__codes", s.name], [deq], name=f"{name}__Scale")]
+        bits = 8 if kind == "lut8" else 4
     else:
         bits = 4 if kind == "int4" else 8
         q = _int_tensor(f"{name}__q", codes, bits)

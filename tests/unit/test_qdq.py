@@ -72,3 +72,31 @@ def test_codes_roundtrip_files(tmp_path):
     save_codes({"a.weight": c}, tmp_path / "c.safetensors")
     back = load_codes(tmp_path / "c.safetensors")["a.weight"]
     assert torch.equal(back.dequantize(), c.dequantize()) and back.bits == 4
+
+
+def test_fp4_grid_codes_store_four_bits_exactly(tmp_path):
+    """FP4 E2M1 codes (values up to 12 units) do not fit int4 but take <= 16 values: uint4 indices into a table,
+    4 bits per weight, exact on ONNX Runtime and OpenVINO."""
+    from torch import nn
+
+    from edgekit.export.onnx import to_onnx
+    from edgekit.export.validate import validate
+    from edgekit.model_io import InputSpec, example_inputs
+    from edgekit.quant import get_codes
+    from edgekit.quant.codes import WeightCode, attach_codes
+
+    torch.manual_seed(0)
+    grid = torch.tensor([0, 1, 2, 3, 4, 6, 8, 12, -1, -2, -3, -4, -6, -8, -12])
+    m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8)).eval()
+    for name, lin in (("0", m[0]), ("2", m[2])):
+        c = WeightCode(grid[torch.randint(0, len(grid), lin.weight.shape)], torch.rand(lin.weight.shape[0]) * 0.1 + 0.01,
+                       0, 4)
+        with torch.no_grad():
+            lin.weight.copy_(c.dequantize())
+        attach_codes(m, f"{name}.weight", c)
+        assert c.storage_bits() == 4
+    specs = [InputSpec("input", [2, 64])]
+    rep = to_onnx(m, example_inputs(specs), specs, tmp_path / "m.onnx", get_codes(m))
+    assert rep["storage"] == {"lut4": 2} and rep["weight_bytes_float"] == 8 * rep["weight_bytes_stored"]
+    for rt in ("onnxruntime", "openvino"):
+        assert validate(m, specs, tmp_path / "m.onnx", rt, "int")["outputs"]["linear_1"]["rel_l2"] < 1e-6
