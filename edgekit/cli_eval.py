@@ -68,7 +68,10 @@ def register(app: typer.Typer) -> None:
                            reference=reference)
             console.print(_table(res))
             if json_out is not None:
+                from .safety import check_own_file
+
                 json_out.parent.mkdir(parents=True, exist_ok=True)
+                check_own_file(json_out)
                 tmp = json_out.with_name(f".{json_out.name}.tmp")
-                tmp.write_text(json.dumps(res, indent=2))
+                tmp.write_text(json.dumps({"schema": "edgekit.eval/1", **res}, indent=2))
                 tmp.replace(json_out)

@@ -138,3 +138,19 @@ def output_lock(out: Path) -> Iterator[None]:
 
 
 _HELD: set[Path] = set()
+
+
+def check_own_file(path: Path | str) -> None:
+    """Raise unless `path` is absent or a report/result edgekit wrote (JSON with an edgekit schema first, Markdown
+    starting '# edgekit', HTML titled 'edgekit ...'): reports never overwrite a user's file of the same name."""
+    p = Path(path)
+    if not p.exists() and not p.is_symlink():
+        return
+    if p.is_symlink() or not p.is_file():
+        raise ConfigError(f"refusing to write {p}: it is a link or a folder; choose another output")
+    with open(p, "rb") as f:
+        head = f.read(4096)
+    ours = (re.match(rb'\s*\{\s*"schema"\s*:\s*"edgekit\.', head) is not None or head.startswith(b"# edgekit ")
+            or b"<title>edgekit " in head)
+    if not ours:
+        raise ConfigError(f"refusing to overwrite {p}: edgekit did not write it; choose another output")

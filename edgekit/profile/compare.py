@@ -89,6 +89,9 @@ def compare_artifacts(arts: Sequence[str | Path], targets: Sequence[Any], out_js
     if out_json is not None:
         out = Path(out_json)
         out.parent.mkdir(parents=True, exist_ok=True)
+        from ..safety import check_own_file
+
+        check_own_file(out)
         tmp = out.with_name(out.name + ".tmp")
         tmp.write_text(json.dumps(doc, indent=1, default=str))
         tmp.replace(out)

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..safety import check_own_file
 from ..errors import ConfigError
 
 STEMS = ("bench", "profile")
@@ -269,6 +270,8 @@ def write_reports(doc: dict[str, Any], out_dir: Path, stem: str | None = None) -
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md", out_dir / f"{stem}.html"]
+    for p in paths:  # never overwrite a file edgekit did not write
+        check_own_file(p)
     paths[0].write_text(json.dumps(doc, indent=1, default=str))
     paths[1].write_text(markdown(doc))
     paths[2].write_text(html_page(doc))
@@ -289,6 +292,8 @@ def report(path: str | Path) -> list[Path]:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{f}:{e.lineno}: not valid JSON ({e.msg}); re-run the measurement") from None
         stem = f.stem
+        for q in (f.parent / f"{stem}.md", f.parent / f"{stem}.html"):
+            check_own_file(q)
         (f.parent / f"{stem}.md").write_text(markdown(doc))
         (f.parent / f"{stem}.html").write_text(html_page(doc))
         out += [f.parent / f"{stem}.md", f.parent / f"{stem}.html"]

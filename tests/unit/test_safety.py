@@ -426,3 +426,16 @@ def test_concurrent_compress_into_the_same_output_fails_the_second(tmp_path):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_reports_never_overwrite_a_users_file(tmp_path):
+    from edgekit.profile.report import write_reports
+
+    doc = {"schema": "edgekit.profile/1", "kind": "profile", "created": "now", "results": []}
+    (tmp_path / "profile.md").write_text("my notes")
+    with pytest.raises(ConfigError, match="did not write"):
+        write_reports(doc, tmp_path, "profile")
+    assert (tmp_path / "profile.md").read_text() == "my notes" and not (tmp_path / "profile.json").exists()
+    (tmp_path / "profile.md").unlink()
+    write_reports(doc, tmp_path, "profile")
+    write_reports(doc, tmp_path, "profile")  # our own files are replaced
