@@ -2,11 +2,13 @@
 
 Goes only through the CLI (`edgekit compress ... --deploy int8`, `edgekit eval`), as a user would:
 1. compress EfficientNet-Lite0 (with its pooled features as a second output, so the Fashion-MNIST probe reads
-   real features) with UDFC ratio=0 bits=8, deploy INT8 for onnxruntime and openvino; the manifest records, per
-   runtime, the INT8 form's validation, its latency next to the FP32 file's (interleaved loop, 2 threads, medians)
-   and whether the int8 weights equal UDFC's codes;
+   real features) with UDFC ratio=0 bits=8 (its default mid-tread grid, and the paper's grid=midrise), deploy INT8
+   for onnxruntime and openvino; the manifest records, per runtime, the INT8 form's validation, its latency next
+   to the FP32 file's (interleaved loop, 2 threads, medians) and whether the int8 weights equal UDFC's codes. The
+   mid-rise 8-bit grid is expected to be rejected: its codes need 9 bits as int8 (edgekit/deploy/codes.py), and
+   the rejection is recorded;
 2. score the fashion-probe task through the canonical model.onnx (UDFC weights, float activations) and through
-   each INT8 export, next to the cached FP32 reference.
+   each INT8 export that was written, next to the cached FP32 reference.
 Prints FP32 vs INT8 latency ratios and probe accuracies; writes benchmarks/results/deploy_int8.json with the exact
 commands, the git commit, the CPU model and ISA flags (AVX-512 VNNI from /proc/cpuinfo), threads and load average.
 Heavy (about 10 minutes on 2 cores): run it alone.
@@ -59,29 +61,22 @@ def git_commit() -> dict:
     return {"commit": run("rev-parse", "HEAD"), "dirty": bool(run("status", "--porcelain"))}
 
 
-def sh(cmd: list[str], log: list[dict]) -> float:
-    """Run a CLI command (fail loudly), record it with its wall time."""
+def sh(cmd: list[str], log: list[dict], check: bool = True) -> subprocess.CompletedProcess:
+    """Run a CLI command, record it with its wall time, exit code and last stderr line."""
     t0 = time.perf_counter()
     print("$", " ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    dt = time.perf_counter() - t0
-    log.append({"command": " ".join(cmd), "seconds": round(dt, 1)})
-    return dt
+    res = subprocess.run(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    sys.stderr.write(res.stderr)
+    err = (res.stderr.strip().splitlines() or [""])[-1]
+    log.append({"command": " ".join(cmd), "seconds": round(time.perf_counter() - t0, 1), "exit_code": res.returncode,
+                **({"error": err} if res.returncode else {})})
+    if check and res.returncode:
+        raise SystemExit(f"failed: {' '.join(cmd)}: {err}")
+    return res
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--limit", type=int, default=None, help="fashion-probe test images (default: the task's 1,000)")
-    ap.add_argument("--skip-eval", action="store_true", help="latency and validation only")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/edgekit-bench-deploy"), help="artifact folder parent")
-    args = ap.parse_args()
-    ek, log = edgekit_cmd(), []
-    info = {"host_before": host(), "git": git_commit()}
-    art = args.work / "udfc8-int8"
-    args.work.mkdir(parents=True, exist_ok=True)
-    sh(ek + ["compress", MODEL, "--method", "udfc", "--set", "ratio=0", "--set", "bits=8", "--deploy", "int8",
-             "--target", "onnxruntime", "--target", "openvino", "-o", str(art), "--overwrite"], log)
-    man = json.loads((art / "manifest.json").read_text())
+def rows_of(man: dict) -> dict:
+    """Per runtime: the form kept, latencies, validation figures, weight-code check, calibration."""
     rows = {}
     for rt in RUNTIMES:
         e = man["exports"][rt]
@@ -93,33 +88,68 @@ def main() -> None:
                                    "floors": e["validation"]["tolerance"], "passed": e["validation"]["passed"]},
                     "weight_codes": d["int8"]["weight_codes"], "calibration": d["int8"]["calibration"],
                     "left_in_float": d["int8"]["left_in_float"], "ort_kernels": d["int8"].get("ort_kernels")}
+    return rows
+
+
+def evals_of(ek: list[str], art: Path, args: argparse.Namespace, log: list[dict]) -> dict:
+    """fashion-probe through model.onnx (weights only, float activations) and each runtime's INT8 export."""
     evals = {}
-    if not args.skip_eval:
-        for rt in ("onnx",) + RUNTIMES:  # onnx: canonical model.onnx = UDFC weights, float activations
-            out = args.work / f"eval-{rt}.json"
-            sh(ek + ["eval", str(art), "--task", "fashion-probe", "--runtime", rt, "--json", str(out)]
-               + (["--limit", str(args.limit)] if args.limit else []), log)
-            res = json.loads(out.read_text())
-            evals[rt] = {"metrics": res["metrics"], "reference": res.get("reference"), "samples": res["samples"]}
-    info.update(model=MODEL, variant="udfc ratio=0 bits=8 + data-free INT8 (k=6)", commands=log, runtimes=rows,
-                fashion_probe=evals, host_after=host(), date=time.strftime("%Y-%m-%d %H:%M"),
-                versions=man.get("versions", {}))
+    for rt in ("onnx",) + RUNTIMES:
+        out = args.work / f"eval-{art.name}-{rt}.json"
+        res = sh(ek + ["eval", str(art), "--task", "fashion-probe", "--runtime", rt, "--json", str(out)]
+                 + (["--limit", str(args.limit)] if args.limit else []), log, check=False)
+        if res.returncode:
+            evals[rt] = {"error": log[-1]["error"]}
+            continue
+        res = json.loads(out.read_text())
+        evals[rt] = {"metrics": res["metrics"], "reference": res.get("reference"), "samples": res["samples"]}
+    return evals
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--limit", type=int, default=None, help="fashion-probe test images (default: the task's 1,000)")
+    ap.add_argument("--skip-eval", action="store_true", help="latency and validation only")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/edgekit-bench-deploy"), help="artifact folder parent")
+    args = ap.parse_args()
+    ek, log = edgekit_cmd(), []
+    info = {"host_before": host(), "git": git_commit()}
+    args.work.mkdir(parents=True, exist_ok=True)
+    variants = {}
+    for name, grid in (("udfc8", "midtread"), ("udfc8-midrise", "midrise")):
+        art = args.work / name
+        res = sh(ek + ["compress", MODEL, "--method", "udfc", "--set", "ratio=0", "--set", "bits=8", "--set",
+                       f"grid={grid}", "--deploy", "int8", "--target", "onnxruntime", "--target", "openvino",
+                       "-o", str(art), "--overwrite"], log, check=False)
+        if res.returncode:
+            variants[name] = {"status": "rejected", "error": log[-1]["error"]}
+            continue
+        variants[name] = {"status": "written", "runtimes": rows_of(json.loads((art / "manifest.json").read_text()))}
+        if not args.skip_eval:
+            variants[name]["fashion_probe"] = evals_of(ek, art, args, log)
+        shutil.rmtree(art, ignore_errors=True)
+    info.update(model=MODEL, deploy="data-free INT8 (BatchNorm ranges, k=6)", commands=log, variants=variants,
+                host_after=host(), date=time.strftime("%Y-%m-%d %H:%M"))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(info, indent=2, default=str))
     print(f"\nhost: {info['host_before']['cpu']}, AVX-512 VNNI: {info['host_before']['avx512_vnni']}, "
-          f"load {info['host_before']['loadavg']}")
-    for rt, r in rows.items():
-        m = r["median_ms"]
-        probe = evals.get(rt, {}).get("metrics", {}).get("probe_accuracy")
-        print(f"{rt:12s} FP32 {m['fp32']:.1f} ms  INT8 {m['int8']:.1f} ms  ratio {r['int8_vs_fp32']:.2f}x  "
-              f"cosine {min(o['cosine'] for o in r['validation']['outputs'].values()):.4f}"
-              + (f"  probe {probe:.3f}" if probe is not None else ""))
-    if "onnx" in evals:
-        ref = evals["onnx"].get("reference") or {}
-        print(f"probe: FP32 {ref.get('probe_accuracy')}, UDFC W8 float activations "
-              f"{evals['onnx']['metrics'].get('probe_accuracy')}")
+          f"load {info['host_before']['loadavg']} -> {info['host_after']['loadavg']}")
+    for name, v in variants.items():
+        if v["status"] != "written":
+            print(f"{name}: rejected: {v['error']}")
+            continue
+        probes = v.get("fashion_probe", {})
+        for rt, r in v["runtimes"].items():
+            m = r["median_ms"]
+            probe = (probes.get(rt) or {}).get("metrics", {}).get("probe_accuracy")
+            print(f"{name} {rt:12s} FP32 {m['fp32']:.1f} ms  INT8 {m['int8']:.1f} ms  ratio {r['int8_vs_fp32']:.2f}x  "
+                  f"mean cosine {min(o['mean_cosine'] for o in r['validation']['outputs'].values()):.4f}"
+                  + (f"  probe {probe:.3f}" if probe is not None else ""))
+        if "metrics" in probes.get("onnx", {}):
+            ref = probes["onnx"].get("reference") or {}
+            print(f"{name} probe: FP32 {ref.get('probe_accuracy')}, weights only (float activations) "
+                  f"{probes['onnx']['metrics'].get('probe_accuracy')}")
     print(f"wrote {RESULTS}")
-    shutil.rmtree(art, ignore_errors=True)
 
 
 if __name__ == "__main__":

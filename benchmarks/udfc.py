@@ -1,4 +1,4 @@
-"""UDFC benchmark (issue 5): data-free quantization of EfficientNet-Lite0, pruning + quantization of a Fashion ResNet.
+"""UDFC benchmark (issues 5, 21): data-free quantization and pruning vs RTN on EfficientNet-Lite0 and code-built nets.
 
 Parts (JSON merged into benchmarks/results/udfc.json; a table is printed):
 * effnet  Fashion-probe accuracy / top-1 agreement (task defaults: 224 px, 2,000 train / 1,000 test) of FP32,
@@ -8,7 +8,17 @@ Parts (JSON merged into benchmarks/results/udfc.json; a table is printed):
           at FP32 / W6 / W4 with drop-only, one-hot NM and UDFC compensation (l2 and l1 criteria, round_to 1 and 8).
 * deploy  (CPU) exports FP32 and pruned UDFC variants through edgekit.api (ONNX Runtime, OpenVINO, LiteRT), sizes and
           latency ratios vs FP32 (2 threads, batch 1, interleaved loop, medians), and UDFC run time on this CPU.
+* zoo     (issue 21) networks built here and trained briefly on Fashion-MNIST (MobileNetV2-style: ReLU6, inverted
+          residuals, depthwise, linear bottlenecks; EfficientNet-B-style: SiLU + squeeze-excite; VGG-style plain;
+          weights in benchmarks/weights/udfc_zoo_*.safetensors, trained on first use) and the Fashion ResNet-20:
+          top-1 agreement / logit cosine / accuracy on held-out test images of RTN, default udfc, the pre-issue-21
+          defaults (udfc_v1) and the paper's method at W8/W6/W4; pruning at r=0.3 (W8); a sparse checkpoint (30%
+          exact-zero weights, BN re-estimated) at W8/W6; and default udfc through edgekit.api.compress (the
+          recorded input spec). CPU is fine (a few minutes).
+* zoo_lite0  the same rows (W8/W6/W5/W4) for EfficientNet-Lite0's ImageNet logits on Fashion images (a GPU helps).
 
+    nice -n 10 python benchmarks/udfc.py --part zoo
+    python benchmarks/udfc.py --part zoo_lite0 --device cuda
     nice -n 10 python benchmarks/udfc.py --part deploy
     python benchmarks/udfc.py --part effnet,resnet --device cuda      # where a GPU is available
 """
@@ -36,6 +46,143 @@ from edgekit.methods import baseline_rtn, parse_config, udfc
 RESULTS = ROOT / "benchmarks" / "results" / "udfc.json"
 ARCH = "benchmarks.train_fashion_resnet:build"
 ANCHORS = {"fp32": {"probe": 0.865, "agree": 1.0}, "nncf_int8_ptq": {"probe": 0.856, "agree": 0.633}}
+
+
+# ---------------------------------------------------------------- code-built networks (issue 21)
+def _cbr(cin: int, cout: int, k: int = 3, s: int = 1, g: int = 1, act: str | None = "relu") -> nn.Sequential:
+    acts = {"relu": nn.ReLU, "relu6": nn.ReLU6, "silu": nn.SiLU, None: nn.Identity}
+    return nn.Sequential(nn.Conv2d(cin, cout, k, s, k // 2, groups=g, bias=False), nn.BatchNorm2d(cout), acts[act]())
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand (act), 3x3 depthwise (act), optional squeeze-excite, 1x1 linear project, add."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, act: str = "relu6", se: bool = False):
+        super().__init__()
+        h = cin * expand
+        self.expand = _cbr(cin, h, 1, act=act) if expand != 1 else nn.Identity()
+        self.dw = _cbr(h, h, 3, stride, g=h, act=act)
+        self.se = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(h, max(4, cin // 4), 1), nn.SiLU(),
+                                nn.Conv2d(max(4, cin // 4), h, 1), nn.Sigmoid()) if se else None
+        self.project = _cbr(h, cout, 1, act=None)
+        self.res = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dw(self.expand(x))
+        if self.se is not None:
+            y = y * self.se(y)
+        y = self.project(y)
+        return x + y if self.res else y
+
+
+class MobileNet(nn.Module):
+    """Depthwise-separable net for 1x28x28: MobileNetV2 layout (ReLU6) or EfficientNet-B layout (SiLU + SE)."""
+
+    STAGES = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 2, 2), (6, 48, 2, 1), (6, 64, 1, 1))  # expand, out, n, stride
+
+    def __init__(self, act: str = "relu6", se: bool = False, classes: int = 10):
+        super().__init__()
+        self.stem = _cbr(1, 16, 3, 1, act=act)
+        blocks, c = [], 16
+        for e, o, n, s in self.STAGES:
+            for i in range(n):
+                blocks.append(InvertedResidual(c, o, s if i == 0 else 1, e, act, se))
+                c = o
+        self.blocks = nn.Sequential(*blocks)
+        self.head = _cbr(c, 256, 1, act=act)
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(256, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.blocks(self.stem(x)))
+        return self.fc(self.drop(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)))
+
+
+class VGG(nn.Module):
+    """Plain conv-BN-ReLU net for 1x28x28: 2+2+2 convs with max pools, flatten (128x3x3) -> FC-ReLU -> FC."""
+
+    def __init__(self, widths: tuple = (32, 32, "M", 64, 64, "M", 128, 128, "M"), classes: int = 10):
+        super().__init__()
+        layers, c = [], 1
+        for v in widths:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers.append(_cbr(c, v, 3))
+                c = v
+        self.features = nn.Sequential(*layers)
+        self.fc1, self.fc2 = nn.Linear(c * 9, 128), nn.Linear(128, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(torch.flatten(self.features(x), 1))))
+
+
+ZOO = {"mobilenetv2": lambda: MobileNet("relu6"), "effnet_silu_se": lambda: MobileNet("silu", se=True),
+       "vgg": VGG}
+ZOO_WEIGHTS = ROOT / "benchmarks" / "weights"
+
+
+def zoo_mobilenetv2() -> nn.Module:
+    """--arch factory (benchmarks.udfc:zoo_mobilenetv2)."""
+    return ZOO["mobilenetv2"]()
+
+
+def zoo_effnet_silu_se() -> nn.Module:
+    """--arch factory (benchmarks.udfc:zoo_effnet_silu_se)."""
+    return ZOO["effnet_silu_se"]()
+
+
+def zoo_vgg() -> nn.Module:
+    """--arch factory (benchmarks.udfc:zoo_vgg)."""
+    return ZOO["vgg"]()
+
+
+def train_zoo(name: str, steps: int = 1500, batch: int = 128, lr: float = 0.05, device: str = "cpu",
+              seed: int = 0) -> tuple[nn.Module, dict]:
+    """Short SGD one-cycle run on Fashion-MNIST (flip + 2-px shift), like train_fashion_resnet; model on CPU, eval."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    xtr, ytr = load_fashion("train")
+    m = ZOO[name]().to(device)
+    opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9, weight_decay=4e-5, nesterov=True)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.2)
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    m.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(xtr), (batch,), generator=g)
+        xb, yb = xtr[idx], ytr[idx]
+        flip = torch.rand(len(xb), generator=g) < 0.5
+        xb = torch.where(flip[:, None, None, None], xb.flip(3), xb)
+        dx, dy = torch.randint(-2, 3, (2,), generator=g).tolist()
+        xb = torch.roll(xb, (dy, dx), (2, 3))
+        loss = F.cross_entropy(m(xb.to(device)), yb.to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    m = m.cpu().eval()
+    xte, yte = load_fashion("test")
+    rec = {"arch": f"benchmarks.udfc:zoo_{name}", "test_accuracy": accuracy(m, xte, yte), "steps": steps,
+           "batch": batch, "lr": lr, "seed": seed, "device": device,
+           "train_seconds": round(time.perf_counter() - t0, 1), "params": sum(p.numel() for p in m.parameters())}
+    return m, rec
+
+
+def load_zoo(name: str, device: str = "cpu", train_steps: int = 1500) -> tuple[nn.Module, dict]:
+    """Trained zoo network from benchmarks/weights/udfc_zoo_<name>.safetensors, training (and saving) it if absent."""
+    from safetensors.torch import load_file, save_file
+
+    path = ZOO_WEIGHTS / f"udfc_zoo_{name}.safetensors"
+    if not path.is_file():
+        m, rec = train_zoo(name, train_steps, device=device)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous() for k, v in m.state_dict().items()}, str(path))
+        path.with_suffix(".json").write_text(json.dumps(rec, indent=2) + "\n")
+    m = ZOO[name]()
+    m.load_state_dict(load_file(str(path)))
+    return m.eval(), json.loads(path.with_suffix(".json").read_text())
 
 
 def rtn_per_tensor(model: nn.Module, bits: int) -> nn.Module:
@@ -82,7 +229,8 @@ def part_effnet(dev: str, opts: dict, limit: int | None, bits_list: tuple[int, .
 
     def udfc_q(bits: int, pc: bool):
         def f(m):
-            m, rep = udfc.apply(m, parse_config(udfc, {"ratio": 0.0, "bits": bits, "per_channel": pc}),
+            # the recorded rows: the paper's method, per-tensor or per-channel M (issue 21 changed the defaults)
+            m, rep = udfc.apply(m, parse_config(udfc, {"ratio": 0.0, "bits": bits, "paper": True, "per_channel": pc}),
                                 example_inputs=ex)
             return m, {"s_tilde_range": rep.extra.get("s_tilde_range"), "method_seconds": round(rep.seconds, 2)}
         return f
@@ -141,7 +289,7 @@ def part_resnet(dev: str, limit: int | None = None) -> dict:
                     # compensations compared here do not depend on the grid)
                     m, rep = udfc.apply(copy.deepcopy(base), udfc_cfg(ratio=ratio, bits=bits, compensation=comp,
                                                                       criterion=crit, round_to=rt,
-                                                                      per_channel=False))
+                                                                      paper=True, per_channel=False))
                     acc = accuracy(m.to(dev), xte, yte)
                     rows.append({"criterion": crit, "round_to": rt, "ratio": ratio, "bits": bits,
                                  "compensation": comp, "accuracy": acc, "macs_ratio": rep.macs_after / rep.macs_before,
@@ -150,6 +298,143 @@ def part_resnet(dev: str, limit: int | None = None) -> dict:
                     print(f"  resnet {crit} rt{rt} r{ratio} w{bits} {comp:5s} acc {acc:.4f}", flush=True)
     return {"fp32_accuracy": fp32, "test_images": len(xte), "device": dev, "rows": rows,
             "weights": json.loads(WEIGHTS.with_suffix(".json").read_text())}
+
+
+# ---------------------------------------------------------------- zoo: default udfc vs RTN on several networks
+V1 = {"per_channel": True, "grid": "midrise", "gain": True, "bias_correction": False, "prune_linear": True}
+ZOO_QUANT = {"rtn": None, "udfc": {}, "udfc_v1": V1, "udfc_paper": {"paper": True}}  # v1: defaults before issue 21
+ZOO_PRUNE = {"udfc": {}, "udfc_linear": {"prune_linear": True}, "udfc_v1": V1, "udfc_paper": {"paper": True},
+             "nm": {"compensation": "nm"}, "drop": {"compensation": "none"}}
+
+
+@torch.no_grad()
+def _outputs(model: nn.Module, x: torch.Tensor, dev: str, batch: int = 250) -> torch.Tensor:
+    model = model.to(dev).eval()
+    return torch.cat([model(x[i:i + batch].to(dev)).float().cpu() for i in range(0, len(x), batch)])
+
+
+def _fidelity(y: torch.Tensor, y0: torch.Tensor, labels: torch.Tensor | None) -> dict:
+    r = {"agree": round(float((y.argmax(1) == y0.argmax(1)).float().mean()), 4),
+         "cos": round(float(torch.nn.functional.cosine_similarity(y, y0, dim=1).mean()), 5)}
+    if labels is not None:
+        r["acc"] = round(float((y.argmax(1) == labels).float().mean()), 4)
+    return r
+
+
+def sparsify(model: nn.Module, frac: float = 0.3, recal: torch.Tensor | None = None, dev: str = "cpu") -> nn.Module:
+    """A sparse checkpoint: the `frac` smallest |w| of each output channel of every conv/linear with more than 9
+    weights per channel set to exactly 0; BN statistics re-estimated on `recal` images when given."""
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, (nn.Conv2d, nn.Linear)) and mod.weight[0].numel() > 9:
+                w = mod.weight
+                thr = w.abs().flatten(1).kthvalue(max(1, int(frac * w[0].numel())), dim=1).values
+                w[w.abs() <= thr.view(-1, *[1] * (w.dim() - 1))] = 0
+        if recal is not None:
+            for b in m.modules():
+                if isinstance(b, nn.BatchNorm2d):
+                    b.reset_running_stats()
+                    b.momentum = None  # cumulative average
+            m.to(dev).train()
+            for i in range(0, len(recal), 500):
+                m(recal[i:i + 500].to(dev))
+    return m.cpu().eval()
+
+
+def _variant(base: nn.Module, opts: dict | None, bits: int | None, ex: list) -> tuple[nn.Module, dict]:
+    m = copy.deepcopy(base)
+    if opts is None:
+        return baseline_rtn.apply(m, parse_config(baseline_rtn, {"bits": bits}))[0], {}
+    m, rep = udfc.apply(m, parse_config(udfc, {**opts, "bits": bits}), example_inputs=ex)
+    return m, {"macs_ratio": round(rep.macs_after / rep.macs_before, 4), "pruned_layers": len(rep.extra["pruned"]),
+               "bias_corrected": rep.extra.get("bias_corrected"), "method_seconds": round(rep.seconds, 2)}
+
+
+def zoo_rows(name: str, base: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, dev: str,
+             bits_list: tuple[int, ...], recal: torch.Tensor | None, sparse: bool = True) -> list[dict]:
+    """rtn / udfc default / udfc v1 / paper at each bit-width, pruning at r=0.3 (W8), and a sparse checkpoint."""
+    ex = [x[:1]]
+    y0 = _outputs(copy.deepcopy(base), x, dev)
+    rows = [{"net": name, "kind": "fp32", **_fidelity(y0, y0, labels)}]
+
+    def add(kind: str, variant: str, bits: int | None, ratio: float, m: nn.Module, info: dict, ref: torch.Tensor):
+        rows.append({"net": name, "kind": kind, "variant": variant, "bits": bits, "ratio": ratio,
+                     **_fidelity(_outputs(m, x, dev), ref, labels), **info})
+        r = rows[-1]
+        print(f"  {name:18s} {kind:8s} {variant:12s} w{bits} r{ratio} agree {r['agree']:.3f} cos {r['cos']:.4f}",
+              flush=True)
+
+    for bits in bits_list:
+        for v, opts in ZOO_QUANT.items():
+            add("quant", v, bits, 0.0, *_variant(base, opts, bits, ex), y0)
+    for v, opts in ZOO_PRUNE.items():
+        add("prune", v, 8, 0.3, *_variant(base, {**opts, "ratio": 0.3}, 8, ex), y0)
+    if sparse:
+        sb = sparsify(base, 0.3, recal, dev)
+        ys = _outputs(copy.deepcopy(sb), x, dev)
+        for bits in (8, 6):
+            for v in ("rtn", "udfc", "udfc_v1"):
+                add("sparse30", v, bits, 0.0, *_variant(sb, ZOO_QUANT[v], bits, ex), ys)
+    return rows
+
+
+def _api_check(name: str, tmp: Path) -> dict:
+    """Default `udfc` through edgekit.api.compress from the weights file: recorded input spec and fidelity."""
+    from edgekit import api
+    from edgekit.artifact import read_manifest
+
+    art = api.compress(ZOO_WEIGHTS / f"udfc_zoo_{name}.safetensors", "udfc", {}, tmp / name,
+                       input_shape="1x1x28x28", arch=f"benchmarks.udfc:zoo_{name}", overwrite=True)
+    man = read_manifest(art)
+    rep = man["method"]["report"]
+    return {"net": name, "input_shape_recorded": rep["extra"]["input_shape"], "input_shape_given": [1, 1, 28, 28],
+            "bias_corrected": rep["extra"].get("bias_corrected"), "fidelity": man.get("fidelity"),
+            "config": man["method"]["config"]}
+
+
+def part_zoo(dev: str, n_images: int, api_check: bool = True) -> dict:
+    """Code-built networks trained briefly on Fashion-MNIST (weights under benchmarks/weights/, trained on first
+    use) and the Fashion ResNet-20; held-out Fashion test images."""
+    xte, yte = load_fashion("test")
+    x, y = xte[:n_images], yte[:n_images]
+    recal = xte[5000:10000]  # BN re-estimation of the sparse checkpoints: test images the evaluation never sees
+    nets = {n: load_zoo(n, dev) for n in ZOO}
+    nets["resnet20"] = (load_resnet(), json.loads(WEIGHTS.with_suffix(".json").read_text()))
+    rows, train = [], {}
+    for name, (m, rec) in nets.items():
+        train[name] = rec
+        rows += zoo_rows(name, m, x, y, dev, (8, 6, 4), recal)
+    checks = []
+    if api_check:
+        tmp = Path(tempfile.mkdtemp(prefix="udfc_zoo_"))
+        checks = [_api_check(n, tmp) for n in ZOO]
+    return {"images": n_images, "device": dev, "rows": rows, "training": train, "api_default_udfc": checks}
+
+
+def part_zoo_lite0(dev: str, n_images: int, px: int = 224) -> dict:
+    """EfficientNet-Lite0 (ImageNet weights) logits on Fashion test images upsampled to px, grey -> RGB, in [-1, 1]."""
+    from edgekit.models.real import load_efficientnet_lite0
+
+    xte = load_fashion("test")[0][:n_images]
+    x = torch.nn.functional.interpolate((xte * 0.3530 + 0.2860 - 0.5) * 2, size=(px, px), mode="bilinear")
+    x = x.repeat(1, 3, 1, 1)
+    rows = zoo_rows("efficientnet-lite0", load_efficientnet_lite0(), x, None, dev, (8, 6, 5, 4), None)
+    return {"images": n_images, "px": px, "device": dev, "rows": rows}
+
+
+def zoo_table(z: dict, title: str) -> None:
+    """One line per (net, kind, bits): agreement / cosine of each variant."""
+    print(f"\n{title} (top-1 agreement / logit cosine with FP32, {z['images']} held-out images)")
+    key: dict = {}
+    for r in z["rows"]:
+        if r["kind"] != "fp32":
+            key.setdefault((r["net"], r["kind"], r["bits"]), {})[r["variant"]] = r
+    for (net, kind, bits), d in key.items():
+        cells = "  ".join(f"{v} {r['agree']:.3f}/{r['cos']:.4f}" for v, r in d.items())
+        print(f"{net:18s} {kind:8s} W{bits}  {cells}")
+    for c in z.get("api_default_udfc", []):
+        print(f"api.compress {c['net']}: input recorded {c['input_shape_recorded']} (given {c['input_shape_given']})")
 
 
 def _dir_mb(d: Path) -> float:
@@ -228,6 +513,10 @@ def table(res: dict) -> None:
             cells = " ".join(f"{d[k]['accuracy']:7.4f}" if k in d else f"{'-':>7s}" for k in ("none", "nm", "udfc"))
             print(f"{c:4s} {rt:3d} {ra:5.1f} {b!s:>4s} {cells} "
                   f"{next(iter(d.values()))['macs_ratio']:5.2f}")
+    if "zoo" in res:
+        zoo_table(res["zoo"], "Code-built Fashion-MNIST networks")
+    if "zoo_lite0" in res:
+        zoo_table(res["zoo_lite0"], "EfficientNet-Lite0 (ImageNet logits, Fashion images)")
     if "deploy" in res:
         d = res["deploy"]
         print(f"\nPruned UDFC exports vs FP32 (batch 1, 2 threads, median of {d['runs']})")
@@ -251,6 +540,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=300)
     ap.add_argument("--bits", default="8,6,4", help="EfficientNet weight bit-widths")
     ap.add_argument("--resnet-limit", type=int, default=None, help="ResNet test images (default: all 10,000)")
+    ap.add_argument("--zoo-images", type=int, default=1000, help="held-out images per zoo network")
+    ap.add_argument("--no-api-check", action="store_true", help="zoo: skip the edgekit.api.compress runs")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -265,6 +556,10 @@ def main() -> None:
         res["resnet"] = part_resnet(a.device, a.resnet_limit)
     if "deploy" in parts:
         res["deploy"] = part_deploy(a.runs)
+    if "zoo" in parts:
+        res["zoo"] = part_zoo(a.device, a.zoo_images, not a.no_api_check)
+    if "zoo_lite0" in parts:
+        res["zoo_lite0"] = part_zoo_lite0(a.device, a.zoo_images, a.px)
     res.setdefault("wall_seconds", {})[a.part] = round(time.perf_counter() - t0, 1)
     from edgekit.profile import provenance
 

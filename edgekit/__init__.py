@@ -2,7 +2,7 @@
 
 Public API (imported lazily, so `import edgekit` stays cheap)::
 
-    edgekit.load_model(src, arch=None, allow_class=None, trust_pickle=False)
+    edgekit.load_model(src, arch=None, allow_class=None, trust_pickle=False, arch_args=None)
     edgekit.compress(model_src, method, options, out, ...)      -> artifact Path
     edgekit.compress_chain(model_src, [(method, options), ...], out, ...)
     edgekit.export_model(src, target, out=None, ...)              -> artifact Path (= edgekit.api.export)

@@ -240,13 +240,14 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
     art.check_output(out, overwrite, protect=[model_src])  # before any work: never fail after an hour of it
     on_step("load")
     loaded = opts.load(model_src)
+    src_info = _source_info(loaded, opts)  # before any method: a built-in's/factory's weight checksum is the source's
     specs = resolve_specs(loaded, input_shape, dynamic)
     inputs = example_inputs(specs)
     model = loaded.module
     _check_runs(model, inputs, specs)
     with torch.no_grad():
         fid_n = fidelity.sample_count(count_macs(model, inputs))
-    fid_inputs, fid_from = fidelity.held_out_inputs(specs, data, fid_n)
+    fid_inputs, fid_from = fidelity.held_out_inputs(specs, data, fid_n, model)
     fid_inputs, fid_ref = fidelity.source_outputs(model, fid_inputs)  # before any method changes the module
     steps: dict[str, float] = {}
     entries = []
@@ -255,7 +256,10 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
             params0, macs0 = count_params(model), count_macs(model, inputs)
         t0 = time.perf_counter()
         on_step(f"compress ({name})")
-        model, report = mod.apply(model, cfg, data)
+        import inspect  # a method that can use the real example inputs (shapes, MACs) gets them
+
+        kw = {"example_inputs": inputs} if "example_inputs" in inspect.signature(mod.apply).parameters else {}
+        model, report = mod.apply(model, cfg, data, **kw)
         if loaded.kind in ("exported_program", "artifact") and not report.layers_touched:
             from .errors import UnsupportedModelError
 
@@ -277,7 +281,7 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
     if kv_cache:  # a decoder with a KV cache: its own graph, validation (vs transformers generate) and folders
         from .genai.verbs import compressed_decoder
 
-        return compressed_decoder(model, loaded, _source_info(loaded, opts), out, rts, entries, fid, precision,
+        return compressed_decoder(model, loaded, src_info, out, rts, entries, fid, precision,
                                   overwrite, [model_src], on_step)
     with art.staging(out, overwrite, protect=[model_src]) as root:
         on_step("export onnx")
@@ -297,7 +301,7 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
             from .deploy import deploy_exports
 
             deploy_exports(model, specs, root, exports, deploy, data, on_step)
-        manifest = {"kind": "compress", "source": _source_info(loaded, opts), "fidelity": fid, "model": "model.onnx",
+        manifest = {"kind": "compress", "source": src_info, "fidelity": fid, "model": "model.onnx",
                     "torch_program": "model.pt2", "inputs": [s.to_dict() for s in specs],
                     "outputs": _output_specs(model, inputs), "method": entries[-1], "methods": entries,
                     "integer_weights": qdq, "weight_bits": wbits, "export_precision": precision,

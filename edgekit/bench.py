@@ -93,14 +93,14 @@ def _build(model_src: Any, variants: list[str], tgts: list[TargetProfile], specs
     """Compress each variant once and export it per target; every failure becomes a cell status with its reason."""
     from . import api
 
-    kw = source.api_kwargs()
+    kw = {k: v for k, v in source.api_kwargs().items() if v}  # only what the user set
     cells: dict[tuple[str, str], dict[str, Any]] = {}
     for v in variants:
         base: Any = model_src
         if v != "fp32":
             try:
                 base = api.compress(model_src, v, method_options.get(v, {}), root / v / "_compressed",
-                                    data=data, overwrite=True, **kw)
+                                    overwrite=True, **kw, **({"data": data} if data is not None else {}))
             except EdgekitError as e:
                 for t in tgts:
                     cells[v, t.name] = {"status": COMPRESS_FAILED, "reason": str(e), "art": None}
@@ -191,7 +191,8 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
     from .profile.report import write_reports
 
     if not targets:
-        raise ConfigError("no targets given; pass --target NAME (repeatable) or --targets a,b (see `edgekit targets list`)")
+        raise ConfigError("no targets given; pass --target NAME (repeatable) or --targets a,b (see "
+                          "`edgekit targets list`)")
     tgts = [load_target(t) for t in targets]
     for t in tgts:
         require_runtime(t.runtime)
@@ -239,7 +240,8 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
     doc = {"schema": SCHEMA, "kind": "bench", "created": now_iso(), "host": host_info(), "provenance": provenance(
                threads=max(t.threads for t in tgts)), "model": str(model_src),
            "input_shape": source.input_shape, "source_options": asdict(source),
-           "method_options": options, "data": getattr(data, "source", None), "targets": [t.name for t in tgts], "variants": variants,
+           "method_options": options, "data": getattr(data, "source", None), "targets": [t.name for t in tgts],
+           "variants": variants,
            "slower_tolerance": SLOWER_TOLERANCE, "rows": rows}
     write_reports(doc, out_dir, "bench")
     return doc

@@ -21,6 +21,8 @@ ModelArg = Annotated[str, typer.Argument(help="model file (.pt/.pth/.pt2/.safete
 InputShape, Arch, AllowClass, TrustPickle = InputShapeOpt, ArchOpt, AllowClassOpt, TrustPickleOpt  # cli_common
 Dynamic = Annotated[Optional[list[str]], typer.Option(help="dynamic axes; only 'batch' is supported")]
 Overwrite = Annotated[bool, typer.Option(help="replace an existing output folder")]
+KvCache = Annotated[bool, typer.Option("--kv-cache", help="causal LM: export a decoder with a KV cache for "
+                                                           "`edgekit generate` (onnxruntime/openvino)")]
 
 
 def _version(value: bool) -> None:
@@ -73,7 +75,8 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
                       "below this")] = None,
              deploy: Annotated[Optional[str], typer.Option(help="int8: static INT8 (integer activations) for the "
                                                            "ORT/OpenVINO targets; auto: the fastest validated form "
-                                                           "(FP32, default, INT8), measured")] = None) -> None:
+                                                           "(FP32, default, INT8), measured")] = None,
+             kv_cache: KvCache = False) -> None:
     """Compress a model with a method and write an artifact (ONNX validated on ONNX Runtime)."""
     from . import api
     from .artifact import read_manifest
@@ -89,7 +92,8 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
         with status:
             art = api.compress(model, method, parse_sets(set_), out, input_shape, src, overwrite, runtimes, dynamic,
                                arch, allow_class, trust_pickle, on_step=step, deploy=deploy,
-                               arch_args=parse_sets(arch_args, "--arch-args"), min_fidelity=min_fidelity)
+                               arch_args=parse_sets(arch_args, "--arch-args"), min_fidelity=min_fidelity,
+                               kv_cache=kv_cache)
         man = read_manifest(art)
         rep = man["method"]["report"]
         console.print(f"[green]wrote[/green] {art}  ({method}: params {rep['params_before']:,} -> "
@@ -97,6 +101,7 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
                       f"{len(rep['layers_touched'])} layers touched, {len(rep['layers_skipped'])} skipped)")
         if man.get("exports"):
             console.print(_validation_table(man))
+        _print_generation(man)
         _print_deploy(man)
         if _print_fidelity(man):
             raise typer.Exit(1)
@@ -125,13 +130,21 @@ def _print_fidelity(man: dict) -> bool:
         console.print(f"[bold yellow]WARNING: the compressed model departs from its source: "
                       f"{'; '.join(fid['below_threshold'])} (warned below top-1 agreement {th['top1_agreement']} or "
                       f"cosine {th['cosine']}); check it on your data (edgekit eval) before using it[/bold yellow]",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
     if fid.get("failed"):
-        console.print(f"[red]fidelity failed:[/red] {fid['metric'].replace('_', ' ')} {fid['value']} < --min-fidelity "
-                      f"{fid['min_fidelity']} (the artifact is kept; its manifest records the figures)",
-                      highlight=False)
+        what = (fid["metric"] or "fidelity").replace("_", " ")
+        console.print(f"[red]fidelity failed:[/red] {what} {fid['value']} < --min-fidelity {fid['min_fidelity']} "
+                      "(the artifact is kept; its manifest records the figures)", highlight=False)
         return True
     return False
+
+
+def _print_generation(man: dict) -> None:
+    """Decoder artifacts (--kv-cache): greedy tokens vs transformers, per runtime and generation stack."""
+    if man.get("decoder"):
+        from .cli_generate import print_generation
+
+        print_generation(man)
 
 
 def _print_deploy(man: dict) -> None:
@@ -152,7 +165,8 @@ def export(model: ModelArg, target: Annotated[str, typer.Option("--target", "-t"
            out: Annotated[Optional[Path], typer.Option("-o", "--out", help="artifact folder (default: the input artifact)")] = None,
            input_shape: InputShape = None, dynamic: Dynamic = None, arch: Arch = None, arch_args: ArchArgsOpt = None,
            allow_class: AllowClass = None, trust_pickle: TrustPickle = False, overwrite: Overwrite = False,
-           fp16: Annotated[bool, typer.Option(help="store OpenVINO weights as fp16")] = False) -> None:
+           fp16: Annotated[bool, typer.Option(help="store OpenVINO weights as fp16")] = False,
+           kv_cache: KvCache = False) -> None:
     """Export a model or artifact to a runtime and validate it against PyTorch (fails closed)."""
     from . import api
     from .artifact import read_manifest
@@ -161,22 +175,23 @@ def export(model: ModelArg, target: Annotated[str, typer.Option("--target", "-t"
         status, step = _steps()
         with status:
             art = api.export(model, target, out, input_shape, overwrite, dynamic, arch, allow_class, trust_pickle,
-                             fp16, on_step=step, arch_args=parse_sets(arch_args, "--arch-args"))
+                             fp16, on_step=step, arch_args=parse_sets(arch_args, "--arch-args"), kv_cache=kv_cache)
         console.print(f"[green]wrote[/green] {art}")
         man = read_manifest(art)
         console.print(_validation_table(man))
+        _print_generation(man)
         _print_weight_storage(man)
 
 
 @app.command()
 def inspect(path: Annotated[Path, typer.Argument(help=".pt/.pt2/.onnx/.xml/.tflite file or artifact")],
-            input_shape: InputShape = None, arch: Arch = None,
+            input_shape: InputShape = None, arch: Arch = None, arch_args: ArchArgsOpt = None,
             as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Parameters, MACs, size, I/O and op histogram of a model file."""
     from .inspect import inspect_path
 
     with user_errors():
-        info = inspect_path(path, input_shape, arch)
+        info = inspect_path(path, input_shape, arch, parse_sets(arch_args, "--arch-args"))
         if as_json:
             console.print_json(json.dumps(info, default=str))
             return
@@ -267,6 +282,7 @@ def run(recipe: Annotated[Path, typer.Argument(help="recipe YAML (see recipes/)"
         man = read_manifest(art)
         if man.get("exports"):
             console.print(_validation_table(man))
+        _print_fidelity(man)  # the recipe's gates decide the exit code
         figs = {k: (round(v, 4) if v is not None else None) for k, v in gates.items() if k != "failed"}
         if gates["failed"]:
             console.print(f"[red]gates failed:[/red] {'; '.join(gates['failed'])} (figures {figs})")
@@ -279,7 +295,7 @@ def _register_optional() -> None:
     """Commands that live in their own modules (profiling, evaluation)."""
     import importlib
 
-    for mod in ("edgekit.cli_profile", "edgekit.cli_eval"):
+    for mod in ("edgekit.cli_profile", "edgekit.cli_eval", "edgekit.cli_generate"):
         try:
             m = importlib.import_module(mod)
         except ModuleNotFoundError as e:

@@ -29,7 +29,8 @@ are cached under $EDGEKIT_CACHE (default ~/.cache/edgekit)."""
 def _table(res: dict[str, Any]) -> Table:
     """Metric | value | FP32 reference."""
     t = Table(title=f"{res['task']} · {res['model']} · {res['runtime']} · {res['samples']} samples "
-                    f"· {res['seconds']} s", caption=f"FP32 = {res['fp32_source']}" if res.get("fp32_source") else None)
+                    f"· {res['seconds']} s",
+              caption=f"FP32 = {res['fp32_source']}" if res.get("fp32_source") else None)
     t.add_column("metric")
     t.add_column("value", justify="right")
     t.add_column("FP32", justify="right")

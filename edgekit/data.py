@@ -39,8 +39,46 @@ def open_data(path: Path | str) -> DataSource:
     if p.suffix == ".npz":
         with np.load(p, allow_pickle=False) as z:
             return DataSource([torch.from_numpy(z[k]) for k in z.files], source=str(p))
+    if p.is_dir():
+        return open_image_dir(p)
     if p.suffix in (".txt", ".md", ".text"):
         text = p.read_text(errors="replace")
         parts = [t.strip() for t in text.split("\n\n") if t.strip()]
         return DataSource(texts=parts, source=str(p))
-    raise ConfigError(f"--data {p}: unsupported format '{p.suffix}'; use .npy, .npz (arrays) or .txt (text)")
+    raise ConfigError(f"--data {p}: unsupported format '{p.suffix}'; use .npy, .npz (arrays), .txt (text) or a folder "
+                      "(images in one sub-folder per class, or MNIST-style IDX files)")
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def open_image_dir(p: Path) -> DataSource:
+    """A folder as (x uint8 NCHW, y int64): MNIST-style IDX files (train-images-idx3-ubyte[.gz] + labels, e.g.
+    Debian's /usr/share/datasets/fashion-mnist), else one sub-folder per class (sorted names = labels 0..K-1) of
+    images, all converted to the first image's size and mode (L or RGB)."""
+    import gzip
+
+    idx = sorted(p.glob("train-images-idx3-ubyte*"))
+    if idx:
+        lab = sorted(p.glob("train-labels-idx1-ubyte*"))
+        read = lambda f: (gzip.open(f, "rb") if f.suffix == ".gz" else open(f, "rb")).read()  # noqa: E731
+        x = np.frombuffer(read(idx[0]), np.uint8, offset=16).reshape(-1, 1, 28, 28)
+        ts = [torch.from_numpy(x.copy())]
+        if lab:
+            ts.append(torch.from_numpy(np.frombuffer(read(lab[0]), np.uint8, offset=8).astype(np.int64)))
+        return DataSource(ts, source=str(idx[0]))
+    from PIL import Image
+
+    classes = sorted(d.name for d in p.iterdir() if d.is_dir())
+    files = [(f, k) for k, c in enumerate(classes) for f in sorted((p / c).iterdir())
+             if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise ConfigError(f"--data {p}: no images found (expected {p}/<class>/*.png|jpg, or IDX files)")
+    first = Image.open(files[0][0])
+    mode = "L" if first.mode in ("L", "1", "I", "I;16") else "RGB"
+    size = first.size
+    arrs = [np.asarray(Image.open(f).convert(mode).resize(size)) for f, _ in files]
+    x = np.stack(arrs)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return DataSource([torch.from_numpy(np.ascontiguousarray(x)), torch.tensor([k for _, k in files])],
+                      source=str(p))

@@ -71,7 +71,8 @@ def _from_data(specs: Sequence[Any], data: Any, n: int) -> list[Inputs] | None:
     from .model_io import _DTYPES
 
     start = max(0, rows - n)
-    return [tuple(t[i * b:(i + 1) * b].to(_DTYPES[s.dtype]) for t, s in zip(tensors, specs)) for i in range(start, rows)]
+    return [tuple(t[i * b:(i + 1) * b].to(_DTYPES[s.dtype]) for t, s in zip(tensors, specs))
+            for i in range(start, rows)]
 
 
 def sample_count(macs: int | None) -> int:
@@ -81,11 +82,42 @@ def sample_count(macs: int | None) -> int:
     return int(max(MIN_SAMPLES, min(MAX_SAMPLES, MAC_BUDGET // macs)))
 
 
-def held_out_inputs(specs: Sequence[Any], data: Any = None, n: int = MIN_SAMPLES) -> tuple[list[Inputs], str]:
-    """(inputs, where they came from): the user's --data samples that fit the spec, else seeded example inputs."""
+def _from_texts(specs: Sequence[Any], data: Any, n: int, model: nn.Module | None) -> list[Inputs] | None:
+    """Token windows from the end of the user's text (--data FILE.txt) for a model fed input_ids (+ attention_mask):
+    random token ids are not text, and a text model judged on them looks broken when it is not (issue 13)."""
+    texts = list(getattr(data, "texts", None) or [])
+    names = [s.name for s in specs]
+    if not texts or model is None or not names or names[0] != "input_ids" or not set(names) <= {"input_ids",
+                                                                                            "attention_mask"}:
+        return None
+    from .methods._structured_train import find_tokenizer
+
+    try:
+        tok = find_tokenizer(model, None)
+    except (ConfigError, ImportError):
+        return None
+    b, seq = (specs[0].shape + [1, 1])[:2] if len(specs[0].shape) >= 2 else (1, specs[0].shape[0])
+    ids: list[int] = []
+    for t in reversed(texts):  # from the end: calibration reads the file from its start
+        ids = tok(t, add_special_tokens=False)["input_ids"] + ids
+        if len(ids) >= n * b * seq:
+            break
+    rows = len(ids) // (b * seq)
+    if rows < 1:
+        return None
+    ids_t = torch.tensor(ids[-rows * b * seq:], dtype=torch.long).view(rows, b, seq)[-n:]
+    return [tuple(r if nm == "input_ids" else torch.ones_like(r) for nm in names) for r in ids_t]
+
+
+def held_out_inputs(specs: Sequence[Any], data: Any = None, n: int = MIN_SAMPLES,
+                    model: nn.Module | None = None) -> tuple[list[Inputs], str]:
+    """(inputs, where they came from): the user's --data samples that fit the spec (arrays, or text tokenized with
+    the model's own tokenizer), else seeded example inputs."""
     from .model_io import example_inputs
 
-    got = _from_data(specs, data, n) if data is not None else None
+    got = None
+    if data is not None:
+        got = _from_data(specs, data, n) or _from_texts(specs, data, n, model)
     if got:
         return got, f"last {len(got)} samples of {getattr(data, 'source', '') or 'the --data file'}"
     why = "" if data is None else " (the --data file does not match the input spec)"
@@ -96,7 +128,7 @@ def _run(model: nn.Module, x: Inputs) -> list[np.ndarray]:
     """All outputs of one forward pass as float32 arrays."""
     with torch.no_grad():
         out = model(*x)
-    outs = out if isinstance(out, (tuple, list)) else [out]
+    outs = list(out.values()) if isinstance(out, dict) else out if isinstance(out, (tuple, list)) else [out]
     return [o.detach().float().cpu().numpy() for o in outs if isinstance(o, torch.Tensor)]
 
 
@@ -155,14 +187,19 @@ def measure(model: nn.Module, inputs: list[Inputs], ref: list[list[np.ndarray]],
     """Compare the compressed model with the stored source outputs; the manifest's `fidelity` entry."""
     got = run_all(model, inputs)
     n_out = min(len(ref[0]), len(got[0]))
+    if n_out == 0:  # nothing to compare: say so, and a requested --min-fidelity cannot pass
+        empty = {"inputs": inputs_from, "samples": len(inputs), "metric": None, "value": None, "outputs": {},
+                 "below_threshold": ["the model returns no tensors to compare"],
+                 "thresholds": {"cosine": MIN_COSINE, "top1_agreement": MIN_TOP1}}
+        return {**empty, **({"min_fidelity": min_fidelity, "failed": True} if min_fidelity is not None else {})}
     outputs = {("output" if i == 0 else f"output_{i}"): _figures([r[i] for r in ref], [g[i] for g in got])
                for i in range(n_out)}
     worst_name, worst = min(outputs.items(), key=lambda kv: -1.0 if kv[1][kv[1]["metric"]] is None
                             else kv[1][kv[1]["metric"]])
     value = worst[worst["metric"]]
+    floor = {"top1_agreement": MIN_TOP1, "cosine": MIN_COSINE}
     below = [f"{k} {f['metric'].replace('_', ' ')} {'NaN/Inf' if f[f['metric']] is None else round(f[f['metric']], 4)}"
-             for k, f in outputs.items()
-             if f[f["metric"]] is None or f[f["metric"]] < (MIN_TOP1 if f["metric"] == "top1_agreement" else MIN_COSINE)]
+             for k, f in outputs.items() if f[f["metric"]] is None or f[f["metric"]] < floor[f["metric"]]]
     res: dict[str, Any] = {"inputs": inputs_from, "samples": len(inputs), "metric": worst["metric"], "value": value,
                            "worst_output": worst_name, "outputs": outputs,
                            "thresholds": {"cosine": MIN_COSINE, "top1_agreement": MIN_TOP1}, "below_threshold": below}
@@ -179,7 +216,7 @@ def summary(fid: dict[str, Any]) -> str:
         figs = [f"top-1 agreement {f['top1_agreement']:.3f}"] if f.get("top1_agreement") is not None else []
         figs.append("cosine NaN/Inf" if f.get("cosine") is None else f"cosine {f['cosine']:.4f}")
         parts.append((f"{k}: " if len(fid["outputs"]) > 1 else "") + ", ".join(figs))
-    return f"fidelity vs source ({fid['inputs']}): " + "; ".join(parts)
+    return f"fidelity vs source ({fid['inputs']}): " + ("; ".join(parts) or "no tensor outputs to compare")
 
 
 __all__ = ["MIN_COSINE", "MIN_TOP1", "check_min_fidelity", "held_out_inputs", "measure", "sample_count",

@@ -8,8 +8,9 @@ from typing import Any
 from .errors import ConfigError
 
 
-def inspect_path(path: Path, input_shape: str | None = None, arch: str | None = None) -> dict[str, Any]:
-    """Facts about a model file or artifact, as a dict (the CLI prints it)."""
+def inspect_path(path: Path, input_shape: str | None = None, arch: str | None = None,
+                 arch_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Facts about a model file or artifact, as a dict (the CLI prints it); `arch_args` go to the `arch` factory."""
     path = Path(path)
     from . import artifact
 
@@ -30,7 +31,7 @@ def inspect_path(path: Path, input_shape: str | None = None, arch: str | None = 
                                                        if path.with_suffix(".bin").exists() else 0), **_ov(path)}
     if suffix == ".tflite":
         return {"format": "tflite", "bytes": size, **_tflite(path)}
-    return {"format": "torch", "bytes": size, **_torch(path, input_shape, arch)}
+    return {"format": "torch", "bytes": size, **_torch(path, input_shape, arch, arch_args)}
 
 
 def _onnx(path: Path) -> dict[str, Any]:
@@ -75,13 +76,14 @@ def _tflite(path: Path) -> dict[str, Any]:
             "outputs": [(d["name"], d["shape"].tolist()) for d in it.get_output_details()]}
 
 
-def _torch(path: Path, input_shape: str | None, arch: str | None) -> dict[str, Any]:
+def _torch(path: Path, input_shape: str | None, arch: str | None,
+           arch_args: dict[str, Any] | None = None) -> dict[str, Any]:
     from torch import nn
 
     from .flops import count_macs, count_params
     from .model_io import example_inputs, load_model, parse_input_shape
 
-    loaded = load_model(path, arch)
+    loaded = load_model(path, arch, arch_args=arch_args)
     specs = parse_input_shape(input_shape) if input_shape else loaded.inputs
     out: dict[str, Any] = {"params": count_params(loaded.module),
                            "modules": dict(Counter(type(m).__name__ for m in loaded.module.modules()

@@ -41,7 +41,8 @@ def _images(d: Path) -> list[Path]:
 def list_images(root: Path) -> tuple[list[Path], np.ndarray | None, list[str]]:
     """(image paths, labels or None, class names) in ImageFolder order."""
     if not root.is_dir():
-        raise ConfigError(f"--data {root} is not a folder; --task image-folder reads DIR/<class>/<image> or DIR/<image>")
+        raise ConfigError(f"--data {root} is not a folder; --task image-folder reads DIR/<class>/<image> or "
+                          "DIR/<image>")
     loose = _images(root)
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and _images(p))
     if loose and classes:

@@ -20,6 +20,7 @@ METHODS: dict[str, str] = {
     "llm_fp4": "edgekit.methods.llm_fp4",
     "optin": "edgekit.methods.optin",
     "structured_ffn": "edgekit.methods.structured_ffn",
+    "denseshift": "edgekit.methods.denseshift",
 }
 
 

@@ -289,3 +289,139 @@ def merge_consumer(c: Consumer, keep: torch.Tensor, prune: torch.Tensor, S: torc
         m.in_features = len(keep) * b
     else:
         m.in_channels = len(keep)
+
+
+# ---------------------------------------------------------------- data-free channel statistics
+_EW_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Hardswish, nn.GELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
+               nn.ELU, nn.Hardsigmoid, nn.Mish)
+_EW_FUNCS = {F.relu, torch.relu, torch.relu_, F.relu6, F.hardtanh, F.silu, F.hardswish, F.gelu, torch.sigmoid,
+             F.sigmoid, torch.tanh, F.leaky_relu, F.elu, F.hardsigmoid, F.mish}
+_EW_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_"}
+_ADD = {operator.add, torch.add, operator.iadd}
+_gh_t, _gh_w = (torch.from_numpy(a) for a in __import__("numpy").polynomial.hermite.hermgauss(48))
+_GH_T, _GH_W = _gh_t.double(), _gh_w.double() / math.sqrt(math.pi)
+
+Stats = tuple[torch.Tensor, torch.Tensor]  # per-channel (mean, variance), float64
+
+
+def gauss_moments(f, mean: torch.Tensor, var: torch.Tensor) -> Stats:
+    """Per channel E[f(y)] and Var[f(y)] for y ~ N(mean, var), f elementwise (Gauss-Hermite, 48 nodes)."""
+    y = mean[:, None] + torch.sqrt(2 * var.clamp_min(0))[:, None] * _GH_T[None]
+    fy = f(y.float()).double()
+    e = (fy * _GH_W).sum(1)
+    return e, ((fy - e[:, None]) ** 2 * _GH_W).sum(1).clamp_min(0)
+
+
+def channel_stats(model: nn.Module, gm: fx.GraphModule) -> dict[fx.Node, Stats | None]:
+    """Data-free per-channel (mean, variance) of each node's output along dim 1, None where it cannot be modelled.
+
+    Needs node shapes (`propagate_shapes`). The model input is taken as N(0, 1) per channel; a BatchNorm with
+    running statistics outputs N(beta, gamma^2) (DFQ's assumption: its statistics describe the data it saw);
+    elementwise activations map moments through Gauss-Hermite quadrature; pooling, dropout, identity and a
+    spatial mean keep them; flatten repeats them per spatial position; conv/linear without a following BN and adds
+    assume independent inputs; mul of independent factors; concat along channels. Anything else is unknown.
+    """
+    mods = dict(model.named_modules())
+    st: dict[fx.Node, Stats | None] = {}
+    get = lambda a: st.get(a) if isinstance(a, fx.Node) else None  # noqa: E731
+    for n in gm.graph.nodes:
+        shp = _shape(n)
+        C = shp[1] if shp is not None and len(shp) >= 2 else None
+        out: Stats | None = None
+        try:
+            s = get(n.args[0]) if n.args else None
+            m = mods.get(n.target) if n.op == "call_module" else None
+            if n.op == "placeholder" and C:
+                out = torch.zeros(C, dtype=torch.float64), torch.ones(C, dtype=torch.float64)
+            elif isinstance(m, BN):
+                if m.affine and m.running_var is not None:
+                    out = m.bias.detach().double().clone(), m.weight.detach().double() ** 2
+            elif s is None:
+                out = _binary(n, get) if n.op != "call_module" else None
+                if out is None and n.op == "call_function" and n.target in (torch.cat, torch.concat):
+                    out = _concat(n, get)
+            elif isinstance(m, _EW_MODULES):
+                out = gauss_moments(m, *s)
+            elif n.op == "call_function" and n.target in _EW_FUNCS:
+                out = gauss_moments(lambda t, n=n: n.target(t, *n.args[1:], **n.kwargs), *s)
+            elif n.op == "call_method" and n.target in _EW_METHODS:
+                out = gauss_moments(lambda t, n=n: getattr(t, n.target)(), *s)
+            elif (isinstance(m, POOL_MODULES) or (n.op == "call_function" and n.target in POOL_FUNCS)
+                  or (n.op == "call_method" and n.target == "mean")):
+                out = s
+            elif isinstance(m, nn.Flatten) or (n.op == "call_function" and n.target is torch.flatten) or (
+                    n.op == "call_method" and n.target in FLATTEN_METHODS):
+                out = _flatten_stats(n, s)
+            elif isinstance(m, CONV + (nn.Linear,)):
+                out = _affine_stats(m, s)
+            else:
+                out = _binary(n, get)
+        except Exception:  # noqa: BLE001 - an op we cannot model: its statistics are unknown
+            out = None
+        st[n] = out if out is not None and C is not None and len(out[0]) == C else None
+    return st
+
+
+def _flatten_stats(n: fx.Node, s: Stats) -> Stats | None:
+    si, so = _shape(n.args[0]), _shape(n)
+    if si is None or so is None or len(so) != 2 or so[1] != math.prod(si[1:]) or si[1] != len(s[0]):
+        return None
+    hw = math.prod(si[2:])
+    return s[0].repeat_interleave(hw), s[1].repeat_interleave(hw)
+
+
+def _affine_stats(m: nn.Module, s: Stats) -> Stats:
+    """Moments of conv/linear outputs for independent inputs (zero padding ignored)."""
+    mu, v = s
+    W = m.weight.detach().double()
+    b = m.bias.detach().double() if m.bias is not None else torch.zeros(W.shape[0], dtype=torch.float64)
+    if isinstance(m, nn.Linear):
+        return W @ mu + b, (W**2) @ v
+    g, (O, Cg) = m.groups, W.shape[:2]
+    Wg = W.flatten(2).reshape(g, O // g, Cg, -1)
+    mean = torch.einsum("gocx,gc->go", Wg, mu.reshape(g, Cg)).reshape(O)
+    var = torch.einsum("gocx,gc->go", Wg**2, v.reshape(g, Cg)).reshape(O)
+    return mean + b, var
+
+
+def _concat(n: fx.Node, get) -> Stats | None:
+    parts = [get(a) for a in n.args[0]]
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+    if dim not in (1, -3) or any(p is None for p in parts):
+        return None
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _binary(n: fx.Node, get) -> Stats | None:
+    """add / sub / mul of two independent tensors, or of a tensor and a number."""
+    t = n.target
+    if n.op == "call_method":
+        op = {"add": "add", "add_": "add", "sub": "sub", "mul": "mul", "mul_": "mul"}.get(t)
+    elif n.op == "call_function":
+        op = "add" if t in _ADD else "sub" if t in (operator.sub, torch.sub) else \
+            "mul" if t in (operator.mul, torch.mul, operator.imul) else None
+    else:
+        op = None
+    if op is None or len(n.args) != 2 or n.kwargs:
+        return None
+    a, b = n.args
+    sa, sb = get(a), get(b)
+    if (isinstance(a, fx.Node) and sa is None) or (isinstance(b, fx.Node) and sb is None):
+        return None
+    if sa is None or sb is None:  # tensor and a number
+        s, c, first = (sa, b, True) if sb is None else (sb, a, False)
+        if not isinstance(c, (int, float)) or s is None:
+            return None
+        if op == "add":
+            return s[0] + c, s[1]
+        if op == "sub":
+            return (s[0] - c, s[1]) if first else (c - s[0], s[1])
+        return s[0] * c, s[1] * c * c
+    if len(sa[0]) != len(sb[0]):
+        return None
+    if op == "add":
+        return sa[0] + sb[0], sa[1] + sb[1]
+    if op == "sub":
+        return sa[0] - sb[0], sa[1] + sb[1]
+    m = sa[0] * sb[0]
+    return m, ((sa[1] + sa[0] ** 2) * (sb[1] + sb[0] ** 2) - m**2).clamp_min(0)

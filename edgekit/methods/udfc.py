@@ -1,45 +1,65 @@
 """UDFC (Bai, Chen et al., ICCV 2023): data-free structured pruning + k-bit quantization, closed-form compensation.
 
 Spec: shared/methods/udfc.md. Pruned filters are re-routed into kept channels of the consumer layer (ŝ, Eq. 20);
-quantized filters get a per-channel gain s̃ (Eq. 14) folded into the BatchNorm after them. No data, no gradients.
+quantized filters can get a per-channel gain s̃ (Eq. 14) folded into the BatchNorm after them. No data, no gradients.
 
-Decisions where the paper/spec leaves room, and why:
+Defaults differ from the paper where measurements said so (issue 21; `paper=true` restores the published method,
+any option given explicitly wins). Figures: top-1 agreement / logit cosine with FP32, benchmarks/udfc.py `zoo`
+(EfficientNet-Lite0 on 1,000 Fashion images at 224 px; four Fashion-MNIST nets built in benchmarks/udfc.py).
+- ratio=0 (quantization only). Pruning without fine-tuning lost to not pruning on every network tried, e.g. at
+  r=0.3, W8: ResNet-20 0.874 vs RTN 0.998, VGG 0.927 vs 0.998, Lite0 0.733 vs 0.800; pruning is opt-in.
+- grid=midtread (RTN's symmetric grid with an exact zero). The paper's zero-free grid sends an exact-zero weight
+  to +Δ/2 (round half to even lands on the code above zero), so every zero adds the same positive error and
+  BN's γ/σ amplifies the resulting output shift: with the 30% smallest weights of each layer zeroed (a sparse
+  checkpoint), the old default (per-channel mid-rise + s̃) fell to W6 0.000 / W8 0.511 on Lite0 where RTN kept
+  0.289 / 0.818 (ResNet-20: W6 0.945 vs 0.996). Lite0 as shipped has 6,127 exact zeros: that is our best
+  explanation of issue 21's W6 collapse on a second EfficientNet (not reproducible here without its weights).
+- bias_correction=true: from BN statistics alone (a BN outputs N(β, γ²), moments pushed through activations
+  by Gauss-Hermite quadrature, through adds/concats/pools/flatten; `_prune.channel_stats`), each quantized
+  layer's expected output is kept (BN β or the layer bias absorbs the shift; DFQ's analytic bias correction,
+  Nagel et al. 2019), and a pruned channel's expected value minus what the kept channels re-route
+  (E[x_j] − Σ ŝ_ji E[x_i]) goes into the consumer bias (the γ≈0 constant fold is its special case). Layers whose
+  input statistics are unknown (ops we do not model) are left uncorrected (`bias_corrected` counts the others).
+  Lite0 RTN-grid W8/W6/W4: 0.808/0.257/0.007 -> 0.907/0.593/0.078; pruning r=0.3 (FP32): ResNet-20
+  0.463 -> 0.874, VGG 0.569 -> 0.927. It is not free: on the small Fashion nets it moves agreement by ±0.006.
+- gain=false: with bias correction, folding s̃ lowered the logit cosine at W4 on ResNet-20 (0.9986 -> 0.9952)
+  and VGG (0.9963 -> 0.9938) and was within noise elsewhere. s̃ is the least-squares gain ⟨R̃,R⟩/‖R̃‖²; on a
+  grid with zero the rounding error is nearly orthogonal to R, so s̃ ≈ ‖R‖²/(‖R‖² + ‖e‖²) < 1 shrinks every
+  channel, and the shrinkage compounds over layers. It suits the zero-free grid (which inflates small weights),
+  which is why the paper needs it. gain=true restores it (s̃ is folded into γ and β, exact for any activation).
+- prune_linear=false: a conv whose BN feeds no activation (MobileNet/EfficientNet linear bottleneck) is not
+  pruned. Those channels are the block output; the kept filters cannot span the pruned ones (d = C·K² >> N) and
+  neither ŝ nor drop-only recovers them: on Lite0 pruning `_blocks.15._project_conv` alone (30%, FP32) gave
+  agreement 0.376 (udfc) / 0.380 (drop), `_blocks.0._project_conv` 0.52 / 0.60, the head conv (ReLU6) 0.73.
+  All three together (6% of MACs) gave 0.22-0.24: issue 21's "4.7% of MACs halves agreement". The spec's scope
+  (§5) is BN+ReLU chains; prune_linear=true is our extension.
+- per_channel=true: one M per output channel (per tensor, the paper's grid gives Lite0 W6 0.024).
+
+Other decisions where the paper/spec leaves room:
 - Graph: producer/consumer pairs come from a torch.fx trace (conv/BN/linear/activation subclasses are leaves).
-  A conv's channels are pruned only when conv -> BN -> ReLU | ReLU6 | identity reaches conv/linear consumers
-  through per-channel ops (dropout, avg/max pool, spatial mean, flatten into a linear). Channels entering an add,
-  a concat or any other op are never pruned; depthwise/grouped producers and consumers are not pruned (they are
-  quantized). Untraceable models raise UnsupportedModelError before any work: quantization-only would be sound in
-  principle, but the BN fold needs the graph to know which BN follows which conv, so we do not guess.
-- All pruning runs first (forward order), then all quantization. This equals the spec's per-layer interleaving:
-  ŝ uses FP weights only and s̃ of a layer only sees its own (already compensated and sliced) weights.
-- Kept count: round((1-r)N) rounding half up (not NM's int()), then up to a multiple of `round_to`
-  (rounding up never prunes more than asked: with 'nearest', a 16-channel layer at r=0.3 lost half its channels).
+  A conv's channels are pruned only when conv -> BN -> ReLU | ReLU6 (| identity with prune_linear) reaches
+  conv/linear consumers through per-channel ops (dropout, avg/max pool, spatial mean, flatten into a linear).
+  Channels entering an add, a concat or any other op are never pruned; depthwise/grouped producers and
+  consumers are not pruned (they are quantized). Untraceable models raise UnsupportedModelError before any work.
+- All pruning runs first (forward order), then all quantization; ŝ uses FP weights only. Statistics for bias
+  correction are taken after pruning (the kept channels' BN parameters), before any layer is quantized.
+- Kept count: round((1-r)N) rounding half up (not NM's int()), then up to a multiple of `round_to`.
 - γ≈0 channels (|γ| <= 1e-8 max|γ|) output the constant act(β): they are pruned first and their constant is
   folded into the consumer bias (zero-padding border effects ignored, as the spec says); they are never solved.
 - ŝ: the Eq. 20 closed form with ridge λ = eps_ridge·tr(QᵀQ)/|𝒦|, solved in float64 for all pruned channels at
-  once (Q depends on j only through c_j, so one Cholesky + Sherman-Morrison per rank-one α1 term); lstsq when
-  eps_ridge=0; scipy NNLS per channel when nonneg=True.
-- s̃ is folded into BN (γ, β *= s̃). That compensates the pre-activation, which is exactly what ℓq models, so it
-  is the right form for every activation. For ReLU it equals the paper's consumer-input scaling; for ReLU6 the
-  two differ only where the output clips at 6 and we keep the BN fold (it is the one ℓq is optimal for).
-  The pruning re-route of ReLU6 chains is approximate (ReLU6 is not positively homogeneous above 6); such pairs
-  are still pruned (list them in `skip` to avoid) and the activation of every pruned layer is reported.
-- Quantizer: mid-rise grid with M = max|W| after pruning; W̃ = M·Q_k(W) (rescale_quantized). M is taken per
-  output channel by default (`per_channel=True`), not per tensor as in the paper. Why: measured on EfficientNet-
-  Lite0 (benchmarks/udfc.py, fashion probe, FP32 0.859), the paper's per-tensor grid gives 0.841/0.269/0.078 at
-  W8/W6/W4 — below naive per-tensor RTN (0.852/0.634/0.118) — because the zero-free grid forces the many tiny
-  depthwise weights of a layer with one large filter to ±M/2^k and BN's large γ/σ amplifies that; s̃ cannot undo
-  it. Per channel, the same grid and compensation give 0.855/0.796/0.179, above both per-tensor and per-channel
-  RTN (0.857/0.770/0.161) at W6/W4. Per-channel M costs one scale per filter (already stored for DequantizeLinear
-  with axis) and keeps every §8 property of the grid per channel. `per_channel=false` is the paper's grid. Layers
-  without a following BN (heads, convs feeding adds without BN) get s̃ = 1 and always keep the M scale.
-  bits default 6: the paper's setting for its ImageNet models (Tables 1, 3); bits ≤ 8 store as int8, ≤ 4 int4.
-  bits up to 16 are accepted (spec §8.1 checks k=16), but codes are recorded only for bits ≤ 8.
+  once (one Cholesky + Sherman-Morrison per rank-one α1 term); lstsq when eps_ridge=0; NNLS when nonneg=True.
+- The ReLU6 re-route is approximate (ReLU6 is not positively homogeneous above 6); such chains are pruned and
+  the activation of every pruned layer is reported.
+- Mid-rise codes are stored as q' = n − 2^(k−1) with an offset M/(2^k−1) (spec §10); bits ≤ 8 store as int8,
+  ≤ 4 int4; bits up to 16 are accepted (spec §8.1) but stay float above 8. Layers without a following BN
+  (heads, SE convs) get s̃ = 1; their bias absorbs the bias correction (a bias is added where there was none).
+- A safety check that picked drop-only over ŝ per layer on a data-free Gaussian proxy (white layer input,
+  BN marginals) was tried and removed: it fired once (Lite0 head) and was wrong there (0.734 -> 0.668).
 - The NM baseline (`compensation="nm"`) is one-hot Neuron Merging on BN-folded filters R = (γ/σ)W: nearest kept
-  filter by cosine, scale ‖R_j‖/‖R_i‖, dropped when the cosine is ≤ 0 (no bias term, std not var; NM's
-  decompose.py appears to invert the γ/σ ratio, which we do not copy). `compensation="none"` is drop-only.
-- MACs need an input: `example_inputs` argument, else `input_shape`, else (1, C_in of the first conv, 224, 224),
-  falling back to 64 and 32 pixels when the model rejects 224. `data` is ignored (the method is data-free).
+  filter by cosine, scale ‖R_j‖/‖R_i‖, dropped when the cosine is ≤ 0. `compensation="none"` is drop-only.
+- Input: `example_inputs` (edgekit compress passes its input spec) > `input_shape` > (1, C_in of the first conv,
+  224, 224), then 64 and 32 pixels when the model rejects 224; the report records the one used. `data` is
+  ignored (the method is data-free).
 """
 from __future__ import annotations
 
@@ -49,7 +69,7 @@ from collections import Counter
 from typing import Literal, Sequence
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
 from ..errors import UnsupportedModelError
@@ -63,12 +83,31 @@ SUMMARY = "UDFC: data-free structured pruning + k-bit quantization with closed-f
 _GAMMA_EPS = 1e-8
 
 
+PAPER = {"per_channel": False, "grid": "midrise", "gain": True, "bias_correction": False, "prune_linear": True}
+
+
 class Config(BaseModel, extra="forbid"):
     """Options of UDFC."""
 
-    ratio: float = Field(0.3, ge=0.0, lt=0.95, description="fraction of output channels pruned in each prunable conv")
+    ratio: float = Field(0.0, ge=0.0, lt=0.95, description="fraction of output channels pruned in each prunable conv "
+                         "(default 0: quantization only; the paper used 0.1-0.8)")
     criterion: Literal["l1", "l2"] = Field("l2", description="filter-norm criterion that picks the kept channels")
-    bits: int | None = Field(6, ge=2, le=16, description="weight bits of the mid-rise grid (None: no quantization)")
+    bits: int | None = Field(6, ge=2, le=16, description="weight bits (None: no quantization)")
+    grid: Literal["midtread", "midrise"] = Field(
+        "midtread", description="midtread: symmetric grid with an exact zero (2^k-1 levels, RTN's); midrise: the "
+        "paper's Eq. 3 grid without zero (2^k levels)")
+    per_channel: bool = Field(True, description="per-output-channel max M (default; see docstring) instead of the "
+                              "paper's per-tensor M (false)")
+    gain: bool = Field(False, description="fold the per-channel gain s̃ (Eq. 14) into BN after quantizing (paper: "
+                       "true; measured to hurt on the zero grid, see docstring)")
+    bias_correction: bool = Field(
+        True, description="data-free expected-value corrections from BatchNorm statistics: a quantized layer keeps "
+        "its expected output, pruned channels leave their expected contribution in the consumer bias (paper: false)")
+    prune_linear: bool = Field(
+        False, description="also prune convs whose BN feeds no activation (linear bottlenecks: MobileNet/EfficientNet "
+        "project convs); paper scope: false")
+    paper: bool = Field(False, description="the published method: sets per_channel=false, grid=midrise, gain=true, "
+                        "bias_correction=false, prune_linear=true unless given explicitly (ratio stays as given)")
     alpha1: float = Field(0.01, ge=0.0, description="weight of the bias term in the pruning loss (paper: 0.01)")
     alpha2: float = Field(0.008, ge=0.0, description="weight of the bias term in the quantization loss (paper: 0.008)")
     rescale_quantized: bool = Field(True, description="keep quantized weights at scale M (else s̃ absorbs M)")
@@ -76,11 +115,18 @@ class Config(BaseModel, extra="forbid"):
     eps_ridge: float = Field(1e-6, ge=0.0, description="ridge λ = eps_ridge·tr(QᵀQ)/|kept| against rank deficiency")
     round_to: int = Field(1, ge=1, description="round kept-channel counts up to a multiple of this (8/16 help runtimes)")
     skip: list[str] = Field(default_factory=list, description="regexes of module names to leave unpruned and in float")
-    per_channel: bool = Field(True, description="per-output-channel max M (default; see docstring) instead of the "
-                              "paper's per-tensor M (false)")
     compensation: Literal["udfc", "nm", "none"] = Field(
         "udfc", description="pruning compensation: udfc closed form, nm one-hot Neuron Merging, none drop-only")
-    input_shape: list[int] | None = Field(None, description="example input shape for tracing and MAC counts")
+    input_shape: list[int] | None = Field(None, description="example input shape for tracing and MAC counts when "
+                                          "called without example inputs (edgekit compress passes its input spec)")
+
+    @model_validator(mode="after")
+    def _paper_preset(self) -> "Config":
+        if self.paper:
+            for k, v in PAPER.items():
+                if k not in self.model_fields_set:
+                    object.__setattr__(self, k, v)
+        return self
 
 
 # ---------------------------------------------------------------- pruning math (ŝ), Eq. 12 / 20
@@ -155,6 +201,17 @@ def midrise_quantize(w: torch.Tensor, bits: int, M: torch.Tensor, base: torch.Te
                       offset=(base.double() / levels).float())
 
 
+def midtread_quantize(w: torch.Tensor, bits: int, M: torch.Tensor, base: torch.Tensor | None = None) -> WeightCode:
+    """Codes of W on the symmetric grid with zero, levels n·M/(2^(k-1)-1), |n| <= 2^(k-1)-1 (RTN's grid)."""
+    qmax = 2 ** (bits - 1) - 1
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    Mb = torch.where(M > 0, M, torch.ones_like(M)).reshape(shape if M.dim() else ())
+    n = torch.round(w.detach().double() / Mb.double() * qmax).clamp(-qmax, qmax)
+    base = M if base is None else base
+    return WeightCode(codes=n.to(torch.int32 if bits > 15 else torch.int16), scale=(base.double() / qmax).float(),
+                      axis=0 if M.dim() else None, bits=bits)
+
+
 def quant_scale(R: torch.Tensor, Rt: torch.Tensor, K: torch.Tensor, alpha2: float) -> torch.Tensor:
     """s̃_m = (R̃·R + α2 K²) / (R̃·R̃ + α2 K²) per row (1 where the denominator is 0)."""
     num = (Rt * R).sum(1) + alpha2 * K**2
@@ -207,6 +264,12 @@ def _require_conv_bn(model: nn.Module, gm) -> None:
         f"(found: {found}); use the rtn method to quantize such a model")
 
 
+def _act_mean(act: str, bn: nn.Module) -> torch.Tensor:
+    """Expected post-activation value of each channel for BN outputs N(β, γ²) (float64)."""
+    return P.gauss_moments(lambda t: P.act_value(act, t), bn.bias.detach().double(),
+                           bn.weight.detach().double() ** 2)[0]
+
+
 def _prune_chain(ch: P.Chain, cfg: Config) -> tuple[int, int] | None:
     """Prune one chain in place; (N before, N after) or None when nothing is removed."""
     conv, N = ch.module, ch.module.out_channels
@@ -225,29 +288,78 @@ def _prune_chain(ch: P.Chain, cfg: Config) -> tuple[int, int] | None:
     if len(live) and cfg.compensation != "none":
         S[~const[prune]] = (nm_coefficients(conv.weight, a, keep, live) if cfg.compensation == "nm" else
                             prune_coefficients(conv.weight, a, K, keep, live, cfg.alpha1, cfg.eps_ridge, cfg.nonneg))
-    cvals = torch.where(const[prune], P.act_value(ch.act, K[prune]), torch.zeros(len(prune), dtype=torch.float64))
+    if cfg.bias_correction:  # what the re-routed channels miss on average goes into the consumer bias
+        mean = _act_mean(ch.act, ch.bn)
+        cvals = mean[prune] - S @ mean[keep]
+    else:  # constant (γ≈0) channels only
+        cvals = torch.where(const[prune], P.act_value(ch.act, K[prune]), torch.zeros(len(prune), dtype=torch.float64))
     for c in ch.consumers:
         P.merge_consumer(c, keep, prune, S, cvals)
     P.slice_producer(conv, ch.bn, keep)
     return N, k
 
 
+def _wsum(mod: nn.Module, w: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Per output channel Σ_{c,kernel} w[o, c, ·]·m[c] (float64): a layer's mean output for input channel means m."""
+    w = w.double()
+    if isinstance(mod, nn.Linear):
+        return w @ m
+    g, (O, Cg) = mod.groups, w.shape[:2]
+    return torch.einsum("gocx,gc->go", w.flatten(2).reshape(g, O // g, Cg, -1), m.reshape(g, Cg)).reshape(O)
+
+
+def _expected(mod: nn.Module, bn: nn.Module | None, w: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Expected output (after BN when given) of `mod` with weight w for input channel means m."""
+    if bn is None:
+        b = mod.bias.detach().double() if mod.bias is not None else 0.0
+        return _wsum(mod, w, m) + b
+    a, K = P.bn_fold(mod, bn)
+    return a * _wsum(mod, w, m) + K
+
+
 @torch.no_grad()
-def _quantize(mod: nn.Module, bn: nn.Module | None, cfg: Config) -> tuple[torch.Tensor | None, WeightCode]:
-    """Put `mod.weight` on the k-bit grid; fold s̃ into `bn` if given. Returns (s̃ or None without BN, codes)."""
+def _quantize(mod: nn.Module, bn: nn.Module | None, cfg: Config, in_mean: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor | None, WeightCode]:
+    """Put `mod.weight` on the k-bit grid; fold s̃ into `bn` if given; with `in_mean` (input channel means) keep
+    the expected output (BN β or the layer bias absorbs the shift). Returns (s̃ or None without BN, codes)."""
     w = mod.weight.detach()
     M = w.abs().flatten(1).amax(1) if cfg.per_channel else w.abs().max()
-    base = M if (cfg.rescale_quantized or bn is None) else torch.ones_like(M)
-    code = midrise_quantize(w, cfg.bits, M, base)
+    base = M if (cfg.rescale_quantized or bn is None or not cfg.gain) else torch.ones_like(M)
+    code = (midrise_quantize if cfg.grid == "midrise" else midtread_quantize)(w, cfg.bits, M, base)
     wt = code.dequantize().to(w.dtype)
+    e0 = _expected(mod, bn, w, in_mean) if in_mean is not None else None
     s = None
-    if bn is not None:
+    if bn is not None and cfg.gain:
         a, K = P.bn_fold(mod, bn)
         s = quant_scale(a[:, None] * w.double().flatten(1), a[:, None] * wt.double().flatten(1), K, cfg.alpha2)
         bn.weight.mul_(s.to(bn.weight.dtype))
         bn.bias.mul_(s.to(bn.bias.dtype))
     mod.weight.copy_(wt)
+    if e0 is not None:
+        shift = _expected(mod, bn, wt, in_mean) - e0
+        if bn is not None:
+            bn.bias.sub_(shift.to(bn.bias.dtype))
+        elif mod.bias is not None:
+            mod.bias.sub_(shift.to(mod.bias.dtype))
+        else:
+            mod.bias = nn.Parameter((-shift).to(w.dtype), requires_grad=mod.weight.requires_grad)
     return s, code
+
+
+def _input_means(model: nn.Module, gm, ex, names: set[str]) -> dict[str, torch.Tensor]:
+    """Data-free input channel means of the named layers (current weights and BN statistics), where known."""
+    P.propagate_shapes(gm, ex)  # channel counts may have changed by pruning
+    st = P.channel_stats(model, gm)
+    mods = dict(model.named_modules())
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    out = {}
+    for n in gm.graph.nodes:
+        if n.op == "call_module" and n.target in names and calls[n.target] == 1 and n.args:
+            s, m = st.get(n.args[0]) if isinstance(n.args[0], torch.fx.Node) else None, mods[n.target]
+            need = m.in_features if isinstance(m, nn.Linear) else m.in_channels
+            if s is not None and len(s[0]) == need and bool(torch.isfinite(s[0]).all()):
+                out[n.target] = s[0]
+    return out
 
 
 def apply(model: nn.Module, cfg: Config, data=None, example_inputs: Sequence[torch.Tensor] | None = None
@@ -268,6 +380,9 @@ def apply(model: nn.Module, cfg: Config, data=None, example_inputs: Sequence[tor
             rep.layers_skipped[ch.name] = "matches a skip pattern (left unpruned, in float)"
         elif ch.reason:
             rep.layers_skipped[ch.name] = f"not pruned: {ch.reason}"
+        elif ch.act == "identity" and not cfg.prune_linear:
+            rep.layers_skipped[ch.name] = ("not pruned: no activation after its BatchNorm (a linear bottleneck: "
+                                           "its channels carry the block's output; prune_linear=true prunes it)")
         elif cfg.ratio > 0 and (nk := _prune_chain(ch, cfg)) is not None:
             pruned[ch.name], acts[ch.name] = list(nk), ch.act
     qnames, s_all, qw = [], [], 0
@@ -276,11 +391,12 @@ def apply(model: nn.Module, cfg: Config, data=None, example_inputs: Sequence[tor
         bns = {ch.name: ch.bn for ch in chains if ch.bn is not None}
         layers = dict.fromkeys([ch.name for ch in chains] + [n.target for n in gm.graph.nodes if n.op == "call_module"
                                                              and isinstance(mods[n.target], nn.Linear)])
+        in_means = _input_means(model, gm, ex, set(layers)) if cfg.bias_correction else {}
         for name in layers:
             if skipped(name):
                 rep.layers_skipped.setdefault(name, "matches a skip pattern (left in float)")
                 continue
-            s, code = _quantize(mods[name], bns.get(name), cfg)
+            s, code = _quantize(mods[name], bns.get(name), cfg, in_means.get(name))
             if s is not None:
                 s_all.append(s)
             if cfg.bits <= 8:  # wider grids stay float (exporters store int8/int4 only)
@@ -293,6 +409,8 @@ def apply(model: nn.Module, cfg: Config, data=None, example_inputs: Sequence[tor
         rep.bits_per_weight = (qw * cfg.bits + (rep.params_after - qw) * 32) / max(rep.params_after, 1)
     rep.extra.update(pruned=pruned, pruned_activation=acts, quantized=qnames, input_shape=list(ex[0].shape),
                      compensation=cfg.compensation)
+    if cfg.bits is not None and cfg.bias_correction:
+        rep.extra["bias_corrected"] = sum(name in in_means for name in qnames)
     if s_all:
         s = torch.cat(s_all)
         rep.extra["s_tilde_range"] = [float(s.min()), float(s.max())]

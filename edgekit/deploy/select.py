@@ -1,0 +1,159 @@
+"""`--deploy int8|auto` for an artifact being written: build the INT8 form per runtime, validate, time, choose.
+
+- int8: the INT8 QDQ file replaces exports/<runtime>/ when it passes validation; a failed validation raises
+  ExportMismatchError (no artifact is written, as for any export). Slower than FP32 is kept (the user asked for
+  it) and recorded as a warning with the ratio.
+- auto: the FP32 form (float weights on the method's grid), the artifact's default form (integer weights +
+  DequantizeLinear) and the INT8 form are timed in one interleaved loop on the runtime; the fastest form that
+  passed its validation is kept. FP32 is always a candidate, so auto never keeps a form that measured slower than
+  FP32 in that loop. If INT8 cannot be built or fails validation, the reason is recorded and the others compete.
+- LiteRT (tflite) keeps its default form in this slice; the entry says so.
+The manifest's exports.<runtime>.deploy records what was asked, the form kept, why, every median and ratio, the
+INT8 calibration, its validation figures, and whether its int8 weights equal the method's codes.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError, EdgekitError, ExportMismatchError, UnsupportedModelError
+from ..model_io import InputSpec
+
+MODES = ("int8", "auto")
+CALIB_LIMIT = 100  # calibration samples used from --data (MinMax is stable well before this on CNNs)
+HOLDOUT = 16  # further samples from --data, never calibrated on, that validation judges the INT8 file by
+
+
+def check_request(mode: str | None, runtimes: Sequence[str], data: Any = None) -> None:
+    """Fail fast (before any work): unknown mode, or no ONNX Runtime/OpenVINO export to deploy."""
+    from . import RUNTIMES
+
+    if mode is None:
+        return
+    if mode not in MODES:
+        raise ConfigError(f"--deploy '{mode}' is not known; choose one of {', '.join(MODES)}")
+    if not any(rt in RUNTIMES for rt in runtimes):
+        raise ConfigError(f"--deploy {mode} needs --target onnxruntime or openvino (or a target profile of either); "
+                          "LiteRT INT8 is not available yet")
+
+
+def calibration_samples(data: Any, specs: Sequence[InputSpec], limit: int = CALIB_LIMIT + HOLDOUT
+                        ) -> list[tuple] | None:
+    """Input tuples at the artifact's batch size from a DataSource of arrays (None without data, or for text data:
+    it feeds the method; INT8 then goes data-free or dynamic, and the record says which)."""
+    if data is None or not getattr(data, "tensors", None):
+        return None
+    if len(data.tensors) != len(specs):
+        raise ConfigError(f"--data holds {len(data.tensors)} arrays but the model has {len(specs)} inputs")
+    bs = specs[0].shape[0]
+    out = []
+    for batch in data.batches(bs, limit * bs):
+        if batch[0].shape[0] != bs:
+            continue
+        row = []
+        for t, s in zip(batch, specs):
+            if list(t.shape) != list(s.shape):
+                raise ConfigError(f"--data sample shape {list(t.shape)} does not match input '{s.name}' {s.shape}")
+            row.append(t.to(getattr(torch, s.dtype)))
+        out.append(tuple(row))
+    return out
+
+
+def _install(src: Path, dest: Path) -> None:
+    """Replace an export file (and an OpenVINO .bin next to it) with another form."""
+    shutil.copy2(src, dest)
+    if src.suffix == ".xml":
+        shutil.copy2(src.with_suffix(".bin"), dest.with_suffix(".bin"))
+
+
+def _float_form(model: nn.Module, specs: Sequence[InputSpec], rt: str, build: Path, dest: Path) -> dict[str, Any]:
+    """Install the FP32 form and validate it as any fp32 export (1e-4 of scale)."""
+    from ..export.validate import validate
+
+    _install(build / ("float.onnx" if rt == "onnxruntime" else "float_ov.xml"), dest)
+    return validate(model, specs, dest, rt, "fp32")
+
+
+def _summary(rec: dict[str, Any]) -> dict[str, Any]:
+    """What the manifest keeps about the INT8 build (validation and speed are recorded separately)."""
+    keys = ("form", "format", "activations", "weights", "weight_scales_from_codes", "calibration", "weight_codes",
+            "ort_kernels")
+    out = {k: rec[k] for k in keys if k in rec}
+    out["left_in_float"] = sorted(rec.get("left_in_float", {}))
+    return out
+
+
+def _one(model: nn.Module, specs: Sequence[InputSpec], root: Path, rt: str, entry: dict[str, Any], mode: str,
+         calib: list | None, codes: dict, work: Path, options: dict[str, Any]) -> None:
+    from . import deploy_int8
+
+    dest = root / entry["file"]
+    cand = work / rt / ("model.onnx" if rt == "onnxruntime" else "model.xml")
+    note: dict[str, Any] = {"requested": mode}
+    try:
+        others = {"default": dest} if mode == "auto" else None
+        rec = deploy_int8(model, specs, cand, rt, calib, codes, candidates=others, work_dir=work / "build", **options)
+    except (EdgekitError, RuntimeError, ValueError, KeyError) as e:
+        if mode == "int8":
+            if isinstance(e, EdgekitError):
+                raise
+            raise UnsupportedModelError(f"INT8 deploy for {rt} failed: {str(e).splitlines()[0][:300]}") from e
+        entry["deploy"] = {**note, "form": "default", "why": f"INT8 could not be built: {str(e).splitlines()[0][:300]}"}
+        return
+    speed, val = rec["speed"], rec["validation"]
+    note.update(int8=_summary(rec), int8_validation=val, speed=speed)
+    ratio = speed["ratio_to_fp32"]["int8"]
+    if mode == "int8":
+        if not rec["passed"]:
+            hint = next((v["reason"] for v in rec["weight_codes"].get("not_exact", {}).values()), None)
+            raise ExportMismatchError(f"{rt} INT8 file failed validation: {'; '.join(val['failed'])}"
+                                      + (f"; the method's weights did not fit int8 exactly: {hint}" if hint else "")
+                                      + "; no artifact was written (try --data FILE.npy for calibrated ranges, or "
+                                      "--deploy auto)")
+        pick, why = "int8", "requested (--deploy int8)"
+        if ratio > 1:
+            note["warning"] = f"INT8 measured {ratio:.2f}x FP32's latency (slower) on this host"
+    else:
+        ok = {"fp32": True, "default": True, "int8": rec["passed"]}
+        med = speed["median_ms"]
+        pick = min((k for k in med if ok[k]), key=lambda k: med[k])
+        times = ", ".join(f"{k} {v:.3g} ms" for k, v in med.items())
+        why = f"fastest validated form on this host ({times})"
+        if not rec["passed"]:
+            why += f"; int8 rejected: {'; '.join(val['failed'])}"
+    note.update(form={"int8": rec["form"], "default": "default", "fp32": "fp32"}[pick], why=why)
+    if pick == "int8":
+        _install(cand, dest)
+        note["default_validation"] = entry["validation"]
+        entry.update(precision="int8", validation=val)
+    elif pick == "fp32":
+        note["default_validation"] = entry["validation"]
+        entry.update(precision="fp32", validation=_float_form(model, specs, rt, work / "build", dest))
+    entry["deploy"] = note
+
+
+def deploy_exports(model: nn.Module, specs: Sequence[InputSpec], root: Path, exports: dict[str, dict[str, Any]],
+                   mode: str, data: Any = None, on_step: Callable[[str], None] = lambda _s: None,
+                   options: dict[str, Any] | None = None) -> None:
+    """Apply `mode` to every export entry of an artifact being staged at root (entries are updated in place)."""
+    from ..quant import get_codes
+    from . import RUNTIMES
+
+    samples = calibration_samples(data, specs)
+    calib, held = samples, None
+    if samples and len(samples) >= 2 * HOLDOUT:  # hold the last HOLDOUT out of calibration
+        calib, held = samples[:-HOLDOUT], samples[-HOLDOUT:]
+    codes = get_codes(model)
+    with tempfile.TemporaryDirectory(prefix="edgekit-deploy-") as tmp:
+        for rt, entry in exports.items():
+            if rt not in RUNTIMES:
+                entry["deploy"] = {"requested": mode, "form": "default", "why": f"INT8 deploy for {rt} is not "
+                                   "available yet (LiteRT full-integer is planned)"}
+                continue
+            on_step(f"deploy {mode} {rt}")
+            _one(model, specs, root, rt, entry, mode, calib, codes, Path(tmp), {**(options or {}), "validation": held})

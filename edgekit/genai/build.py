@@ -1,0 +1,175 @@
+"""Write a decoder artifact: the KV-cache ONNX graph, per-runtime generation folders, the tokenizer, validation.
+
+Layout::
+
+    ART/model.onnx                          KV-cache decoder (integer weights + DequantizeLinear where a method quantized)
+    ART/tokenizer/tokenizer.json ...        Hugging Face tokenizer files (apps encode with the `tokenizers` package)
+    ART/exports/onnxruntime/                model.onnx + genai_config.json + tokenizer files (onnxruntime-genai)
+    ART/exports/openvino/                   openvino_model.xml/.bin (stateful) + openvino_(de)tokenizer.xml
+
+manifest["decoder"]: layers, heads, kv_heads, head_dim, vocab, past/present names; manifest["tokenizer"]: its folder
+and files; manifest["generation"]: the validation prompt and transformers' greedy tokens; each export's
+"validation": numpy greedy loop (tokens, per-step logits, cache use) and "genai": the runtime's own stack (tokens).
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from torch import nn
+
+from .. import artifact as art
+from ..errors import ConfigError
+from ..quant.codes import WeightCode, get_codes
+from . import check
+from .decoder import DecoderInfo, export_decoder, find_causal_lm
+from .files import copy_tokenizer, write_genai_config, write_openvino
+from .loop import OV_CONFIG
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def check_runtimes(runtimes: Sequence[str]) -> list[str]:
+    """The runtimes a decoder artifact can target, checked before any work (default: onnxruntime)."""
+    rts = list(dict.fromkeys(runtimes or ["onnxruntime"]))
+    bad = [r for r in rts if r not in RUNTIMES]
+    if bad:
+        raise ConfigError(f"--kv-cache exports to {' and '.join(RUNTIMES)}; not to {', '.join(bad)} (LiteRT "
+                          "generation is not supported yet)")
+    return rts
+
+
+def tokenizer_dir(source: str) -> Path:
+    """Where the source model's tokenizer files are: the HF folder itself, or the cached SmolLM2 folder."""
+    if source == "smollm2":
+        from ..models.real import smollm2_dir
+
+        return smollm2_dir()
+    p = Path(source)
+    if p.is_dir() and (p / "tokenizer.json").is_file():
+        return p
+    raise ConfigError(f"{source}: no tokenizer.json found for --kv-cache; pass a Hugging Face folder that holds the "
+                      "model and its fast tokenizer, or smollm2")
+
+
+def _prompt_ids(tok_dir: Path, prompt: str, vocab: int) -> list[int]:
+    from tokenizers import Tokenizer
+
+    ids = Tokenizer.from_file(str(tok_dir / "tokenizer.json")).encode(prompt).ids
+    if not ids or max(ids) >= vocab:
+        raise ConfigError(f"the tokenizer's ids for {prompt!r} do not fit the model's vocabulary of {vocab}; the "
+                          "tokenizer does not belong to this model")
+    return ids
+
+
+def _io_specs(info: DecoderInfo) -> tuple[list[dict], list[dict]]:
+    """Manifest I/O of a decode step (1 new token after 8 cached): example shapes, dynamic axes named."""
+    past = {"name": "", "shape": [1, info.kv_heads, 8, info.head_dim], "dtype": "float32",
+            "dynamic": {0: "batch", 2: "past_sequence_length"}, "high": None}
+    ins = [{"name": "input_ids", "shape": [1, 1], "dtype": "int64", "dynamic": {0: "batch", 1: "sequence_length"},
+            "high": info.vocab},
+           {"name": "attention_mask", "shape": [1, 9], "dtype": "int64",
+            "dynamic": {0: "batch", 1: "total_sequence_length"}, "high": None},
+           {"name": "position_ids", "shape": [1, 1], "dtype": "int64", "dynamic": {0: "batch", 1: "sequence_length"},
+            "high": 9}]
+    ins += [{**past, "name": n} for n in info.past_names]
+    outs = [{"name": "logits", "shape": [1, 1, info.vocab], "dtype": "float32"}]
+    outs += [{"name": n, "shape": [1, info.kv_heads, 9, info.head_dim], "dtype": "float32"} for n in info.present_names]
+    return ins, outs
+
+
+def export_ort(root: Path, info: DecoderInfo, tok_files: list[str], prompt: list[int], ref: Any,
+                precision: str, config: dict[str, str]) -> dict[str, Any]:
+    from .stacks import ort_genai
+
+    d = root / "exports" / "onnxruntime"
+    d.mkdir(parents=True)
+    write_genai_config(d, info)
+    for n in tok_files:
+        shutil.copy2(root / "tokenizer" / n, d / n)
+    weights, val = _ort_weights(root / "model.onnx", d / "model.onnx", info, prompt, ref, precision, config)
+    stack = check.check_stack(lambda: ort_genai(d, prompt, len(ref.tokens)), ref, "onnxruntime-genai")
+    return {"file": "exports/onnxruntime/model.onnx", "precision": precision, "validation": val, "weights": weights,
+            "genai": {"stack": "onnxruntime-genai", "config": "exports/onnxruntime/genai_config.json", **stack}}
+
+
+def _ort_weights(src: Path, dst: Path, info: DecoderInfo, prompt: list[int], ref: Any, precision: str,
+                 config: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Integer weights as MatMulNBits (genai.nbits: exact, fp32 compute) when the graph has any, kept only if the
+    generation check passes; else (or for float graphs) the canonical graph as it is."""
+    from ..errors import ExportMismatchError
+    from .nbits import to_matmulnbits
+
+    if config.get("session.disable_quant_qdq"):  # integer weights (DequantizeLinear) in the canonical graph
+        rep = to_matmulnbits(src, dst)
+        if rep["layers"]:
+            try:
+                return ({"kind": "MatMulNBits", **rep},
+                        check.check_loop(dst, "onnxruntime", info.to_dict(), prompt, ref, precision, config))
+            except ExportMismatchError as e:
+                rep = {"kind": "DequantizeLinear", "matmulnbits_rejected": str(e)[:300]}
+        else:
+            rep = {"kind": "DequantizeLinear", "matmulnbits": "no MatMul weight qualified", "kept": rep["kept"]}
+    else:
+        rep = {"kind": "float"}
+    shutil.copy2(src, dst)
+    return rep, check.check_loop(dst, "onnxruntime", info.to_dict(), prompt, ref, precision, config)
+
+
+def export_ov(root: Path, info: DecoderInfo, prompt: list[int], ref: Any, precision: str) -> dict[str, Any]:
+    from .stacks import ov_genai
+
+    d = root / "exports" / "openvino"
+    files = write_openvino(root / "model.onnx", d, info, root / "tokenizer")
+    val = check.check_loop(d / "openvino_model.xml", "openvino", info.to_dict(), prompt, ref, precision, OV_CONFIG)
+    if isinstance(files.get("tokenizer_ir"), list):
+        stack = check.check_stack(lambda: ov_genai(d, prompt, len(ref.tokens)), ref, "openvino-genai")
+    else:
+        stack = {"status": "unavailable", "reason": files["tokenizer_ir"]}
+    return {"file": "exports/openvino/openvino_model.xml", "precision": precision, "stateful": True,
+            "validation": val, "genai": {"stack": "openvino-genai LLMPipeline", **stack,
+                                         "tokenizer_ir": files["tokenizer_ir"]}}
+
+
+def write_decoder_artifact(module: nn.Module, out: Path, runtimes: Sequence[str], source: dict[str, Any],
+                           tok_dir: Path, *, kind: str = "export", extra: dict[str, Any] | None = None,
+                           codes: dict[str, WeightCode] | None = None, precision: str = "fp32",
+                           overwrite: bool = False, protect: Sequence[Any] = (),
+                           on_step: Callable[[str], None] = lambda s: None, prompt: str = check.PROMPT,
+                           new_tokens: int = check.NEW_TOKENS) -> Path:
+    """Export `module`'s causal LM with a KV cache into the artifact `out`, validated against transformers' greedy
+    generate on every runtime (and its generation stack where installed); `extra` is merged into the manifest
+    (method entries, fidelity...)."""
+    from ..export.validate import TOLERANCES
+
+    rts = check_runtimes(runtimes)
+    lm = find_causal_lm(module)
+    codes = get_codes(module) if codes is None else codes
+    precision = precision if precision in TOLERANCES and precision != "act_quant" else "int"
+    art.check_output(out, overwrite, protect=protect)
+    with art.staging(out, overwrite, protect=protect) as root:
+        on_step("export onnx (KV cache)")
+        res = export_decoder(lm, root / "model.onnx", codes)
+        info: DecoderInfo = res["info"]
+        tok_files = copy_tokenizer(tok_dir, root / "tokenizer")
+        ids = _prompt_ids(root / "tokenizer", prompt, info.vocab)
+        on_step("transformers generate (reference)")
+        ref = check.reference(lm, ids, new_tokens, info.eos_token_ids)
+        ort_cfg = {"session.disable_quant_qdq": "1"} if res["integer_weights"].get("integer_weights") else {}
+        on_step("validate onnx (greedy loop)")
+        val = check.check_loop(root / "model.onnx", "onnxruntime", info.to_dict(), ids, ref, precision, ort_cfg)
+        exports = {}
+        for rt in rts:
+            on_step(f"export {rt} + validate generation")
+            exports[rt] = (export_ort(root, info, tok_files, ids, ref, precision, ort_cfg) if rt == "onnxruntime"
+                           else export_ov(root, info, ids, ref, precision))
+        ins, outs = _io_specs(info)
+        man = {"kind": kind, "source": source, "model": "model.onnx", "inputs": ins, "outputs": outs,
+               "decoder": info.to_dict(), "tokenizer": {"dir": "tokenizer", "files": tok_files},
+               "generation": {"prompt": prompt, "prompt_tokens": ids, "reference": "transformers generate, greedy",
+                              "tokens": ref.tokens, "max_new_tokens": new_tokens},
+               "integer_weights": res["integer_weights"], "export_precision": precision,
+               "validation": {"onnx": val}, "exports": exports, **(extra or {})}
+        art.write_manifest(root, man)
+    return Path(out)

@@ -1,0 +1,102 @@
+"""Validate KV-cache generation against transformers' own greedy `generate` (fail closed).
+
+The reference is the (compressed) torch model's `generate(do_sample=False)` on a fixed prompt: its new tokens and its
+raw logits per step. Each runtime path must give the same tokens (stopping at the same eos, if any); the numpy loops
+must also give logits within the precision's tolerance at every step (export.validate's figures: max abs error
+relative to the logits' RMS, relative L2, cosine), and their decode steps must feed one token with the cache
+holding every earlier position. The runtimes' own stacks (onnxruntime-genai, openvino-genai) expose no logits; their
+tokens must match. A stack that is not installed, or fails to load, is recorded with the reason (not a mismatch).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ExportMismatchError
+from ..export.validate import TOLERANCES, check_finite, compare
+from .loop import Greedy, greedy, open_decoder
+
+PROMPT = "The capital of France is"
+NEW_TOKENS = 20
+
+
+def reference(lm: nn.Module, prompt: Sequence[int], new_tokens: int, eos: Sequence[int]) -> Greedy:
+    """transformers' greedy generate: new tokens and raw logits per step."""
+    ids = torch.tensor([list(prompt)], dtype=torch.long)
+    with torch.no_grad():
+        out = lm.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens, do_sample=False,
+                          num_beams=1, eos_token_id=list(eos) or None, pad_token_id=(list(eos) or [0])[0],
+                          output_logits=True, return_dict_in_generate=True, temperature=None, top_p=None,
+                          top_k=None)
+    toks = [int(t) for t in out.sequences[0, ids.shape[1]:]]
+    logits = [lg[0].float().numpy() for lg in out.logits][: len(toks)]
+    return Greedy(toks, [], logits, stopped_at_eos=bool(toks and toks[-1] in eos))
+
+
+def _first_diff(a: Sequence[int], b: Sequence[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+
+
+def match_tokens(ref: Greedy, got: Greedy, what: str) -> dict[str, Any]:
+    """Token-for-token equality with the reference, or ExportMismatchError naming the first differing step."""
+    if got.tokens != ref.tokens:
+        i = _first_diff(ref.tokens, got.tokens)
+        raise ExportMismatchError(f"{what}: greedy tokens differ from transformers' generate at new token {i} "
+                                  f"(transformers {ref.tokens[i:i + 3]}, {what} {got.tokens[i:i + 3]}); no artifact "
+                                  "was written")
+    return {"greedy_match": True, "new_tokens": len(got.tokens), "stopped_at_eos": ref.stopped_at_eos}
+
+
+def _cache_use(calls: list[tuple[int, int]], prompt_len: int) -> dict[str, Any]:
+    """Prefill fed the prompt with an empty cache; every decode step fed 1 token with all earlier positions cached."""
+    ok = bool(calls) and calls[0] == (prompt_len, 0) and all(
+        c == (1, prompt_len + k) for k, c in enumerate(calls[1:]))
+    return {"prefill": list(calls[0]) if calls else None, "decode_steps": len(calls) - 1,
+            "decode_tokens_per_call": sorted({c[0] for c in calls[1:]}), "past_lengths": [c[1] for c in calls],
+            "ok": ok}
+
+
+def check_loop(path: Path, runtime: str, info: dict, prompt: Sequence[int], ref: Greedy, precision: str,
+               config: dict[str, str] | None = None) -> dict[str, Any]:
+    """Numpy greedy loop over `path` in `runtime`: tokens equal, logits within tolerance at every step, cache used."""
+    what = f"{runtime} ({Path(path).name}, numpy greedy loop)"
+    dec = open_decoder(path, runtime, info, config=config)
+    got = greedy(dec, prompt, len(ref.tokens), ref.tokens[-1:] if ref.stopped_at_eos else (), keep_logits=True)
+    for k, lg in enumerate(got.logits):
+        check_finite(lg, f"{what} logits at new token {k}")
+    res = match_tokens(ref, got, what)
+    tol = TOLERANCES[precision if precision in TOLERANCES else "int"]
+    worst: dict[str, float] = {}
+    for r, g in zip(ref.logits, got.logits):
+        f = compare(r[None], g[None])
+        for k in ("max_abs", "max_abs_scaled", "rel_l2"):
+            worst[k] = max(worst.get(k, 0.0), f[k])
+        worst["cosine"] = min(worst.get("cosine", 1.0), f["cosine"])
+    if worst and (worst["max_abs_scaled"] > tol["max_abs"] or worst["rel_l2"] > tol["rel_l2"]
+                  or worst["cosine"] < tol["cosine"]):
+        raise ExportMismatchError(f"{what}: logits differ from transformers beyond the {precision} tolerance at some "
+                                  f"step (worst max_abs scaled {worst['max_abs_scaled']:.3g}, rel_l2 "
+                                  f"{worst['rel_l2']:.3g}, cosine {worst['cosine']:.6f}); no artifact was written")
+    cache = _cache_use(dec.calls, len(prompt))
+    if not cache["ok"]:
+        raise ExportMismatchError(f"{what}: the loop did not use the KV cache as expected ({cache}); no artifact "
+                                  "was written")
+    return {**res, "precision": precision, "tolerance": tol, "outputs": {"logits": worst}, "steps_compared":
+            len(got.logits), "cache": cache, "runtime_config": dict(config or {})}
+
+
+def check_stack(run: Callable[[], Greedy], ref: Greedy, what: str) -> dict[str, Any]:
+    """A runtime's own generation stack: tokens equal; unavailable (missing package, load failure) is recorded."""
+    from ..errors import MissingDependencyError
+
+    try:
+        got = run()
+    except MissingDependencyError as e:
+        return {"status": "unavailable", "reason": str(e)}
+    except Exception as e:  # a stack that cannot load our files: recorded, generation falls back to the numpy loop
+        return {"status": "failed to run", "reason": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"}
+    return {"status": "ok", **match_tokens(ref, got, what)}
