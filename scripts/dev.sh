@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-  "$PY" -m venv .venv
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+  "$PY" -m venv --clear .venv   # also repairs a venv left half-made by an interrupted run
 fi
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
 # torch is pinned in the same command as litert-torch (alone it would resolve to a multi-GB CUDA build)
