@@ -14,7 +14,7 @@ Variants (per runtime, FP32 first):
   ONNX Runtime runs them as MatMulNBits (edgekit.genai.nbits, exact, fp32 compute = the artifact's validated file);
   "+a8" rebuilds that file with accuracy_level 4 (int8 activations per block, dynamic). OpenVINO runs the int4/int8
   weights compressed, with its dynamic activation quantization off (validated setting) or on ("+a8", its default);
-- nncf_int4 (peer): nncf.compress_weights(INT4_SYM, group 128, ratio 1) on the FP32 stateful IR, OpenVINO defaults.
+- nncf_int4 (peer): nncf.compress_weights(INT4_SYM, group 128 / ADJUST) on the FP32 stateful IR, as baselines.py.
 Floor: weight bytes of the file / the host's single-thread copy bandwidth (a lower bound of the real bandwidth, so
 the floor is an upper bound of the true floor) - every weight is read once per decoded token.
 """
@@ -127,8 +127,9 @@ def _nncf_int4(xml: Path, tmp: Path, threads: int, info: dict) -> dict:
     import nncf
     import openvino as ov
 
+    adjust = nncf.quantization.advanced_parameters.GroupSizeFallbackMode.ADJUST  # 576 = 4.5 x 128: NNCF picks 64
     m = nncf.compress_weights(ov.Core().read_model(str(xml)), mode=nncf.CompressWeightsMode.INT4_SYM, group_size=128,
-                              ratio=1.0)
+                              advanced_parameters=nncf.AdvancedCompressionParameters(group_size_fallback_mode=adjust))
     p = tmp / "nncf_int4.xml"
     ov.save_model(m, str(p))
     dec = loop.open_decoder(p, "openvino", info, threads, OV_DYNQ)

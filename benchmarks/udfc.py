@@ -28,6 +28,7 @@ import argparse
 import copy
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -302,7 +303,8 @@ def part_resnet(dev: str, limit: int | None = None) -> dict:
 
 # ---------------------------------------------------------------- zoo: default udfc vs RTN on several networks
 V1 = {"per_channel": True, "grid": "midrise", "gain": True, "bias_correction": False, "prune_linear": True}
-ZOO_QUANT = {"rtn": None, "udfc": {}, "udfc_v1": V1, "udfc_paper": {"paper": True}}  # v1: defaults before issue 21
+ZOO_QUANT = {"rtn": None, "udfc": {}, "udfc_gain": {"gain": True}, "udfc_v1": V1,  # v1: defaults before issue 21
+             "udfc_paper": {"paper": True}}
 ZOO_PRUNE = {"udfc": {}, "udfc_linear": {"prune_linear": True}, "udfc_v1": V1, "udfc_paper": {"paper": True},
              "nm": {"compensation": "nm"}, "drop": {"compensation": "none"}}
 
@@ -352,8 +354,10 @@ def _variant(base: nn.Module, opts: dict | None, bits: int | None, ex: list) -> 
 
 
 def zoo_rows(name: str, base: nn.Module, x: torch.Tensor, labels: torch.Tensor | None, dev: str,
-             bits_list: tuple[int, ...], recal: torch.Tensor | None, sparse: bool = True) -> list[dict]:
-    """rtn / udfc default / udfc v1 / paper at each bit-width, pruning at r=0.3 (W8), and a sparse checkpoint."""
+             bits_list: tuple[int, ...], recal: torch.Tensor | None, sparse: bool = True,
+             alone: bool = False) -> list[dict]:
+    """rtn / udfc default / +gain / v1 / paper at each bit-width, pruning at r=0.3 (W8), a sparse checkpoint, and
+    (alone) each layer that prune_linear=true prunes, pruned alone (udfc vs drop-only, W8)."""
     ex = [x[:1]]
     y0 = _outputs(copy.deepcopy(base), x, dev)
     rows = [{"net": name, "kind": "fp32", **_fidelity(y0, y0, labels)}]
@@ -370,6 +374,15 @@ def zoo_rows(name: str, base: nn.Module, x: torch.Tensor, labels: torch.Tensor |
             add("quant", v, bits, 0.0, *_variant(base, opts, bits, ex), y0)
     for v, opts in ZOO_PRUNE.items():
         add("prune", v, 8, 0.3, *_variant(base, {**opts, "ratio": 0.3}, 8, ex), y0)
+    if alone:
+        _, rep = udfc.apply(copy.deepcopy(base), parse_config(udfc, {"ratio": 0.3, "bits": None, "prune_linear": True}),
+                            example_inputs=ex)
+        layers = list(rep.extra["pruned"])
+        for layer in layers:
+            skip = [f"^{re.escape(o)}$" for o in layers if o != layer]
+            for v, comp in (("udfc", "udfc"), ("drop", "none")):
+                opts = {"ratio": 0.3, "prune_linear": True, "compensation": comp, "skip": skip}
+                add("alone", f"{v}:{layer}", 8, 0.3, *_variant(base, opts, 8, ex), y0)
     if sparse:
         sb = sparsify(base, 0.3, recal, dev)
         ys = _outputs(copy.deepcopy(sb), x, dev)
@@ -419,7 +432,7 @@ def part_zoo_lite0(dev: str, n_images: int, px: int = 224) -> dict:
     xte = load_fashion("test")[0][:n_images]
     x = torch.nn.functional.interpolate((xte * 0.3530 + 0.2860 - 0.5) * 2, size=(px, px), mode="bilinear")
     x = x.repeat(1, 3, 1, 1)
-    rows = zoo_rows("efficientnet-lite0", load_efficientnet_lite0(), x, None, dev, (8, 6, 5, 4), None)
+    rows = zoo_rows("efficientnet-lite0", load_efficientnet_lite0(), x, None, dev, (8, 6, 5, 4), None, alone=True)
     return {"images": n_images, "px": px, "device": dev, "rows": rows}
 
 

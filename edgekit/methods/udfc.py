@@ -388,7 +388,8 @@ def apply(model: nn.Module, cfg: Config, data=None, example_inputs: Sequence[tor
     qnames, s_all, qw = [], [], 0
     if cfg.bits is not None:
         mods = dict(model.named_modules())
-        bns = {ch.name: ch.bn for ch in chains if ch.bn is not None}
+        bns = {ch.name: ch.bn for ch in chains  # s̃ and BN-side corrections need an affine BN with statistics
+               if ch.bn is not None and ch.bn.affine and ch.bn.running_var is not None}
         layers = dict.fromkeys([ch.name for ch in chains] + [n.target for n in gm.graph.nodes if n.op == "call_module"
                                                              and isinstance(mods[n.target], nn.Linear)])
         in_means = _input_means(model, gm, ex, set(layers)) if cfg.bias_correction else {}
