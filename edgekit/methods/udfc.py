@@ -4,36 +4,42 @@ Spec: shared/methods/udfc.md. Pruned filters are re-routed into kept channels of
 quantized filters can get a per-channel gain s̃ (Eq. 14) folded into the BatchNorm after them. No data, no gradients.
 
 Defaults differ from the paper where measurements said so (issue 21; `paper=true` restores the published method,
-any option given explicitly wins). Figures: top-1 agreement / logit cosine with FP32, benchmarks/udfc.py `zoo`
-(EfficientNet-Lite0 on 1,000 Fashion images at 224 px; four Fashion-MNIST nets built in benchmarks/udfc.py).
-- ratio=0 (quantization only). Pruning without fine-tuning lost to not pruning on every network tried, e.g. at
-  r=0.3, W8: ResNet-20 0.874 vs RTN 0.998, VGG 0.927 vs 0.998, Lite0 0.733 vs 0.800; pruning is opt-in.
+any option given explicitly wins). Figures: top-1 agreement / logit cosine with FP32 on 1,000 held-out images,
+benchmarks/udfc.py parts `zoo` (MobileNetV2-, EfficientNet-B- (SiLU + SE), VGG-style nets and ResNet-20, trained
+on Fashion-MNIST) and `zoo_lite0` (EfficientNet-Lite0's ImageNet logits on Fashion images), results/udfc.json.
+- ratio=0 (quantization only). Pruning without fine-tuning lost to not pruning on every network tried: r=0.3 at
+  W8 gave ResNet-20 0.872, VGG 0.925, MobileNetV2 0.993, Lite0 0.737 where RTN W8 keeps 1.000/1.000/0.995/0.800.
+  Pruning is opt-in (`ratio=0.3`).
 - grid=midtread (RTN's symmetric grid with an exact zero). The paper's zero-free grid sends an exact-zero weight
-  to +Δ/2 (round half to even lands on the code above zero), so every zero adds the same positive error and
-  BN's γ/σ amplifies the resulting output shift: with the 30% smallest weights of each layer zeroed (a sparse
-  checkpoint), the old default (per-channel mid-rise + s̃) fell to W6 0.000 / W8 0.511 on Lite0 where RTN kept
-  0.289 / 0.818 (ResNet-20: W6 0.945 vs 0.996). Lite0 as shipped has 6,127 exact zeros: that is our best
-  explanation of issue 21's W6 collapse on a second EfficientNet (not reproducible here without its weights).
-- bias_correction=true: from BN statistics alone (a BN outputs N(β, γ²), moments pushed through activations
-  by Gauss-Hermite quadrature, through adds/concats/pools/flatten; `_prune.channel_stats`), each quantized
-  layer's expected output is kept (BN β or the layer bias absorbs the shift; DFQ's analytic bias correction,
-  Nagel et al. 2019), and a pruned channel's expected value minus what the kept channels re-route
-  (E[x_j] − Σ ŝ_ji E[x_i]) goes into the consumer bias (the γ≈0 constant fold is its special case). Layers whose
-  input statistics are unknown (ops we do not model) are left uncorrected (`bias_corrected` counts the others).
-  Lite0 RTN-grid W8/W6/W4: 0.808/0.257/0.007 -> 0.907/0.593/0.078; pruning r=0.3 (FP32): ResNet-20
-  0.463 -> 0.874, VGG 0.569 -> 0.927. It is not free: on the small Fashion nets it moves agreement by ±0.006.
-- gain=false: with bias correction, folding s̃ lowered the logit cosine at W4 on ResNet-20 (0.9986 -> 0.9952)
-  and VGG (0.9963 -> 0.9938) and was within noise elsewhere. s̃ is the least-squares gain ⟨R̃,R⟩/‖R̃‖²; on a
-  grid with zero the rounding error is nearly orthogonal to R, so s̃ ≈ ‖R‖²/(‖R‖² + ‖e‖²) < 1 shrinks every
-  channel, and the shrinkage compounds over layers. It suits the zero-free grid (which inflates small weights),
-  which is why the paper needs it. gain=true restores it (s̃ is folded into γ and β, exact for any activation).
-- prune_linear=false: a conv whose BN feeds no activation (MobileNet/EfficientNet linear bottleneck) is not
-  pruned. Those channels are the block output; the kept filters cannot span the pruned ones (d = C·K² >> N) and
-  neither ŝ nor drop-only recovers them: on Lite0 pruning `_blocks.15._project_conv` alone (30%, FP32) gave
-  agreement 0.376 (udfc) / 0.380 (drop), `_blocks.0._project_conv` 0.52 / 0.60, the head conv (ReLU6) 0.73.
-  All three together (6% of MACs) gave 0.22-0.24: issue 21's "4.7% of MACs halves agreement". The spec's scope
-  (§5) is BN+ReLU chains; prune_linear=true is our extension.
-- per_channel=true: one M per output channel (per tensor, the paper's grid gives Lite0 W6 0.024).
+  to +Δ/2 (round half to even lands on the code above zero), so every zero adds the same positive error and BN's
+  γ/σ amplifies the output shift. With the 30% smallest weights of each layer set to 0 (a sparse checkpoint), the
+  pre-issue-21 default (per-channel mid-rise + s̃) gave Lite0 W6 0.000 / W8 0.511 where RTN keeps 0.289 / 0.818
+  (ResNet-20 W6 0.944 vs 0.999, VGG 0.963 vs 0.997); the default now gives 0.695 / 0.845. Lite0 as shipped has
+  6,127 exact zeros; many more in a checkpoint is our best explanation of issue 21's W6 collapse (0.05 vs RTN
+  0.40) on a second EfficientNet, whose weights we do not have.
+- bias_correction=true: from BN statistics alone (a BN outputs N(β, γ²); moments go through activations by
+  Gauss-Hermite quadrature and through adds, concats, pools and flatten: `_prune.channel_stats`), a quantized
+  layer keeps its expected output (BN β or its bias absorbs the shift; DFQ's analytic bias correction, Nagel et
+  al. 2019), and a pruned channel's expected value minus what the kept channels re-route (E[x_j] − Σ ŝ_ji E[x_i])
+  goes into the consumer bias (the γ≈0 constant fold is the special case). Layers whose input statistics are
+  unknown (ops not modelled) stay uncorrected; `bias_corrected` counts the others. With the defaults the
+  quantized weights are exactly RTN's, so this is the whole difference to RTN: Lite0 W8/W6/W5/W4 0.800/0.272/
+  0.134/0.008 -> 0.907/0.593/0.391/0.078. Pruning r=0.3, W8 (pre-issue-21 default -> default): ResNet-20 0.467 ->
+  0.872, VGG 0.580 -> 0.925. It is not free where the Gaussian model is off: VGG W4 0.973/0.9964 vs RTN
+  0.974/0.9971, ResNet-20 sparse W6 0.995 vs 0.999 (cosine 0.9996 vs 0.9995).
+- gain=false. Folding s̃ on top put W4 below RTN on ResNet-20 (0.974/0.9953 vs 0.978/0.9972) and VGG
+  (0.967/0.9940 vs 0.974/0.9971), and Lite0 W4 at 0.065/0.515 (without: 0.078/0.600); elsewhere within ±0.004.
+  s̃ = ⟨R̃,R⟩/‖R̃‖² is the least-squares gain: on a grid with zero the rounding error is nearly orthogonal to R,
+  so s̃ ≈ ‖R‖²/(‖R‖² + ‖e‖²) < 1 shrinks every channel and the shrinkage compounds over layers. The zero-free grid
+  inflates small weights, which s̃ < 1 undoes: that is where the paper needs it. gain=true folds s̃ into γ and β
+  (exact for any activation, also before adds: it scales the pre-activation that ℓq models).
+- prune_linear=false: a conv whose BN feeds no activation (the linear bottleneck of MobileNetV2/EfficientNet) is
+  not pruned. Its channels are the block output, the kept filters cannot span the pruned ones (d = C·K² >> N), and
+  neither ŝ nor drop-only recovers them: pruning 30% of Lite0's `_blocks.15._project_conv` alone gave 0.361
+  (udfc) / 0.365 (drop), `_blocks.0._project_conv` 0.510 / 0.595, against 0.734 / 0.667 for the head conv (ReLU6).
+  The three together (6% of MACs) gave 0.219: issue 21's "4.7% of MACs halves agreement". The spec's pruning scope
+  (§5) is BN+ReLU chains; prune_linear=true is our first implementation's extension, which paper=true keeps.
+- per_channel=true: one M per output channel (per tensor, the paper's method gives Lite0 W6 0.027).
 
 Other decisions where the paper/spec leaves room:
 - Graph: producer/consumer pairs come from a torch.fx trace (conv/BN/linear/activation subclasses are leaves).
@@ -53,8 +59,9 @@ Other decisions where the paper/spec leaves room:
 - Mid-rise codes are stored as q' = n − 2^(k−1) with an offset M/(2^k−1) (spec §10); bits ≤ 8 store as int8,
   ≤ 4 int4; bits up to 16 are accepted (spec §8.1) but stay float above 8. Layers without a following BN
   (heads, SE convs) get s̃ = 1; their bias absorbs the bias correction (a bias is added where there was none).
-- A safety check that picked drop-only over ŝ per layer on a data-free Gaussian proxy (white layer input,
-  BN marginals) was tried and removed: it fired once (Lite0 head) and was wrong there (0.734 -> 0.668).
+- A safety check that chose drop-only over ŝ per layer on a data-free Gaussian proxy (white layer input, BN
+  marginals) was tried during issue 21 and removed: in a diagnostic run (500 images) it fired only on Lite0's
+  head conv, and wrongly (agreement 0.734 with ŝ, 0.668 with its choice).
 - The NM baseline (`compensation="nm"`) is one-hot Neuron Merging on BN-folded filters R = (γ/σ)W: nearest kept
   filter by cosine, scale ‖R_j‖/‖R_i‖, dropped when the cosine is ≤ 0. `compensation="none"` is drop-only.
 - Input: `example_inputs` (edgekit compress passes its input spec) > `input_shape` > (1, C_in of the first conv,
@@ -105,9 +112,10 @@ class Config(BaseModel, extra="forbid"):
         "its expected output, pruned channels leave their expected contribution in the consumer bias (paper: false)")
     prune_linear: bool = Field(
         False, description="also prune convs whose BN feeds no activation (linear bottlenecks: MobileNet/EfficientNet "
-        "project convs); paper scope: false")
-    paper: bool = Field(False, description="the published method: sets per_channel=false, grid=midrise, gain=true, "
-                        "bias_correction=false, prune_linear=true unless given explicitly (ratio stays as given)")
+        "project convs); the spec's scope is BN+ReLU only, our first implementation pruned them (paper=true does)")
+    paper: bool = Field(False, description="the published method as first implemented here: per_channel=false, "
+                        "grid=midrise, gain=true, bias_correction=false, prune_linear=true, each unless given "
+                        "explicitly (ratio stays as given)")
     alpha1: float = Field(0.01, ge=0.0, description="weight of the bias term in the pruning loss (paper: 0.01)")
     alpha2: float = Field(0.008, ge=0.0, description="weight of the bias term in the quantization loss (paper: 0.008)")
     rescale_quantized: bool = Field(True, description="keep quantized weights at scale M (else s̃ absorbs M)")
