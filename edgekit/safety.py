@@ -154,3 +154,15 @@ def check_own_file(path: Path | str) -> None:
             or b"<title>edgekit " in head)
     if not ours:
         raise ConfigError(f"refusing to overwrite {p}: edgekit did not write it; choose another output")
+
+
+def write_own_json(path: Path, doc: object, indent: int = 1) -> None:
+    """Write a result JSON atomically (temp file + rename), never over a file edgekit did not write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    check_own_file(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(json.dumps(doc, indent=indent, default=str))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -40,7 +40,6 @@ warning, shown in every report: on a loaded host only ratios from one interleave
 from __future__ import annotations
 
 import importlib.util
-import json
 import platform
 import sys
 from pathlib import Path
@@ -135,14 +134,9 @@ def profile_artifact(art: str | Path, targets: Sequence[Any], out_json: str | Pa
            "provenance": provenance(argv, threads=max(t.threads for t in tgts)),
            "cost": cost, "results": [profile_one(art, manifest, t, cost, host) for t in tgts]}
     if out_json is not None:
-        out = Path(out_json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        from ..safety import check_own_file
+        from ..safety import write_own_json
 
-        check_own_file(out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=1, default=str))
-        tmp.replace(out)
+        write_own_json(Path(out_json), doc)
     return doc
 
 

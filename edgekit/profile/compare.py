@@ -61,8 +61,6 @@ def compare_target(arts: list[Path], manifests: list[dict[str, Any]], target: An
 def compare_artifacts(arts: Sequence[str | Path], targets: Sequence[Any], out_json: str | Path | None = None,
                       rounds: int | None = None, argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Time 2+ artifacts interleaved on each target (name, YAML path or TargetProfile); ratios to the first."""
-    import json
-
     from ..artifact import now_iso, read_manifest
     from ..targets import load_target
     from . import SCHEMA, artifact_file, host_info, require_runtime
@@ -87,14 +85,9 @@ def compare_artifacts(arts: Sequence[str | Path], targets: Sequence[Any], out_js
            "provenance": provenance(argv, threads=max(t.threads for t in tgts)),
            "results": [compare_target(paths, manifests, t, rounds) for t in tgts]}
     if out_json is not None:
-        out = Path(out_json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        from ..safety import check_own_file
+        from ..safety import write_own_json
 
-        check_own_file(out)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(doc, indent=1, default=str))
-        tmp.replace(out)
+        write_own_json(Path(out_json), doc)
     return doc
 
 
