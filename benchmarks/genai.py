@@ -11,8 +11,10 @@ Parts (run one at a time on a quiet box; each writes its key of benchmarks/resul
 Variants (per runtime, FP32 first):
 - fp32: the FP32 decoder (numpy greedy loop), and the runtime's own stack (onnxruntime-genai, openvino-genai);
 - rtn_w8 / rtn_w4: `edgekit compress smollm2 --method rtn --set bits=8|4 --kv-cache` (per-channel symmetric codes).
-  ONNX Runtime runs them as MatMulNBits (edgekit.genai.nbits, exact, fp32 compute = the artifact's validated file);
-  "+a8" rebuilds that file with accuracy_level 4 (int8 activations per block, dynamic). OpenVINO runs the int4/int8
+  On ONNX Runtime the artifact runs 4-bit weights as MatMulNBits (edgekit.genai.nbits, exact, fp32 compute) and
+  8-bit weights as DequantizeLinear folded at load; "MatMulNBits" is the exact 8-bit MatMulNBits form (not used by
+  the artifact: it is slow), "+a8" is MatMulNBits with accuracy_level 4 (int8 activations per block, dynamic:
+  W8A8 / W4A8, not validated against the weights-only model). OpenVINO runs the int4/int8
   weights compressed, with its dynamic activation quantization off (validated setting) or on ("+a8", its default);
 - nncf_int4 (peer): nncf.compress_weights(INT4_SYM, group 128 / ADJUST) on the FP32 stateful IR, as baselines.py.
 Floor: weight bytes of the file / the host's single-thread copy bandwidth (a lower bound of the real bandwidth, so
@@ -97,6 +99,11 @@ def variants(runtime: str, threads: int, tmp: Path) -> list[dict]:
         path = ARTS / name / ex["file"]
         cfg = ex["validation"].get("runtime_config") or {}
         files = [(name, path, cfg, ex.get("weights", {}).get("kind", "stateful IR"))]
+        if name != "fp32" and runtime == "onnxruntime" and ex.get("weights", {}).get("kind") != "MatMulNBits":
+            p0 = tmp / f"{name}_nbits.onnx"
+            to_matmulnbits(ARTS / name / man["model"], p0, accuracy_level=0)
+            files.append((name + " MatMulNBits", p0, cfg, "MatMulNBits accuracy_level 0 (fp32 compute, exact); not "
+                          "what the artifact runs"))
         if name != "fp32" and runtime == "onnxruntime":
             a8 = tmp / f"{name}_a8.onnx"
             to_matmulnbits(ARTS / name / man["model"], a8, accuracy_level=4)
@@ -216,8 +223,8 @@ def ppl(a: argparse.Namespace) -> None:
             vs = variants(rt, a.threads, Path(tmp))
             rows = {}
             for v in vs:
-                if "dec" not in v:
-                    continue  # a generation stack over the fp32 file: no logits
+                if "dec" not in v or v["name"].endswith(" MatMulNBits"):
+                    continue  # a generation stack over the fp32 file (no logits); the exact, slow 8-bit form
                 rows[v["name"]] = {k: round(_ppl(v["dec"], w), 3) for k, w in texts.items()}
                 log(rt, v["name"], rows[v["name"]])
             res["runtimes"][rt] = rows

@@ -89,20 +89,25 @@ def export_ort(root: Path, info: DecoderInfo, tok_files: list[str], prompt: list
     for n in tok_files:
         shutil.copy2(root / "tokenizer" / n, d / n)
     weights, val = _ort_weights(root / "model.onnx", d / "model.onnx", info, prompt, ref, precision, config)
-    stack = check.check_stack(lambda: ort_genai(d, prompt, len(ref.tokens)), ref, "onnxruntime-genai")
+    why = ("onnxruntime-genai cannot set session.disable_quant_qdq, so ONNX Runtime fuses DequantizeLinear + MatMul "
+           "into MatMulNBits with int8 activations" if weights.get("kind") == "DequantizeLinear" else "")
+    stack = check.check_stack(lambda: ort_genai(d, prompt, len(ref.tokens)), ref, "onnxruntime-genai", why)
     return {"file": "exports/onnxruntime/model.onnx", "precision": precision, "validation": val, "weights": weights,
             "genai": {"stack": "onnxruntime-genai", "config": "exports/onnxruntime/genai_config.json", **stack}}
 
 
 def _ort_weights(src: Path, dst: Path, info: DecoderInfo, prompt: list[int], ref: Any, precision: str,
                  config: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Integer weights as MatMulNBits (genai.nbits: exact, fp32 compute) when the graph has any, kept only if the
-    generation check passes; else (or for float graphs) the canonical graph as it is."""
+    """4-bit weights as MatMulNBits (genai.nbits: exact, fp32 compute), kept only if the generation check passes;
+    8-bit weights, and float graphs, stay as the canonical graph (ONNX Runtime folds weight DequantizeLinear at load).
+    Why not 8-bit MatMulNBits: with fp32 compute (the exact form) ORT 1.32 decoded SmolLM2 at 0.17x FP32 here;
+    its int8-activation form (accuracy_level 4, 2.0x) is W8A8, not the validated weights-only model
+    (benchmarks/results/genai.json)."""
     from ..errors import ExportMismatchError
     from .nbits import to_matmulnbits
 
     if config.get("session.disable_quant_qdq"):  # integer weights (DequantizeLinear) in the canonical graph
-        rep = to_matmulnbits(src, dst)
+        rep = to_matmulnbits(src, dst, bits=(4,))
         if rep["layers"]:
             try:
                 return ({"kind": "MatMulNBits", **rep},
@@ -110,7 +115,8 @@ def _ort_weights(src: Path, dst: Path, info: DecoderInfo, prompt: list[int], ref
             except ExportMismatchError as e:
                 rep = {"kind": "DequantizeLinear", "matmulnbits_rejected": str(e)[:300]}
         else:
-            rep = {"kind": "DequantizeLinear", "matmulnbits": "no MatMul weight qualified", "kept": rep["kept"]}
+            rep = {"kind": "DequantizeLinear", "matmulnbits": "no 4-bit MatMul weight (8-bit MatMulNBits with fp32 "
+                   "compute is slower than FP32 on ONNX Runtime 1.32)", "kept": rep["kept"]}
     else:
         rep = {"kind": "float"}
     shutil.copy2(src, dst)

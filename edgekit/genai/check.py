@@ -89,8 +89,10 @@ def check_loop(path: Path, runtime: str, info: dict, prompt: Sequence[int], ref:
             len(got.logits), "cache": cache, "runtime_config": dict(config or {})}
 
 
-def check_stack(run: Callable[[], Greedy], ref: Greedy, what: str) -> dict[str, Any]:
-    """A runtime's own generation stack: tokens equal; unavailable (missing package, load failure) is recorded."""
+def check_stack(run: Callable[[], Greedy], ref: Greedy, what: str, why_differ: str = "") -> dict[str, Any]:
+    """A runtime's own generation stack: status "ok" when its tokens equal transformers'; else the status says why
+    (package missing, files it cannot load, tokens that differ) and `edgekit generate` uses the validated numpy loop
+    instead. The artifact stays valid: its files passed the numpy loop's token and logit checks."""
     from ..errors import MissingDependencyError
 
     try:
@@ -99,4 +101,8 @@ def check_stack(run: Callable[[], Greedy], ref: Greedy, what: str) -> dict[str, 
         return {"status": "unavailable", "reason": str(e)}
     except Exception as e:  # a stack that cannot load our files: recorded, generation falls back to the numpy loop
         return {"status": "failed to run", "reason": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"}
-    return {"status": "ok", **match_tokens(ref, got, what)}
+    try:
+        return {"status": "ok", **match_tokens(ref, got, what)}
+    except ExportMismatchError as e:
+        return {"status": "tokens differ", "reason": str(e).split("; no artifact")[0] + (f" ({why_differ})"
+                                                                                         if why_differ else "")}

@@ -54,11 +54,12 @@ def _block(k: int, block_size: int | None) -> int:
     return next((b for b in (128, 64, 32, 16) if k % b == 0), 32)
 
 
-def to_matmulnbits(src: Path, dst: Path, block_size: int | None = None, accuracy_level: int = 0) -> dict:
+def to_matmulnbits(src: Path, dst: Path, block_size: int | None = None, accuracy_level: int = 0,
+                   bits: tuple[int, ...] = (4, 8)) -> dict:
     """Rewrite every DequantizeLinear(int weight, per-channel scale) -> MatMul pair of `src` into MatMulNBits, save
     to `dst`; returns {"layers": n, "bits": [...], "kept": {name: why}, "block_sizes", "accuracy_level"}.
     block_size None: per layer, the largest power of two <= 128 that divides K (per-channel scales are exact at any
-    block size, so the choice only trades padding against scale reads)."""
+    block size, so the choice only trades padding against scale reads). `bits`: which weight widths to rewrite."""
     if block_size is not None and (block_size < 16 or block_size & (block_size - 1)):
         raise ValueError(f"block_size must be a power of two >= 16, not {block_size}")
     blocks_seen: set[int] = set()
@@ -79,6 +80,7 @@ def to_matmulnbits(src: Path, dst: Path, block_size: int | None = None, accuracy
             continue
         axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
         why = ("weights are not an integer initializer" if q is None or q.data_type not in _INT else
+               f"{_INT[q.data_type]}-bit weights not requested" if _INT[q.data_type] not in bits else
                "has a zero point" if len(dq.input) > 2 and dq.input[2] else
                "not a 2-D weight" if s is None or len(q.dims) != 2 else "")
         transposed = [m[1] for m in mms]
@@ -88,22 +90,22 @@ def to_matmulnbits(src: Path, dst: Path, block_size: int | None = None, accuracy
         if why:
             kept[w] = why
             continue
-        bits = _INT[q.data_type]
+        nb = _INT[q.data_type]
         codes = numpy_helper.to_array(q).astype(np.int32)
         codes = codes.T if transposed[0] else codes  # [K, N]
         k, n = codes.shape
         bs = _block(k, block_size)
         blocks_seen.add(bs)
-        b, sc = pack(codes, numpy_helper.to_array(s), bits, bs)
+        b, sc = pack(codes, numpy_helper.to_array(s), nb, bs)
         inits_new = [numpy_helper.from_array(b, f"{w}__nbits_B"), numpy_helper.from_array(sc, f"{w}__nbits_s")]
         g.initializer.extend(inits_new)
         for mm, *_ in mms:
             new_nodes.append((mm, helper.make_node(
                 "MatMulNBits", [mm.input[0], inits_new[0].name, inits_new[1].name], list(mm.output),
-                name=f"{mm.name or w}__nbits", domain="com.microsoft", K=k, N=n, bits=bits, block_size=bs,
+                name=f"{mm.name or w}__nbits", domain="com.microsoft", K=k, N=n, bits=nb, block_size=bs,
                 accuracy_level=accuracy_level)))
             drop_nodes.add(id(mm))
-        bits_seen.add(bits)
+        bits_seen.add(nb)
         for t in tps:
             if all(id(u) in drop_nodes for u in users.get(t.output[0], [])) and t.output[0] not in outputs:
                 drop_nodes.add(id(t))

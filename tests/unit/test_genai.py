@@ -152,15 +152,15 @@ def test_cli_generate_prints_text_and_speed_line(art, extra):
     assert re.search(r"8 new; time to first token [\d.]+ ms, decode [\d.]+ tokens/s, peak RSS \d+ MB", line), line
 
 
-def test_compress_rtn8_kv_cache_keeps_int8_weights_and_matches(hf_dir, tmp_path):
-    """`compress DIR --method rtn --set bits=8 --kv-cache`: int8 weights + DequantizeLinear in the KV graph, greedy
-    tokens equal to the compressed torch model's generate."""
+def test_compress_rtn4_kv_cache_runs_matmulnbits_and_matches(hf_dir, tmp_path):
+    """`compress DIR --method rtn --set bits=4 --kv-cache`: int4 weights + DequantizeLinear in the KV graph, run as
+    MatMulNBits by the ONNX Runtime export; greedy tokens equal to the compressed torch model's generate."""
     import onnx
 
     from edgekit.model_io import load_model
 
     out = tmp_path / "q"
-    res = runner.invoke(app, ["compress", str(hf_dir), "--method", "rtn", "--set", "bits=8", "--kv-cache", "-o",
+    res = runner.invoke(app, ["compress", str(hf_dir), "--method", "rtn", "--set", "bits=4", "--kv-cache", "-o",
                               str(out)])
     assert res.exit_code == 0, res.stdout + (res.stderr or "")
     assert "greedy tokens match transformers" in res.stdout
@@ -171,15 +171,15 @@ def test_compress_rtn8_kv_cache_keeps_int8_weights_and_matches(hf_dir, tmp_path)
     q = load_model(hf_dir).module
     from edgekit.methods import baseline_rtn
 
-    q, _ = baseline_rtn.apply(q, baseline_rtn.Config(bits=8))
+    q, _ = baseline_rtn.apply(q, baseline_rtn.Config(bits=4))
     lm = q.model
     ids = _prompt_ids(out)
     dec = open_decoder(out / "exports/onnxruntime/model.onnx", "onnxruntime", man["decoder"],
                        config=man["exports"]["onnxruntime"]["validation"]["runtime_config"])
     assert greedy(dec, ids, 12).tokens == _hf_greedy(ids, 12, lm)
     assert man["exports"]["onnxruntime"]["validation"]["runtime_config"] == {"session.disable_quant_qdq": "1"}
-    w = man["exports"]["onnxruntime"]["weights"]  # the ORT export runs them as MatMulNBits (8-bit, fp32 compute)
-    assert (w["kind"], w["layers"], w["bits"]) == ("MatMulNBits", 15, [8]), w
+    w = man["exports"]["onnxruntime"]["weights"]  # the ORT export runs them as MatMulNBits (4-bit, fp32 compute)
+    assert (w["kind"], w["layers"], w["bits"]) == ("MatMulNBits", 15, [4]), w
     g = onnx.load(str(out / "exports/onnxruntime/model.onnx")).graph
     dq_out = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
     assert sum(n.op_type == "MatMulNBits" for n in g.node) == 15
@@ -233,6 +233,9 @@ def test_matmulnbits_pack_is_exact(tmp_path, bits, k, block, tied):
             assert np.allclose(res[1], (codes.T * scale[:, None])[[3, 5]], rtol=1e-6)
         err = np.abs(y - ref).max() / np.abs(ref).max()
         assert err < tol and (level == 0 or err > 1e-6), (level, err)
+    if bits == 8:  # what the artifact's ORT export does: 8-bit weights stay DequantizeLinear
+        rep = to_matmulnbits(tmp_path / "dq.onnx", tmp_path / "nb.onnx", bits=(4,))
+        assert rep["layers"] == 0 and "8-bit weights not requested" in str(rep["kept"])
 
 
 @pytest.mark.parametrize("args,needle", [
