@@ -28,7 +28,7 @@ from torch import nn
 from edgekit.artifact import write_manifest
 from edgekit.export.onnx import OPSET, save_onnx, slim
 from edgekit.export.qdq import apply_codes
-from edgekit.methods import baseline_magnitude, baseline_rtn
+from edgekit.methods import magnitude as baseline_magnitude, rtn as baseline_rtn
 from edgekit.quant import get_codes
 from edgekit.model_io import InputSpec
 

@@ -27,7 +27,7 @@ import torch
 
 from edgekit.data import DataSource
 from edgekit.errors import ExportMismatchError
-from edgekit.methods import baseline_rtn, llm_fp4
+from edgekit.methods import llm_fp4, rtn as baseline_rtn
 from edgekit.profile import provenance
 
 OUT = Path(__file__).parent / "results" / "llm_fp4.json"

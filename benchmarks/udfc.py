@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))  # `benchmarks.train_fashion_resnet:build` must im
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks.train_fashion_resnet import WEIGHTS, accuracy, build, load_fashion
-from edgekit.methods import baseline_rtn, parse_config, udfc
+from edgekit.methods import parse_config, udfc, rtn as baseline_rtn
 
 RESULTS = ROOT / "benchmarks" / "results" / "udfc.json"
 ARCH = "benchmarks.train_fashion_resnet:build"

@@ -16,6 +16,7 @@ from .errors import ConfigError
 from .export import onnx as onnx_export
 from .export.validate import validate
 from .methods import get_method, parse_config
+from .methods import needs as method_needs
 from .model_io import (InputSpec, LoadedModel, SourceOptions, example_inputs, load_model, mark_dynamic,
                        parse_input_shape)
 from .quant import get_codes, loosest
@@ -188,8 +189,9 @@ def _plan(chain: Sequence[tuple[str, dict[str, Any]]], runtimes: Sequence[Any], 
             if k in mod.Config.model_fields and k not in opts:
                 opts[k] = v
         cfg = parse_config(mod, opts)
-        if mod.NEEDS != "none" and data is None and getattr(cfg, "train_steps", 1):
-            raise ConfigError(f"method '{name}' needs {mod.NEEDS} data; pass --data FILE")
+        need = method_needs(mod, cfg)
+        if need != "none" and data is None:
+            raise ConfigError(f"method '{name}' needs {need} data; pass --data FILE")
         plan.append((name, mod, cfg))
     return plan, list(dict.fromkeys(rts))
 

@@ -229,6 +229,7 @@ def verify(artifact: Annotated[Path, typer.Argument(help="artifact folder")],
 def methods() -> None:
     """List compression methods and their options."""
     from .methods import METHODS, get_method
+    from .methods import needs as method_needs
 
     t = Table(title="methods")
     for c in ("name", "needs", "summary", "options (defaults)"):
@@ -239,7 +240,8 @@ def methods() -> None:
         except ImportError:
             continue
         opts = ", ".join(f"{k}={f.get_default(call_default_factory=True)!r}" for k, f in mod.Config.model_fields.items())
-        t.add_row(name, mod.NEEDS, mod.SUMMARY, opts)
+        need = method_needs(mod, mod.Config())
+        t.add_row(name, need if need == mod.NEEDS else f"{need} by default ({mod.NEEDS} with steps)", mod.SUMMARY, opts)
     console.print(t)
 
 

@@ -90,7 +90,7 @@ def _from_texts(specs: Sequence[Any], data: Any, n: int, model: nn.Module | None
     if not texts or model is None or not names or names[0] != "input_ids" or not set(names) <= {"input_ids",
                                                                                             "attention_mask"}:
         return None
-    from .methods._structured_train import find_tokenizer
+    from .methods.common import find_tokenizer
 
     try:
         tok = find_tokenizer(model, None)

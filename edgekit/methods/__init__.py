@@ -1,8 +1,11 @@
 """METHODS table: method name -> module path, imported lazily so a method's heavy imports cost nothing until used.
 
-Each method module defines ``Config`` (pydantic, extra="forbid", every field defaulted and described),
-``NEEDS`` ("none" | "calibration" | "training"), ``SUMMARY`` (one line) and
-``apply(model, cfg, data) -> (model, MethodReport)``.
+Each method is a package ``edgekit/methods/<name>/`` whose ``__init__`` defines ``Config`` (pydantic,
+extra="forbid", every field defaulted and described), ``NEEDS`` ("none" | "calibration" | "training": the most it
+can need), ``SUMMARY`` (one line), ``MODELS`` (the model families it applies to: "cnn", "encoder", "decoder"; the
+contract test runs each method on a tiny model of each) and ``apply(model, cfg, data) -> (model, MethodReport)``; an
+optional ``needs(cfg)`` says what data that configuration needs (default: NEEDS). Helpers shared by several methods
+live in ``common.py``. tests/unit/test_method_contract.py holds every registered method to this.
 """
 from __future__ import annotations
 
@@ -11,11 +14,11 @@ import importlib
 from types import ModuleType
 
 from ..errors import ConfigError
-from ._report import MethodReport
+from .common import MethodReport
 
 METHODS: dict[str, str] = {
-    "rtn": "edgekit.methods.baseline_rtn",
-    "magnitude": "edgekit.methods.baseline_magnitude",
+    "rtn": "edgekit.methods.rtn",
+    "magnitude": "edgekit.methods.magnitude",
     "udfc": "edgekit.methods.udfc",
     "llm_fp4": "edgekit.methods.llm_fp4",
     "optin": "edgekit.methods.optin",
@@ -33,6 +36,12 @@ def get_method(name: str) -> ModuleType:
     return importlib.import_module(METHODS[name])
 
 
+def needs(module: ModuleType, cfg: object) -> str:
+    """The data `cfg` needs ("none" | "calibration" | "training"): the method's needs(cfg), else its NEEDS."""
+    fn = getattr(module, "needs", None)
+    return fn(cfg) if fn is not None else module.NEEDS
+
+
 def parse_config(module: ModuleType, values: dict) -> object:
     """Build a method's Config from --set values, turning validation errors into one-line ConfigErrors."""
     from pydantic import ValidationError
@@ -46,4 +55,4 @@ def parse_config(module: ModuleType, values: dict) -> object:
         raise ConfigError(f"method option '{field}': {err['msg']} (options: {known})") from None
 
 
-__all__ = ["METHODS", "MethodReport", "get_method", "parse_config"]
+__all__ = ["METHODS", "MethodReport", "get_method", "needs", "parse_config"]

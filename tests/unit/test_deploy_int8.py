@@ -13,7 +13,7 @@ from torch import nn
 
 from edgekit.deploy import build_qdq, check, codes, deploy_int8, int8, ranges
 from edgekit.errors import ConfigError, ExportMismatchError
-from edgekit.methods import baseline_rtn
+from edgekit.methods import rtn as baseline_rtn
 from edgekit.model_io import InputSpec
 from edgekit.quant import get_codes
 

@@ -169,7 +169,7 @@ def test_compress_rtn4_kv_cache_runs_matmulnbits_and_matches(hf_dir, tmp_path):
     ops = [n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node]
     assert ops.count("DequantizeLinear") == 15
     q = load_model(hf_dir).module
-    from edgekit.methods import baseline_rtn
+    from edgekit.methods import rtn as baseline_rtn
 
     q, _ = baseline_rtn.apply(q, baseline_rtn.Config(bits=4))
     lm = q.model

@@ -10,7 +10,7 @@ from torch import nn
 
 from edgekit.data import DataSource
 from edgekit.errors import ConfigError
-from edgekit.methods import _fp_search as S
+from edgekit.methods.llm_fp4 import search as S
 from edgekit.methods import llm_fp4
 from edgekit.quant import act_records, get_codes
 from edgekit.quant import fp as F

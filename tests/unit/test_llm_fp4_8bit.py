@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from edgekit.data import DataSource
-from edgekit.methods import _fp_search as S
+from edgekit.methods.llm_fp4 import search as S
 from edgekit.methods import llm_fp4
 from edgekit.model_io import InputSpec
 from edgekit.quant import fp as F

@@ -7,9 +7,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from edgekit.data import DataSource
-from edgekit.methods import _heads as H
+from edgekit.methods.optin import heads as H
 from edgekit.methods import optin
-from edgekit.methods._optin_score import ScoreOptions, Scorer, head_score_masks
+from edgekit.methods.optin.score import ScoreOptions, Scorer, head_score_masks
 
 
 def _bert(cls=transformers.BertModel, layers: int = 2) -> torch.nn.Module:
@@ -208,7 +208,7 @@ def test_slimmed_model_exports_to_onnx(tmp_path, monkeypatch):
 
 def test_packed_calibration_scores_equal_padded():
     """Packing texts into shared rows (block-diagonal attention) changes the cost, not the scores."""
-    from edgekit.methods._optin_score import pack
+    from edgekit.methods.optin.score import pack
 
     model = _bert().double()
     arch = H.find_arch(model)

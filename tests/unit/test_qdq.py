@@ -9,7 +9,7 @@ import torch
 from onnx import TensorProto
 
 from edgekit.export.onnx import to_onnx
-from edgekit.methods import baseline_rtn
+from edgekit.methods import rtn as baseline_rtn
 from edgekit.quant import WeightCode, attach_codes, get_codes, load_codes, save_codes, symmetric_per_channel
 from edgekit.model_io import InputSpec
 

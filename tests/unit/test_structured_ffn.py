@@ -13,8 +13,8 @@ from edgekit.data import DataSource
 from edgekit.errors import ConfigError
 from edgekit.flops import count_params
 from edgekit.methods import METHODS, parse_config
-from edgekit.methods import _structured as S
-from edgekit.methods import _structured_train as T
+from edgekit.methods.structured_ffn import factor as S
+from edgekit.methods.structured_ffn import train as T
 from edgekit.methods import structured_ffn as sf
 
 torch.set_num_threads(1)

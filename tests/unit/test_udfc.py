@@ -15,7 +15,7 @@ from torch import nn
 from edgekit.errors import UnsupportedModelError
 from edgekit.flops import count_params
 from edgekit.methods import get_method, parse_config
-from edgekit.methods import _prune as P
+from edgekit.methods.udfc import prune as P
 from edgekit.methods import udfc
 from edgekit.quant import get_codes
 

@@ -59,13 +59,19 @@ from torch import nn
 
 from ...flops import count_params
 from ...quant.codes import attach_codes, clear_codes
-from .._device import resolve as resolve_device
-from .._report import MethodReport
+from ..common import resolve_device
+from ..common import MethodReport
 from .convert import fold_scale_into_bn, plan_layers, search_scale, set_module
 from .shift import ShiftLayer, n_magnitudes
 
 NEEDS: Literal["none", "calibration", "training"] = "training"  # only when train_steps > 0 (None/0: data-free)
 SUMMARY = "DenseShift: zero-free power-of-two (±2^p) weights, converted data-free + shift-aware fine-tuning (ICCV 2023)"
+MODELS = ("cnn", "encoder")
+
+
+def needs(cfg: "Config") -> str:
+    """Training data only when fine-tuning steps are asked for (train_steps=None/0 converts data-free)."""
+    return "training" if cfg.train_steps else "none"
 
 
 class Config(BaseModel, extra="forbid"):

@@ -116,7 +116,7 @@ class Plan:
 
 def plan_layers(model: nn.Module, keep_first: bool, keep_last: bool, skip: list[str]) -> Plan:
     """Forward order and following BatchNorms from a torch.fx trace (module order and no BN fold if untraceable)."""
-    from .._prune import trace
+    from ..udfc.prune import trace
 
     mods = dict(model.named_modules())
     plan = Plan()

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
-from ._device import resolve as resolve_device
+from ...errors import ConfigError
+from ..common import find_tokenizer, is_causal_lm, resolve_device, token_windows  # noqa: F401
 
 
 def alpha(t: int, total: int, schedule: str) -> float:
@@ -36,39 +36,6 @@ def lr_at(step: int, total: int, peak: float) -> float:
     frac = (step - warm) / max(1, total - warm)
     return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * frac)))
 
-
-def is_causal_lm(model: nn.Module) -> bool:
-    """True when the model contains a *ForCausalLM module (its output is next-token logits)."""
-    return any(type(m).__name__.endswith("ForCausalLM") for m in model.modules())
-
-
-def find_tokenizer(model: nn.Module, path: str | None) -> Any:
-    """The local tokenizer of `path`, else of the folder the HF model inside `model` was loaded from."""
-    cands = [path] if path else [getattr(getattr(m, "config", None), "_name_or_path", None) for m in model.modules()]
-    for c in cands:
-        if c and Path(c).is_dir():
-            from transformers import AutoTokenizer
-
-            try:
-                return AutoTokenizer.from_pretrained(str(c), local_files_only=True)
-            except (OSError, ValueError):
-                continue
-    raise ConfigError("text data needs a tokenizer and none was found next to the model; pass --set "
-                      "tokenizer=FOLDER (a local HF tokenizer) or give token ids as a .npy array")
-
-
-def token_windows(model: nn.Module, texts: list[str], seq_len: int, tok_path: str | None) -> torch.Tensor:
-    """All texts tokenized, joined with EOS and cut into (n, seq_len) windows (no padding anywhere)."""
-    tok = find_tokenizer(model, tok_path)
-    sep = [tok.eos_token_id] if tok.eos_token_id is not None else []
-    ids: list[int] = []
-    for t in texts:
-        ids += tok(t, add_special_tokens=False)["input_ids"] + sep
-    n = len(ids) // seq_len
-    if n == 0:
-        raise ConfigError(f"the training text has {len(ids)} tokens, fewer than seq_len={seq_len}; add text or "
-                          "lower seq_len")
-    return torch.tensor(ids[:n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
 def call(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:

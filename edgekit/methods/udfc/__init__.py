@@ -18,7 +18,7 @@ on Fashion-MNIST) and `zoo_lite0` (EfficientNet-Lite0's ImageNet logits on Fashi
   6,127 exact zeros; many more in a checkpoint is our best explanation of issue 21's W6 collapse (0.05 vs RTN
   0.40) on a second EfficientNet, whose weights we do not have.
 - bias_correction=true: from BN statistics alone (a BN outputs N(β, γ²); moments go through activations by
-  Gauss-Hermite quadrature and through adds, concats, pools and flatten: `_prune.channel_stats`), a quantized
+  Gauss-Hermite quadrature and through adds, concats, pools and flatten: `prune.channel_stats`), a quantized
   layer keeps its expected output (BN β or its bias absorbs the shift; DFQ's analytic bias correction, Nagel et
   al. 2019), and a pruned channel's expected value minus what the kept channels re-route (E[x_j] − Σ ŝ_ji E[x_i])
   goes into the consumer bias (the γ≈0 constant fold is the special case). Layers whose input statistics are
@@ -79,14 +79,15 @@ import torch
 from pydantic import BaseModel, Field, model_validator
 from torch import nn
 
-from ..errors import UnsupportedModelError
-from ..flops import count_macs, count_params
-from . import _prune as P
-from ..quant.codes import WeightCode, attach_codes, clear_codes
-from ._report import MethodReport
+from ...errors import UnsupportedModelError
+from ...flops import count_macs, count_params
+from . import prune as P
+from ...quant.codes import WeightCode, attach_codes, clear_codes
+from ..common import MethodReport
 
 NEEDS: Literal["none", "calibration", "training"] = "none"
 SUMMARY = "UDFC: data-free structured pruning + k-bit quantization with closed-form compensation (ICCV 2023)"
+MODELS = ("cnn",)
 _GAMMA_EPS = 1e-8
 
 

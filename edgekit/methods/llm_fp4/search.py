@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..quant import fp as F
-from ..quant.act import ActQ
+from ...quant import fp as F
+from ...quant.act import ActQ
 
 
 @dataclass

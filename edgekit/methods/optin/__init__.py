@@ -3,7 +3,7 @@
 Spec: shared/methods/optin.md. No retraining, forward passes only:
 1. Importance of every unit (head / kv group, FFN neuron) = the *trajectory* of its removal: manifold distillation
    (Gram matrices of K=768 sampled, L2-normalised tokens) at the FFN down-projection output of every later layer
-   (and its own layer on the last one) + KD on the outputs, KL(teacher‖student)·T² with T=4 (`_optin_score.py`).
+   (and its own layer on the last one) + KD on the outputs, KL(teacher‖student)·T² with T=4 (`score.py`).
    KD targets: task logits (BERT *ForSequenceClassification), next-token logits (Llama causal LM, all tokens), and
    for an encoder without a task head (e.g. MiniLM) the unit-length mean-pooled output embedding taken as a logit
    vector: KL of its softmax is, to second order, the change of the embedding's direction (what cosine users see).
@@ -14,12 +14,12 @@ Spec: shared/methods/optin.md. No retraining, forward passes only:
    last layer by 0.5.
    `reproduce_code_bug` (default off): the reference code never resets a layer's row of its head mask, so while the
    heads of layer i are scored, the last head (H-1) of every earlier layer stays masked too (spec §8); the flag
-   reproduces that in the scorer (`_optin_score.head_score_masks`): layer-0 head scores are unchanged, later
+   reproduces that in the scorer (`score.head_score_masks`): layer-0 head scores are unchanged, later
    layers' head scores include the effect of those extra masked heads (even a head that writes nothing scores > 0).
    Neuron scores are not affected. It is part of the ranking cache key (only when on, so default keys are stable).
-3. Global search (`_heads.search`): heads and neurons of all layers ranked globally, the split maximising the
+3. Global search (`heads.search`): heads and neurons of all layers ranked globally, the split maximising the
    kept score under cap = flops_keep·BaseMAC (MAC model of spec §3 at s = mean calibration length, or mac_seq_len).
-4. Physical slimming (`_heads.slim`): smaller q/k/v/o and FFN matrices, so the exported graph really shrinks.
+4. Physical slimming (`heads.slim`): smaller q/k/v/o and FFN matrices, so the exported graph really shrinks.
 GQA (Llama): the attention unit is a whole key/value group (its query heads + k/v head), see `_heads`.
 Calibration data: a text file, tokenised with `tokenizer` (a local HF folder) or the tokenizer saved next to the
 HF model (config._name_or_path); encoders take one text per sequence (cut at max_len, padded to the longest),
@@ -40,14 +40,15 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from ..errors import ConfigError, UnsupportedModelError
-from ..flops import count_params
-from . import _heads as H
-from ._optin_score import ScoreOptions, Scorer, pack
-from ._report import MethodReport
+from ...errors import ConfigError, UnsupportedModelError
+from ...flops import count_params
+from . import heads as H
+from .score import ScoreOptions, Scorer, pack
+from ..common import MethodReport
 
 NEEDS: Literal["none", "calibration", "training"] = "calibration"
 SUMMARY = "OPTIN: one-shot head/FFN-neuron pruning of HF transformers under a FLOPs budget (trajectory importance)"
+MODELS = ("encoder",)
 VERSION = 1  # bump when raw scores change meaning (invalidates the cache)
 
 
@@ -105,7 +106,7 @@ def calibration(model: nn.Module, arch: H.Arch | None, data: Any, cfg: Config) -
         mask = data.tensors[1] if len(data.tensors) > 1 else torch.ones_like(ids)
         pick = torch.randperm(len(ids), generator=g)[:cfg.samples]
         return ids[pick].long(), mask[pick].long()
-    from ._structured_train import find_tokenizer
+    from ..common import find_tokenizer
 
     tok = find_tokenizer(model, cfg.tokenizer)
     texts = list(data.texts)
@@ -136,7 +137,7 @@ def _sha(*parts: Any) -> str:
 
 def cache_key(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, cfg: Config) -> str:
     """Key of the raw scores: model weights, calibration tokens, options that change raw scores, version."""
-    from ..models.real import state_dict_sha256
+    from ...models.real import state_dict_sha256
 
     opts = cfg.model_dump(include={"importance", "temperature", "md_tokens", "md_valid_only", "final_layer_md",
                                    "seed"})
@@ -167,7 +168,7 @@ def raw_scores(model: nn.Module, arch: H.Arch, ids: torch.Tensor, mask: torch.Te
     """Raw per-unit (MD, KD) from the cache or by scoring; returns (scores, cache_hit)."""
     if cfg.importance == "magnitude":
         return magnitude_raw(arch), False
-    from ..models.real import cache_dir
+    from ...models.real import cache_dir
 
     path = cache_dir() / "optin" / f"{cache_key(model, ids, mask, cfg)}.npz"
     if cfg.cache and path.is_file():

@@ -31,13 +31,19 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from ..errors import ConfigError, UnsupportedModelError
-from ..flops import count_params
-from . import _structured as S
-from ._report import MethodReport
+from ...errors import ConfigError, UnsupportedModelError
+from ...flops import count_params
+from . import factor as S
+from ..common import MethodReport
 
-NEEDS: Literal["none", "calibration", "training"] = "none"  # data only when train_steps > 0 (checked in apply)
+NEEDS: Literal["none", "calibration", "training"] = "training"  # only with train_steps > 0: see needs()
 SUMMARY = "Structured FFN: low-rank / block-dense / block-shuffle FFN layers by optimal projection (+ recovery)"
+MODELS = ("encoder", "decoder")
+
+
+def needs(cfg: "Config") -> str:
+    """Text only for recovery training (train_steps > 0); the projection itself is data-free."""
+    return "training" if cfg.train_steps > 0 else "none"
 DEFAULT_PATTERNS = [r"\.intermediate\.dense$", r"(?<!attention)\.output\.dense$",
                     r"\.mlp\.(gate_proj|up_proj|down_proj)$", r"\.mlp\.(fc1|fc2|c_fc|c_proj|dense_h_to_4h|dense_4h_to_h)$"]
 
@@ -182,7 +188,7 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
         "layers": per_layer})
     rep.export_precision = "fp32"
     if cfg.train_steps > 0:
-        from ._structured_train import recover
+        from .train import recover
 
         rep.extra["training"] = recover(model, teacher, replaced, data, cfg)
     rep.params_after = count_params(model)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ._heads import Arch, _ctx_cols
+from .heads import Arch, _ctx_cols
 
 
 @dataclass

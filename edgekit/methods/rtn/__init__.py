@@ -13,12 +13,13 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from ..flops import count_params
-from ..quant.codes import attach_codes, symmetric_per_channel
-from ._report import MethodReport
+from ...flops import count_params
+from ...quant.codes import attach_codes, symmetric_per_channel
+from ..common import MethodReport
 
 NEEDS: Literal["none", "calibration", "training"] = "none"
 SUMMARY = "Baseline: round-to-nearest per-channel symmetric weight quantization (int8/int4), data-free"
+MODELS = ("cnn", "encoder", "decoder")
 
 
 class Config(BaseModel, extra="forbid"):

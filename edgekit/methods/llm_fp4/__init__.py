@@ -2,7 +2,7 @@
 
 Every nn.Linear (weight per output channel, input activation per tensor or FPQ per-channel shifts) and every
 nn.Embedding (per row) is put on an ExMy grid with a real exponent bias found by the layer-output-MSE search of
-`_fp_search`. Weights stay as codes·unit and are recorded as WeightCodes (int8 / int4 + DequantizeLinear on export);
+`search.py`. Weights stay as codes·unit and are recorded as WeightCodes (int8 / int4 + DequantizeLinear on export);
 activations become a fake-quant op in front of the linear (`FPQLinear`), exported as plain ONNX ops.
 
 Decisions (why):
@@ -46,18 +46,19 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from ..errors import ConfigError
-from ..flops import count_params
-from ..quant import fp as F
-from ..quant.act import attach_act_records
-from ..quant.codes import WeightCode, attach_codes
-from . import _fp_search as S
-from ._device import resolve as resolve_device
-from ._fp_calib import calibration_calls, capture
-from ._report import MethodReport
+from ...errors import ConfigError
+from ...flops import count_params
+from ...quant import fp as F
+from ...quant.act import attach_act_records
+from ...quant.codes import WeightCode, attach_codes
+from . import search as S
+from ..common import resolve_device
+from .calib import calibration_calls, capture
+from ..common import MethodReport
 
 NEEDS: Literal["none", "calibration", "training"] = "calibration"
 SUMMARY = "LLM-FP4: FP4/FP8 (ExMy, real exponent bias) weights+activations with format/bias search (EMNLP 2023)"
+MODELS = ("encoder", "decoder")
 
 
 class Config(BaseModel, extra="forbid"):
@@ -167,6 +168,9 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
         return any(re.search(p, n) for p in cfg.skip)
 
     embs = {n: m for n, m in model.named_modules() if isinstance(m, nn.Embedding)}
+    for n, m in model.named_modules():  # said, not silently left float
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            rep.layers_skipped[n] = "a convolution: LLM-FP4 quantizes Linear layers (use udfc, rtn or denseshift)"
     lins: dict[str, nn.Linear] = {}
     for n, m in model.named_modules():
         if isinstance(m, nn.Linear):

@@ -21,7 +21,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UnsupportedModelError
+from ..common import trace as _trace
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -42,23 +42,11 @@ _LEAVES = CONV + BN + (nn.Linear, nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.SiLU, nn.Ha
                        nn.Flatten) + POOL_MODULES
 
 
-class _Tracer(fx.Tracer):
-    """Treats every Conv/BN/Linear/activation/pool *subclass* as a leaf (custom padded convs stay one node)."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, _LEAVES) or super().is_leaf_module(m, qualname)
-
-
 def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace `model`; UnsupportedModelError (with the reason) when torch.fx cannot."""
-    try:
-        graph = _Tracer().trace(model)
-    except Exception as e:  # noqa: BLE001 - any tracing failure means "cannot analyse this graph"
-        msg = str(e).splitlines()[0][:200] if str(e) else ""
-        raise UnsupportedModelError(
-            f"torch.fx cannot trace {type(model).__name__} ({type(e).__name__}: {msg}); "
-            "a traceable graph is needed to find producer/consumer pairs") from None
-    return fx.GraphModule(model, graph)
+    """fx-trace with every Conv/BN/Linear/activation/pool *subclass* as a leaf (custom padded convs stay one node)."""
+    return _trace(model, _LEAVES)
+
+
 
 
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> None:

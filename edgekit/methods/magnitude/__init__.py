@@ -12,11 +12,12 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from ..flops import count_params
-from ._report import MethodReport
+from ...flops import count_params
+from ..common import MethodReport
 
 NEEDS: Literal["none", "calibration", "training"] = "none"
 SUMMARY = "Baseline: global unstructured magnitude pruning (zeros only; no size or speed gain)"
+MODELS = ("cnn", "encoder", "decoder")
 
 
 class Config(BaseModel, extra="forbid"):
