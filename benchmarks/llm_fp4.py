@@ -220,7 +220,7 @@ def export_int_w4a4(threads: int, reps: int) -> dict:
     from edgekit.quant import get_codes
     from edgekit.model_io import InputSpec, example_inputs
     from edgekit.models.real import load_minilm, minilm_dir
-    from edgekit.profile.runners import open_session
+    from edgekit.runtimes import open_session
 
     enc, tok = load_minilm()
     specs = [InputSpec("input_ids", [1, 128], "int64", high=tok.vocab_size),

@@ -23,11 +23,67 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from pydantic import BaseModel, Field, ValidationError
+from typing_extensions import Annotated
+
 from .errors import ArtifactError, ConfigError, ModelLoadError
 from .safety import check_path_text, check_replaceable, is_edgekit_artifact, output_lock
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
+
+
+class FileEntry(BaseModel, extra="forbid"):
+    """One file of the artifact: its checksum and size, checked before the file is used."""
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class InputEntry(BaseModel, extra="forbid"):
+    """One model input (edgekit.specs.InputSpec in manifest form)."""
+
+    name: str
+    shape: list[Annotated[int, Field(gt=0, lt=1 << 31)]] = Field(max_length=8)
+    dtype: str = "float32"
+    dynamic: dict[int, str] = Field(default_factory=dict)
+    high: int | None = None
+
+
+class ExportEntry(BaseModel, extra="allow"):
+    """manifest["exports"][runtime]: the runtime's file, its precision and how it was validated (and, by kind of
+    export, what its weights are, the deploy step's decision, the generation stack...)."""
+
+    file: str
+    precision: str | None = None
+    validation: dict[str, Any] | None = None
+
+
+class Manifest(BaseModel, extra="allow"):
+    """The one manifest type: every artifact's manifest.json validates against it when written (write_manifest,
+    update_manifest: the only writers, both atomic) and when read (verify_artifact). Verb-specific entries (method,
+    methods, fidelity, decoder, recipe, ...) ride along as extra keys; what every reader relies on is typed here."""
+
+    schema_version: int
+    kind: str = Field(min_length=1)
+    created: str | None = None
+    versions: dict[str, str] = Field(default_factory=dict)
+    files: dict[str, FileEntry]
+    inputs: list[InputEntry]
+    model: str | None = None
+    torch_program: str | None = None
+    source: dict[str, Any] | None = None
+    exports: dict[str, ExportEntry] = Field(default_factory=dict)
+
+
+def check_manifest(man: Any, where: str) -> None:
+    """ArtifactError naming the first field of `man` that does not fit the Manifest type."""
+    try:
+        Manifest.model_validate(man)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        raise ArtifactError(f"{where}: manifest.json field '{loc}': {err['msg']}; re-create the artifact") from None
 
 
 def sha256_file(path: Path) -> str:
@@ -122,6 +178,7 @@ def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
     manifest.setdefault("created", now_iso())
     manifest["versions"] = library_versions()
     manifest["files"] = file_entries(root)
+    check_manifest(manifest, str(root))
     _atomic_write(Path(root) / MANIFEST, manifest)
 
 
@@ -144,6 +201,7 @@ def update_manifest(art: Path, patch: dict[str, Any]) -> dict[str, Any]:
     with output_lock(Path(art).resolve()):
         man = read_manifest(art)
         man.update(patch)
+        check_manifest(man, str(art))
         _atomic_write(Path(art) / MANIFEST, man)
     return man
 
@@ -225,9 +283,6 @@ def staging(out: Path, overwrite: bool = False, base: Path | None = None,
             raise
 
 
-_REQUIRED = {"schema_version": int, "kind": str, "files": dict, "inputs": list}
-
-
 def _inside(root: Path, rel: Any, what: str) -> Path:
     """A manifest path must be relative and stay inside the artifact (symlinks are refused by the folder walk)."""
     ok = isinstance(rel, str) and rel and "\x00" not in rel and not Path(rel).is_absolute()
@@ -270,13 +325,7 @@ def verify_artifact(art: Path) -> dict[str, Any]:
     key = (str(root.resolve()), (root / MANIFEST).stat().st_mtime_ns, (root / MANIFEST).stat().st_size)
     if key in _VERIFIED:
         return _VERIFIED[key]
-    for k, typ in _REQUIRED.items():
-        if not isinstance(man.get(k), typ):
-            raise ArtifactError(f"{root}: manifest.json lacks a valid '{k}' ({typ.__name__}); re-create the artifact")
-    for i in man["inputs"]:
-        if not (isinstance(i, dict) and isinstance(i.get("name"), str) and isinstance(i.get("shape"), list)
-                and all(isinstance(d, int) and 0 < d < (1 << 31) for d in i["shape"])):
-            raise ArtifactError(f"{root}: manifest.json has a malformed input spec {str(i)[:80]}; re-create it")
+    check_manifest(man, str(root))
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         for n in dirnames + filenames:
             if (Path(dirpath) / n).is_symlink():

@@ -128,7 +128,7 @@ def _build(model_src: Any, variants: list[str], tgts: list[TargetProfile], specs
 def _outputs(f: Path, t: TargetProfile, hint: list[dict] | None, n: int) -> list[np.ndarray]:
     """First output for n seeded random inputs, run in the target's runtime (same inputs for every variant)."""
     from .profile.measure import host_threads
-    from .profile.runners import open_session, random_feeds, session_inputs
+    from .runtimes import open_session, random_feeds, session_inputs
 
     sess = open_session(f, t.runtime, threads=min(t.threads, host_threads()), device=t.device, fallback=t.fallback)
     specs = session_inputs(sess)

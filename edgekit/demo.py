@@ -11,7 +11,7 @@ import numpy as np
 from . import api
 from .artifact import export_file, read_manifest
 from .models.digits_cnn import digits_split
-from .profile.runners import open_session
+from .runtimes import open_session
 
 RUNTIMES = ("onnxruntime", "openvino", "tflite")
 # one bundled target per runtime; measured on this host with that target's runtime/threads (capped to the host)

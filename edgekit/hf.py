@@ -26,7 +26,7 @@ class LogitsOnly(nn.Module):
 
 def load_hf_folder(path: Path, seq_len: int = 128):
     """Load with local_files_only=True, trust_remote_code=False; input spec = input_ids + attention_mask (1 x seq)."""
-    from .model_io import InputSpec, LoadedModel
+    from .specs import InputSpec, LoadedModel
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:

@@ -66,7 +66,7 @@ def _ov(path: Path) -> dict[str, Any]:
 
 
 def _tflite(path: Path) -> dict[str, Any]:
-    from .profile.runners import open_session
+    from .runtimes import open_session
 
     s = open_session(path, "tflite")
     it = s.info["interpreter"]

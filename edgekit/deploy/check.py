@@ -72,7 +72,7 @@ def fidelity(model: nn.Module, path: Path, runtime: str, inputs: list[tuple[torc
              floors: dict[str, float] | None = None, threads: int | None = None) -> dict[str, Any]:
     """Figures per output and pass/fail against the floors (see module docstring)."""
     from ..export.validate import compare
-    from ..profile.runners import open_session
+    from ..runtimes import open_session
 
     floors = {**FLOORS, **(floors or {})}
     sess = open_session(path, runtime, threads=threads)
@@ -128,7 +128,7 @@ def fidelity(model: nn.Module, path: Path, runtime: str, inputs: list[tuple[torc
 def interleaved(files: dict[str, Path], runtime: str, inputs: tuple[torch.Tensor, ...], threads: int = 2,
                 warmup: int = 3, runs: int = 20) -> dict[str, Any]:
     """Median latency (ms) of each file, run alternately in one loop; ratios to the 'fp32' entry when present."""
-    from ..profile.runners import open_session
+    from ..runtimes import open_session
 
     sessions = {k: open_session(p, runtime, threads=threads) for k, p in files.items()}
     feeds = {k: {n: t.numpy() for n, t in zip(s.input_names, inputs)} for k, s in sessions.items()}

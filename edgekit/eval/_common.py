@@ -2,7 +2,7 @@
 
 A Predictor takes named arrays with a leading sample axis and returns the model's outputs concatenated over
 samples. Torch modules run in batches; artifacts run batch 1 (or the artifact's static batch, padding the last
-batch by repeating a sample) through `profile.runners.open_session`, the same path profiling uses.
+batch by repeating a sample) through `edgekit.runtimes.open_session`, the same path profiling uses.
 """
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def torch_predictor(module: nn.Module, input_names: list[str], batch: int, threa
 def artifact_predictor(art: Path, runtime: str | None, threads: int | None) -> Predictor:
     """Predictor over an artifact's export for `runtime` (default: its onnxruntime export, else model.onnx)."""
     from ..artifact import export_file, read_manifest
-    from ..profile.runners import open_session
+    from ..runtimes import open_session
 
     man = read_manifest(art)
     if runtime is None:

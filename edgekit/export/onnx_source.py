@@ -70,7 +70,7 @@ def _copy_self_contained(src: Path, dst: Path) -> None:
 def export_onnx_file(src: Path, runtime: str, out: Path | None, overwrite: bool, fp16: bool,
                      step: Callable[[str], None]) -> Path:
     """Artifact with the ONNX file and a runtime export validated against ONNX Runtime."""
-    from ..profile.runners import open_session
+    from ..runtimes import open_session
 
     if runtime == "tflite":
         raise ConfigError("a .tflite export needs the PyTorch model (litert-torch); pass the .pt/.pt2 instead of .onnx")

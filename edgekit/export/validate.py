@@ -76,7 +76,7 @@ def validate(model: nn.Module, specs: Sequence[InputSpec], path: Path, runtime: 
     rel L2 over the inputs must stay under the fixed floor or ACT_QUANT_FACTOR times torch float32's own mean
     distance to float64, whichever is larger (recorded in the result). Rounding flips are sporadic (one input has
     none, the next a cascade), so a per-input bound would be a coin toss; the mean over inputs is stable."""
-    from ..profile.runners import open_session
+    from ..runtimes import open_session
 
     tol = TOLERANCES[precision]
     sess = open_session(path, runtime, threads=threads)

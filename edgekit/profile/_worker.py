@@ -36,7 +36,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     from ..targets import MeasureProtocol
     from .measure import PeakRSS, time_protocol
     from .ops import op_profile
-    from .runners import open_session, random_feeds, session_inputs
+    from ..runtimes import open_session, random_feeds, session_inputs
 
     protocol = MeasureProtocol(**spec["protocol"])
     path, runtime, threads = Path(spec["path"]), spec["runtime"], spec["threads"]

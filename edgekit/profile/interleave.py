@@ -43,7 +43,7 @@ FileSpec = Sequence[Any] | Mapping[str, Any]
 def _file_spec(f: FileSpec, k: int, hints: Sequence[Any] | None) -> dict[str, Any]:
     """(path, runtime, device, threads) or a dict (also: fallback, input_hint, label, ov_dynamic_quant) -> checked
     spec; bad input is a one-line ConfigError before any worker starts."""
-    from .runners import runtime_for_file
+    from ..runtimes import runtime_for_file
 
     d = dict(f) if isinstance(f, Mapping) else dict(zip(("path", "runtime", "device", "threads"), f))
     if "path" not in d:
@@ -169,7 +169,7 @@ def summarize_interleaved(raw: dict[str, Any], specs: list[dict[str, Any]], bloc
 def _feeds_for(sess: Any, given: tuple[list[str], list[np.ndarray]] | None, hint: list[Any],
                seed: int) -> dict[str, np.ndarray]:
     """The inputs one session gets: given arrays by name (all present) or by position, else random feeds."""
-    from .runners import random_feeds, session_inputs
+    from ..runtimes import random_feeds, session_inputs
 
     if given is None:
         return random_feeds(session_inputs(sess), hint, seed=seed)
@@ -186,7 +186,7 @@ def run_interleaved(spec: dict[str, Any]) -> dict[str, Any]:
     """Worker side (inside `edgekit.profile._worker`): open, warm up, then the rotating timed loop."""
     from ._worker import _versions
     from .runinfo import load_average
-    from .runners import open_session
+    from ..runtimes import open_session
 
     given = None
     if spec.get("feeds"):

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .runners import Session, open_session
+from ..runtimes import Session, open_session
 
 TOP_N = 10
 

@@ -63,7 +63,7 @@ def test_dynamic_batch_and_target_profile(tmp_path):
     assert dim0.dim_param and not dim0.dim_value
     man = read_manifest(art)
     assert man["inputs"][0]["dynamic"] == {"0": "batch"} and man["exports"]["onnxruntime"]["target"] == "x86-avx2-ort"
-    from edgekit.profile.runners import open_session
+    from edgekit.runtimes import open_session
 
     s = open_session(art / "model.onnx")
     assert s.run({"input": torch.randn(5, 1, 8, 8).numpy()})[0].shape == (5, 10)

@@ -38,7 +38,7 @@ def test_export_each_runtime_validates_within_1e4(demo_artifact, runtime):
 
 
 def test_mismatch_fails_closed_and_leaves_nothing(tmp_path, monkeypatch):
-    from edgekit.profile import runners
+    from edgekit import runtimes as runners
 
     real = runners.open_session
 

@@ -37,7 +37,7 @@ def test_demo_cells_rtn_and_ort_dynamic(tmp_path: Path) -> None:
     assert dyn["metrics"]["agreement"] > 0.9
     # LiteRT static INT8 has int8 inputs/outputs: the runner must quantize the float feed and dequantize the logits
     st = bl.run_cell(spec, ctx, "litert_static8", budget_s=0.05)
-    from edgekit.profile.runners import open_session
+    from edgekit.runtimes import open_session
 
     interp = open_session(ctx.work / "litert_static8" / "exports" / "tflite" / "model.tflite", "tflite").info[
         "interpreter"]
@@ -61,7 +61,7 @@ def test_swap_weights_reproduces_the_variant(tmp_path: Path) -> None:
     var, _ = B.baseline_rtn.apply(var, B.baseline_rtn.Config(bits=4), None)
     rep = B.swap_weights(tmp_path / "fp32.onnx", base, var, tmp_path / "v.onnx")
     assert rep["weights_swapped"] == rep["weights_2d"] == 2
-    from edgekit.profile.runners import open_session
+    from edgekit.runtimes import open_session
 
     x = torch.randn(1, 16)
     got = open_session(tmp_path / "v.onnx", threads=1).run({"x": x.numpy()})[0]

@@ -68,3 +68,20 @@ def test_methods_never_import_a_runtime() -> None:
         if hits:
             bad[str(f.relative_to(PKG))] = hits
     assert not bad, bad
+
+
+# the ground floor: imported by everything above, importing nothing of edgekit but these
+GROUND = {"errors", "_fd", "safety", "safe_pt2", "specs", "runtimes"}
+
+
+@pytest.mark.parametrize("name", ["specs", "runtimes", "safety", "safe_pt2"])
+def test_ground_floor_imports_only_the_ground_floor(name: str) -> None:
+    mods = {m for m in imported_modules(PKG / f"{name}.py") if m.startswith("edgekit.")}
+    above = sorted(m for m in mods if m.split(".")[1] not in GROUND)
+    assert not above, f"edgekit/{name}.py imports {above}: it is the ground floor (DESIGN.md), keep it below"
+
+
+def test_hf_and_model_io_do_not_import_each_other_for_types() -> None:
+    """hf.py gets InputSpec/LoadedModel from specs.py; only model_io (the loader) calls into hf."""
+    assert not {m for m in imported_modules(PKG / "hf.py") if m.startswith("edgekit.model_io")}
+

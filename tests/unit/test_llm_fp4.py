@@ -295,7 +295,7 @@ def test_int_graph_reproduces_fake_quant_graph_exactly(tmp_path):
 
     from edgekit.export.fp4_matmul import check, rewrite
     from edgekit.model_io import example_inputs
-    from edgekit.profile.runners import open_session
+    from edgekit.runtimes import open_session
 
     q, specs, info = _export_pair(tmp_path)
     assert info["rewritten"] == BERT_ENCODER_LINEARS

@@ -109,7 +109,7 @@ def test_tiny_bert_compress_w8_validates_and_matches_torch(tmp_path, a_bits):
     from edgekit.artifact import read_manifest
     from edgekit.export.validate import compare
     from edgekit.hf import LogitsOnly
-    from edgekit.profile.runners import open_session
+    from edgekit.runtimes import open_session
 
     _tiny_bert().save_pretrained(tmp_path / "src")
     data = DataSource(tensors=[torch.randint(0, 100, (8, 16), generator=torch.Generator().manual_seed(1))])

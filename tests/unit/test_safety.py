@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -439,3 +440,30 @@ def test_reports_never_overwrite_a_users_file(tmp_path):
     (tmp_path / "profile.md").unlink()
     write_reports(doc, tmp_path, "profile")
     write_reports(doc, tmp_path, "profile")  # our own files are replaced
+
+
+@pytest.mark.parametrize("edit,field", [
+    (lambda m: m.pop("files"), "files"),
+    (lambda m: m["inputs"][0].update(shape=[1, -3]), "inputs.0.shape.1"),
+    (lambda m: m["inputs"][0].update(shape="1x3"), "inputs.0.shape"),
+    (lambda m: m["exports"]["onnxruntime"].pop("file"), "exports.onnxruntime.file"),
+    (lambda m: m["files"]["model.onnx"].update(sha256="not-a-digest"), "files.model.onnx.sha256"),
+    (lambda m: m.update(kind=""), "kind"),
+])
+def test_manifest_type_names_the_bad_field_on_read_and_on_write(tmp_path, edit, field):
+    """One Manifest type: a manifest that does not fit it is refused when read (naming the field), and edgekit's own
+    writers refuse to write one (update_manifest validates before its atomic write)."""
+    from edgekit.artifact import Manifest, update_manifest
+
+    art = api.export("demo", "onnxruntime", tmp_path / "a")
+    good = json.loads((art / "manifest.json").read_text())
+    Manifest.model_validate(good)
+    bad = json.loads(json.dumps(good))
+    edit(bad)
+    (art / "manifest.json").write_text(json.dumps(bad))
+    with pytest.raises(ArtifactError, match=f"field '{re.escape(field)}'"):
+        verify_artifact(art)
+    (art / "manifest.json").write_text(json.dumps(good))
+    with pytest.raises(ArtifactError, match="field 'inputs"):
+        update_manifest(art, {"inputs": [{"name": "x", "shape": [0]}]})
+    assert json.loads((art / "manifest.json").read_text()) == good  # nothing written

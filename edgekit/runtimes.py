@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ConfigError, MissingDependencyError
+from .errors import ConfigError, MissingDependencyError
 
 RUNTIMES = ("onnxruntime", "openvino", "tflite")
 _SUFFIX = {".onnx": "onnxruntime", ".xml": "openvino", ".tflite": "tflite"}
@@ -143,7 +143,7 @@ def _tflite(path: Path, threads: int | None) -> Session:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as e:  # pragma: no cover - core dependency
         raise MissingDependencyError("ai-edge-litert", "tflite") from e
-    from .._fd import captured_fds
+    from ._fd import captured_fds
 
     with captured_fds():  # "Created TensorFlow Lite XNNPACK delegate" goes to fd 2
         interp = Interpreter(model_path=str(path), num_threads=threads or None)
