@@ -17,6 +17,7 @@ import numpy as np
 from .errors import ConfigError, EdgekitError, ExportMismatchError
 from .model_io import SourceOptions
 from .safety import check_replaceable, safe_component
+from .profile.ops import slower_note
 from .targets import TargetProfile, load_target
 
 SCHEMA = "edgekit.bench/1"
@@ -144,22 +145,6 @@ def fidelity(ref: list[np.ndarray], out: list[np.ndarray]) -> dict[str, Any]:
         agree = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ref, out)])
         return {"metric": "top1_agreement", "value": float(agree.mean()), **res}
     return {"metric": "cosine", "value": res["cosine"], **res}
-
-
-def slower_note(ratio: float, ref_ops: dict[str, Any], ops: dict[str, Any]) -> dict[str, Any]:
-    """Explain a slow-down by the op types whose per-inference time grew most (variant minus fp32)."""
-    a, b = ref_ops.get("by_type") or {}, ops.get("by_type") or {}
-    diff = []
-    for op in set(a) | set(b):
-        ta, tb = (a.get(op) or {}).get("time_ms"), (b.get(op) or {}).get("time_ms")
-        if ta is None and tb is None:
-            continue
-        ta, tb = ta or 0.0, tb or 0.0
-        diff.append({"op_type": op, "fp32_ms": ta, "variant_ms": tb, "delta_ms": tb - ta})
-    grew = sorted((d for d in diff if d["delta_ms"] > 0), key=lambda d: -d["delta_ms"])[:3]
-    why = (", ".join(f"{d['op_type']} +{d['delta_ms']:.3g} ms" for d in grew) if grew
-           else "no per-op timing for this runtime" if not diff else "no op type grew; overhead is outside ops")
-    return {"ratio": ratio, "op_diff": grew, "summary": f"{ratio:.2f}x the fp32 latency (slower); time grew in: {why}"}
 
 
 def _row(v: str, t: TargetProfile, cell: dict[str, Any], prof: dict[str, Any] | None) -> dict[str, Any]:

@@ -31,7 +31,8 @@ warm-up), so drift and load hit all of them alike; the median per file and the r
 """
 from __future__ import annotations
 
-import time
+import os
+
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -126,24 +127,49 @@ def fidelity(model: nn.Module, path: Path, runtime: str, inputs: list[tuple[torc
 
 
 def interleaved(files: dict[str, Path], runtime: str, inputs: tuple[torch.Tensor, ...], threads: int = 2,
-                warmup: int = 3, runs: int = 20) -> dict[str, Any]:
-    """Median latency (ms) of each file, run alternately in one loop; ratios to the 'fp32' entry when present."""
-    from ..runtimes import open_session
+                warmup: int = 3, runs: int = 20, slower_tolerance: float = 0.05) -> dict[str, Any]:
+    """Latency of each file timed in one interleaved loop (edgekit.profile.interleaved: one worker, rotating order,
+    paired ratios with a bootstrap interval); ratios to the 'fp32' entry, which must come first. A file slower than
+    FP32 by more than `slower_tolerance` gets its per-op cause (op types whose time grew, from the runtime's profiler)
+    under "slower", so a forced INT8 file that loses says why."""
+    from ..errors import UnsupportedModelError
+    from ..profile import interleaved as timed
+    from ..profile.ops import op_profile, slower_note
 
-    sessions = {k: open_session(p, runtime, threads=threads) for k, p in files.items()}
-    feeds = {k: {n: t.numpy() for n, t in zip(s.input_names, inputs)} for k, s in sessions.items()}
-    for _ in range(warmup):
-        for k, s in sessions.items():
-            s.run(feeds[k])
-    times: dict[str, list[float]] = {k: [] for k in sessions}
-    for _ in range(runs):
-        for k, s in sessions.items():
-            t0 = time.perf_counter()
-            s.run(feeds[k])
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    med = {k: float(np.median(v)) for k, v in times.items()}
-    res: dict[str, Any] = {"median_ms": med, "runs": runs, "warmup": warmup, "threads": threads,
-                           "protocol": "alternating runs in one process, same inputs, median per file"}
-    if "fp32" in med:
-        res["ratio_to_fp32"] = {k: v / med["fp32"] for k, v in med.items() if k != "fp32"}
-    return res
+    labels = list(files)
+    if labels[0] != "fp32":
+        raise ValueError("interleaved: the 'fp32' file must come first")
+    arrays = [t.numpy() for t in inputs]
+    res = timed([{"path": str(p), "runtime": runtime, "threads": threads, "label": k} for k, p in files.items()],
+                rounds=runs, warmup=warmup, feeds=arrays, with_provenance=False)
+    if res["status"] != "ok":
+        raise UnsupportedModelError(f"timing the {runtime} files failed: {res['error']}")
+    med = {f["label"]: f["timing_ms"]["p50"] for f in res["files"]}
+    out: dict[str, Any] = {"median_ms": med, "runs": res["rounds"], "warmup": warmup, "threads": threads,
+                           "ratio_to_fp32": {f["label"]: f["ratio"]["p50"] for f in res["files"][1:]},
+                           "ratio_ci95": {f["label"]: f["ratio"]["ci95"] for f in res["files"][1:]},
+                           "load": res.get("load"), "protocol": "edgekit.profile.interleaved (one worker, rotating "
+                           "order, ratio of medians, paired bootstrap ci95)"}
+    slow = {k: r for k, r in out["ratio_to_fp32"].items() if r > 1 + slower_tolerance}
+    if slow:
+        import tempfile
+
+        from ..runtimes import open_session
+
+        with tempfile.TemporaryDirectory(prefix="edgekit-ops-") as tmp:
+            cwd = os.getcwd()
+            os.chdir(tmp)  # ORT writes its profile JSON into the working directory
+            try:
+                def prof(p: Path) -> dict[str, Any]:
+                    sess = open_session(p, runtime, threads=threads)
+                    feeds = {n: a for n, a in zip(sess.input_names, arrays)}
+                    return op_profile(p, runtime, threads, "CPU", None, feeds, 10)
+
+                ref = prof(files["fp32"])
+                out["slower"] = {k: slower_note(r, ref, prof(files[k])) for k, r in slow.items()}
+            except Exception as e:  # noqa: BLE001 - the cause is a note; the ratio stands without it
+                out["slower"] = {k: {"ratio": r, "summary": f"{r:.2f}x the fp32 latency (slower); per-op profile "
+                                     f"unavailable: {str(e).splitlines()[0][:160]}"} for k, r in slow.items()}
+            finally:
+                os.chdir(cwd)
+    return out

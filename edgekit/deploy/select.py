@@ -117,7 +117,9 @@ def _one(model: nn.Module, specs: Sequence[InputSpec], root: Path, rt: str, entr
                                       "--deploy auto)")
         pick, why = "int8", "requested (--deploy int8)"
         if ratio > 1:
-            note["warning"] = f"INT8 measured {ratio:.2f}x FP32's latency (slower) on this host"
+            cause = ((speed.get("slower") or {}).get("int8") or {}).get("summary")
+            note["warning"] = (f"INT8 measured {ratio:.2f}x FP32's latency (slower) on this host"
+                               + (f": {cause.split('; ', 1)[-1]}" if cause else ""))
     else:
         ok = {"fp32": True, "default": True, "int8": rec["passed"]}
         med = speed["median_ms"]
