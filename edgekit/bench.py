@@ -90,8 +90,10 @@ def check_source(model_src: Any, source: SourceOptions) -> None:
 
 def _build(model_src: Any, variants: list[str], tgts: list[TargetProfile], specs: Sequence[Any], root: Path,
            source: SourceOptions, method_options: dict[str, dict],
-           data: Any = None) -> dict[tuple[str, str], dict[str, Any]]:
-    """Compress each variant once and export it per target; every failure becomes a cell status with its reason."""
+           data: Any = None, deploy: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+    """Compress each variant once and export it per target; every failure becomes a cell status with its reason.
+    With `deploy` (int8 | auto) a variant is compressed with every target's runtime and the deploy step, so each
+    target's cell is that artifact's export for its runtime (the form the deploy step chose, and why)."""
     from . import api
 
     kw = {k: v for k, v in source.api_kwargs().items() if v}  # only what the user set
@@ -99,12 +101,20 @@ def _build(model_src: Any, variants: list[str], tgts: list[TargetProfile], specs
     for v in variants:
         base: Any = model_src
         if v != "fp32":
+            dep = {"runtimes": [_export_target(sp, t) for t, sp in zip(tgts, specs)], "deploy": deploy} \
+                if deploy else {}
             try:
                 base = api.compress(model_src, v, method_options.get(v, {}), root / v / "_compressed",
-                                    overwrite=True, **kw, **({"data": data} if data is not None else {}))
+                                    overwrite=True, **kw, **({"data": data} if data is not None else {}), **dep)
             except EdgekitError as e:
                 for t in tgts:
                     cells[v, t.name] = {"status": COMPRESS_FAILED, "reason": str(e), "art": None}
+                continue
+            if deploy:
+                for t in tgts:
+                    ok = _runtime_file(Path(base), t.runtime) is not None
+                    cells[v, t.name] = {"status": PASSED if ok else EXPORT_FAILED, "art": Path(base) if ok else None,
+                                        "reason": None if ok else f"no {t.runtime} export in {base}"}
                 continue
         for t, spec in zip(tgts, specs):
             dst = root / safe_component(v, "method") / safe_component(t.name, "target name")
@@ -155,7 +165,14 @@ def _row(v: str, t: TargetProfile, cell: dict[str, Any], prof: dict[str, Any] | 
     reason = cell["reason"]
     if prof is not None and not ok:
         status, reason = MEASURE_FAILED, prof.get("error")
-    return {"variant": v, "target": t.name, "runtime": t.runtime, "status": status, "reason": reason,
+    dep = None
+    if cell["art"]:
+        from .artifact import read_manifest
+
+        d = (read_manifest(cell["art"]).get("exports", {}).get(t.runtime) or {}).get("deploy")
+        dep = {"requested": d.get("requested"), "form": d.get("form"), "why": d.get("why"),
+               "warning": d.get("warning")} if d else None
+    return {"variant": v, "target": t.name, "runtime": t.runtime, "status": status, "reason": reason, "deploy": dep,
             "artifact": str(cell["art"]) if cell["art"] else None, "size_mb": _size_mb(f) if f else None,
             "p50_ms": prof["timing_ms"]["warm"]["p50"] if ok else None, "stable": prof.get("stable") if ok else None,
             "peak_mb": prof["memory_mb"]["model_peak"] if ok else None, "fidelity": None, "speedup": None,
@@ -164,12 +181,14 @@ def _row(v: str, t: TargetProfile, cell: dict[str, Any], prof: dict[str, Any] | 
 
 def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_dir: str | Path,
           input_shape: Any = None, method_options: dict[str, dict] | None = None,
-          source: SourceOptions | None = None, data: Any = None, sets: dict[str, Any] | None = None) -> dict[str, Any]:
+          source: SourceOptions | None = None, data: Any = None, sets: dict[str, Any] | None = None,
+          deploy: str | None = None) -> dict[str, Any]:
     """Run the matrix and write bench.json/.md/.html into out_dir; returns the JSON document.
 
     The model source takes what `compress` takes (`source`: --arch, --arch-args, --allow-class, --trust-pickle,
     --input-shape, --dynamic); `data` (a path or DataSource) feeds methods that calibrate; `sets` are the CLI's
-    --set METHOD.key=value / key=value (method_options_from_sets)."""
+    --set METHOD.key=value / key=value (method_options_from_sets); `deploy` (int8 | auto) runs the deploy step
+    for every compressed variant on every target's runtime (edgekit.deploy), so a row is what that step kept."""
     from .artifact import now_iso, read_manifest
     from .methods import METHODS
     from .profile import host_info, profile_artifact, provenance, require_runtime
@@ -193,9 +212,13 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
         from .data import open_data
 
         data = open_data(data)
+    if deploy is not None:
+        from .deploy import check_request
+
+        check_request(deploy, [t.runtime for t in tgts], data)
     check_source(model_src, source)
     out_dir = Path(out_dir)
-    cells = _build(model_src, variants, tgts, targets, out_dir / "artifacts", source, options, data)
+    cells = _build(model_src, variants, tgts, targets, out_dir / "artifacts", source, options, data, deploy)
     rows = []
     for t in tgts:  # measure per target, variants back to back, so ratios come from one stretch of time
         for v in variants:
@@ -225,7 +248,8 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
     doc = {"schema": SCHEMA, "kind": "bench", "created": now_iso(), "host": host_info(), "provenance": provenance(
                threads=max(t.threads for t in tgts)), "model": str(model_src),
            "input_shape": source.input_shape, "source_options": asdict(source),
-           "method_options": options, "data": getattr(data, "source", None), "targets": [t.name for t in tgts],
+           "method_options": options, "deploy": deploy, "data": getattr(data, "source", None),
+           "targets": [t.name for t in tgts],
            "variants": variants,
            "slower_tolerance": SLOWER_TOLERANCE, "rows": rows}
     write_reports(doc, out_dir, "bench")

@@ -113,6 +113,8 @@ def bench_cmd(model: str = typer.Argument(..., help="model source, as compress t
               data: Optional[Path] = typer.Option(None, "--data", help="calibration data file for the methods"),
               input_shape: InputShapeOpt = None, arch: ArchOpt = None, arch_args: ArchArgsOpt = None,
               allow_class: AllowClassOpt = None, trust_pickle: TrustPickleOpt = False,
+              deploy: Optional[str] = typer.Option(None, "--deploy", help="int8 | auto: lower each compressed "
+                                                   "variant to the target runtime's INT8 kernels (see compress)"),
               out: Path = typer.Option(..., "-o", "--out", help="output folder")) -> None:
     """Variants x targets: status, size, fidelity vs fp32, p50, speed-up, peak memory; flags slow-downs."""
     from .bench import bench
@@ -121,7 +123,7 @@ def bench_cmd(model: str = typer.Argument(..., help="model source, as compress t
     with user_errors():
         src = source_options(arch, arch_args, allow_class, trust_pickle, input_shape)
         doc = bench(model, list(target or []) + _split(targets), _split(methods), out, source=src, data=data,
-                    sets=parse_sets(sets))
+                    sets=parse_sets(sets), deploy=deploy)
         head, rows = bench_rows(doc)
         console.print(_table(head, rows, "bench"))
         for n in notes(doc):

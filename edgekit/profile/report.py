@@ -95,7 +95,9 @@ def bench_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     for r in doc["rows"]:
         fid = r.get("fidelity") or {}
         fid_s = f"{_f(fid.get('value'))} ({fid.get('metric')})" if fid.get("value") is not None else "—"
-        rows.append([r["variant"], r["target"], r["status"] + (f": {r['reason']}" if r.get("reason") else ""),
+        dep = r.get("deploy") or {}
+        variant = r["variant"] + (f" -> {dep['form']}" if dep.get("form") else "")  # what --deploy kept
+        rows.append([variant, r["target"], r["status"] + (f": {r['reason']}" if r.get("reason") else ""),
                      _f(r.get("size_mb")), fid_s, _f(r.get("p50_ms")), _f(r.get("speedup"), 2),
                      _f(round(r["peak_mb"], 1) if r.get("peak_mb") is not None else None),
                      load_cell((r.get("profile") or {}).get("host_load")),

@@ -117,3 +117,24 @@ def test_profile_takes_a_compress_artifact(compressed: Path, tmp_path: Path) -> 
     assert res.exit_code == 0, res.output
     doc = json.loads((tmp_path / "prof" / "profile.json").read_text())
     assert doc["results"][0]["file"] == "model.onnx" and doc["results"][0]["status"] == "ok"
+
+
+def test_bench_deploy_auto_runs_the_deploy_step_per_target(tmp_path: Path) -> None:
+    """`edgekit bench ... --deploy auto` (real compress, export and deploy; nothing stubbed): every compressed row
+    carries the form the deploy step kept for its runtime and why; the fp32 row has none; the JSON records it."""
+    out = tmp_path / "b"
+    res = runner.invoke(app, ["bench", "demo", "--methods", "rtn", "--target", "x86-avx2-ort", "--target",
+                              "intel-cpu-openvino", "--deploy", "auto", "-o", str(out)])
+    assert res.exit_code in (0, 1), res.output  # 1: some cell slower/failed is reported, not a crash
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["deploy"] == "auto"
+    rows = {(r["variant"], r["runtime"]): r for r in doc["rows"]}
+    for rt in ("onnxruntime", "openvino"):
+        assert rows["fp32", rt]["deploy"] is None
+        dep = rows["rtn", rt]["deploy"]
+        assert dep["requested"] == "auto" and dep["form"] in ("int8-qdq", "int8-dynamic", "default", "fp32")
+        assert dep["why"], dep
+        man = json.loads((Path(rows["rtn", rt]["artifact"]) / "manifest.json").read_text())
+        assert man["exports"][rt]["deploy"]["form"] == dep["form"]
+    assert "rtn -> " in (out / "bench.md").read_text()
+

@@ -1,0 +1,117 @@
+"""README's measured figures agree with benchmarks/results/*.json (issue 13 §2), and the checker notices when not."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+_spec = importlib.util.spec_from_file_location("readme_figures", ROOT / "scripts" / "readme_figures.py")
+rf = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rf)
+
+README = (ROOT / "README.md").read_text()
+
+
+@pytest.fixture()
+def results():
+    return rf.Results()
+
+
+def _block(text: str, name: str) -> str:
+    return next(m["body"] for m in rf._BLOCK.finditer(text) if m["name"] == name)
+
+
+def test_readme_agrees_with_results(results):
+    problems = rf.check(README, results)
+    assert not problems, "README and benchmarks/results disagree (run scripts/readme_figures.py):\n" + \
+        "\n".join(problems)
+
+
+def test_every_renderer_has_a_block_and_each_table_names_its_source(results):
+    names = {m["name"] for m in rf._BLOCK.finditer(README)}
+    assert names == set(rf.RENDERERS)
+    for name, body in rf.render_all(results).items():
+        last = body.strip().splitlines()[-1]
+        assert "benchmarks/results/" in last and "scripts/readme_figures.py" in last, name
+
+
+def test_changed_table_figure_is_caught(results):
+    body = _block(README, "udfc-zoo")
+    assert "0.593 / 0.949" in body  # Lite0 W6, default udfc
+    bad = README.replace(body, body.replace("0.593 / 0.949", "0.594 / 0.949"))
+    assert rf.check_blocks(bad, results) == ["udfc-zoo"]
+    # rewriting restores the rendered block and leaves the text around it alone
+    assert rf.rewrite(bad, results) == README
+
+
+def test_changed_prose_figure_is_caught(results):
+    old = "but MiniLM keeps probe 0.802"
+    assert old in README
+    bad = README.replace(old, "but MiniLM keeps probe 0.812")
+    problems = rf.check(bad, results)
+    assert len(problems) == 1 and "0.802" in problems[0] and problems[0].startswith("claim not found")
+
+
+def test_changed_result_is_caught(results):
+    cell = results("baselines")["models"]["efficientnet"]["cells"]["rtn4"]
+    cell["latency"]["tflite"]["latency_vs_fp32"] = 1.0
+    problems = rf.check(README, results)
+    assert "block differs: peer-baselines" in problems
+    assert any("2.49x" not in p and "RTN W4 runs at 1.00x" in p for p in problems)
+
+
+def test_missing_result_is_reported_not_raised(results):
+    del results("optin")["scoring_time"]["cpu_s"]
+    problems = rf.check_claims(README, results)
+    assert len(problems) == 1 and "figure not in the results" in problems[0]
+
+
+def test_rows_that_failed_validation_are_marked(results):
+    # SmolLM2 RTN W4 failed edgekit's ORT validation in the recorded run: its cell says so, a passing one does not
+    table = rf.render_peer_baselines(results)
+    rtn4 = next(line for line in table.splitlines() if line.startswith("| edgekit RTN W4"))
+    rtn8 = next(line for line in table.splitlines() if line.startswith("| edgekit RTN W8"))
+    assert rtn4.count("failed validation on") == 1 and "failed validation on" not in rtn8
+    # MiniLM's LiteRT files kept float weights (recorded in the JSON): the LiteRT ratio says so
+    assert "LiteRT 0.96x (float weights" in rtn4 and "LiteRT 2.49x (" not in rtn4
+    # flipping a recorded validation flips the mark, in the peer table and the DenseShift table
+    results("baselines")["models"]["efficientnet"]["cells"]["rtn8"]["info"]["validation"]["onnxruntime"]["passed"] \
+        = False
+    rtn8 = next(line for line in rf.render_peer_baselines(results).splitlines()
+                if line.startswith("| edgekit RTN W8"))
+    assert rtn8.count("failed validation on") == 1
+    assert "failed validation" not in rf.render_denseshift(results)
+    results("denseshift")["export"]["rows"]["denseshift_w2_ft2000"]["exports"]["openvino"]["validated"] = False
+    row = next(line for line in rf.render_denseshift(results).splitlines() if line.startswith("| DenseShift 2-bit"))
+    assert "failed validation: openvino" in row
+
+
+def test_goal_verdicts_follow_the_figures(results):
+    v = results("llm_fp4")["smollm2_16x512"]["variants"]
+    assert re.search(r"\*\*default\*\*.*\| <= 20: missed \|", rf.render_llm_fp4_smollm2(results))
+    v["fpq_w4a8_full"]["ppl_python_docs"] = 19.0
+    assert re.search(r"\*\*default\*\*.*\| <= 20: met \|", rf.render_llm_fp4_smollm2(results))
+
+
+def test_cli_check_and_rewrite(tmp_path, results):
+    body = _block(README, "denseshift")
+    bad = README.replace(body, body.replace("0.9285", "0.9999"))
+    path = tmp_path / "README.md"
+    path.write_text(bad)
+    path.chmod(0o644)
+    assert rf.main(["--check", "--readme", str(path)]) == 1
+    assert path.read_text() == bad  # --check changes nothing
+    assert rf.main(["--readme", str(path)]) == 0
+    assert path.read_text() == README
+    assert path.stat().st_mode & 0o777 == 0o644  # the atomic write keeps the file's mode
+    assert [p.name for p in tmp_path.iterdir()] == ["README.md"]  # no temporary file left
+
+
+def test_results_are_not_mutated_by_rendering(results):
+    before = copy.deepcopy(results("udfc"))
+    rf.render_all(results)
+    assert results("udfc") == before
