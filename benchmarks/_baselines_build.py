@@ -134,7 +134,7 @@ def _ids(vocab: int, n: int) -> np.ndarray:
 
 
 ALL = ["fp32", "nncf_ptq", "ort_static_pt", "ort_static_pc", "ort_dynamic", "nncf_wc8", "nncf_wc4", "litert_dyn8",
-       "litert_static8", "rtn8", "rtn4", "mag30", "mag50"]
+       "litert_static8", "rtn8", "rtn4", "mag30", "mag50", "edgekit_int8"]
 LITERT = ["litert_dyn8", "litert_static8"]
 SEQ = torch.export.Dim("seq", max=1024)
 
@@ -307,6 +307,37 @@ def edgekit_variant(spec: ModelSpec, ctx: Context, name: str, root: Path) -> dic
             else None, "qdq": {k: qdq[k] for k in qdq if not isinstance(qdq[k], (list, dict))}, "validation": v,
             "sparsity": rep.extra.get("sparsity_achieved"), "tflite": tfl_note}
     write_art(root, spec, files, info)
+    return info
+
+
+# edgekit's deploy row, through the public API only (what `edgekit compress SRC --method M --set ... --deploy auto
+# --target onnxruntime --target openvino --target tflite -o OUT` does): source, method, options per model.
+DEPLOY = {"efficientnet": ("efficientnet-lite0-features", "udfc", {"ratio": 0, "bits": 8}),
+          "minilm": ("minilm", "rtn", {"bits": 8}),
+          "demo": ("demo", "rtn", {"bits": 8})}
+
+
+def edgekit_deploy(spec: ModelSpec, ctx: Context, root: Path) -> dict[str, Any]:
+    """The model compressed and lowered by `edgekit compress --deploy auto` for every runtime of the table; the
+    deploy step's decision (form kept, why, its own interleaved ratio) is recorded next to the command."""
+    import edgekit
+    from edgekit.artifact import read_manifest, update_manifest
+
+    if spec.key not in DEPLOY:
+        raise RuntimeError(f"no edgekit deploy row defined for {spec.key}")
+    src, method, opts = DEPLOY[spec.key]
+    rts = ["onnxruntime", "openvino"] + (["tflite"] if spec.tflite else [])
+    cmd = (f"edgekit compress {src} --method {method} " + " ".join(f"--set {k}={v}" for k, v in opts.items())
+           + " --deploy auto " + " ".join(f"--target {rt}" for rt in rts) + f" -o {root}")
+    edgekit.compress(src, method, opts, root, runtimes=rts, deploy="auto")
+    man = read_manifest(root)
+    dep = {rt: {k: (e.get("deploy") or {}).get(k) for k in ("form", "why", "warning")}
+           | {"int8_vs_fp32_in_deploy_step": ((e.get("deploy") or {}).get("speed") or {}).get("ratio_to_fp32", {})
+              .get("int8"), "precision": e.get("precision")} for rt, e in man["exports"].items()}
+    info = {"tool": f"edgekit {method} + --deploy auto", "command": cmd, "deploy": dep,
+            "precision": "int8 where the deploy step kept it", "validation": {
+                rt: {"passed": (e.get("validation") or {}).get("passed", True)} for rt, e in man["exports"].items()}}
+    update_manifest(root, {"baseline": info})
     return info
 
 

@@ -49,6 +49,8 @@ def build(spec: B.ModelSpec, ctx: B.Context, name: str, root: Path) -> dict[str,
         return B.fp32_variant(spec, ctx, root)
     if name in ("rtn8", "rtn4", "mag30", "mag50"):
         return B.edgekit_variant(spec, ctx, name, root)
+    if name == "edgekit_int8":
+        return B.edgekit_deploy(spec, ctx, root)
     if name == "nncf_ptq":
         return P.nncf_ptq(spec, ctx, root)
     if name in ("nncf_wc8", "nncf_wc4"):
@@ -90,6 +92,11 @@ def run_cell(spec: B.ModelSpec, ctx: B.Context, name: str, budget_s: float) -> d
     man = read_manifest(root)
     runtimes = list(man["exports"])
     fid = evaluate(root, spec.task, runtime=runtimes[0], limit=spec.limit, threads=THREADS, options=spec.options)
+    per_rt = {}
+    if name == "edgekit_int8":  # each runtime got its own INT8 (or kept) file: score every one
+        for rt in runtimes[1:]:
+            per_rt[rt] = evaluate(root, spec.task, runtime=rt, limit=spec.limit, threads=THREADS,
+                                  options=spec.options)["metrics"]
     fp32 = ctx.work / "fp32"
     lat = {}
     for rt in runtimes:
@@ -99,6 +106,7 @@ def run_cell(spec: B.ModelSpec, ctx: B.Context, name: str, budget_s: float) -> d
                                                    budget_s, dq=True)
     return {"info": man["baseline"], "runtimes": runtimes, "fidelity_runtime": fid["runtime"],
             "metrics": fid["metrics"], "reference": fid["reference"], "samples": fid["samples"],
+            **({"metrics_by_runtime": {runtimes[0]: fid["metrics"], **per_rt}} if per_rt else {}),
             "size_mb": {rt: B.file_mb(export_file(root, rt)) for rt in runtimes}, "latency": lat,
             "build_s": round(build_s, 1), "eval_s": fid["seconds"]}
 

@@ -70,8 +70,6 @@ def _copy_self_contained(src: Path, dst: Path) -> None:
 def export_onnx_file(src: Path, runtime: str, out: Path | None, overwrite: bool, fp16: bool,
                      step: Callable[[str], None]) -> Path:
     """Artifact with the ONNX file and a runtime export validated against ONNX Runtime."""
-    from ..runtimes import open_session
-
     if runtime == "tflite":
         raise ConfigError("a .tflite export needs the PyTorch model (litert-torch); pass the .pt/.pt2 instead of .onnx")
     if out is None:
@@ -79,35 +77,75 @@ def export_onnx_file(src: Path, runtime: str, out: Path | None, overwrite: bool,
     specs = onnx_input_specs(src)
     with art.staging(out, overwrite, protect=[src]) as root:
         _copy_self_contained(src, root / "model.onnx")
-        ref = open_session(root / "model.onnx", "onnxruntime")
-        d = root / "exports" / runtime
-        d.mkdir(parents=True)
-        if runtime == "onnxruntime":
-            path = d / "model.onnx"
-            _copy_self_contained(root / "model.onnx", path)
-        else:
-            from .openvino import convert
-
-            step("export openvino")
-            path = convert(root / "model.onnx", d, fp16)
-        step(f"validate {runtime}")
-        prec = "fp16" if fp16 else "fp32"
-        sess = open_session(path, runtime)
-        worst = {}
-        for seed in range(3):
-            feeds = {s.name: t.numpy() for s, t in zip(specs, example_inputs(specs, seed))}
-            for name, r, g in zip(ref.output_names, ref.run(feeds), sess.run(feeds)):
-                check_finite(np.asarray(r), f"ONNX Runtime output '{name}' of {src.name}")
-                check_finite(np.asarray(g), f"{runtime} output '{name}'")
-                f = compare(np.asarray(r), np.asarray(g))
-                tol = TOLERANCES[prec]
-                if f["max_abs_scaled"] > tol["max_abs"] or f["cosine"] < tol["cosine"]:
-                    raise ExportMismatchError(f"{runtime} output '{name}' differs from ONNX Runtime: {f}; "
-                                              f"tolerance {tol}; no artifact was written")
-                worst[name] = f
+        entry = _runtime_export(root, runtime, specs, "fp16" if fp16 else "fp32", fp16, step, src.name)
         man = {"kind": "export", "source": {"path": str(src), "kind": "onnx", "sha256": art.sha256_file(src)},
-               "model": "model.onnx", "inputs": [s.to_dict() for s in specs],
-               "exports": {runtime: {"file": str(path.relative_to(root)), "precision": prec,
-                                     "validation": {"reference": "onnxruntime", "outputs": worst}}}}
+               "model": "model.onnx", "inputs": [s.to_dict() for s in specs], "exports": {runtime: entry}}
         art.write_manifest(root, man)
     return Path(out)
+
+
+def export_lean_artifact(src: Path, runtime: str, out: Path | None, overwrite: bool, fp16: bool,
+                         step: Callable[[str], None], target: str | None = None) -> Path:
+    """One more runtime for an artifact written without its PyTorch program (compress's default): built from the
+    artifact's model.onnx (validated on ONNX Runtime when it was compressed) and validated against ONNX Runtime on
+    that file. LiteRT needs the PyTorch program, so it is refused with the fix."""
+    if runtime == "tflite":
+        raise ConfigError(f"{src} has no PyTorch program (compress keeps only what the runtimes run), and a LiteRT "
+                          "export is made from one; re-run `edgekit compress ... --target tflite`, or compress with "
+                          "--keep-program to export it later")
+    from ..model_io import InputSpec
+
+    dest = Path(out) if out else Path(src)
+    with art.staging(dest, overwrite=overwrite or dest.resolve() == Path(src).resolve(), base=Path(src),
+                     protect=[src]) as root:
+        man = art.read_manifest(root, verify=False)  # a copy of the artifact verified by staging
+        specs = [InputSpec(i["name"], i["shape"], i.get("dtype", "float32"),
+                           {int(k): str(v) for k, v in (i.get("dynamic") or {}).items()}, i.get("high"))
+                 for i in man["inputs"]]
+        if runtime in man.get("exports", {}):
+            shutil.rmtree(root / "exports" / runtime, ignore_errors=True)
+        prec = "fp16" if fp16 else man.get("export_precision", "fp32")
+        entry = _runtime_export(root, runtime, specs, prec if prec in TOLERANCES else "fp32", fp16, step,
+                                man.get("model", "model.onnx"))
+        entry["built_from"] = "model.onnx (the artifact has no PyTorch program)"
+        if target:
+            entry["target"] = target
+        man.setdefault("exports", {})[runtime] = entry
+        if isinstance(man.get("file_roles"), dict):
+            man["file_roles"][entry["file"]] = f"what {runtime} runs (precision {entry['precision']})"
+        art.write_manifest(root, man)
+    return dest
+
+
+def _runtime_export(root: Path, runtime: str, specs: list[InputSpec], prec: str, fp16: bool,
+                    step: Callable[[str], None], what: str) -> dict:
+    """exports/<runtime>/ from root/model.onnx, validated against ONNX Runtime on that file; the manifest entry."""
+    from ..runtimes import open_session
+
+    ref = open_session(root / "model.onnx", "onnxruntime")
+    d = root / "exports" / runtime
+    d.mkdir(parents=True)
+    if runtime == "onnxruntime":
+        path = d / "model.onnx"
+        _copy_self_contained(root / "model.onnx", path)
+    else:
+        from .openvino import convert
+
+        step("export openvino")
+        path = convert(root / "model.onnx", d, fp16)
+    step(f"validate {runtime}")
+    sess = open_session(path, runtime)
+    worst = {}
+    tol = TOLERANCES[prec]
+    for seed in range(3):
+        feeds = {s.name: t.numpy() for s, t in zip(specs, example_inputs(specs, seed))}
+        for name, r, g in zip(ref.output_names, ref.run(feeds), sess.run(feeds)):
+            check_finite(np.asarray(r), f"ONNX Runtime output '{name}' of {what}")
+            check_finite(np.asarray(g), f"{runtime} output '{name}'")
+            f = compare(np.asarray(r), np.asarray(g))
+            if f["max_abs_scaled"] > tol["max_abs"] or f["cosine"] < tol["cosine"]:
+                raise ExportMismatchError(f"{runtime} output '{name}' differs from ONNX Runtime: {f}; "
+                                          f"tolerance {tol}; no artifact was written")
+            worst[name] = f
+    return {"file": str(path.relative_to(root)), "precision": prec,
+            "validation": {"reference": "onnxruntime", "outputs": worst}}

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def demo_all(tmp_path_factory):
     art = tmp_path_factory.mktemp("ex") / "demo"
-    api.compress("demo", "rtn", {"bits": 8}, art, runtimes=["onnxruntime", "openvino", "tflite"])
+    api.compress("demo", "rtn", {"bits": 8}, art, runtimes=["onnxruntime", "openvino", "tflite"], keep_program=True)
     return art
 
 

@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 import pytest
 
 from edgekit import api
@@ -34,7 +35,7 @@ def test_export_each_runtime_validates_within_1e4(demo_artifact, runtime):
     assert ex["validation"]["tolerance"]["max_abs"] == 1e-4
     f = art / ex["file"]
     assert man["files"][ex["file"]]["sha256"] == sha256_file(f)
-    assert man["inputs"][0]["shape"] == [1, 1, 8, 8] and man["versions"]["torch"].startswith("2.13")
+    assert man["inputs"][0]["shape"] == [1, 1, 8, 8] and man["versions"]["torch"] == torch.__version__
 
 
 def test_mismatch_fails_closed_and_leaves_nothing(tmp_path, monkeypatch):
@@ -86,7 +87,7 @@ def test_killed_export_leaves_no_artifact(tmp_path):
 
 
 def test_compress_artifact_reexports_without_source(tmp_path):
-    art = api.compress("demo", "rtn", {"bits": 8}, tmp_path / "c")
+    art = api.compress("demo", "rtn", {"bits": 8}, tmp_path / "c", keep_program=True)
     man = read_manifest(art)
     assert man["integer_weights"]["integer_weights"] == 4
     assert (art / "model.onnx").stat().st_size < 0.4 * 59_000
@@ -96,3 +97,27 @@ def test_compress_artifact_reexports_without_source(tmp_path):
     assert man["exports"]["tflite"]["weight_storage"]["weights"].startswith("int8")
     assert man["files"]["exports/tflite/model.tflite"]["bytes"] < 0.45 * 60_000
     assert np.isclose(man["method"]["report"]["bits_per_weight"], 8, atol=0.5)
+
+
+def test_lean_artifact_ships_no_float_program_and_still_reexports(tmp_path):
+    """compress keeps only what the runtimes run: no model.pt2 (a float program as large as FP32); OpenVINO is
+    added later from model.onnx and validated against ONNX Runtime on it; LiteRT (which needs the program) is one
+    line naming --keep-program; every file has a role in the manifest."""
+    from edgekit.errors import ConfigError, ModelLoadError
+
+    art = api.compress("demo", "rtn", {"bits": 8}, tmp_path / "c")
+    man = read_manifest(art)
+    assert man["torch_program"] is None and not (art / "model.pt2").exists()
+    assert set(man["file_roles"]) == set(man["files"]), (man["file_roles"], man["files"])
+    kept = api.compress("demo", "rtn", {"bits": 8}, tmp_path / "k", keep_program=True)
+    lean_bytes = sum(f["bytes"] for f in man["files"].values())
+    assert lean_bytes < 0.5 * sum(f["bytes"] for f in read_manifest(kept)["files"].values())
+    api.export(art, "openvino")
+    man = read_manifest(art)
+    ov = man["exports"]["openvino"]
+    assert ov["validation"]["reference"] == "onnxruntime" and ov["built_from"].startswith("model.onnx")
+    assert man["file_roles"][ov["file"]].startswith("what openvino runs")
+    with pytest.raises(ConfigError, match="--keep-program"):
+        api.export(art, "tflite")
+    with pytest.raises(ModelLoadError, match="--keep-program"):
+        api.compress(art, "rtn", {"bits": 8}, tmp_path / "again")
