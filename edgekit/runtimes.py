@@ -53,6 +53,17 @@ def open_session(path: Path, runtime: str | None = None, threads: int | None = N
     raise ConfigError(f"unknown runtime '{runtime}'; choose one of {', '.join(RUNTIMES)}")
 
 
+OV_DQ_GROUP = 32  # OpenVINO CPU's dynamic activation quantization group size when an artifact asks for it
+
+
+def ov_dynamic_quant(entry: dict[str, Any] | None) -> bool:
+    """Whether an artifact's export entry was validated with OpenVINO's dynamic activation quantization on (its
+    recorded runtime_config sets DYNAMIC_QUANTIZATION_GROUP_SIZE to a non-zero group); every reader of the
+    artifact opens the file the same way, so what is timed and scored is what was validated."""
+    cfg = ((entry or {}).get("validation") or {}).get("runtime_config") or {}
+    return str(cfg.get("DYNAMIC_QUANTIZATION_GROUP_SIZE", "0")) not in ("0", "")
+
+
 def weight_only_qdq(path: Path) -> bool:
     """True when the graph dequantizes integer weights but quantizes no activations (no QuantizeLinear)."""
     import onnx
@@ -101,8 +112,7 @@ def _ov(path: Path, threads: int | None, device: str, fallback: str | None, prof
         cfg["INFERENCE_NUM_THREADS"] = threads
     if used == "CPU":
         cfg["INFERENCE_PRECISION_HINT"] = "f32"  # no silent bf16/fp16 on hosts that support it
-        if not dynamic_quant:
-            cfg["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = 0
+        cfg["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = OV_DQ_GROUP if dynamic_quant else 0
     if profiling:
         cfg["PERF_COUNT"] = True
     compiled = core.compile_model(str(path), used, cfg)

@@ -70,13 +70,15 @@ def _response_cosine(refs: list[np.ndarray], gots: list[np.ndarray]) -> float:
 
 
 def fidelity(model: nn.Module, path: Path, runtime: str, inputs: list[tuple[torch.Tensor, ...]],
-             floors: dict[str, float] | None = None, threads: int | None = None) -> dict[str, Any]:
-    """Figures per output and pass/fail against the floors (see module docstring)."""
+             floors: dict[str, float] | None = None, threads: int | None = None,
+             ov_dynamic_quant: bool = False) -> dict[str, Any]:
+    """Figures per output and pass/fail against the floors (see module docstring). `ov_dynamic_quant`: OpenVINO
+    with its own dynamic activation quantization on (recorded in runtime_config, so readers open it the same way)."""
     from ..export.validate import compare
     from ..runtimes import open_session
 
     floors = {**FLOORS, **(floors or {})}
-    sess = open_session(path, runtime, threads=threads)
+    sess = open_session(path, runtime, threads=threads, ov_dynamic_quant=ov_dynamic_quant)
     per: dict[str, dict[str, Any]] = {}
     failed: list[str] = []
     for x in inputs:
@@ -126,7 +128,8 @@ def fidelity(model: nn.Module, path: Path, runtime: str, inputs: list[tuple[torc
             "device": sess.device, "runtime_config": sess.info.get("config", {})}
 
 
-def interleaved(files: dict[str, Path], runtime: str, inputs: tuple[torch.Tensor, ...], threads: int = 2,
+def interleaved(files: dict[str, Path | tuple[Path, bool]], runtime: str, inputs: tuple[torch.Tensor, ...],
+                threads: int = 2,
                 warmup: int = 3, runs: int = 20, slower_tolerance: float = 0.05) -> dict[str, Any]:
     """Latency of each file timed in one interleaved loop (edgekit.profile.interleaved: one worker, rotating order,
     paired ratios with a bootstrap interval); ratios to the 'fp32' entry, which must come first. A file slower than
@@ -140,8 +143,12 @@ def interleaved(files: dict[str, Path], runtime: str, inputs: tuple[torch.Tensor
     if labels[0] != "fp32":
         raise ValueError("interleaved: the 'fp32' file must come first")
     arrays = [t.numpy() for t in inputs]
-    res = timed([{"path": str(p), "runtime": runtime, "threads": threads, "label": k} for k, p in files.items()],
-                rounds=runs, warmup=warmup, feeds=arrays, with_provenance=False)
+    def spec(k: str, p: Path | tuple[Path, bool]) -> dict[str, Any]:  # (path, ov_dynamic_quant) or a path
+        path, dq = p if isinstance(p, tuple) else (p, False)
+        return {"path": str(path), "runtime": runtime, "threads": threads, "label": k, "ov_dynamic_quant": dq}
+
+    res = timed([spec(k, p) for k, p in files.items()], rounds=runs, warmup=warmup, feeds=arrays,
+                with_provenance=False)
     if res["status"] != "ok":
         raise UnsupportedModelError(f"timing the {runtime} files failed: {res['error']}")
     med = {f["label"]: f["timing_ms"]["p50"] for f in res["files"]}
@@ -160,10 +167,11 @@ def interleaved(files: dict[str, Path], runtime: str, inputs: tuple[torch.Tensor
             cwd = os.getcwd()
             os.chdir(tmp)  # ORT writes its profile JSON into the working directory
             try:
-                def prof(p: Path) -> dict[str, Any]:
-                    sess = open_session(p, runtime, threads=threads)
+                def prof(p: Path | tuple[Path, bool]) -> dict[str, Any]:
+                    path, dq = p if isinstance(p, tuple) else (p, False)
+                    sess = open_session(path, runtime, threads=threads, ov_dynamic_quant=dq)
                     feeds = {n: a for n, a in zip(sess.input_names, arrays)}
-                    return op_profile(p, runtime, threads, "CPU", None, feeds, 10)
+                    return op_profile(path, runtime, threads, "CPU", None, feeds, 10, dq)
 
                 ref = prof(files["fp32"])
                 out["slower"] = {k: slower_note(r, ref, prof(files[k])) for k, r in slow.items()}

@@ -93,7 +93,10 @@ def artifact_predictor(art: Path, runtime: str | None, threads: int | None) -> P
     if runtime not in ARTIFACT_RUNTIMES:
         raise ConfigError(f"unknown runtime '{runtime}'; choose one of {', '.join(ARTIFACT_RUNTIMES)}")
     path = export_file(art, runtime)
-    sess = open_session(path, "onnxruntime" if runtime == "onnx" else runtime, threads=threads)
+    from ..runtimes import ov_dynamic_quant
+
+    sess = open_session(path, "onnxruntime" if runtime == "onnx" else runtime, threads=threads,
+                        ov_dynamic_quant=ov_dynamic_quant(man.get("exports", {}).get(runtime)))
     shapes = {i["name"]: list(i.get("shape", [])) for i in man.get("inputs", [])}
     names = [i["name"] for i in man.get("inputs", [])] or list(sess.input_names)
     batch = next((s[0] for s in shapes.values() if s and isinstance(s[0], int) and s[0] > 0), 1)

@@ -90,8 +90,11 @@ def profile_one(art: Path, manifest: dict[str, Any], target: Any, cost: dict[str
 
     f = artifact_file(art, manifest, target.runtime)
     before, t0 = host_load(), time.perf_counter()
+    from ..runtimes import ov_dynamic_quant
+
     res = measure_file(f, target.runtime, device=target.device, fallback=target.fallback, threads=target.threads,
-                       protocol=target.protocol, input_hint=manifest.get("inputs"), static_shapes=target.static_shapes)
+                       protocol=target.protocol, input_hint=manifest.get("inputs"), static_shapes=target.static_shapes,
+                       ov_dynamic_quant=ov_dynamic_quant(manifest.get("exports", {}).get(target.runtime)))
     res["host_load"] = load_during(before, host_load(), min(target.threads, host_threads()),
                                    time.perf_counter() - t0)
     size = f.stat().st_size + sum(p.stat().st_size for p in f.parent.glob(f.stem + ".bin")) if f.is_file() else 0

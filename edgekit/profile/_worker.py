@@ -44,7 +44,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     baseline = mem.current_mb()
     mem.reset()
     t0 = time.perf_counter()
-    sess = open_session(path, runtime, threads=threads, device=spec["device"], fallback=spec["fallback"])
+    sess = open_session(path, runtime, threads=threads, device=spec["device"], fallback=spec["fallback"],
+                        ov_dynamic_quant=bool(spec.get("ov_dynamic_quant")))
     load_ms = (time.perf_counter() - t0) * 1e3
     load_peak = mem.peak_mb()
     specs = session_inputs(sess)
@@ -65,7 +66,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     exec_devices = (list(sess.info["compiled"].get_property("EXECUTION_DEVICES"))
                     if runtime == "openvino" else [device_used])
     del sess
-    ops = op_profile(path, runtime, threads, spec["device"], spec["fallback"], feeds, protocol.profile_runs)
+    ops = op_profile(path, runtime, threads, spec["device"], spec["fallback"], feeds, protocol.profile_runs,
+                     bool(spec.get("ov_dynamic_quant")))
     batch = next((s["shape"][0] for s in specs if s["shape"] and s["shape"][0]), 1)
     warm = timing["warm"]
     return {

@@ -33,13 +33,15 @@ def _size(f: Path) -> int:
 def compare_target(arts: list[Path], manifests: list[dict[str, Any]], target: Any,
                    rounds: int | None = None) -> dict[str, Any]:
     """One target: the artifacts' files timed interleaved; the result entry of the module docstring."""
+    from ..runtimes import ov_dynamic_quant
     from . import artifact_file
     from .interleave import interleaved
 
     p = target.protocol
     files = [artifact_file(a, m, target.runtime) for a, m in zip(arts, manifests)]
     specs = [{"path": f, "runtime": target.runtime, "device": target.device, "fallback": target.fallback,
-              "threads": target.threads, "input_hint": m.get("inputs"), "label": str(a)}
+              "threads": target.threads, "input_hint": m.get("inputs"), "label": str(a),
+              "ov_dynamic_quant": ov_dynamic_quant(m.get("exports", {}).get(target.runtime))}
              for a, m, f in zip(arts, manifests, files)]
     res = interleaved(specs, rounds=rounds or p.min_runs, warmup=p.warmup, min_seconds=p.min_seconds,
                       with_provenance=False)

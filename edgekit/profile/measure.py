@@ -157,13 +157,16 @@ def _die_with_parent() -> None:
 
 def measure_file(path: Path, runtime: str, *, device: str = "CPU", fallback: str | None = None,
                  threads: int = 1, protocol: MeasureProtocol | None = None, input_hint: list[dict] | None = None,
-                 static_shapes: bool = False, timeout_s: float = WORKER_TIMEOUT_S) -> dict[str, Any]:
-    """Run the worker subprocess for one file; returns its JSON result plus the subprocess overhead."""
+                 static_shapes: bool = False, timeout_s: float = WORKER_TIMEOUT_S,
+                 ov_dynamic_quant: bool = False) -> dict[str, Any]:
+    """Run the worker subprocess for one file; returns its JSON result plus the subprocess overhead.
+    `ov_dynamic_quant`: open an OpenVINO file with its dynamic activation quantization on (as the artifact was
+    validated; edgekit.runtimes.ov_dynamic_quant)."""
     protocol = protocol or MeasureProtocol()
     used_threads = max(1, min(threads, host_threads()))
     spec = {"path": str(Path(path).resolve()), "runtime": runtime, "device": device, "fallback": fallback,
             "threads": used_threads, "threads_requested": threads, "protocol": protocol.model_dump(),
-            "input_hint": input_hint or [], "static_shapes": static_shapes}
+            "input_hint": input_hint or [], "static_shapes": static_shapes, "ov_dynamic_quant": ov_dynamic_quant}
     env = dict(os.environ)
     pkg_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

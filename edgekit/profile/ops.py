@@ -57,10 +57,10 @@ def profile_ort(path: Path, threads: int, feeds: dict[str, np.ndarray], runs: in
 
 
 def profile_ov(path: Path, threads: int, device: str, fallback: str | None, feeds: dict[str, np.ndarray],
-               runs: int) -> dict[str, Any]:
+               runs: int, ov_dynamic_quant: bool = False) -> dict[str, Any]:
     """OpenVINO performance counters (PERF_COUNT): real time of executed nodes, per node type."""
     sess: Session = open_session(path, "openvino", threads=threads, device=device, fallback=fallback,
-                                 profiling=True)
+                                 profiling=True, ov_dynamic_quant=ov_dynamic_quant)
     req = sess.info["request"]
     by_type: dict[str, list[float]] = defaultdict(list)
     exec_types: dict[str, set[str]] = defaultdict(set)
@@ -100,14 +100,14 @@ def profile_tflite(path: Path, threads: int) -> dict[str, Any]:
 
 
 def op_profile(path: Path, runtime: str, threads: int, device: str, fallback: str | None,
-               feeds: dict[str, np.ndarray], runs: int) -> dict[str, Any]:
+               feeds: dict[str, np.ndarray], runs: int, ov_dynamic_quant: bool = False) -> dict[str, Any]:
     """Dispatch to the runtime's profiler; the working directory receives ORT's temporary JSON."""
     if runs <= 0:
         return {"source": "off", "runs": 0, "total_ms": None, "by_type": {}, "top": [], "fallback_ops": []}
     if runtime == "onnxruntime":
         return profile_ort(path, threads, feeds, runs)
     if runtime == "openvino":
-        return profile_ov(path, threads, device, fallback, feeds, runs)
+        return profile_ov(path, threads, device, fallback, feeds, runs, ov_dynamic_quant)
     return profile_tflite(path, threads)
 
 
