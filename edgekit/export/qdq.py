@@ -21,6 +21,13 @@ Storage kinds, picked from the codes' actual range (never from the nominal bit w
 - lut4: the same with uint4 indices (two per byte) when a <= 4-bit request's codes take at most 16 distinct values
   but exceed int4 (FP4 E2M1 / E3M0 grids: codes up to 12 / 64) -> DequantizeLinear(uint4 -> float index) -> Cast ->
   Gather -> Mul: a 4-bit request stores 4 bits (+ a 16-entry table per tensor), not 8;
+- bitplane: a <= 3-bit request whose codes take at most 2^b distinct values (b = 1, 2, 3: binary ±1 codes,
+  DenseShift's 2/3-bit ±2^p grids, RTN/UDFC at 2-3 bits) stores b bits per weight: the index into a float32 table of
+  the distinct codes, split into b bit planes, each packed 8 indices per uint8 byte (little bit order). In the
+  graph: Cast(plane) -> Div by 2^j -> Floor -> Mod 2 -> sum of bit_k * 2^k -> Reshape -> Slice -> Cast -> Gather(table)
+  -> Mul(scale) (+ Add offset); all on constants, so the runtimes fold it at load (speed = the float model's) while
+  the file holds b bits per weight plus a 2^b-entry table per tensor (why float ops: `_bitplanes`). Why not int4 there: a 2-bit
+  request stored in 4 bits is twice the size it claims (issue 17);
 - anything else (more than 256 distinct codes out of int8, or codes not exact in float32) stays float and is
   listed in "kept_float" with the reason.
 """
@@ -72,8 +79,14 @@ def _uint4_tensor(name: str, idx: np.ndarray) -> TensorProto:
     return helper.make_tensor(name, TensorProto.UINT4, idx.shape, packed.tobytes(), raw=True)
 
 
+def plane_bits(n_values: int) -> int:
+    """Bit planes needed to index n distinct values (at least 1)."""
+    return max(1, int(np.ceil(np.log2(max(n_values, 1)))))
+
+
 def storage_kind(code: WeightCode) -> tuple[str | None, str]:
-    """("int4" | "int8" | "lut4" | "lut8", "") for the storage the codes fit exactly, or (None, why not); module doc."""
+    """("bitplane" | "int4" | "int8" | "lut4" | "lut8", "") for the storage the codes fit exactly, or (None, why
+    not); module doc."""
     codes = code.codes.numpy().astype(np.int64) if not code.codes.is_floating_point() else code.codes.double().numpy()
     if codes.size == 0:
         return "int8", ""
@@ -81,9 +94,12 @@ def storage_kind(code: WeightCode) -> tuple[str | None, str]:
         return None, "codes are not integers"
     codes = codes.astype(np.int64)
     lo, hi = int(codes.min()), int(codes.max())
+    vals = np.unique(codes)
+    if code.bits <= 3 and vals.size <= 1 << code.bits and codes.size >= 64 and \
+            np.array_equal(vals.astype(np.float32).astype(np.int64), vals):
+        return "bitplane", ""  # (tiny tensors: the unpack ops would outweigh the bytes saved)
     if code.bits <= 4 and -8 <= lo and hi <= 7:
         return "int4", ""
-    vals = np.unique(codes)
     if code.bits <= 4 and vals.size <= 16 and np.array_equal(vals.astype(np.float32).astype(np.int64), vals):
         return "lut4", ""
     if -128 <= lo and hi <= 127:
@@ -93,6 +109,53 @@ def storage_kind(code: WeightCode) -> tuple[str | None, str]:
     if not np.array_equal(vals.astype(np.float32).astype(np.int64), vals):
         return None, "codes are not exact in float32"
     return "lut8", ""
+
+
+def _bitplanes(name: str, codes: np.ndarray, scale: np.ndarray, out: str) -> tuple[list, list, int]:
+    """b packed bit planes of the table indices + the unpack/lookup/scale nodes producing `out`; returns b.
+
+    The unpack is float arithmetic on the bytes (Cast -> Div by 2^j -> Floor -> Mod 2), exact for 0..255. Why not
+    BitShift/BitwiseAnd: OpenVINO 2026.4 computed wrong weights when such a chain fed a MatMul (its decompression
+    handling keeps integer subgraphs before MatMul weights unfolded, and the result was off by whole indices; the
+    same graph feeding an Add or a Conv was right, and ONNX Runtime was right everywhere)."""
+    vals = np.unique(codes)
+    b = plane_bits(vals.size)
+    idx = np.searchsorted(vals, codes).ravel()
+    n = idx.size
+    p = f"{name}__bp"
+    pw = numpy_helper.from_array((1 << np.arange(8)).astype(np.float32).reshape(1, 8), f"{p}_pow2")
+    two = numpy_helper.from_array(np.array(2.0, np.float32), f"{p}_two")
+    lut = numpy_helper.from_array(vals.astype(np.float32), f"{name}__lut")
+    s = numpy_helper.from_array(scale.astype(np.float32), f"{name}__scale")
+    flat = numpy_helper.from_array(np.array([-1], np.int64), f"{p}_flat")
+    start = numpy_helper.from_array(np.array([0], np.int64), f"{p}_start")
+    end = numpy_helper.from_array(np.array([n], np.int64), f"{p}_end")
+    shape = numpy_helper.from_array(np.array(codes.shape, np.int64), f"{p}_shape")
+    inits, nodes, acc = [pw, two, lut, s, flat, start, end, shape], [], None
+    for k in range(b):
+        plane = np.packbits(((idx >> k) & 1).astype(np.uint8), bitorder="little").reshape(-1, 1)
+        t = numpy_helper.from_array(plane, f"{p}{k}")
+        w = numpy_helper.from_array(np.array(float(1 << k), np.float32), f"{p}{k}_w")
+        inits += [t, w]
+        q = f"{p}{k}"
+        nodes += [helper.make_node("Cast", [t.name], [f"{q}_f"], to=TensorProto.FLOAT, name=f"{q}_Cast"),
+                  helper.make_node("Div", [f"{q}_f", pw.name], [f"{q}_d"], name=f"{q}_Div"),
+                  helper.make_node("Floor", [f"{q}_d"], [f"{q}_fl"], name=f"{q}_Floor"),
+                  helper.make_node("Mod", [f"{q}_fl", two.name], [f"{q}_bit"], fmod=1, name=f"{q}_Mod"),
+                  helper.make_node("Mul", [f"{q}_bit", w.name], [f"{q}_v"], name=f"{q}_Weight")]
+        if acc is None:
+            acc = f"{q}_v"
+        else:
+            nodes.append(helper.make_node("Add", [acc, f"{q}_v"], [f"{q}_acc"], name=f"{q}_Sum"))
+            acc = f"{q}_acc"
+    nodes += [helper.make_node("Reshape", [acc, flat.name], [f"{p}_all"], name=f"{p}_Flat"),
+              helper.make_node("Slice", [f"{p}_all", start.name, end.name], [f"{p}_idx"], name=f"{p}_Slice"),
+              helper.make_node("Reshape", [f"{p}_idx", shape.name], [f"{p}_idxf"], name=f"{p}_Shape"),
+              helper.make_node("Cast", [f"{p}_idxf"], [f"{name}__idx32"], to=TensorProto.INT32, name=f"{p}_Index"),
+              helper.make_node("Gather", [lut.name, f"{name}__idx32"], [f"{name}__codes"], axis=0,
+                               name=f"{name}__LUT"),
+              helper.make_node("Mul", [f"{name}__codes", s.name], [out], name=f"{name}__Scale")]
+    return inits, nodes, b
 
 
 def _bcast_shape(n_out: int, ndim: int, transposed: bool) -> list[int]:
@@ -114,7 +177,9 @@ def _encode(name: str, code: WeightCode, f: np.ndarray, transposed: bool, kind: 
         codes = codes.T
     axis = codes.ndim - 1 if transposed else 0
     deq = f"{name}__dq" if code.offset is not None else name
-    if kind in ("lut8", "lut4"):
+    if kind == "bitplane":
+        inits, nodes, bits = _bitplanes(name, codes, scale.reshape(_bcast_shape(n_out, codes.ndim, transposed)), deq)
+    elif kind in ("lut8", "lut4"):
         vals = np.unique(codes)
         idx = np.searchsorted(vals, codes).astype(np.uint8)
         lut = numpy_helper.from_array(vals.astype(np.float32), f"{name}__lut")

@@ -42,11 +42,14 @@ class WeightCode:
         return w
 
     def storage_bits(self) -> int:
-        """Bits per stored code, as export/qdq.py stores them: 4 if bits <= 4 and the codes fit int4 or take at most
-        16 values; 8 if they fit
-        int8 or take at most 256 distinct values (uint8 index into a table: 8-bit FP grids whose integer codes
-        exceed int8); else 32 (the weight stays float)."""
+        """Bits per stored code, as export/qdq.py stores them: b = 1..3 if bits <= 3 and the codes take at most 2^bits
+        distinct values (b bit planes of table indices; tensors of 64+ weights); 4 if bits <= 4 and the codes fit
+        int4 or take at most 16 values; 8 if they fit int8 or take at most 256 distinct values (uint8 index into a
+        table: 8-bit FP grids whose integer codes exceed int8); else 32 (the weight stays float)."""
         lo, hi = int(self.codes.min()), int(self.codes.max())
+        n_vals = torch.unique(self.codes).numel()
+        if self.bits <= 3 and n_vals <= 1 << self.bits and self.codes.numel() >= 64:
+            return max(1, (n_vals - 1).bit_length())
         if self.bits <= 4 and (-8 <= lo and hi <= 7 or torch.unique(self.codes).numel() <= 16):
             return 4  # int4, or uint4 indices into a 16-entry table (FP4 E2M1/E3M0)
         if -128 <= lo and hi <= 127 or torch.unique(self.codes).numel() <= 256:

@@ -362,12 +362,20 @@ def stored_codes(model) -> dict[str, tuple[str, np.ndarray]]:
         elif name.endswith("__idx"):
             lut = inits[name[:-5] + "__lut"][1]
             out[name[:-5]] = (f"lut{dt}", lut[arr.astype(np.int64)].astype(np.int64))
+        elif name.endswith("__bp0"):  # b bit planes of table indices, 8 per byte (export/qdq.py `_bitplanes`)
+            base = name[:-5]
+            shape = inits[base + "__bp_shape"][1]
+            planes = [inits[f"{base}__bp{k}"][1] for k in range(3) if f"{base}__bp{k}" in inits]
+            n = int(np.prod(shape))
+            idx = sum(np.unpackbits(pl.ravel(), bitorder="little")[:n].astype(np.int64) << k
+                      for k, pl in enumerate(planes))
+            out[base] = (f"bitplane{len(planes)}", inits[base + "__lut"][1][idx.reshape(shape)].astype(np.int64))
     return out
 
 
 @pytest.mark.parametrize("bits,storage,runtimes", [(3, "packed", ("onnxruntime", "openvino", "tflite")),
                                                    (3, "int8", ("onnxruntime", "openvino")),
-                                                   (2, "packed", ("onnxruntime",))])
+                                                   (2, "packed", ("onnxruntime", "openvino"))])
 def test_export_validates_and_the_file_holds_the_power_of_two_codes(tmp_path, bits, storage, runtimes):
     onnx = pytest.importorskip("onnx")
     from safetensors.torch import save_file
@@ -389,14 +397,14 @@ def test_export_validates_and_the_file_holds_the_power_of_two_codes(tmp_path, bi
     ref, rep = apply(tiny_cnn(), cfg(bits=bits, storage=storage))
     want = {k: v.codes.numpy().astype(np.int64) for k, v in get_codes(ref).items()}
     assert set(got) == set(want) and man["integer_weights"]["integer_weights"] == 3
-    kind = {(3, "packed"): f"lut{onnx.TensorProto.UINT4}", (3, "int8"): f"dtype{onnx.TensorProto.INT8}",
-            (2, "packed"): f"dtype{onnx.TensorProto.INT4}"}[(bits, storage)]
+    kind = {(3, "packed"): "bitplane3", (3, "int8"): f"dtype{onnx.TensorProto.INT8}",
+            (2, "packed"): "bitplane2"}[(bits, storage)]
     for name, (k, arr) in got.items():
         assert k == kind, (name, k)
         assert np.array_equal(arr, want[name]) or np.array_equal(arr.T, want[name]), name
         assert 0 not in np.unique(arr)
     stored = man["integer_weights"]["weight_bytes_stored"] * 8 / rep.extra["converted_weights"]
-    assert stored == (8 if storage == "int8" else 4) == rep.extra["stored_bits_per_converted_weight"]
+    assert stored == (8 if storage == "int8" else bits) == rep.extra["stored_bits_per_converted_weight"]
 
 
 # ------------------------------------------------------------------ data: image folder and IDX folder

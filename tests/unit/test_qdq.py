@@ -100,3 +100,54 @@ def test_fp4_grid_codes_store_four_bits_exactly(tmp_path):
     assert rep["storage"] == {"lut4": 2} and rep["weight_bytes_float"] == 8 * rep["weight_bytes_stored"]
     for rt in ("onnxruntime", "openvino"):
         assert validate(m, specs, tmp_path / "m.onnx", rt, "int")["outputs"]["linear_1"]["rel_l2"] < 1e-6
+
+
+class _ConvMLP(torch.nn.Module):
+    """conv -> linear -> linear: the bit-plane unpack feeds a Conv and two MatMuls (OpenVINO once decoded MatMul
+    weights wrong from integer unpack ops; export/qdq.py `_bitplanes`)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.fc1, self.fc2 = torch.nn.Linear(16, 40), torch.nn.Linear(40, 12)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(torch.relu(self.conv(x)).mean((2, 3)))))
+
+
+@pytest.mark.parametrize("bits,values", [(1, [-1, 1]), (2, [-2, -1, 1, 2]), (3, [-4, -2, -1, 0, 1, 2, 3, 4]),
+                                         (2, [-1, 0, 1])])
+def test_low_bit_codes_are_stored_in_that_many_bit_planes_exactly(tmp_path, bits, values):
+    """A <= 3-bit request stores b = ceil(log2(#values)) bits per weight, not int4's 4, and decodes exactly on
+    ONNX Runtime and OpenVINO through Conv and MatMul consumers."""
+    import openvino as ov
+
+    from edgekit.export.qdq import plane_bits
+
+    torch.manual_seed(0)
+    model = _ConvMLP().eval()
+    g = torch.Generator().manual_seed(1)
+    vals = torch.tensor(values, dtype=torch.float32)
+    numel = 0
+    for name, mod in (("conv", model.conv), ("fc1", model.fc1), ("fc2", model.fc2)):
+        codes = vals[torch.randint(0, len(values), mod.weight.shape, generator=g)]
+        scale = torch.rand(mod.weight.shape[0], generator=g) * 0.1 + 0.01
+        code = WeightCode(codes, scale, 0, bits)
+        with torch.no_grad():
+            mod.weight.copy_(code.dequantize())
+        attach_codes(model, f"{name}.weight", code)
+        numel += mod.weight.numel()
+        assert code.storage_bits() == plane_bits(len(values))
+    x = torch.randn(2, 3, 8, 8)
+    path = tmp_path / "q.onnx"
+    rep = to_onnx(model, (x,), [InputSpec("input", [2, 3, 8, 8])], path, get_codes(model))
+    b = plane_bits(len(values))
+    assert rep["storage"] == {"bitplane": 3} and rep["integer_weights"] == 3
+    assert rep["weight_bytes_stored"] == int(numel * b / 8)
+    m = onnx.load(str(path))  # no float copy of any weight left in the file
+    assert not [i for i in m.graph.initializer if i.data_type == TensorProto.FLOAT and np.prod(i.dims) >= 100]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    np.testing.assert_allclose(_run(path, x), ref, rtol=1e-5, atol=1e-6)
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    np.testing.assert_allclose(compiled({"input": x.numpy()})[0], ref, rtol=1e-4, atol=1e-5)

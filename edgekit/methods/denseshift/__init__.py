@@ -88,7 +88,8 @@ class Config(BaseModel, extra="forbid"):
     keep_last: bool = Field(True, description="keep the last linear in float")
     skip: list[str] = Field(default_factory=list, description="regexes of module names to keep in float")
     storage: Literal["packed", "int8"] = Field(
-        "packed", description="export storage: packed (int4 codes, or 4-bit indices + table) or int8 (±2^p exact, B<=3)")
+        "packed", description="export storage: packed (B <= 3: B bit planes of table indices, B bits per weight; B=4: "
+        "4-bit indices + table) or int8 (±2^p exact, B<=3)")
     fold_bn: bool = Field(True, description="fold the per-channel scale into the following BatchNorm (exact)")
     scale_search: int = Field(24, ge=0, le=200, description="scale candidates per channel (eighth-binade steps)")
     train_steps: int | None = Field(None, ge=0, description="fine-tuning steps (None: 0 without data, "
