@@ -13,7 +13,13 @@ Prints FP32 vs INT8 latency ratios and probe accuracies; writes benchmarks/resul
 commands, the git commit, the CPU model and ISA flags (AVX-512 VNNI from /proc/cpuinfo), threads and load average.
 Heavy (about 10 minutes on 2 cores): run it alone.
 
-    python benchmarks/deploy_int8.py [--limit N] [--skip-eval] [--work DIR]
+`--part litert` (LiteRT, edgekit/deploy/litert.py): the same UDFC 8-bit model, `--deploy int8 --target tflite`
+(full-integer static INT8 from ai-edge-quantizer, data-free ranges from BatchNorm statistics), its time vs the FP32
+.tflite (litert-torch) in one interleaved loop on LiteRT (OMP_NUM_THREADS as the caller set it, 2 threads), the
+fashion probe through the written .tflite, and the load average before and after (a shared box); merged into the
+same JSON under "litert" (the ORT/OpenVINO part is kept as it was).
+
+    python benchmarks/deploy_int8.py [--part ort-ov|litert] [--limit N] [--skip-eval] [--work DIR]
 """
 from __future__ import annotations
 
@@ -106,13 +112,72 @@ def evals_of(ek: list[str], art: Path, args: argparse.Namespace, log: list[dict]
     return evals
 
 
+def litert_part(ek: list[str], args: argparse.Namespace) -> None:
+    """UDFC 8-bit + `--deploy int8 --target tflite`: form, validation, time vs FP32 .tflite, fashion probe."""
+    log: list[dict] = []
+    info = {"host_before": host(), "git": git_commit(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
+    args.work.mkdir(parents=True, exist_ok=True)
+    art = args.work / "udfc8-litert"
+    res = sh(ek + ["compress", MODEL, "--method", "udfc", "--set", "ratio=0", "--set", "bits=8", "--deploy", "int8",
+                   "--target", "tflite", "-o", str(art), "--overwrite"], log, check=False)
+    info["host_after_compress"] = host()
+    row: dict = {}
+    if res.returncode:
+        row = {"status": "rejected", "error": log[-1]["error"]}
+    else:
+        e = json.loads((art / "manifest.json").read_text())["exports"]["tflite"]
+        d = e["deploy"]
+        f = d["forms"][d["form"]] if d["form"] in d.get("forms", {}) else {}
+        row = {"status": "written", "form": d["form"], "why": d["why"], "precision": e["precision"],
+               "median_ms": d["speed"]["median_ms"], "int8_vs_fp32": d["speed"]["ratio_to_fp32"].get(d["form"]),
+               "ratio_ci95": d["speed"].get("ratio_ci95"), "speed_load": d["speed"].get("load"),
+               "speed_protocol": {k: d["speed"].get(k) for k in ("runs", "warmup", "threads", "protocol")},
+               "validation": {"inputs": e["validation"].get("inputs"), "outputs": e["validation"]["outputs"],
+                              "floors": e["validation"]["tolerance"], "passed": e["validation"]["passed"]},
+               "calibration": f.get("calibration"), "weight_codes": f.get("weight_codes"), "ops": f.get("ops"),
+               "tensor_types": f.get("tensor_types"), "warning": d.get("warning")}
+        if not args.skip_eval:
+            out = args.work / "eval-udfc8-litert-tflite.json"
+            ev = sh(ek + ["eval", str(art), "--task", "fashion-probe", "--runtime", "tflite", "--json", str(out)]
+                    + (["--limit", str(args.limit)] if args.limit else []), log, check=False)
+            if ev.returncode:
+                row["fashion_probe"] = {"error": log[-1]["error"]}
+            else:
+                r = json.loads(out.read_text())
+                row["fashion_probe"] = {"metrics": r["metrics"], "reference": r.get("reference"),
+                                        "samples": r["samples"]}
+        shutil.rmtree(art, ignore_errors=True)
+    info.update(model=MODEL, deploy="LiteRT full-integer INT8 (ai-edge-quantizer static_wi8_ai8), data-free ranges "
+                "from BatchNorm statistics (k=6)", commands=log, tflite=row, host_after=host(),
+                date=time.strftime("%Y-%m-%d %H:%M"),
+                note="shared 2-core box: other jobs ran during the timing; the load averages are recorded")
+    prev = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    prev["litert"] = info
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(prev, indent=2, default=str))
+    print(f"\nload {info['host_before']['loadavg']} -> {info['host_after']['loadavg']}")
+    if row.get("status") == "written":
+        m = row["median_ms"]
+        probe = (row.get("fashion_probe") or {}).get("metrics", {}).get("probe_accuracy")
+        ref = ((row.get("fashion_probe") or {}).get("reference") or {}).get("probe_accuracy")
+        print(f"tflite {row['form']}: FP32 {m['fp32']:.1f} ms  {row['form']} {m[row['form']]:.1f} ms  ratio "
+              f"{row['int8_vs_fp32']:.2f}x  probe {probe} (FP32 reference {ref})")
+    else:
+        print(f"tflite: {row}")
+    print(f"wrote {RESULTS} (key 'litert')")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--part", choices=("ort-ov", "litert"), default="ort-ov",
+                    help="ort-ov: ONNX Runtime and OpenVINO (first slice); litert: LiteRT full-integer INT8")
     ap.add_argument("--limit", type=int, default=None, help="fashion-probe test images (default: the task's 1,000)")
     ap.add_argument("--skip-eval", action="store_true", help="latency and validation only")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgekit-bench-deploy"), help="artifact folder parent")
     args = ap.parse_args()
     ek, log = edgekit_cmd(), []
+    if args.part == "litert":
+        return litert_part(ek, args)
     info = {"host_before": host(), "git": git_commit()}
     args.work.mkdir(parents=True, exist_ok=True)
     variants = {}
@@ -130,6 +195,9 @@ def main() -> None:
         shutil.rmtree(art, ignore_errors=True)
     info.update(model=MODEL, deploy="data-free INT8 (BatchNorm ranges, k=6)", commands=log, variants=variants,
                 host_after=host(), date=time.strftime("%Y-%m-%d %H:%M"))
+    prev = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if "litert" in prev:  # the LiteRT part's key is kept
+        info["litert"] = prev["litert"]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(info, indent=2, default=str))
     print(f"\nhost: {info['host_before']['cpu']}, AVX-512 VNNI: {info['host_before']['avx512_vnni']}, "

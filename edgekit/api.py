@@ -154,14 +154,20 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
              runtimes: Sequence[Any] = (), dynamic: list[str] | None = None, arch: str | None = None,
              allow_class: list[str] | None = None, trust_pickle: bool = False, on_step: Step = _noop,
              deploy: str | None = None, arch_args: dict[str, Any] | None = None,
-             min_fidelity: float | None = None, kv_cache: bool = False) -> Path:
-    """Load, apply `method`, write an artifact (model.onnx validated on ONNX Runtime, model.pt2, exports).
+             min_fidelity: float | None = None, kv_cache: bool = False, keep_program: bool = False,
+             fidelity_metric: str = "auto") -> Path:
+    """Load, apply `method`, write an artifact (model.onnx validated on ONNX Runtime, exports).
+
+    `keep_program`: also keep model.pt2, the compressed model as a float torch.export program (as large as the FP32
+    model), which a later `edgekit export ART --target tflite` or a chained compress needs. Off by default: the
+    artifact ships what the runtimes run; ONNX Runtime/OpenVINO exports can still be added later from model.onnx.
 
     `kv_cache`: a causal LM is exported as a decoder with a KV cache for generation (edgekit.genai.build).
 
     `arch_args` are the keyword arguments of the `arch` factory. The manifest's `fidelity` entry compares the
     compressed model with the source on held-out inputs (edgekit.fidelity); with `min_fidelity` it records
     `failed` when the headline figure is below it (the artifact is still written, as with recipe gates).
+    `fidelity_metric` (auto | top1 | cosine) overrides how its headline reads the outputs (edgekit.fidelity).
 
     `deploy` ("int8" | "auto", edgekit.deploy.select) lowers the ONNX Runtime/OpenVINO exports to static INT8.
 
@@ -170,7 +176,8 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
     """
     return compress_chain(model_src, [(method, dict(options or {}))], out, input_shape, data, overwrite, runtimes,
                           dynamic, arch, allow_class, trust_pickle, on_step, deploy, arch_args=arch_args,
-                          min_fidelity=min_fidelity, kv_cache=kv_cache)
+                          min_fidelity=min_fidelity, kv_cache=kv_cache, keep_program=keep_program,
+                          fidelity_metric=fidelity_metric)
 
 
 def _plan(chain: Sequence[tuple[str, dict[str, Any]]], runtimes: Sequence[Any], data: Any) -> tuple[list, list[str]]:
@@ -217,18 +224,34 @@ def _locks_output(fn: Callable[..., Path]) -> Callable[..., Path]:
     return run
 
 
+def _file_roles(exports: dict[str, dict[str, Any]], keep_program: bool) -> dict[str, str]:
+    """What each file of a compress artifact is for (manifest "file_roles")."""
+    roles = {"model.onnx": "canonical ONNX of the compressed model (integer weights + DequantizeLinear where the "
+                           "method produced codes), validated on ONNX Runtime; source of later ONNX Runtime/OpenVINO "
+                           "exports"}
+    if keep_program:
+        roles["model.pt2"] = ("the compressed model as a float torch.export program (--keep-program): for later "
+                              "LiteRT exports and chained compression; not needed at run time")
+    for rt, e in exports.items():
+        roles[e["file"]] = f"what {rt} runs (precision {e.get('precision')})"
+    return roles
+
+
 @_locks_output
 def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, Any]]], out: Path,
                    input_shape: str | None = None, data: Any = None, overwrite: bool = False,
                    runtimes: Sequence[Any] = (), dynamic: list[str] | None = None, arch: str | None = None,
                    allow_class: list[str] | None = None, trust_pickle: bool = False, on_step: Step = _noop,
                    deploy: str | None = None, arch_args: dict[str, Any] | None = None,
-                   min_fidelity: float | None = None, kv_cache: bool = False) -> Path:
-    """Apply methods in order (e.g. structured pruning, then quantization) and write one artifact."""
+                   min_fidelity: float | None = None, kv_cache: bool = False, keep_program: bool = False,
+                   fidelity_metric: str = "auto") -> Path:
+    """Apply methods in order (e.g. structured pruning, then quantization) and write one artifact (see compress for
+    `keep_program`)."""
     from . import fidelity
     from .flops import count_macs, count_params
 
     fidelity.check_min_fidelity(min_fidelity)
+    fidelity.model_role(nn.Identity(), fidelity_metric)  # a bad --fidelity-metric fails before any work
     opts = SourceOptions(arch, dict(arch_args or {}), list(allow_class or []), trust_pickle, input_shape, dynamic)
     plan, rts = _plan(chain, runtimes, data)
     if deploy is not None:  # before any work
@@ -249,7 +272,8 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
     _check_runs(model, inputs, specs)
     with torch.no_grad():
         fid_n = fidelity.sample_count(count_macs(model, inputs))
-    fid_inputs, fid_from = fidelity.held_out_inputs(specs, data, fid_n, model)
+    fid_inputs, fid_from, fid_text = fidelity.held_out(specs, data, fid_n, model)
+    fid_role = fidelity.model_role(model, fidelity_metric)
     fid_inputs, fid_ref = fidelity.source_outputs(model, fid_inputs)  # before any method changes the module
     steps: dict[str, float] = {}
     entries = []
@@ -279,7 +303,7 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
         entries.append({"name": name, "config": cfg.model_dump(), "report": report.to_dict()})
     precision = loosest(e["report"]["export_precision"] for e in entries)
     on_step("fidelity")
-    fid = fidelity.measure(model, fid_inputs, fid_ref, fid_from, min_fidelity)
+    fid = fidelity.measure(model, fid_inputs, fid_ref, fid_from, min_fidelity, fid_role, fid_text)
     if kv_cache:  # a decoder with a KV cache: its own graph, validation (vs transformers generate) and folders
         from .genai.verbs import compressed_decoder
 
@@ -293,7 +317,8 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
         for e in entries:  # int_matmul: which linears run as int8 MatMulInteger, which kept fake-quant, why
             if "int_matmul" in qdq and e["report"]["export_precision"] == "act_quant":
                 e["report"]["extra"]["int_matmul"] = qdq["int_matmul"]
-        _save_program(model, inputs, specs, root / "model.pt2")
+        if keep_program:
+            _save_program(model, inputs, specs, root / "model.pt2")
         steps["onnx"] = time.perf_counter() - t0
         on_step("validate onnx")
         val = validate(model, specs, root / "model.onnx", "onnxruntime", precision)
@@ -304,7 +329,8 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
 
             deploy_exports(model, specs, root, exports, deploy, data, on_step)
         manifest = {"kind": "compress", "source": src_info, "fidelity": fid, "model": "model.onnx",
-                    "torch_program": "model.pt2", "inputs": [s.to_dict() for s in specs],
+                    "torch_program": "model.pt2" if keep_program else None, "file_roles": _file_roles(
+                        exports, keep_program), "inputs": [s.to_dict() for s in specs],
                     "outputs": _output_specs(model, inputs), "method": entries[-1], "methods": entries,
                     "integer_weights": qdq, "weight_bits": wbits, "export_precision": precision,
                     "validation": {"onnx": val},
@@ -335,6 +361,10 @@ def export(src: str | Path, target: str, out: Path | None = None, input_shape: s
 
     if kv_cache or is_decoder_artifact(src_p):
         return export_kv_cache(src, runtime, out, overwrite, opts, on_step)
+    if art.is_artifact(src_p) and not art.read_manifest(src_p).get("torch_program"):
+        from .export.onnx_source import export_lean_artifact
+
+        return export_lean_artifact(src_p, runtime, out, overwrite, fp16, on_step, profile.get("name"))
     loaded = opts.load(src)
     specs = resolve_specs(loaded, input_shape, dynamic)
     _check_runs(loaded.module, example_inputs(specs), specs)
@@ -367,21 +397,24 @@ def export(src: str | Path, target: str, out: Path | None = None, input_shape: s
 
 
 def check_gates(original: nn.Module, artifact_dir: Path, gates: Any) -> dict[str, Any]:
-    """Compare the compressed program with the original module on random inputs; returns figures and pass/fail."""
+    """Compare what the artifact ships (its model.onnx, on ONNX Runtime) with the original module on random inputs;
+    returns figures and pass/fail."""
     import numpy as np
 
     from .export.validate import compare
+    from .runtimes import open_session
 
-    loaded = load_model(artifact_dir)
-    specs = loaded.inputs or []
+    man = art.read_manifest(Path(artifact_dir))
+    specs = [InputSpec(i["name"], i["shape"], i.get("dtype", "float32"), {}, i.get("high")) for i in man["inputs"]]
+    sess = open_session(Path(artifact_dir) / man.get("model", "model.onnx"), "onnxruntime")
     figs = {"cosine": [], "top1_agreement": []}
     for seed in range(gates.samples):
         x = example_inputs(specs, seed=1000 + seed)
         with torch.no_grad():
-            a, b = original(*x), loaded.module(*x)
+            a = original(*x)
         a = a[0] if isinstance(a, (tuple, list)) else a
-        b = b[0] if isinstance(b, (tuple, list)) else b
-        f = compare(a.float().numpy(), b.float().numpy())
+        b = sess.run({n: t.numpy() for n, t in zip(sess.input_names, x)})[0]
+        f = compare(a.float().numpy(), np.asarray(b, dtype=np.float32))
         figs["cosine"].append(f["cosine"])
         if "top1_agreement" in f:
             figs["top1_agreement"].append(f["top1_agreement"])
@@ -396,9 +429,18 @@ def check_gates(original: nn.Module, artifact_dir: Path, gates: Any) -> dict[str
     return res
 
 
-def run_recipe(path: Path, out: Path | None = None, overwrite: bool = False, on_step: Step = _noop) -> tuple[Path, dict]:
-    """Run a recipe YAML: methods in order, exports, then gates (recorded in the manifest)."""
+def run_recipe(path: Path, out: Path | None = None, overwrite: bool = False, on_step: Step = _noop,
+               executor: str = "local", address: str | None = None, workers: int | None = None,
+               timeout_s: float | None = None) -> tuple[Path, dict]:
+    """Run a recipe YAML: methods in order, exports, then gates (recorded in the manifest). `executor="ray"` runs
+    it on a Ray CPU worker (edgekit.ray_executor.run_recipe_ray; `address`: a cluster, else a local instance)."""
     from .config import Recipe, load_yaml_model
+
+    if executor != "local" or address is not None or workers is not None:
+        from .ray_executor import TIMEOUT_S, check_executor, run_recipe_ray
+
+        check_executor(executor, address, workers)
+        return run_recipe_ray(path, out, overwrite, on_step, address, workers, timeout_s=timeout_s or TIMEOUT_S)
 
     rec = load_yaml_model(path, Recipe)
     data = None
@@ -411,14 +453,15 @@ def run_recipe(path: Path, out: Path | None = None, overwrite: bool = False, on_
     if not chain:  # export only
         targets = rec.targets or ["onnxruntime"]
         export(rec.model, targets[0], dest, rec.input_shape, overwrite, arch=rec.arch, on_step=on_step,
-               arch_args=rec.arch_args)
+               arch_args=rec.arch_args, allow_class=rec.allow_class, trust_pickle=rec.trust_pickle)
         for t in targets[1:]:
             export(dest, t, on_step=on_step)
         return dest, {"failed": []}
     compress_chain(rec.model, chain, dest, rec.input_shape, data, overwrite, rec.targets, arch=rec.arch,
-                   on_step=on_step, arch_args=rec.arch_args)
+                   on_step=on_step, arch_args=rec.arch_args, keep_program=rec.keep_program,
+                   allow_class=rec.allow_class, trust_pickle=rec.trust_pickle)
     on_step("gates")
-    original = load_model(rec.model, rec.arch, arch_args=rec.arch_args).module
+    original = load_model(rec.model, rec.arch, rec.allow_class, rec.trust_pickle, rec.arch_args).module
     gates = check_gates(original, dest, rec.gates)
     art.update_manifest(dest, {"recipe": {"path": str(path), "sha256": art.sha256_file(Path(path)),
                                           "config": rec.model_dump(), "gates": gates}})

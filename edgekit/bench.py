@@ -77,15 +77,17 @@ def method_options_from_sets(methods: Sequence[str], sets: dict[str, Any] | None
     return out
 
 
-def check_source(model_src: Any, source: SourceOptions) -> None:
+def check_source(model_src: Any, source: SourceOptions) -> str:
     """Load the source once before any work: a missing file, a bad --arch or --input-shape is a one-line error
-    (exit 2), not a matrix of failed cells."""
+    (exit 2), not a matrix of failed cells. Returns its fidelity role (edgekit.fidelity.model_role)."""
     from .api import _check_runs, resolve_specs
+    from .fidelity import model_role
     from .model_io import example_inputs
 
     loaded = source.load(model_src)
     specs = resolve_specs(loaded, source.input_shape, source.dynamic)
     _check_runs(loaded.module, example_inputs(specs), specs)
+    return model_role(loaded.module)
 
 
 def _build(model_src: Any, variants: list[str], tgts: list[TargetProfile], specs: Sequence[Any], root: Path,
@@ -103,6 +105,8 @@ def _build(model_src: Any, variants: list[str], tgts: list[TargetProfile], specs
         if v != "fp32":
             dep = {"runtimes": [_export_target(sp, t) for t, sp in zip(tgts, specs)], "deploy": deploy} \
                 if deploy else {}
+            if not deploy and any(t.runtime == "tflite" for t in tgts):
+                dep["keep_program"] = True  # LiteRT exports are made from the torch program, not model.onnx
             try:
                 base = api.compress(model_src, v, method_options.get(v, {}), root / v / "_compressed",
                                     overwrite=True, **kw, **({"data": data} if data is not None else {}), **dep)
@@ -137,21 +141,27 @@ def _build(model_src: Any, variants: list[str], tgts: list[TargetProfile], specs
 
 
 def _outputs(f: Path, t: TargetProfile, hint: list[dict] | None, n: int) -> list[np.ndarray]:
-    """First output for n seeded random inputs, run in the target's runtime (same inputs for every variant)."""
+    """First output for n seeded random inputs, run in the target's runtime (same inputs for every variant), opened
+    the way its artifact was validated."""
+    from .artifact import read_manifest
     from .profile.measure import host_threads
-    from .runtimes import open_session, random_feeds, session_inputs
+    from .runtimes import open_session, ov_dynamic_quant, random_feeds, session_inputs
 
-    sess = open_session(f, t.runtime, threads=min(t.threads, host_threads()), device=t.device, fallback=t.fallback)
+    art = next((p for p in Path(f).parents if (p / "manifest.json").is_file()), None)
+    dq = ov_dynamic_quant(read_manifest(art).get("exports", {}).get(t.runtime)) if art else False
+    sess = open_session(f, t.runtime, threads=min(t.threads, host_threads()), device=t.device, fallback=t.fallback,
+                        ov_dynamic_quant=dq)
     specs = session_inputs(sess)
     return [np.asarray(sess.run(random_feeds(specs, hint, seed=1000 + i))[0], dtype=np.float64) for i in range(n)]
 
 
-def fidelity(ref: list[np.ndarray], out: list[np.ndarray]) -> dict[str, Any]:
-    """Top-1 agreement for logits-shaped outputs ([batch, classes]), else mean cosine; cosine always reported."""
+def fidelity(ref: list[np.ndarray], out: list[np.ndarray], role: str = "classifier") -> dict[str, Any]:
+    """Top-1 agreement for logits-shaped outputs ([batch, classes]) of a classifier, else mean cosine (embedding
+    models: edgekit.fidelity.model_role); cosine always reported."""
     cos = [float(np.dot(a.ravel(), b.ravel()) / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
            for a, b in zip(ref, out)]
     res = {"cosine": float(np.mean(cos)), "n": len(ref)}
-    if ref and ref[0].ndim == 2 and ref[0].shape[-1] > 1:
+    if role == "classifier" and ref and ref[0].ndim == 2 and ref[0].shape[-1] > 1:
         agree = np.concatenate([a.argmax(-1) == b.argmax(-1) for a, b in zip(ref, out)])
         return {"metric": "top1_agreement", "value": float(agree.mean()), **res}
     return {"metric": "cosine", "value": res["cosine"], **res}
@@ -182,13 +192,18 @@ def _row(v: str, t: TargetProfile, cell: dict[str, Any], prof: dict[str, Any] | 
 def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_dir: str | Path,
           input_shape: Any = None, method_options: dict[str, dict] | None = None,
           source: SourceOptions | None = None, data: Any = None, sets: dict[str, Any] | None = None,
-          deploy: str | None = None) -> dict[str, Any]:
+          deploy: str | None = None, executor: str = "local", address: str | None = None,
+          workers: int | None = None, timeout_s: float | None = None) -> dict[str, Any]:
     """Run the matrix and write bench.json/.md/.html into out_dir; returns the JSON document.
 
     The model source takes what `compress` takes (`source`: --arch, --arch-args, --allow-class, --trust-pickle,
     --input-shape, --dynamic); `data` (a path or DataSource) feeds methods that calibrate; `sets` are the CLI's
     --set METHOD.key=value / key=value (method_options_from_sets); `deploy` (int8 | auto) runs the deploy step
-    for every compressed variant on every target's runtime (edgekit.deploy), so a row is what that step kept."""
+    for every compressed variant on every target's runtime (edgekit.deploy), so a row is what that step kept.
+
+    `executor="ray"` runs the matrix as Ray tasks (edgekit.ray_executor: builds on CPU workers, each profile on a
+    node advertising `target:NAME`, else on this host; rows gain `placement`); `address` joins a cluster, else a
+    local instance with `workers` CPU slots starts and stops here; `timeout_s` bounds each task."""
     from .artifact import now_iso, read_manifest
     from .methods import METHODS
     from .profile import host_info, profile_artifact, provenance, require_runtime
@@ -197,6 +212,10 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
     if not targets:
         raise ConfigError("no targets given; pass --target NAME (repeatable) or --targets a,b (see "
                           "`edgekit targets list`)")
+    if executor != "local" or address is not None or workers is not None:
+        from .ray_executor import check_executor
+
+        check_executor(executor, address, workers)
     tgts = [load_target(t) for t in targets]
     for t in tgts:
         require_runtime(t.runtime)
@@ -216,26 +235,47 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
         from .deploy import check_request
 
         check_request(deploy, [t.runtime for t in tgts], data)
-    check_source(model_src, source)
+    role = check_source(model_src, source)
     out_dir = Path(out_dir)
-    cells = _build(model_src, variants, tgts, targets, out_dir / "artifacts", source, options, data, deploy)
-    rows = []
-    for t in tgts:  # measure per target, variants back to back, so ratios come from one stretch of time
-        for v in variants:
-            cell = cells[v, t.name]
-            prof = profile_artifact(cell["art"], [t])["results"][0] if cell["art"] else None
-            rows.append(_row(v, t, cell, prof))
+    outs, exe = None, None
+    if executor == "ray":
+        from .ray_executor import TIMEOUT_S, ray_matrix
+
+        rows, outs, exe = ray_matrix(model_src, variants, tgts, targets, out_dir / "artifacts", source, options,
+                                     data, deploy, address, workers, timeout_s=timeout_s or TIMEOUT_S,
+                                     n_fidelity=N_FIDELITY)
+    else:
+        cells = _build(model_src, variants, tgts, targets, out_dir / "artifacts", source, options, data, deploy)
+        rows = []
+        for t in tgts:  # measure per target, variants back to back, so ratios come from one stretch of time
+            for v in variants:
+                cell = cells[v, t.name]
+                prof = profile_artifact(cell["art"], [t])["results"][0] if cell["art"] else None
+                rows.append(_row(v, t, cell, prof))
+
+    def outputs(r: dict[str, Any], t: TargetProfile, hint: Any) -> list[np.ndarray]:
+        """The row's target-runtime outputs on the fidelity inputs: computed here, or by its Ray build task."""
+        if outs is None:
+            return _outputs(_runtime_file(Path(r["artifact"]), t.runtime), t, hint, N_FIDELITY)
+        got = outs.get((r["variant"], t.name))
+        if not isinstance(got, list):
+            raise EdgekitError((got or {}).get("error") or "no outputs came back from the Ray build task")
+        return got
+
     for t in tgts:
         trow = {r["variant"]: r for r in rows if r["target"] == t.name}
         ref = trow["fp32"]
         hint = read_manifest(Path(ref["artifact"])).get("inputs") if ref["artifact"] else None
-        ref_out = _outputs(_runtime_file(Path(ref["artifact"]), t.runtime), t, hint, N_FIDELITY) \
-            if ref["artifact"] else None
+        try:
+            ref_out = outputs(ref, t, hint) if ref["artifact"] else None
+        except EdgekitError:
+            if outs is None:
+                raise
+            ref_out = None  # the Ray build task said why in its row; no fidelity for this target
         for r in trow.values():
             if ref_out is not None and r["artifact"]:
                 try:
-                    r["fidelity"] = fidelity(ref_out, _outputs(_runtime_file(Path(r["artifact"]), t.runtime), t,
-                                                               hint, N_FIDELITY))
+                    r["fidelity"] = fidelity(ref_out, outputs(r, t, hint), role)
                 except Exception as e:  # noqa: BLE001 - shown in the row, the matrix goes on
                     r["fidelity"] = {"metric": "error", "value": None, "error": str(e).splitlines()[0]}
             if r["p50_ms"] and ref["p50_ms"]:
@@ -252,6 +292,8 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
            "targets": [t.name for t in tgts],
            "variants": variants,
            "slower_tolerance": SLOWER_TOLERANCE, "rows": rows}
+    if exe is not None:
+        doc["executor"] = exe
     write_reports(doc, out_dir, "bench")
     return doc
 

@@ -9,8 +9,9 @@ import typer
 from rich.table import Table
 
 from . import __version__
-from .cli_common import (STATE, AllowClassOpt, ArchArgsOpt, ArchOpt, InputShapeOpt, TrustPickleOpt, console,
-                         install_signal_handlers, parse_sets, quiet_third_party, user_errors)
+from .cli_common import (STATE, AddressOpt, AllowClassOpt, ArchArgsOpt, ArchOpt, ExecutorOpt, InputShapeOpt,
+                         TaskTimeoutOpt, TrustPickleOpt, WorkersOpt, console, install_signal_handlers, parse_sets,
+                         quiet_third_party, user_errors)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Compress PyTorch models, export them to ONNX Runtime / OpenVINO / LiteRT, and measure them.")
@@ -72,11 +73,18 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
              allow_class: AllowClass = None, trust_pickle: TrustPickle = False, overwrite: Overwrite = False,
              min_fidelity: Annotated[Optional[float], typer.Option(
                  help="fail (exit 1, artifact kept) when fidelity vs the source (top-1 agreement, or cosine) is "
-                      "below this")] = None,
+                      "below this (a causal LM on --data text: perplexity ratio above 1/this)")] = None,
+             fidelity_metric: Annotated[str, typer.Option(
+                 help="auto | top1 | cosine: how the fidelity headline reads outputs; auto = top-1 agreement for "
+                      "[batch, classes] outputs except Hugging Face encoders' (embeddings: cosine), perplexity "
+                      "ratio for causal LMs on --data text; cosine for your own embedding model")] = "auto",
              deploy: Annotated[Optional[str], typer.Option(help="int8: static INT8 (integer activations) for the "
-                                                           "ORT/OpenVINO targets; auto: the fastest validated form "
+                                                           "ORT/OpenVINO/LiteRT targets; auto: the fastest validated form "
                                                            "(FP32, default, INT8), measured")] = None,
-             kv_cache: KvCache = False) -> None:
+             kv_cache: KvCache = False,
+             keep_program: Annotated[bool, typer.Option(
+                 "--keep-program", help="also keep model.pt2 (the compressed model as a float torch program, as "
+                 "large as FP32) for a later LiteRT export or chained compress")] = False) -> None:
     """Compress a model with a method and write an artifact (ONNX validated on ONNX Runtime)."""
     from . import api
     from .artifact import read_manifest
@@ -93,7 +101,7 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
             art = api.compress(model, method, parse_sets(set_), out, input_shape, src, overwrite, runtimes, dynamic,
                                arch, allow_class, trust_pickle, on_step=step, deploy=deploy,
                                arch_args=parse_sets(arch_args, "--arch-args"), min_fidelity=min_fidelity,
-                               kv_cache=kv_cache)
+                               kv_cache=kv_cache, keep_program=keep_program, fidelity_metric=fidelity_metric)
         man = read_manifest(art)
         rep = man["method"]["report"]
         console.print(f"[green]wrote[/green] {art}  ({method}: params {rep['params_before']:,} -> "
@@ -127,13 +135,16 @@ def _print_fidelity(man: dict) -> bool:
     console.print(summary(fid), highlight=False)
     if fid.get("below_threshold"):
         th = fid["thresholds"]
+        ppl = f", perplexity ratio above {th['perplexity_ratio']}" if "perplexity_ratio" in th else ""
         console.print(f"[bold yellow]WARNING: the compressed model departs from its source: "
                       f"{'; '.join(fid['below_threshold'])} (warned below top-1 agreement {th['top1_agreement']} or "
-                      f"cosine {th['cosine']}); check it on your data (edgekit eval) before using it[/bold yellow]",
+                      f"cosine {th['cosine']}{ppl}); check it on your data (edgekit eval) before using it"
+                      "[/bold yellow]",
                       highlight=False, soft_wrap=True)
     if fid.get("failed"):
         what = (fid["metric"] or "fidelity").replace("_", " ")
-        console.print(f"[red]fidelity failed:[/red] {what} {fid['value']} < --min-fidelity {fid['min_fidelity']} "
+        cmp = f"> 1/{fid['min_fidelity']}" if fid["metric"] == "perplexity_ratio" else "<"
+        console.print(f"[red]fidelity failed:[/red] {what} {fid['value']} {cmp} --min-fidelity {fid['min_fidelity']} "
                       "(the artifact is kept; its manifest records the figures)", highlight=False)
         return True
     return False
@@ -153,8 +164,9 @@ def _print_deploy(man: dict) -> None:
         d = e.get("deploy")
         if not d:
             continue
-        ratio = (d.get("speed") or {}).get("ratio_to_fp32", {}).get("int8")
-        line = f"{rt}: deploy {d['requested']} -> {d['form']}" + (f", INT8 {ratio:.2f}x FP32 latency" if ratio else "")
+        ratios = (d.get("speed") or {}).get("ratio_to_fp32") or {}  # every candidate timed against FP32
+        line = f"{rt}: deploy {d['requested']} -> {d['form']}" + (
+            ", latency vs FP32: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) if ratios else "")
         console.print(line + f" ({d['why']})", highlight=False)
         if d.get("warning"):
             console.print(f"[yellow]warning:[/yellow] {rt}: {d['warning']}", highlight=False)
@@ -271,7 +283,8 @@ def demo(out: Annotated[Path, typer.Option("-o", "--out")] = Path("out/demo"),
 @app.command()
 def run(recipe: Annotated[Path, typer.Argument(help="recipe YAML (see recipes/)")],
         out: Annotated[Optional[Path], typer.Option("-o", "--out", help="override the recipe's out")] = None,
-        overwrite: Overwrite = False) -> None:
+        overwrite: Overwrite = False, executor: ExecutorOpt = "local", address: AddressOpt = None,
+        workers: WorkersOpt = None, task_timeout: TaskTimeoutOpt = None) -> None:
     """Run a recipe: methods in order, exports, fidelity gates. Exit 1 when a gate fails (artifact kept)."""
     from . import api
     from .artifact import read_manifest
@@ -279,9 +292,14 @@ def run(recipe: Annotated[Path, typer.Argument(help="recipe YAML (see recipes/)"
     with user_errors():
         status, step = _steps()
         with status:
-            art, gates = api.run_recipe(recipe, out, overwrite, on_step=step)
+            art, gates = api.run_recipe(recipe, out, overwrite, on_step=step, executor=executor, address=address,
+                                        workers=workers, timeout_s=task_timeout)
         console.print(f"[green]wrote[/green] {art}")
         man = read_manifest(art)
+        if man.get("executor"):
+            ran = man["executor"]["ran_on"]
+            console.print(f"ran on Ray node {ran['node_id'][:8]} ({ran['hostname']}); artifact "
+                          f"{man['executor']['artifact_sha256'][:12]} verified on arrival", highlight=False)
         if man.get("exports"):
             console.print(_validation_table(man))
         _print_fidelity(man)  # the recipe's gates decide the exit code

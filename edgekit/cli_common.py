@@ -56,6 +56,18 @@ def _sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+ExecutorOpt = Annotated[str, typer.Option("--executor", help="local | ray: ray runs the variant x target matrix as "
+                                          "Ray tasks (builds on CPU workers, each profile on a node advertising "
+                                          "the resource target:NAME, else on this host); needs edgekit[ray]")]
+AddressOpt = Annotated[Optional[str], typer.Option("--address", help="--executor ray: the Ray cluster to join "
+                                                   "(HOST:PORT or ray://HOST:PORT); default: start a local instance "
+                                                   "and stop it at the end")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", help="--executor ray without --address: CPU slots "
+                                                   "of the local instance (default: all cores)")]
+TaskTimeoutOpt = Annotated[Optional[float], typer.Option("--task-timeout", help="--executor ray: seconds before a "
+                                                         "task is cancelled and its row failed (default 3600)")]
+
+
 def install_signal_handlers() -> None:
     import signal
 

@@ -7,8 +7,8 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .cli_common import (AllowClassOpt, ArchArgsOpt, ArchOpt, InputShapeOpt, TrustPickleOpt, console, parse_sets,
-                         source_options, user_errors)
+from .cli_common import (AddressOpt, AllowClassOpt, ArchArgsOpt, ArchOpt, ExecutorOpt, InputShapeOpt, TaskTimeoutOpt,
+                         TrustPickleOpt, WorkersOpt, console, parse_sets, source_options, user_errors)
 
 targets_app = typer.Typer(help="Hardware target profiles (bundled YAML, or your own .yaml path).",
                           no_args_is_help=True)
@@ -73,26 +73,33 @@ def _print_profile(doc: dict) -> None:
         console.print(n, highlight=False)
 
 
-def profile_cmd(artifacts: list[Path] = typer.Argument(..., help="artifact folder(s); with two or more they are "
-                                                        "timed interleaved and compared with the first"),
+def profile_cmd(artifacts: list[str] = typer.Argument(..., metavar="SOURCE...", help="artifact folder(s) or any "
+                                                       "model source compress takes (exported to FP32 for this run, "
+                                                       "not kept); with two or more they are timed interleaved and "
+                                                       "compared with the first"),
                 target: list[str] = typer.Option(..., "--target", "-t", help="target name or .yaml (repeatable)"),
                 out: Optional[Path] = typer.Option(None, "-o", "--out",
                                                    help="folder for profile.json/.md/.html"),
                 rounds: Optional[int] = typer.Option(None, "--rounds", help="2+ artifacts: timed rounds per target "
-                                                     "(default: the target's protocol.min_runs)")) -> None:
-    """Measure one artifact on targets (latency, memory, ops; a subprocess each), or compare 2+ artifacts: one
-    interleaved loop per target, ratios to the first with their spread."""
-    from .errors import ConfigError
-    from .profile import compare_artifacts, profile_artifact
+                                                     "(default: the target's protocol.min_runs)"),
+                input_shape: InputShapeOpt = None, arch: ArchOpt = None, arch_args: ArchArgsOpt = None,
+                allow_class: AllowClassOpt = None, trust_pickle: TrustPickleOpt = False) -> None:
+    """Measure one artifact or model source on targets (latency, memory, ops; a subprocess each), or compare 2+:
+    one interleaved loop per target, ratios to the first with their spread. A source that is not an artifact is
+    exported to FP32 (validated) for the run; `edgekit export` keeps one."""
+    from .profile_sources import profile_sources
     from .profile.report import write_reports
 
     with user_errors():
-        if len(artifacts) > 1:
-            doc = compare_artifacts(artifacts, target, rounds=rounds)
-        elif rounds is not None:
-            raise ConfigError("--rounds applies when comparing two or more artifacts; drop it for one artifact")
-        else:
-            doc = profile_artifact(artifacts[0], target)
+        src = source_options(arch, arch_args, allow_class, trust_pickle, input_shape)
+        status = console.status("starting", spinner="dots")
+        with status:
+            doc = profile_sources(artifacts, target, src, rounds=rounds,
+                                  on_step=lambda s: status.update(f"[bold]{s}[/bold]"))
+        for s in doc.get("sources", []):
+            if s["exported_fp32"]:
+                console.print(f"{s['source']}: profiled its FP32 export, made for this run and not kept "
+                              "(`edgekit export SOURCE --target T -o DIR` keeps one)", highlight=False)
         _print_profile(doc)
         if out is not None:
             paths = write_reports(doc, out, "profile")
@@ -115,7 +122,9 @@ def bench_cmd(model: str = typer.Argument(..., help="model source, as compress t
               allow_class: AllowClassOpt = None, trust_pickle: TrustPickleOpt = False,
               deploy: Optional[str] = typer.Option(None, "--deploy", help="int8 | auto: lower each compressed "
                                                    "variant to the target runtime's INT8 kernels (see compress)"),
-              out: Path = typer.Option(..., "-o", "--out", help="output folder")) -> None:
+              out: Path = typer.Option(..., "-o", "--out", help="output folder"),
+              executor: ExecutorOpt = "local", address: AddressOpt = None, workers: WorkersOpt = None,
+              task_timeout: TaskTimeoutOpt = None) -> None:
     """Variants x targets: status, size, fidelity vs fp32, p50, speed-up, peak memory; flags slow-downs."""
     from .bench import bench
     from .profile.report import bench_rows, notes
@@ -123,7 +132,8 @@ def bench_cmd(model: str = typer.Argument(..., help="model source, as compress t
     with user_errors():
         src = source_options(arch, arch_args, allow_class, trust_pickle, input_shape)
         doc = bench(model, list(target or []) + _split(targets), _split(methods), out, source=src, data=data,
-                    sets=parse_sets(sets), deploy=deploy)
+                    sets=parse_sets(sets), deploy=deploy, executor=executor, address=address, workers=workers,
+                    timeout_s=task_timeout)
         head, rows = bench_rows(doc)
         console.print(_table(head, rows, "bench"))
         for n in notes(doc):

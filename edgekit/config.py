@@ -4,6 +4,7 @@ A recipe is a ready pipeline: a model source, methods applied in order, exports,
 
     model: demo                      # file, HF folder, artifact or 'demo'
     arch: nets.py:build              # for a state dict (optional), with arch_args: {width: 8}
+    allow_class: [mypkg.nets.Net]    # a pickled module's own classes (optional; trust_pickle: true runs its code)
     input_shape: 1x1x8x8             # optional when the source knows it
     steps:
       - method: rtn
@@ -49,12 +50,17 @@ class Recipe(BaseModel, extra="forbid"):
     model: str = Field(description="model source")
     arch: str | None = Field(None, description="pkg.module:factory or path/to/file.py:factory for state dicts")
     arch_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the arch factory")
+    allow_class: list[str] = Field(default_factory=list, description="pickled classes to trust in model (as "
+                                   "--allow-class: classes only, never from dangerous modules)")
+    trust_pickle: bool = Field(False, description="unpickle model with arbitrary code execution (as --trust-pickle: "
+                               "only for files you made yourself)")
     input_shape: str | None = Field(None, description="e.g. 1x3x224x224[:dtype]")
     data: str | None = Field(None, description="calibration data file, for methods that need it")
     steps: list[Step] = Field(default_factory=list, description="methods in order")
     targets: list[str] = Field(default_factory=list, description="runtimes or target profiles to export to")
     gates: Gates = Field(default_factory=Gates, description="fidelity gates")
     out: str = Field("out/recipe", description="artifact folder")
+    keep_program: bool = Field(False, description="also keep model.pt2 (for a later LiteRT export or chaining)")
 
 
 def load_yaml_model(path: Path, model: type[M], missing_hint: str = "add it") -> M:

@@ -11,8 +11,19 @@ are taken before any method runs (methods may change the module in place) and ke
 elements, so a causal LM with a 49k vocabulary is compared on fewer samples (never fewer than 4).
 
 Figures per output: top-1 agreement for [batch, classes] outputs (what a classifier's user sees change), cosine
-and relative L2 for every output (mean over samples). Headline per output: top-1 agreement for classifier
-outputs, cosine otherwise; the artifact's headline is the worst output's.
+and relative L2 for every output (mean over samples). Headline per output, by the model's role (`model_role`):
+- classifier (the default): top-1 agreement for 2-D [batch, n > 1] outputs, cosine otherwise.
+- embedding: cosine for every output, no top-1 figure. The argmax of an embedding vector means nothing (pooled
+  MiniLM: "top-1 agreement" over 384 dimensions is noise). A model is an embedding model when it holds a Hugging
+  Face base model (a transformers PreTrainedModel whose class name has no "For": BertModel, not
+  BertForSequenceClassification) and no task head; a sentence-transformers model, the built-in `minilm` and a
+  factory that pools an HF encoder all are. `--fidelity-metric cosine` makes any model one (your own pooled
+  encoder); `--fidelity-metric top1` forces the classifier reading.
+- causal LM (it holds a transformers *ForCausalLM) judged on the user's text (--data FILE.txt, tokenized with the
+  model's tokenizer): perplexity ratio, compressed / source, on the held-out token windows, for its logits output
+  ([batch, tokens, vocab]); the cosine is kept as a figure. On seeded random token ids perplexity means nothing,
+  so without text the logits are judged by cosine.
+The artifact's headline is the worst output's (a perplexity ratio r counts as 1/r when outputs are ranked).
 
 Thresholds (defaults, a warning; `--min-fidelity X` turns the headline into a failure):
 - cosine < 0.99: cosine 0.99 is a relative L2 error of about sqrt(2 * 0.01) = 0.14, i.e. outputs off by 14% of
@@ -24,6 +35,10 @@ Thresholds (defaults, a warning; `--min-fidelity X` turns the headline into a fa
   bar would fire on healthy models; pass --data to judge on real samples.
   A classifier is judged by agreement, not cosine: EfficientNet-Lite0 at RTN 6-bit has logit cosine 0.981 with
   every decision kept.
+- perplexity ratio > 1.25: SmolLM2-135M keeps 1.003 with NNCF INT8 weights and goes to 1.32 / 1.56 with INT4
+  weights (NNCF groups / RTN groups of 128; ANCHORS.md); the project's W4 goal is 1.24 (18.5 / 14.94). Above 1.25
+  the model is worse than the 4-bit goal; collapses (W8A8 without outlier handling) are 10^4 and beyond.
+  `--min-fidelity X` fails a perplexity ratio above 1 / X.
 Non-finite outputs always count as collapse.
 """
 from __future__ import annotations
@@ -46,6 +61,9 @@ MIN_STORED_SAMPLES = 4
 BATCH = 16
 MIN_COSINE = 0.99
 MIN_TOP1 = 0.9
+MAX_PPL_RATIO = 1.25
+ROLES = ("classifier", "embedding", "causal_lm")
+METRIC_CHOICES = ("auto", "top1", "cosine")
 
 Inputs = tuple[torch.Tensor, ...]
 
@@ -109,19 +127,44 @@ def _from_texts(specs: Sequence[Any], data: Any, n: int, model: nn.Module | None
     return [tuple(r if nm == "input_ids" else torch.ones_like(r) for nm in names) for r in ids_t]
 
 
-def held_out_inputs(specs: Sequence[Any], data: Any = None, n: int = MIN_SAMPLES,
-                    model: nn.Module | None = None) -> tuple[list[Inputs], str]:
-    """(inputs, where they came from): the user's --data samples that fit the spec (arrays, or text tokenized with
-    the model's own tokenizer), else seeded example inputs."""
+def held_out(specs: Sequence[Any], data: Any = None, n: int = MIN_SAMPLES,
+             model: nn.Module | None = None) -> tuple[list[Inputs], str, bool]:
+    """(inputs, where they came from, whether they are the user's text): the user's --data samples that fit the spec
+    (arrays, or text tokenized with the model's own tokenizer), else seeded example inputs."""
     from .model_io import example_inputs
 
-    got = None
+    got, text = None, False
     if data is not None:
-        got = _from_data(specs, data, n) or _from_texts(specs, data, n, model)
+        got = _from_data(specs, data, n)
+        if not got:
+            got = _from_texts(specs, data, n, model)
+            text = bool(got)
     if got:
-        return got, f"last {len(got)} samples of {getattr(data, 'source', '') or 'the --data file'}"
+        what = "token windows" if text else "samples"
+        return got, f"last {len(got)} {what} of {getattr(data, 'source', '') or 'the --data file'}", text
     why = "" if data is None else " (the --data file does not match the input spec)"
-    return [example_inputs(list(specs), seed=SEED0 + i) for i in range(n)], f"{n} seeded example inputs{why}"
+    return [example_inputs(list(specs), seed=SEED0 + i) for i in range(n)], f"{n} seeded example inputs{why}", False
+
+
+def held_out_inputs(specs: Sequence[Any], data: Any = None, n: int = MIN_SAMPLES,
+                    model: nn.Module | None = None) -> tuple[list[Inputs], str]:
+    """(inputs, where they came from): `held_out` without the text flag."""
+    return held_out(specs, data, n, model)[:2]
+
+
+def model_role(model: nn.Module, choice: str = "auto") -> str:
+    """classifier | embedding | causal_lm, by the rule of the module docstring; `choice` is --fidelity-metric."""
+    if choice not in METRIC_CHOICES:
+        raise ConfigError(f"--fidelity-metric {choice!r}: choose one of {', '.join(METRIC_CHOICES)}")
+    if choice != "auto":
+        return "classifier" if choice == "top1" else "embedding"
+    hf = [type(m).__name__ for m in model.modules()
+          if any(c.__name__ == "PreTrainedModel" for c in type(m).__mro__)]
+    if any(n.endswith("ForCausalLM") for n in hf):
+        return "causal_lm"
+    if hf and not any("For" in n for n in hf):
+        return "embedding"
+    return "classifier"
 
 
 def _run(model: nn.Module, x: Inputs) -> list[np.ndarray]:
@@ -165,8 +208,44 @@ def source_outputs(model: nn.Module, inputs: list[Inputs]) -> tuple[list[Inputs]
     return inputs, run_all(model, inputs)
 
 
-def _figures(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, Any]:
-    """Mean cosine and relative L2 over samples, plus top-1 agreement for [batch, classes] outputs."""
+def _perplexity(ids: list[np.ndarray], ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, Any] | None:
+    """Perplexity of source and compressed logits [b, T, V] on the token ids [b, T] they were fed (next token)."""
+    if not ids or any(r.ndim != 3 or r.shape[:2] != i.shape or i.shape[1] < 2 for r, i in zip(ref, ids)):
+        return None
+    nll, count = [0.0, 0.0], 0
+    for i, r, g in zip(ids, ref, got):
+        tgt = torch.from_numpy(i[:, 1:].astype(np.int64))[..., None]
+        for k, lg in enumerate((r, g)):
+            lp = torch.log_softmax(torch.from_numpy(lg[:, :-1]).double(), -1)
+            nll[k] -= float(lp.gather(-1, tgt).sum())
+        count += tgt.numel()
+    src, out = math.exp(nll[0] / count), math.exp(nll[1] / count)
+    if not (math.isfinite(src) and math.isfinite(out)):
+        return {"perplexity_source": None, "perplexity": None, "perplexity_ratio": None}
+    return {"perplexity_source": src, "perplexity": out, "perplexity_ratio": out / src}
+
+
+def _score(f: dict[str, Any]) -> float | None:
+    """The headline as 'higher is better' (a perplexity ratio r scores 1/r), None when non-finite."""
+    v = f.get(f["metric"])
+    if v is None:
+        return None
+    return 1.0 / v if f["metric"] == "perplexity_ratio" else v
+
+
+def _below(f: dict[str, Any]) -> bool:
+    """Under its default threshold (non-finite always is)."""
+    v = f.get(f["metric"])
+    if v is None:
+        return True
+    return v > MAX_PPL_RATIO if f["metric"] == "perplexity_ratio" else v < {"top1_agreement": MIN_TOP1,
+                                                                             "cosine": MIN_COSINE}[f["metric"]]
+
+
+def _figures(ref: list[np.ndarray], got: list[np.ndarray], role: str = "classifier",
+             ids: list[np.ndarray] | None = None) -> dict[str, Any]:
+    """Mean cosine and relative L2 over samples, plus top-1 agreement for [batch, classes] outputs of a classifier
+    and the perplexity ratio of a causal LM's logits on text (`ids`)."""
     cos, rel = [], []
     finite = all(np.isfinite(g).all() for g in got)
     for a, b in zip(ref, got):
@@ -175,37 +254,45 @@ def _figures(ref: list[np.ndarray], got: list[np.ndarray]) -> dict[str, Any]:
         rel.append(float(np.linalg.norm(a64 - b64) / max(np.linalg.norm(a64), 1e-12)))
     res: dict[str, Any] = {"cosine": float(np.mean(cos)), "rel_l2": float(np.mean(rel))} if finite else \
         {"cosine": None, "rel_l2": None, "non_finite": True}
-    if ref[0].ndim == 2 and ref[0].shape[1] > 1:
+    if role == "classifier" and ref[0].ndim == 2 and ref[0].shape[1] > 1:
         agree = np.concatenate([a.argmax(1) == b.argmax(1) for a, b in zip(ref, got)])
         res["top1_agreement"] = float(agree.mean()) if finite else None
-    res["metric"] = "top1_agreement" if "top1_agreement" in res else "cosine"
+    ppl = _perplexity(ids, ref, got) if role == "causal_lm" and ids else None
+    if ppl is not None:
+        res.update(ppl if finite else {k: None for k in ppl})
+    res["metric"] = "perplexity_ratio" if ppl else "top1_agreement" if "top1_agreement" in res else "cosine"
     return res
 
 
 def measure(model: nn.Module, inputs: list[Inputs], ref: list[list[np.ndarray]], inputs_from: str,
-            min_fidelity: float | None = None) -> dict[str, Any]:
-    """Compare the compressed model with the stored source outputs; the manifest's `fidelity` entry."""
+            min_fidelity: float | None = None, role: str = "classifier", text: bool = False) -> dict[str, Any]:
+    """Compare the compressed model with the stored source outputs; the manifest's `fidelity` entry. `role` is
+    `model_role(source)`; `text`: the inputs are token windows of the user's text (perplexity for a causal LM)."""
+    if role not in ROLES:
+        raise ValueError(f"role {role!r} is not one of {ROLES}")
     got = run_all(model, inputs)
     n_out = min(len(ref[0]), len(got[0]))
+    thresholds = {"cosine": MIN_COSINE, "top1_agreement": MIN_TOP1, "perplexity_ratio": MAX_PPL_RATIO}
     if n_out == 0:  # nothing to compare: say so, and a requested --min-fidelity cannot pass
         empty = {"inputs": inputs_from, "samples": len(inputs), "metric": None, "value": None, "outputs": {},
-                 "below_threshold": ["the model returns no tensors to compare"],
-                 "thresholds": {"cosine": MIN_COSINE, "top1_agreement": MIN_TOP1}}
+                 "role": role, "below_threshold": ["the model returns no tensors to compare"],
+                 "thresholds": thresholds}
         return {**empty, **({"min_fidelity": min_fidelity, "failed": True} if min_fidelity is not None else {})}
-    outputs = {("output" if i == 0 else f"output_{i}"): _figures([r[i] for r in ref], [g[i] for g in got])
+    ids = [x[0].numpy() for x in inputs] if text and role == "causal_lm" else None
+    outputs = {("output" if i == 0 else f"output_{i}"): _figures([r[i] for r in ref], [g[i] for g in got], role,
+                                                                 ids if i == 0 else None)
                for i in range(n_out)}
-    worst_name, worst = min(outputs.items(), key=lambda kv: -1.0 if kv[1][kv[1]["metric"]] is None
-                            else kv[1][kv[1]["metric"]])
+    worst_name, worst = min(outputs.items(), key=lambda kv: -1.0 if _score(kv[1]) is None else _score(kv[1]))
     value = worst[worst["metric"]]
-    floor = {"top1_agreement": MIN_TOP1, "cosine": MIN_COSINE}
     below = [f"{k} {f['metric'].replace('_', ' ')} {'NaN/Inf' if f[f['metric']] is None else round(f[f['metric']], 4)}"
-             for k, f in outputs.items() if f[f["metric"]] is None or f[f["metric"]] < floor[f["metric"]]]
+             for k, f in outputs.items() if _below(f)]
     res: dict[str, Any] = {"inputs": inputs_from, "samples": len(inputs), "metric": worst["metric"], "value": value,
-                           "worst_output": worst_name, "outputs": outputs,
-                           "thresholds": {"cosine": MIN_COSINE, "top1_agreement": MIN_TOP1}, "below_threshold": below}
+                           "role": role, "worst_output": worst_name, "outputs": outputs, "thresholds": thresholds,
+                           "below_threshold": below}
     if min_fidelity is not None:
+        score = _score(worst)
         res["min_fidelity"] = min_fidelity
-        res["failed"] = value is None or value < min_fidelity
+        res["failed"] = score is None or score < min_fidelity
     return res
 
 
@@ -214,10 +301,13 @@ def summary(fid: dict[str, Any]) -> str:
     parts = []
     for k, f in fid["outputs"].items():
         figs = [f"top-1 agreement {f['top1_agreement']:.3f}"] if f.get("top1_agreement") is not None else []
+        if f.get("metric") == "perplexity_ratio":
+            figs = ["perplexity NaN/Inf"] if f.get("perplexity_ratio") is None else [
+                f"perplexity ratio {f['perplexity_ratio']:.3f} ({f['perplexity_source']:.2f} -> {f['perplexity']:.2f})"]
         figs.append("cosine NaN/Inf" if f.get("cosine") is None else f"cosine {f['cosine']:.4f}")
         parts.append((f"{k}: " if len(fid["outputs"]) > 1 else "") + ", ".join(figs))
     return f"fidelity vs source ({fid['inputs']}): " + ("; ".join(parts) or "no tensor outputs to compare")
 
 
-__all__ = ["MIN_COSINE", "MIN_TOP1", "check_min_fidelity", "held_out_inputs", "measure", "sample_count",
-           "source_outputs", "summary"]
+__all__ = ["MAX_PPL_RATIO", "MIN_COSINE", "MIN_TOP1", "check_min_fidelity", "held_out", "held_out_inputs",
+           "measure", "model_role", "sample_count", "source_outputs", "summary"]

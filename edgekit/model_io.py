@@ -363,7 +363,9 @@ def _load_artifact(path: Path) -> LoadedModel:
     man = read_manifest(path)  # verifies checksums, paths and symlinks before any file is read
     pt2 = path / (man.get("torch_program") or "model.pt2")
     if not pt2.is_file():
-        raise ModelLoadError(f"artifact {path} has no PyTorch program (model.pt2); re-run `edgekit compress`")
+        raise ModelLoadError(f"artifact {path} has no PyTorch program (model.pt2): compress keeps only what the "
+                             "runtimes run; compress the original model again (chain methods in one run), or "
+                             "compress with --keep-program")
     try:
         specs = [InputSpec(i["name"], i["shape"], i["dtype"], {int(k): str(v) for k, v in i.get("dynamic", {}).items()},
                            i.get("high")) for i in man["inputs"]]

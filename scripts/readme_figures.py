@@ -279,7 +279,59 @@ def render_peer_baselines(r: Results) -> str:
     return "\n".join(out)
 
 
+def _walk_headline(step: dict) -> str:
+    """One step of benchmarks/own_model_walk.py as a short figure string."""
+    fig = step.get("figures")
+    if step["exit_code"] not in (0, None):
+        return f"**exit {step['exit_code']}**: {step.get('error') or 'see the JSON'}"
+    if isinstance(fig, dict) and "fidelity" in fig:
+        warn = " **(warned)**" if fig["warned"] else ""
+        return (f"{fig['fidelity_metric'].replace('_', ' ')} {f3(fig['fidelity'])} vs FP32{warn}; "
+                f"{fig['bits_per_weight']:.1f} bits/weight; params {x2(fig['params_after'] / fig['params_before'])}; "
+                f"ONNX {fig['onnx_mb']:.1f} MB")
+    if isinstance(fig, dict):
+        return "; ".join(f"{k.replace('_', ' ')} {f3(v)}" for k, v in fig.items() if isinstance(v, (int, float)))
+    if isinstance(fig, list) and fig and "variant" in fig[0]:
+        cells = []
+        for t in dict.fromkeys(x["target"] for x in fig):
+            rows = {x["variant"]: x for x in fig if x["target"] == t}
+            v = [x for k, x in rows.items() if k != "fp32"]
+            cells.append(f"{t}: " + ", ".join(
+                (f"{x['variant']} {x['speedup']:.2f}x speed, {x['size_mb']:.1f} MB" if x["status"] == "passed"
+                 and x["speedup"] else f"{x['variant']} {x['status']}") for x in v))
+        return "; ".join(cells)
+    if isinstance(fig, list) and fig and "ratio_p50" in fig[0]:
+        return ", ".join(f"{x['artifact']} {x['ratio_p50']:.2f}x" for x in fig if x["ratio_p50"] is not None) + \
+            " of FP32 p50 (interleaved)"
+    if isinstance(fig, list) and fig:
+        return ", ".join(f"{x['target']} p50 {x['p50_ms']:.1f} ms" for x in fig if x.get("p50_ms"))
+    return "FP32 export, validated"
+
+
+def render_own_model_walk(r: Results) -> str:
+    doc = r("own_model_walk")
+    out = ["| model | step | exit | wall s | headline |", "|---|---|---|---|---|"]
+    parts = [p for p in ("cnn", "bert") if p in doc]
+    for part in parts:
+        label = {"cnn": "EfficientNet-Lite0 (state dict + factory)", "bert": "12-layer BERT (HF folder)"}[part]
+        for st in doc[part]["steps"]:
+            ex, wall = ("reused", "—") if st.get("reused") else (str(st["exit_code"]), f"{st['wall_s']:.0f}")
+            out.append(f"| {label} | {st['step'].split(' ', 1)[1]} | {ex} | {wall} | {_walk_headline(st)} |")
+        if not doc[part].get("complete", True):
+            out.append(f"| {label} | *(walk stopped here: the steps after this one were not run)* | | | |")
+    tb = sum(doc[p]["tracebacks"] for p in parts)
+    loads = ", ".join(f"{doc[p]['provenance']['load']['loadavg'][0]:.1f}" for p in parts)
+    out.append("")
+    out.append(source_line(["own_model_walk.json"], [_cmd(doc[p]["provenance"]) for p in parts],
+                           f"{tb} tracebacks; \"reused\": an artifact an earlier run of the walk wrote in the same "
+                           f"folder (`--resume`); {doc[parts[0]]['provenance']['cores']} cores, load average "
+                           f"{loads} when each part was saved (other jobs shared the machine: wall times are "
+                           "inflated)"))
+    return "\n".join(out)
+
+
 RENDERERS: dict[str, Callable[[Results], str]] = {
+    "own-model-walk": render_own_model_walk,
     "udfc-zoo": render_udfc_zoo,
     "llm_fp4-smollm2": render_llm_fp4_smollm2,
     "structured_ffn-smollm2": render_structured_ffn_smollm2,

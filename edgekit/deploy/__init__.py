@@ -6,8 +6,9 @@ First slice, ONNX Runtime and OpenVINO:
 - dynamic INT8 (int8 weights, activation ranges measured per call) for graphs without BatchNorm that have
   attention, where one static range per tensor collapses (int8.choose_form);
 each checked against the float model with stated floors (check.py) and timed interleaved with the FP32 file on the
-same runtime. `select.py` is what `edgekit compress --deploy int8|auto` runs per runtime. Not in this slice:
-LiteRT full-integer, OpenVINO's own dynamic activation quantization, NNCF, `edgekit bench --deploy`.
+same runtime. `select.py` is what `edgekit compress --deploy int8|auto` runs per runtime; LiteRT's forms
+(full-integer static and dynamic-range through ai-edge-quantizer) are in litert.py. Not in this slice: OpenVINO's
+own dynamic activation quantization, NNCF, `edgekit bench --deploy`.
 
     deploy_int8(model, specs, out_path, runtime="onnxruntime", calibration=None, ...) -> record dict
 """

@@ -7,7 +7,10 @@
   DequantizeLinear) and the INT8 form are timed in one interleaved loop on the runtime; the fastest form that
   passed its validation is kept. FP32 is always a candidate, so auto never keeps a form that measured slower than
   FP32 in that loop. If INT8 cannot be built or fails validation, the reason is recorded and the others compete.
-- LiteRT (tflite) keeps its default form in this slice; the entry says so.
+- LiteRT (tflite): litert.py builds full-integer static INT8 and dynamic-range INT8 with ai-edge-quantizer on the
+  litert-torch float file; int8 keeps the static form (dynamic-range where static does not apply: no BatchNorm and
+  no data, or attention), auto times FP32, the default export and both forms interleaved and keeps the fastest
+  that passed.
 The manifest's exports.<runtime>.deploy records what was asked, the form kept, why, every median and ratio, the
 INT8 calibration, its validation figures, and whether its int8 weights equal the method's codes.
 """
@@ -37,9 +40,9 @@ def check_request(mode: str | None, runtimes: Sequence[str], data: Any = None) -
         return
     if mode not in MODES:
         raise ConfigError(f"--deploy '{mode}' is not known; choose one of {', '.join(MODES)}")
-    if not any(rt in RUNTIMES for rt in runtimes):
-        raise ConfigError(f"--deploy {mode} needs --target onnxruntime or openvino (or a target profile of either); "
-                          "LiteRT INT8 is not available yet")
+    if not any(rt in RUNTIMES or rt == "tflite" for rt in runtimes):
+        raise ConfigError(f"--deploy {mode} needs --target onnxruntime, openvino or tflite (or a target profile of "
+                          "one of them)")
 
 
 def calibration_samples(data: Any, specs: Sequence[InputSpec], limit: int = CALIB_LIMIT + HOLDOUT
@@ -95,8 +98,12 @@ def _one(model: nn.Module, specs: Sequence[InputSpec], root: Path, rt: str, entr
     dest = root / entry["file"]
     cand = work / rt / ("model.onnx" if rt == "onnxruntime" else "model.xml")
     note: dict[str, Any] = {"requested": mode}
+    # OpenVINO's own dynamic activation quantization on the default export's integer weights (what NNCF weight
+    # compression users get by default): a fourth candidate for auto, judged by the same floors
+    ov_dq = rt == "openvino" and mode == "auto" and bool(codes)
     try:
-        others = {"default": dest} if mode == "auto" else None
+        others = {"default": dest, **({"ov-dynamic-quant": (dest, True)} if ov_dq else {})} if mode == "auto" \
+            else None
         rec = deploy_int8(model, specs, cand, rt, calib, codes, candidates=others, work_dir=work / "build", **options)
     except (EdgekitError, RuntimeError, ValueError, KeyError) as e:
         if mode == "int8":
@@ -122,17 +129,32 @@ def _one(model: nn.Module, specs: Sequence[InputSpec], root: Path, rt: str, entr
                                + (f": {cause.split('; ', 1)[-1]}" if cause else ""))
     else:
         ok = {"fp32": True, "default": True, "int8": rec["passed"]}
+        if ov_dq:
+            from . import check
+
+            val_dq = check.fidelity(model, dest, rt, check.validation_inputs(specs, options.get("validation") or calib),
+                                    threads=options.get("threads"), ov_dynamic_quant=True)
+            val_dq["inputs"] = rec["validation"].get("inputs")
+            note["ov_dynamic_quant_validation"] = val_dq
+            ok["ov-dynamic-quant"] = val_dq["passed"]
         med = speed["median_ms"]
         pick = min((k for k in med if ok[k]), key=lambda k: med[k])
         times = ", ".join(f"{k} {v:.3g} ms" for k, v in med.items())
         why = f"fastest validated form on this host ({times})"
         if not rec["passed"]:
             why += f"; int8 rejected: {'; '.join(val['failed'])}"
-    note.update(form={"int8": rec["form"], "default": "default", "fp32": "fp32"}[pick], why=why)
+        if ov_dq and not ok["ov-dynamic-quant"]:
+            why += ("; OpenVINO dynamic quantization rejected: "
+                    f"{'; '.join(note['ov_dynamic_quant_validation']['failed'])}")
+    note.update(form={"int8": rec["form"], "default": "default", "fp32": "fp32",
+                      "ov-dynamic-quant": "openvino-dynamic-quantization"}[pick], why=why)
     if pick == "int8":
         _install(cand, dest)
         note["default_validation"] = entry["validation"]
         entry.update(precision="int8", validation=val)
+    elif pick == "ov-dynamic-quant":  # same file; its recorded runtime_config turns the quantization on for readers
+        note["default_validation"] = entry["validation"]
+        entry.update(validation=note.pop("ov_dynamic_quant_validation"))
     elif pick == "fp32":
         note["default_validation"] = entry["validation"]
         entry.update(precision="fp32", validation=_float_form(model, specs, rt, work / "build", dest))
@@ -153,9 +175,16 @@ def deploy_exports(model: nn.Module, specs: Sequence[InputSpec], root: Path, exp
     codes = get_codes(model)
     with tempfile.TemporaryDirectory(prefix="edgekit-deploy-") as tmp:
         for rt, entry in exports.items():
+            if rt == "tflite":  # LiteRT: ai-edge-quantizer forms on the litert-torch file (litert.py)
+                from .litert import deploy_entry
+
+                on_step(f"deploy {mode} {rt}")
+                deploy_entry(model, specs, root, entry, mode, calib, codes, Path(tmp),
+                             {**(options or {}), "validation": held})
+                continue
             if rt not in RUNTIMES:
                 entry["deploy"] = {"requested": mode, "form": "default", "why": f"INT8 deploy for {rt} is not "
-                                   "available yet (LiteRT full-integer is planned)"}
+                                   "available"}
                 continue
             on_step(f"deploy {mode} {rt}")
             _one(model, specs, root, rt, entry, mode, calib, codes, Path(tmp), {**(options or {}), "validation": held})

@@ -24,6 +24,8 @@ METHODS: dict[str, str] = {
     "optin": "edgekit.methods.optin",
     "structured_ffn": "edgekit.methods.structured_ffn",
     "denseshift": "edgekit.methods.denseshift",
+    "deft": "edgekit.methods.deft",
+    "bipft": "edgekit.methods.bipft",
 }
 
 

@@ -102,7 +102,19 @@ def bench_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                      _f(round(r["peak_mb"], 1) if r.get("peak_mb") is not None else None),
                      load_cell((r.get("profile") or {}).get("host_load")),
                      r.get("slower", {}).get("summary", "") if r.get("slower") else ""])
+    if any(r.get("placement") for r in doc["rows"]):  # --executor ray: where each profile ran
+        head.append("ran on")
+        for row, r in zip(rows, doc["rows"]):
+            row.append(ran_on((r.get("placement") or {}).get("profile")))
     return head, rows
+
+
+def ran_on(p: dict[str, Any] | None) -> str:
+    """A Ray row's profile placement: the device node that advertises the target, or this host (fallback)."""
+    if not p:
+        return "—"
+    node = f"{p.get('hostname')} node {(p.get('node_id') or '?')[:8]}"
+    return f"device {node}" if p.get("mode") == "device" else f"fallback: driver host {node} (+ estimate)"
 
 
 def _rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:

@@ -202,3 +202,75 @@ def test_factory_source_compress_then_eval_against_it(own, tmp_path) -> None:
     _ok(runner.invoke(app, ["eval", str(art), "--task", "npz", "--data", str(own["npz"]), "--arch", factory,
                             "--json", str(out)]))
     assert json.loads(out.read_text())["metrics"]["cosine"] > 0.999
+
+
+def test_profile_takes_any_source(own, rtn_art, tmp_path) -> None:
+    """`profile` on a state dict + --arch (exported to FP32 for the run, nothing left behind), and interleaved
+    against an artifact: the report names the source, not a temporary folder."""
+    import tempfile
+
+    d = own["dir"]
+    before = set(Path(tempfile.gettempdir()).glob("edgekit-profile-*"))
+    text = _ok(runner.invoke(app, ["profile", *_src(own), "--target", str(d / "quick-ort.yaml"),
+                                   "--target", str(d / "quick-ov.yaml"), "-o", str(tmp_path / "p1")]))
+    assert "profiled its FP32 export, made for this run and not kept" in text
+    doc = json.loads((tmp_path / "p1" / "profile.json").read_text())
+    assert doc["artifact"] == str(own["sd"]) and doc["sources"] == [{"source": str(own["sd"]), "exported_fp32": True}]
+    assert [r["status"] for r in doc["results"]] == ["ok", "ok"] and "edgekit-profile-" not in json.dumps(doc)
+    _ok(runner.invoke(app, ["profile", *_src(own), str(rtn_art), "--target", str(d / "quick-ort.yaml"),
+                            "--rounds", "3", "-o", str(tmp_path / "p2")]))
+    cmp = json.loads((tmp_path / "p2" / "profile.json").read_text())
+    assert cmp["kind"] == "compare" and cmp["artifacts"] == [str(own["sd"]), str(rtn_art)]
+    assert cmp["results"][0]["files"][1]["ratio"]["p50"] > 0
+    assert set(Path(tempfile.gettempdir()).glob("edgekit-profile-*")) == before
+    _one_line_error(runner.invoke(app, ["profile", str(own["sd"]), "--target", str(d / "quick-ort.yaml")]),
+                    "--arch")
+
+
+def test_recipe_allow_class_and_trust_pickle(tmp_path) -> None:
+    """A pickled module of the user's own class: refused without allow_class (one line), loaded with it or with
+    trust_pickle in the recipe."""
+    import torch
+
+    from tests.cli.own_cnn import trained
+
+    pt = tmp_path / "whole.pt"
+    torch.save(trained(4), pt)
+    base = f"model: {pt}\ninput_shape: {SHAPE}\nsteps: [{{method: rtn}}]\ngates: {{samples: 2}}\n"
+    r = tmp_path / "r.yaml"
+    r.write_text(base + f"out: {tmp_path / 'a'}\n")
+    _one_line_error(runner.invoke(app, ["run", str(r)]), "tests.cli.own_cnn.OwnCNN")
+    r.write_text(base + f"allow_class: [tests.cli.own_cnn.OwnCNN]\nout: {tmp_path / 'b'}\n")
+    _ok(runner.invoke(app, ["run", str(r)]))
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert man["source"]["allow_class"] == ["tests.cli.own_cnn.OwnCNN"] and man["recipe"]["gates"]["cosine"] > 0.99
+    r.write_text(base + f"trust_pickle: true\nout: {tmp_path / 'c'}\n")
+    _ok(runner.invoke(app, ["run", str(r)]))
+    assert json.loads((tmp_path / "c" / "manifest.json").read_text())["source"]["trust_pickle"] is True
+    r.write_text(base + f"allow_class: tests.cli.own_cnn.OwnCNN\nout: {tmp_path / 'd'}\n")
+    _one_line_error(runner.invoke(app, ["run", str(r)]), "allow_class")
+
+
+def test_causal_lm_compress_reports_perplexity_ratio(tmp_path) -> None:
+    """compress a causal LM with --data text: the fidelity headline is the perplexity ratio on held-out windows."""
+    pytest.importorskip("transformers")
+    from tests.unit._tiny_llm import TEXT, tiny_llama_folder
+
+    folder = tiny_llama_folder(tmp_path / "llama")
+    txt = tmp_path / "notes.txt"
+    txt.write_text("\n\n".join(TEXT * 6))
+    text = _ok(runner.invoke(app, ["compress", str(folder), "-m", "rtn", "--set", "bits=8", "--input-shape",
+                                   "1x16:int64,1x16:int64", "--data", str(txt), "-o", str(tmp_path / "a")]))
+    assert "perplexity ratio" in text and "token windows of" in text
+    fid = json.loads((tmp_path / "a" / "manifest.json").read_text())["fidelity"]
+    assert fid["metric"] == "perplexity_ratio" and fid["role"] == "causal_lm" and 0.98 < fid["value"] < 1.05
+    assert fid["below_threshold"] == [] and fid["outputs"]["output"]["perplexity_source"] > 1
+
+
+def test_fidelity_metric_option_marks_an_embedding_model(own, tmp_path) -> None:
+    """--fidelity-metric cosine: the user's own model judged as an embedding model (cosine headline, no argmax)."""
+    _ok(runner.invoke(app, ["compress", *_src(own), "-m", "rtn", "--fidelity-metric", "cosine",
+                            "-o", str(tmp_path / "a")]))
+    fid = json.loads((tmp_path / "a" / "manifest.json").read_text())["fidelity"]
+    assert fid["metric"] == "cosine" and fid["role"] == "embedding" and fid["value"] > 0.99
+    assert "top1_agreement" not in fid["outputs"]["output"]

@@ -91,7 +91,10 @@ def test_apply_compress_and_export_on_every_runtime(name: str, family: str, tmp_
     cfg = parse_config(mod, opts)
     data = None
     if needs(mod, cfg) != "none":
-        (tmp_path / "data.txt").write_text(TEXT if family != "cnn" else "")
+        text = TEXT
+        if name == "deft" and family == "encoder":  # an encoder is fine-tuned as a classifier: label<TAB>text lines
+            text = "".join(f"{i % 2}\t{line}\n" for i, line in enumerate(TEXT.replace(" . ", " .\n").splitlines()))
+        (tmp_path / "data.txt").write_text(text if family != "cnn" else "")
         data = tmp_path / "data.txt"
         if family == "cnn":
             import numpy as np
@@ -107,7 +110,8 @@ def test_apply_compress_and_export_on_every_runtime(name: str, family: str, tmp_
     rep = man["method"]["report"]
     # the report: what every method must fill in, consistent with itself
     assert rep["method"] == name
-    assert rep["params_before"] > 0 and 0 < rep["params_after"] <= rep["params_before"] * 1.01
+    # a method may add small side parameters (BiPFT's estimators and scales: +4% on the tiny BERT), never a copy
+    assert rep["params_before"] > 0 and 0 < rep["params_after"] <= rep["params_before"] * 1.1
     assert 0 < rep["bits_per_weight"] <= 32 and math.isfinite(rep["bits_per_weight"])
     assert rep["export_precision"] in typing.get_args(Precision)
     assert rep["layers_touched"], "a method that touches nothing on a model of a family it claims is broken"

@@ -241,8 +241,102 @@ def test_fidelity_tokenizes_the_users_text(tmp_path):
     text = " ".join(TEXT * 4)
     specs = [InputSpec("input_ids", [1, 16], "int64", high=320), InputSpec("attention_mask", [1, 16], "int64")]
     got, where = held_out_inputs(specs, DataSource(texts=[text]), 3, loaded.module)
-    assert "samples" in where and len(got) == 3
+    assert "token windows" in where and len(got) == 3
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert got[-1][0].tolist()[0] == ids[-16:] and bool((got[-1][1] == 1).all())
     rand, where = held_out_inputs(specs, DataSource(texts=[text]), 3, None)  # no model: no tokenizer
     assert "seeded" in where
+
+
+class _Pooled(nn.Module):
+    """A user's sentence encoder: a Hugging Face base model, mean-pooled to [batch, hidden]."""
+
+    def __init__(self, bert: nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.bert(input_ids=ids).last_hidden_state.mean(1)
+
+
+def _tiny_bert_cfg():
+    transformers = pytest.importorskip("transformers")
+    return transformers, transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1,
+                                                 num_attention_heads=2, intermediate_size=32,
+                                                 max_position_embeddings=32, num_labels=5)
+
+
+def test_fidelity_role_rule() -> None:
+    """Embedding models (an HF base model, no task head) are judged by cosine, never by the argmax of a vector;
+    HF task heads and plain nets stay classifiers; --fidelity-metric overrides; a bad choice is one line."""
+    import copy
+
+    from edgekit import fidelity
+
+    transformers, cfg = _tiny_bert_cfg()
+    torch.manual_seed(0)
+    enc = _Pooled(transformers.BertModel(cfg)).eval()
+    assert fidelity.model_role(enc) == "embedding"
+    assert fidelity.model_role(transformers.BertForSequenceClassification(cfg)) == "classifier"
+    assert fidelity.model_role(nn.Sequential(nn.Linear(4, 3))) == "classifier"
+    assert fidelity.model_role(enc, "top1") == "classifier" and fidelity.model_role(nn.Linear(2, 2), "cosine") == \
+        "embedding"
+    with pytest.raises(ConfigError, match="--fidelity-metric 'x': choose one of auto, top1, cosine"):
+        fidelity.model_role(enc, "x")
+    inputs = [(torch.randint(0, 50, (1, 8), generator=torch.Generator().manual_seed(i)),) for i in range(16)]
+    inputs, ref = fidelity.source_outputs(enc, inputs)
+    noisy = copy.deepcopy(enc)
+    with torch.no_grad():
+        for p in noisy.parameters():
+            p.add_(torch.randn_like(p) * 0.003)
+    emb = fidelity.measure(noisy, inputs, ref, "x", role="embedding")
+    assert emb["metric"] == "cosine" and "top1_agreement" not in emb["outputs"]["output"]
+    assert 0.9 < emb["value"] < 1.0 and emb["role"] == "embedding"
+    cls = fidelity.measure(noisy, inputs, ref, "x", role="classifier")  # the old reading: argmax of a 16-d vector
+    assert cls["metric"] == "top1_agreement" and "top1_agreement" in cls["outputs"]["output"]
+    assert "top-1" not in fidelity.summary(emb) and "cosine" in fidelity.summary(emb)
+
+
+def test_fidelity_perplexity_ratio_on_text(tmp_path: Path) -> None:
+    """A causal LM judged on the user's text: perplexity ratio (compressed / source) of its logits, equal to a direct
+    computation; 1.0 for the source itself; --min-fidelity reads 1/ratio; without text: cosine."""
+    import copy
+    import math
+
+    from edgekit import fidelity
+    from edgekit.data import DataSource
+    from edgekit.model_io import InputSpec, load_model
+    from tests.unit._tiny_llm import TEXT, tiny_llama_folder
+
+    loaded = load_model(tiny_llama_folder(tmp_path / "llama"))
+    m = loaded.module
+    assert fidelity.model_role(m) == "causal_lm"
+    specs = [InputSpec("input_ids", [1, 16], "int64", high=320), InputSpec("attention_mask", [1, 16], "int64")]
+    inputs, where, text = fidelity.held_out(specs, DataSource(texts=[" ".join(TEXT * 4)]), 6, m)
+    assert text and "token windows" in where and len(inputs) == 6
+    inputs, ref = fidelity.source_outputs(m, inputs)
+    same = fidelity.measure(m, inputs, ref, where, role="causal_lm", text=True)
+    assert same["metric"] == "perplexity_ratio" and abs(same["value"] - 1.0) < 1e-9
+    worse = copy.deepcopy(m)
+    with torch.no_grad():
+        for p in worse.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    got = fidelity.measure(worse, inputs, ref, where, min_fidelity=0.999, role="causal_lm", text=True)
+    nll = [0.0, 0.0]
+    for x, r in zip(inputs, ref):
+        with torch.no_grad():
+            g = worse(*x)
+        for k, lg in enumerate((torch.from_numpy(r[0]), g)):
+            lp = torch.log_softmax(lg[0, :-1].double(), -1)
+            nll[k] -= float(lp.gather(1, x[0][0, 1:, None]).sum())
+    n = len(inputs) * 15
+    want = math.exp(nll[1] / n) / math.exp(nll[0] / n)
+    f = got["outputs"]["output"]
+    assert abs(f["perplexity_ratio"] - want) < 1e-6 * want and f["perplexity_source"] == pytest.approx(
+        math.exp(nll[0] / n), rel=1e-6)
+    assert got["value"] == f["perplexity_ratio"] and got["failed"] is (1 / want < 0.999)
+    assert "perplexity ratio" in fidelity.summary(got) and "cosine" in f
+    no_text = fidelity.measure(worse, inputs, ref, where, role="causal_lm", text=False)
+    assert no_text["metric"] == "cosine" and "perplexity_ratio" not in no_text["outputs"]["output"]
+    bad = {"metric": "perplexity_ratio", "perplexity_ratio": fidelity.MAX_PPL_RATIO + 0.01}
+    assert fidelity._below(bad) and not fidelity._below({**bad, "perplexity_ratio": 1.1})
