@@ -64,6 +64,6 @@ def test_bad_compare_input_exits_2_with_one_line(setup):
     d, light, heavy, tgt = setup
     for args, needle in ((["profile", str(light), "--target", str(tgt), "--rounds", "5"], "--rounds applies"),
                          (["profile", str(light), str(heavy), "--target", str(tgt), "--rounds", "1"], "--rounds 1"),
-                         (["profile", str(light), str(d), "--target", str(tgt)], "not an edgekit artifact")):
+                         (["profile", str(light), str(d), "--target", str(tgt)], "neither an artifact")):
         res = runner.invoke(app, args)
         assert res.exit_code == 2 and needle in _text(res) and "Traceback" not in _text(res), _text(res)

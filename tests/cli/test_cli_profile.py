@@ -32,7 +32,7 @@ def test_unknown_target_exits_2_with_suggestion(tmp_path):
 
 def test_profile_on_a_folder_that_is_no_artifact_exits_2(tmp_path):
     res = runner.invoke(app, ["profile", str(tmp_path), "--target", "host-epyc-zen3"])
-    assert res.exit_code == 2 and "not an edgekit artifact" in _text(res)
+    assert res.exit_code == 2 and "neither an artifact" in _text(res) and "Traceback" not in _text(res)
 
 
 def test_report_rebuilds_and_missing_json_exits_2(tmp_path):
