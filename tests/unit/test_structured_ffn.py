@@ -241,7 +241,9 @@ def test_structured_layer_exports_as_matmuls(tmp_path, kind, r, k):
 
 # ---------------------------------------------------------------- recovery training
 def test_training_needs_data_and_lowers_distillation_loss():
-    assert sf.NEEDS == "none"
+    from edgekit.methods import needs
+
+    assert needs(sf, sf.Config()) == "none" and needs(sf, sf.Config(train_steps=5)) == "training" == sf.NEEDS
     with pytest.raises(ConfigError, match="needs training data"):
         sf.apply(tiny_bert(), sf.Config(train_steps=5), None)
     ids = torch.randint(0, 100, (64, 16), generator=torch.Generator().manual_seed(1))
