@@ -132,7 +132,8 @@ def test_bench_deploy_auto_runs_the_deploy_step_per_target(tmp_path: Path) -> No
     for rt in ("onnxruntime", "openvino"):
         assert rows["fp32", rt]["deploy"] is None
         dep = rows["rtn", rt]["deploy"]
-        assert dep["requested"] == "auto" and dep["form"] in ("int8-qdq", "int8-dynamic", "default", "fp32")
+        assert dep["requested"] == "auto" and dep["form"] in ("int8-qdq", "int8-dynamic", "default", "fp32",
+                                                              "openvino-dynamic-quantization")
         assert dep["why"], dep
         man = json.loads((Path(rows["rtn", rt]["artifact"]) / "manifest.json").read_text())
         assert man["exports"][rt]["deploy"]["form"] == dep["form"]
