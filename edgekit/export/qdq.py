@@ -28,6 +28,10 @@ Storage kinds, picked from the codes' actual range (never from the nominal bit w
   -> Mul(scale) (+ Add offset); all on constants, so the runtimes fold it at load (speed = the float model's) while
   the file holds b bits per weight plus a 2^b-entry table per tensor (why float ops: `_bitplanes`). Why not int4 there: a 2-bit
   request stored in 4 bits is twice the size it claims (issue 17);
+- group-wise codes (`WeightCode.group_size` g: one scale per g input weights of an output channel) are stored as
+  int4/int8 + a blocked DequantizeLinear (opset 21 `block_size` = g along the input axis, scale [out, in/g] or its
+  transpose), which ONNX Runtime and OpenVINO both read; group codes that fit neither int4 nor int8, or carry an
+  offset, stay float with the reason (a table or bit-plane form would need a per-weight scale);
 - anything else (more than 256 distinct codes out of int8, or codes not exact in float32) stays float and is
   listed in "kept_float" with the reason.
 """
@@ -94,6 +98,14 @@ def storage_kind(code: WeightCode) -> tuple[str | None, str]:
         return None, "codes are not integers"
     codes = codes.astype(np.int64)
     lo, hi = int(codes.min()), int(codes.max())
+    if code.group_size is not None:
+        if code.offset is not None:
+            return None, "group-wise codes with an offset have no blocked DequantizeLinear form"
+        if code.bits <= 4 and -8 <= lo and hi <= 7:
+            return "int4", ""
+        if -128 <= lo and hi <= 127:
+            return "int8", ""
+        return None, f"group-wise codes in [{lo}, {hi}] fit neither int4 nor int8"
     vals = np.unique(codes)
     if code.bits <= 3 and vals.size <= 1 << code.bits and codes.size >= 64 and \
             np.array_equal(vals.astype(np.float32).astype(np.int64), vals):
@@ -172,6 +184,14 @@ def _encode(name: str, code: WeightCode, f: np.ndarray, transposed: bool, kind: 
     base = np.full(n_out, float(code.scale)) if axis_none else code.scale.numpy().astype(np.float64)
     if not axis_none and code.axis != 0:
         raise ValueError("only axis-0 codes are supported")
+    if code.group_size is not None:  # [out, in/g] scales times the per-channel factor; blocks along the input axis
+        scale = (base * f[:, None]).astype(np.float32)
+        bits = 4 if kind == "int4" else 8
+        q = _int_tensor(f"{name}__q", codes.T if transposed else codes, bits)
+        s = numpy_helper.from_array(scale.T.copy() if transposed else scale, f"{name}__scale")
+        return [q, s], [helper.make_node("DequantizeLinear", [q.name, s.name], [name], axis=0 if transposed else 1,
+                                         block_size=code.group_size, name=f"{name}__DQ")], \
+            {"bits": bits, "numel": int(codes.size), "kind": kind}
     scale = (base * f).astype(np.float32)
     if transposed:  # MatMul weight = W^T: channels move to the last axis
         codes = codes.T

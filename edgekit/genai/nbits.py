@@ -9,6 +9,9 @@ so the rewrite is exact (the last block is padded with zero codes when K is not 
 activations to int8 per block on the fly (int8 dot products: faster on VNNI CPUs, ~1% error per matmul measured
 here), so a model run that way is W4A8/W8A8 with dynamic activation ranges, and is validated as such.
 
+Group-wise codes (RTN `group_size`, exported as a blocked DequantizeLinear) map one to one: MatMulNBits' block_size
+is the group size (a power of two >= 16) and its [N * blocks] scales are the group scales.
+
 Grids that are not uniform integers (FP4 E2M1 codes, `lut8` tables) have no MatMulNBits form: those layers keep
 DequantizeLinear + MatMul and are listed in the report with the reason.
 """
@@ -32,14 +35,18 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
 
 
 def pack(codes_kn: np.ndarray, scale_n: np.ndarray, bits: int, block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric codes of a [K, N] MatMul weight and its per-N scale -> MatMulNBits B [N, blocks, blob] uint8 and
-    scales [N * blocks] float32."""
+    """Symmetric codes of a [K, N] MatMul weight and its per-N scale (or [N, blocks] block scales) -> MatMulNBits
+    B [N, blocks, blob] uint8 and scales [N * blocks] float32."""
     k, n = codes_kn.shape
     half = 1 << (bits - 1)
     blocks = -(-k // block_size)
     u = (codes_kn.T.astype(np.int32) + half).astype(np.uint8)
     u = np.concatenate([u, np.full((n, blocks * block_size - k), half, np.uint8)], 1).reshape(n, blocks, block_size)
     b = (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8) if bits == 4 else u
+    if scale_n.ndim == 2:
+        if scale_n.shape != (n, blocks):
+            raise ValueError(f"block scales {scale_n.shape} do not match {n} channels x {blocks} blocks")
+        return b, scale_n.astype(np.float32).reshape(-1)
     return b, np.repeat(scale_n.astype(np.float32)[:, None], blocks, 1).reshape(-1)
 
 
@@ -79,13 +86,22 @@ def to_matmulnbits(src: Path, dst: Path, block_size: int | None = None, accuracy
         if not mms:
             continue
         axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        group = next((a.i for a in dq.attribute if a.name == "block_size"), 0)
         why = ("weights are not an integer initializer" if q is None or q.data_type not in _INT else
                f"{_INT[q.data_type]}-bit weights not requested" if _INT[q.data_type] not in bits else
                "has a zero point" if len(dq.input) > 2 and dq.input[2] else
                "not a 2-D weight" if s is None or len(q.dims) != 2 else "")
         transposed = [m[1] for m in mms]
-        if not why and (any(transposed) != all(transposed) or axis != (0 if transposed[0] else 1)
-                        or list(s.dims) != [q.dims[axis]]):
+        if not why and any(transposed) != all(transposed):
+            why = "used both as W and as W^T"
+        elif not why and group:  # blocks run along K: axis 0 of a [K, N] weight, axis 1 of a transposed [N, K] one
+            if axis != (1 if transposed[0] else 0):
+                why = "blocks do not run along the input axis"
+            elif group < 16 or group & (group - 1):
+                why = f"group size {group} is not a power of two >= 16 (MatMulNBits block sizes)"
+            elif block_size is not None and block_size != group:
+                why = f"group size {group} differs from the requested block size {block_size}"
+        elif not why and (axis != (0 if transposed[0] else 1) or list(s.dims) != [q.dims[axis]]):
             why = "not one scale per output channel"
         if why:
             kept[w] = why
@@ -94,9 +110,12 @@ def to_matmulnbits(src: Path, dst: Path, block_size: int | None = None, accuracy
         codes = numpy_helper.to_array(q).astype(np.int32)
         codes = codes.T if transposed[0] else codes  # [K, N]
         k, n = codes.shape
-        bs = _block(k, block_size)
+        bs = group or _block(k, block_size)
         blocks_seen.add(bs)
-        b, sc = pack(codes, numpy_helper.to_array(s), nb, bs)
+        scale = numpy_helper.to_array(s)
+        if group:  # [K/g, N] (or [N, K/g] for a transposed weight) -> [N, blocks]
+            scale = scale if transposed[0] else scale.T
+        b, sc = pack(codes, scale, nb, bs)
         inits_new = [numpy_helper.from_array(b, f"{w}__nbits_B"), numpy_helper.from_array(sc, f"{w}__nbits_s")]
         g.initializer.extend(inits_new)
         for mm, *_ in mms:

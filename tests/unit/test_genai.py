@@ -186,6 +186,40 @@ def test_compress_rtn4_kv_cache_runs_matmulnbits_and_matches(hf_dir, tmp_path):
     assert not [n.name for n in g.node if n.op_type == "MatMul" and n.input[1] in dq_out]  # only attention MatMuls
 
 
+def test_compress_rtn4_group_kv_cache_runs_block_matmulnbits(hf_dir, tmp_path):
+    """RTN W4 with group_size=32: blocked DequantizeLinear in model.onnx, MatMulNBits with block_size 32 (the group
+    scales, not a repeated per-channel scale) in the ORT export, greedy tokens equal to the compressed torch model's."""
+    import onnx
+
+    from edgekit.methods import rtn as baseline_rtn
+    from edgekit.model_io import load_model
+
+    out = tmp_path / "g"
+    res = runner.invoke(app, ["compress", str(hf_dir), "--method", "rtn", "--set", "bits=4", "--set", "group_size=32",
+                              "--kv-cache", "-o", str(out)])
+    assert res.exit_code == 0, res.stdout + (res.stderr or "")
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["method"]["report"]["extra"]["group_size"] == 32
+    w = man["exports"]["onnxruntime"]["weights"]
+    assert (w["kind"], w["layers"], w["bits"], w["block_sizes"]) == ("MatMulNBits", 15, [4], [32]), w
+    g = onnx.load(str(out / "exports/onnxruntime/model.onnx")).graph
+    nb = [n for n in g.node if n.op_type == "MatMulNBits"]
+    inits = {i.name: i for i in g.initializer}
+    q, _ = baseline_rtn.apply(load_model(hf_dir).module, baseline_rtn.Config(bits=4, group_size=32))
+    from edgekit.quant import get_codes
+
+    codes = get_codes(q)
+    code = codes[next(k for k in codes if k.endswith("layers.0.mlp.down_proj.weight"))]  # [64, 128]: 4 groups/row
+    scales = {tuple(onnx.numpy_helper.to_array(inits[n.input[2]]).shape) for n in nb}
+    assert (64 * 4,) in scales  # N * blocks scales of the down projection
+    assert any(np.array_equal(onnx.numpy_helper.to_array(inits[n.input[2]]), code.scale.numpy().reshape(-1))
+               for n in nb)
+    ids = _prompt_ids(out)
+    dec = open_decoder(out / "exports/onnxruntime/model.onnx", "onnxruntime", man["decoder"],
+                       config=man["exports"]["onnxruntime"]["validation"]["runtime_config"])
+    assert greedy(dec, ids, 12).tokens == _hf_greedy(ids, 12, q.model)
+
+
 @pytest.mark.parametrize("bits,k,block,tied", [(4, 48, 32, False), (8, 64, None, False), (4, 576, None, False),
                                                (8, 64, None, True)])
 def test_matmulnbits_pack_is_exact(tmp_path, bits, k, block, tied):

@@ -151,3 +151,51 @@ def test_low_bit_codes_are_stored_in_that_many_bit_planes_exactly(tmp_path, bits
     np.testing.assert_allclose(_run(path, x), ref, rtol=1e-5, atol=1e-6)
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     np.testing.assert_allclose(compiled({"input": x.numpy()})[0], ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits,group", [(4, 16), (8, 32)])
+def test_group_codes_become_blocked_dequantize_exactly(tmp_path, bits, group):
+    """RTN group_size: one scale per `group` input weights; exported as int4/int8 + DequantizeLinear(block_size),
+    exact on ONNX Runtime and OpenVINO (no activation quantization), the file holds `bits` per weight; group scales
+    follow an outlier only within its group (per-channel scales would coarsen the whole row)."""
+    import openvino as ov
+
+    from edgekit.runtimes import open_session
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.GELU(), torch.nn.Linear(32, 8))
+    with torch.no_grad():
+        net[0].weight[3, 5] = 4.0  # an outlier in row 3
+    w0 = net[0].weight.detach().clone()
+    x = torch.randn(2, 64)
+    specs = [InputSpec("input", [2, 64])]
+    per_ch, _ = baseline_rtn.apply(__import__("copy").deepcopy(net), baseline_rtn.Config(bits=bits), None)
+    model, rep_m = baseline_rtn.apply(net, baseline_rtn.Config(bits=bits, group_size=group), None)
+    codes = get_codes(model)
+    assert codes["0.weight"].group_size == group and codes["0.weight"].scale.shape == (32, 64 // group)
+    assert codes["0.weight"].storage_bits() == bits
+    # the outlier's row: group-wise error is smaller than per-channel on the groups without the outlier
+    err_g = (model[0].weight[3, 32:] - w0[3, 32:]).abs().max()
+    err_c = (per_ch[0].weight[3, 32:] - w0[3, 32:]).abs().max()
+    assert err_g < err_c / 3, (err_g, err_c)
+    assert rep_m.bits_per_weight > bits  # the fp32 group scales are counted
+    path = tmp_path / "g.onnx"
+    rep = to_onnx(model, (x,), specs, path, codes)
+    assert rep["integer_weights"] == 2 and rep["unmatched"] == [] and not rep.get("kept_float")
+    m = onnx.load(str(path))
+    dqs = [n for n in m.graph.node if n.op_type == "DequantizeLinear"]
+    assert sorted(next(a.i for a in n.attribute if a.name == "block_size") for n in dqs) == [group, group]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    for rt in ("onnxruntime", "openvino"):
+        y = open_session(path, rt, threads=1).run({"input": x.numpy()})[0]
+        np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-5, err_msg=rt)
+    assert ov is not None
+    save_codes(codes, tmp_path / "c.safetensors")
+    back = load_codes(tmp_path / "c.safetensors")
+    assert back["0.weight"].group_size == group and torch.equal(back["0.weight"].dequantize(), model[0].weight)
+
+
+def test_group_codes_refuse_bad_shapes():
+    with pytest.raises(ValueError, match="multiple of the group"):
+        WeightCode(torch.zeros(4, 10), torch.ones(4, 2), 0, 4, group_size=4)

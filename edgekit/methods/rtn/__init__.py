@@ -2,6 +2,12 @@
 
 This is what a user gets with no method at all; every paper method is compared against it. Weights stay
 on their integer grid (float values) and the codes are recorded, so the ONNX export stores real int8/int4.
+
+`group_size` g (optional): Linear weights get one scale per g consecutive input weights of each output channel
+(block-wise, as NNCF's INT4 g128 and ONNX Runtime's MatMulNBits use), which is what makes 4-bit weights usable on
+LLMs (per-channel W4 has one scale for a whole row of 576-1536 weights, and an outlier in the row costs every
+other weight its precision). Layers whose input size is not a multiple of g, and convolutions, keep per-channel
+scales and are listed in the report. The fp32 scales cost 32/g bits per weight, counted in `bits_per_weight`.
 """
 from __future__ import annotations
 
@@ -14,7 +20,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 
 from ...flops import count_params
-from ...quant.codes import attach_codes, symmetric_per_channel
+from ...quant.codes import attach_codes, symmetric_per_channel, symmetric_per_group
 from ..common import MethodReport
 
 NEEDS: Literal["none", "calibration", "training"] = "none"
@@ -27,26 +33,39 @@ class Config(BaseModel, extra="forbid"):
 
     bits: int = Field(8, ge=2, le=8, description="weight bits (4 or 8 give real int4/int8 storage)")
     skip: list[str] = Field(default_factory=list, description="regexes of module names to leave in float")
+    group_size: int | None = Field(None, ge=8, description="one scale per this many input weights of a Linear "
+                                   "output channel (block-wise, e.g. 32 or 128); default one scale per channel")
 
 
 def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodReport]:
     """Quantize every Conv/Linear weight in place and record its codes."""
     t0 = time.perf_counter()
     rep = MethodReport("rtn", params_before=count_params(model))
-    qw = 0
+    qw, scale_bits = 0, 0.0
     for name, mod in model.named_modules():
         if not isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)):
             continue
         if any(re.search(p, name) for p in cfg.skip):
             rep.layers_skipped[name] = "matches a skip pattern"
             continue
-        code = symmetric_per_channel(mod.weight.data, cfg.bits, axis=0)
+        w = mod.weight.data
+        if cfg.group_size and isinstance(mod, nn.Linear) and w.shape[1] % cfg.group_size == 0:
+            code = symmetric_per_group(w, cfg.bits, cfg.group_size)
+            scale_bits += w.numel() * 32 / cfg.group_size
+        else:
+            if cfg.group_size:
+                rep.extra.setdefault("per_channel_layers", {})[name] = (
+                    "a convolution" if not isinstance(mod, nn.Linear)
+                    else f"input size {w.shape[1]} is not a multiple of group_size {cfg.group_size}")
+            code = symmetric_per_channel(w, cfg.bits, axis=0)
         with torch.no_grad():
             mod.weight.copy_(code.dequantize())
         attach_codes(model, f"{name}.weight", code)
         rep.layers_touched.append(name)
         qw += mod.weight.numel()
     total = rep.params_after = count_params(model)
-    rep.bits_per_weight = (qw * cfg.bits + (total - qw) * 32) / max(total, 1)
+    rep.bits_per_weight = (qw * cfg.bits + scale_bits + (total - qw) * 32) / max(total, 1)
+    if cfg.group_size:
+        rep.extra["group_size"] = cfg.group_size
     rep.seconds = time.perf_counter() - t0
     return model, rep
