@@ -232,9 +232,8 @@ def file_mb(path: Path) -> float:
 def write_art(root: Path, spec: ModelSpec, files: dict[str, Path], info: dict[str, Any],
               static: list[InputSpec] | None = None) -> Path:
     """Manifest for an artifact whose export files are already in place (`static`: its fixed input shapes)."""
-    ins = [{"name": s.name, "dtype": s.dtype,
-            "shape": [("seq" if spec.dynamic and 1 in spec.dynamic[k] and j == 1 else d) for j, d in
-                      enumerate(s.shape)]} for k, s in enumerate(spec.specs)]
+    ins = [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape),
+            "dynamic": {1: "seq"} if spec.dynamic and 1 in spec.dynamic[k] else {}} for k, s in enumerate(spec.specs)]
     if static:
         ins = [{"name": s.name, "dtype": s.dtype, "shape": list(s.shape)} for s in static]
     exports = {rt: {"file": str(p.relative_to(root)), "precision": info.get("precision", "fp32"),

@@ -47,7 +47,14 @@ BUILD = {
                 "--target", "openvino", "-o", "{d}"]],
     "rtn_w4": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--kv-cache", "--target", "onnxruntime",
                 "--target", "openvino", "-o", "{d}"]],
+    # group-wise scales (one per 64 / 32 input weights; SmolLM2's K = 576 and 1536 are multiples of both, not of 128)
+    "rtn_w4_g64": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--set", "group_size=64", "--kv-cache",
+                    "--target", "onnxruntime", "--target", "openvino", "-o", "{d}"]],
+    "rtn_w4_g32": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--set", "group_size=32", "--kv-cache",
+                    "--target", "onnxruntime", "--target", "openvino", "-o", "{d}"]],
 }
+NO_PEER = [False]
+ONLY: list[str] = []  # --only: these variants (+ fp32) instead of all; results go to "<part>_<names>" keys
 OV_DYNQ = {k: v for k, v in loop.OV_CONFIG.items() if k != "DYNAMIC_QUANTIZATION_GROUP_SIZE"}
 PROMPT = "Python is a programming language that lets you work quickly and integrate systems more effectively."
 
@@ -71,9 +78,17 @@ def manifest(name: str) -> dict:
     return read_manifest(ARTS / name)  # verified
 
 
+def _names() -> list[str]:
+    return ["fp32", *[n for n in BUILD if n in ONLY and n != "fp32"]] if ONLY else list(BUILD)
+
+
+def _key(part: str) -> str:
+    return part if not ONLY else f"{part}_{'+'.join(n for n in _names() if n != 'fp32')}"
+
+
 def build(_: argparse.Namespace) -> None:
     cmds = {}
-    for name, steps in BUILD.items():
+    for name, steps in ((n, BUILD[n]) for n in _names()):
         d = ARTS / name
         cmds[name] = [" ".join(["edgekit", *[shlex.quote(a.format(d=d)) for a in s]]) for s in steps]
         if (d / "manifest.json").is_file():
@@ -83,7 +98,7 @@ def build(_: argparse.Namespace) -> None:
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "edgekit.cli", *[a.format(d=d) for a in s]], check=True)
             log(f"{name}: {' '.join(s)} {time.perf_counter() - t0:.0f} s")
-    save("build", {"commands": cmds, "artifacts": str(ARTS)})
+    save(_key("build"), {"commands": cmds, "artifacts": str(ARTS)})
 
 
 def _file_bytes(path: Path) -> int:
@@ -93,7 +108,7 @@ def _file_bytes(path: Path) -> int:
 def variants(runtime: str, threads: int, tmp: Path) -> list[dict]:
     """[{name, bytes, run(ids, n) -> Greedy, note}] with every model loaded once, FP32 first."""
     out = []
-    for name in BUILD:
+    for name in _names():
         man = manifest(name)
         ex, info = man["exports"][runtime], man["decoder"]
         path = ARTS / name / ex["file"]
@@ -124,7 +139,7 @@ def variants(runtime: str, threads: int, tmp: Path) -> list[dict]:
                 run = (lambda p: lambda ids, n: stacks.ov_genai(folder, ids, n, ignore_eos=True, pipe=p))(pipe)
             out.append({"name": "fp32 (" + ("onnxruntime-genai" if runtime == "onnxruntime" else "openvino-genai") +
                         ")", "bytes": _file_bytes(path), "note": "the runtime's own generation stack", "run": run})
-    if runtime == "openvino":
+    if runtime == "openvino" and not NO_PEER[0]:
         out.append(_nncf_int4(ARTS / "fp32" / manifest("fp32")["exports"]["openvino"]["file"], tmp, threads,
                               manifest("fp32")["decoder"]))
     return out
@@ -176,7 +191,7 @@ def speed(a: argparse.Namespace) -> None:
                 log(f"{rt} round {r + 1}/{a.rounds}: " + ", ".join(f"{v['name']} {v['tps'][-1]:.1f}/s" for v in vs))
             res["runtimes"][rt] = _rows(vs, res["bandwidth_gbs_single_thread_copy"])
     res["load_after"] = os.getloadavg()
-    save("speed", res, a.threads)
+    save(_key("speed"), res, a.threads)
     log(json.dumps(res, indent=1, default=float))
 
 
@@ -228,7 +243,7 @@ def ppl(a: argparse.Namespace) -> None:
                 rows[v["name"]] = {k: round(_ppl(v["dec"], w), 3) for k, w in texts.items()}
                 log(rt, v["name"], rows[v["name"]])
             res["runtimes"][rt] = rows
-    save("perplexity", res, a.threads)
+    save(_key("perplexity"), res, a.threads)
 
 
 def _ppl(dec, wins: np.ndarray) -> float:
@@ -245,7 +260,7 @@ def _ppl(dec, wins: np.ndarray) -> float:
 
 def rss(a: argparse.Namespace) -> None:
     rows = {}
-    for name in BUILD:
+    for name in _names():
         for rt in a.runtime:
             for stack in ("numpy", "genai"):
                 cmd = ["edgekit", "generate", str(ARTS / name), "--runtime", rt, "--threads", str(a.threads),
@@ -259,7 +274,7 @@ def rss(a: argparse.Namespace) -> None:
                 rows[f"{name} {rt} {stack}"] = {"command": " ".join(map(shlex.quote, cmd)), **{
                     k: g[k] for k in ("stack", "ttft_s", "decode_tokens_per_s", "peak_rss_mb", "load_s")}}
                 log(name, rt, stack, rows[f"{name} {rt} {stack}"])
-    save("rss", {"rows": rows}, a.threads)
+    save(_key("rss"), {"rows": rows}, a.threads)
 
 
 def main() -> None:
@@ -272,7 +287,14 @@ def main() -> None:
     ap.add_argument("--runtime", nargs="+", default=["onnxruntime", "openvino"])
     ap.add_argument("--docs", type=int, default=16)
     ap.add_argument("--gpl", type=int, default=8)
+    ap.add_argument("--only", default="", help=f"comma-separated variants (+ fp32), of {', '.join(BUILD)}")
+    ap.add_argument("--no-peer", action="store_true", help="skip the NNCF INT4 peer row on OpenVINO")
     a = ap.parse_args()
+    bad = [n for n in a.only.split(",") if n and n not in BUILD]
+    if bad:
+        ap.error(f"unknown variant(s) {bad}; choose from {', '.join(BUILD)}")
+    ONLY[:] = [n for n in a.only.split(",") if n]
+    NO_PEER[0] = a.no_peer
     {"build": build, "speed": speed, "ppl": ppl, "rss": rss}[a.part](a)
 
 
