@@ -21,9 +21,19 @@ TOLERANCES: dict[str, dict[str, float]] = {
     "fp16": {"max_abs": 5e-2, "rel_l2": 1e-2, "cosine": 0.999},
     "int": {"max_abs": 5e-2, "rel_l2": 1e-2, "cosine": 0.9995},
     # quantized activations: see validate(); the fixed figures are the floor of the input-dependent tolerance
-    "act_quant": {"max_abs": 5e-2, "rel_l2": 1e-2, "cosine": 0.9995},
+    "act_quant": {"max_abs": 5e-2, "rel_l2": 2e-2, "cosine": 0.9995},
 }
 ACT_QUANT_FACTOR = 3.0  # a runtime may be this many times further from the exact answer than torch float32 is
+# ... but never further than this (mean rel L2 vs the float64 twin): a 25%-wrong export is rejected whatever torch
+# float32's own distance. MiniLM W4A4 on random token ids puts torch float32 ~0.1 from float64 (rounding cascades),
+# so 3x alone allowed 0.29; correct exports measured 0.10-0.20 there (ORT, OpenVINO). A model whose exact exports
+# land further than the cap cannot be validated on those inputs: give real samples (--data) or a finer grid.
+ACT_QUANT_CAP = 0.25
+
+
+def act_quant_limit(torch_mean_rel_l2: float, floor: float = TOLERANCES["act_quant"]["rel_l2"]) -> float:
+    """The mean rel L2 (vs the float64 twin) an act_quant export may have: min(cap, max(floor, factor x torch's))."""
+    return min(ACT_QUANT_CAP, max(floor, ACT_QUANT_FACTOR * torch_mean_rel_l2))
 
 
 def compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
@@ -74,7 +84,7 @@ def validate(model: nn.Module, specs: Sequence[InputSpec], path: Path, runtime: 
 
     precision "act_quant" (quantized activations): outputs are compared with a float64 copy of the model; the mean
     rel L2 over the inputs must stay under the fixed floor or ACT_QUANT_FACTOR times torch float32's own mean
-    distance to float64, whichever is larger (recorded in the result). Rounding flips are sporadic (one input has
+    distance to float64, whichever is larger, and always under ACT_QUANT_CAP (recorded in the result). Rounding flips are sporadic (one input has
     none, the next a cascade), so a per-input bound would be a coin toss; the mean over inputs is stable."""
     from ..runtimes import open_session
 
@@ -117,17 +127,18 @@ def validate(model: nn.Module, specs: Sequence[InputSpec], path: Path, runtime: 
         limits = {}
         for name, pairs in errs.items():
             rt_mean, t_mean = (float(np.mean([p[j] for p in pairs])) for j in (0, 1))
-            lim = max(tol["rel_l2"], ACT_QUANT_FACTOR * t_mean)
+            lim = act_quant_limit(t_mean, tol["rel_l2"])
             worst[name].update({"mean_rel_l2": rt_mean, "torch_float32_mean_rel_l2": t_mean})
             limits[name] = lim
             if rt_mean > lim:
                 raise ExportMismatchError(
                     f"{runtime} output '{name}' differs from PyTorch float64 (exact quantizer): mean rel_l2 "
                     f"{rt_mean:.3g} over {len(pairs)} inputs, torch float32's own {t_mean:.3g}; tolerance "
-                    f"(act_quant) {lim:.3g} = max({tol['rel_l2']}, {ACT_QUANT_FACTOR} x torch float32's); no artifact "
-                    "was written (report the model, or try another runtime)")
-        tol = {"rule": f"mean rel_l2 vs PyTorch float64 over the inputs <= max({tol['rel_l2']}, "
-                       f"{ACT_QUANT_FACTOR} x torch float32's own mean)", "limits": limits}
+                    f"(act_quant) {lim:.3g} = min({ACT_QUANT_CAP}, max({tol['rel_l2']}, {ACT_QUANT_FACTOR} x torch "
+                    "float32's)); no artifact was written (report the model, try another runtime, or validate on "
+                    "real samples with --data)")
+        tol = {"rule": f"mean rel_l2 vs PyTorch float64 over the inputs <= min({ACT_QUANT_CAP}, max({tol['rel_l2']}, "
+                       f"{ACT_QUANT_FACTOR} x torch float32's own mean))", "limits": limits}
     else:
         for name, f in worst.items():
             if f["max_abs_scaled"] > tol["max_abs"] or f["rel_l2"] > tol["rel_l2"] or f["cosine"] < tol["cosine"]:

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from edgekit.errors import ExportMismatchError
-from edgekit.export.validate import validate
+from edgekit.export import validate as V
+from edgekit.export.validate import ACT_QUANT_CAP, act_quant_limit, validate
 from edgekit.model_io import InputSpec
 
 
@@ -47,7 +48,7 @@ def test_act_quant_passes_an_exact_export_with_rounding_cascades(tmp_path: Path)
     res = validate(m, specs, path, "onnxruntime", "act_quant")
     out = next(iter(res["outputs"].values()))
     assert out["torch_float32_mean_rel_l2"] > 0 and "rule" in res["tolerance"]
-    assert out["mean_rel_l2"] <= max(1e-2, 3 * out["torch_float32_mean_rel_l2"])
+    assert out["mean_rel_l2"] <= act_quant_limit(out["torch_float32_mean_rel_l2"])
 
 
 def test_act_quant_still_rejects_a_wrong_export(tmp_path: Path) -> None:
@@ -57,3 +58,36 @@ def test_act_quant_still_rejects_a_wrong_export(tmp_path: Path) -> None:
         wrong.layers[2].weight.mul_(1.2)  # a real mistake, not a rounding flip
     with pytest.raises(ExportMismatchError, match="float64"):
         validate(m, [InputSpec("x", [4, 32])], _export(wrong, tmp_path / "w.onnx"), "onnxruntime", "act_quant")
+
+
+def test_act_quant_limit_is_capped():
+    assert act_quant_limit(0.0) == 2e-2 and act_quant_limit(0.05) == pytest.approx(0.15)
+    assert act_quant_limit(0.1) == ACT_QUANT_CAP == 0.25  # 3x alone would allow 0.3
+
+
+def test_act_quant_rejects_a_25_percent_wrong_export_when_torch_itself_is_far(tmp_path: Path, monkeypatch) -> None:
+    """Where torch float32 itself lands ~15% from the exact answer (MiniLM W4A4's regime, simulated by a twin that
+    is 15% off), 3x torch's distance would accept a 25%-wrong export; the cap rejects it, and the right export (as
+    far from the twin as torch is) still passes."""
+    m = Stepped(depth=2, width=64, step=1e-4).eval()
+
+    def far_twin(model):
+        import copy
+
+        t = copy.deepcopy(model).double().eval()
+        with torch.no_grad():
+            t.layers[1].weight.mul_(1.25)
+        return t
+
+    monkeypatch.setattr(V, "_float64_twin", far_twin)
+    specs = [InputSpec("x", [4, 64])]
+    res = validate(m, specs, _export(m, tmp_path / "right.onnx", (4, 64)), "onnxruntime", "act_quant")
+    out = next(iter(res["outputs"].values()))
+    assert 0.08 < out["torch_float32_mean_rel_l2"] < ACT_QUANT_CAP  # torch itself is far from the twin
+    wrong = Stepped(depth=2, width=64, step=1e-4).eval()
+    with torch.no_grad():
+        wrong.layers[1].weight.mul_(0.8)  # 25% further from the twin's 1.25 than the model
+    with pytest.raises(ExportMismatchError, match="float64") as e:
+        validate(m, specs, _export(wrong, tmp_path / "wrong.onnx", (4, 64)), "onnxruntime", "act_quant")
+    got = float(str(e.value).split("mean rel_l2 ")[1].split()[0])
+    assert ACT_QUANT_CAP < got < 3 * out["torch_float32_mean_rel_l2"]  # what 3x alone would have let through
