@@ -97,9 +97,12 @@ def artifact_predictor(art: Path, runtime: str | None, threads: int | None) -> P
 
     sess = open_session(path, "onnxruntime" if runtime == "onnx" else runtime, threads=threads,
                         ov_dynamic_quant=ov_dynamic_quant(man.get("exports", {}).get(runtime)))
-    shapes = {i["name"]: list(i.get("shape", [])) for i in man.get("inputs", [])}
+    raw = {i["name"]: list(i.get("shape", [])) for i in man.get("inputs", [])}
     names = [i["name"] for i in man.get("inputs", [])] or list(sess.input_names)
-    batch = next((s[0] for s in shapes.values() if s and isinstance(s[0], int) and s[0] > 0), 1)
+    batch = next((s[0] for s in raw.values() if s and isinstance(s[0], int) and s[0] > 0), 1)
+    # axes the manifest declares dynamic have no fixed size (the shape holds the example's size there)
+    dyn = {i["name"]: {int(k) for k in (i.get("dynamic") or {})} for i in man.get("inputs", [])}
+    shapes = {n: [None if ax in dyn.get(n, ()) else d for ax, d in enumerate(s)] for n, s in raw.items()}
     dtypes = {i["name"]: _np_dtype(i.get("dtype")) for i in man.get("inputs", [])}
 
     def call(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:

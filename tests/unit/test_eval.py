@@ -124,3 +124,18 @@ def test_digits_through_openvino_and_litert_match_torch(tmp_path: Path, runtime:
     got = evaluate(art, "digits", runtime=runtime)["metrics"]
     assert got["accuracy"] == pytest.approx(ref["accuracy"], abs=0.005)
     assert got["agreement"] >= 0.99
+
+
+def test_artifact_predictor_treats_declared_dynamic_axes_as_free(tmp_path):
+    """A manifest input with `dynamic: {1: seq}` holds the example's size in `shape`; evaluation must not pad or
+    truncate to it (a MiniLM artifact read that way was scored on 16-token texts: cosine 0.93 vs FP32)."""
+    from edgekit.artifact import read_manifest, update_manifest
+    from edgekit.eval._common import artifact_predictor
+    from tests.unit._tiny_artifact import cached
+
+    art = cached(tmp_path / "a")
+    shape = read_manifest(art)["inputs"][0]["shape"]
+    assert artifact_predictor(art, "onnxruntime", 1).static_dim("x", 2) == shape[2]
+    update_manifest(art, {"inputs": [{"name": "x", "shape": shape, "dtype": "float32", "dynamic": {2: "h"}}]})
+    p = artifact_predictor(art, "onnxruntime", 1)
+    assert p.static_dim("x", 2) is None and p.static_dim("x", 3) == shape[3] and p.batch == shape[0]
