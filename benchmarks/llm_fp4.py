@@ -8,6 +8,9 @@ modules (disjoint from the evaluation text). Results merge into benchmarks/resul
     nice python benchmarks/llm_fp4.py --export        # file size + ORT/OpenVINO p50 of the weight-only export
     nice python benchmarks/llm_fp4.py --export-int    # MiniLM W4A4: FP32 vs fake-quant vs MatMulInteger export
     nice python benchmarks/llm_fp4.py --minilm --minilm-limit 1000 --threads 2   # MiniLM wordnet10 comparison
+    nice python benchmarks/llm_fp4.py --minilm-cli --threads 2   # the same variants as a user runs them: the CLI's
+        `edgekit compress minilm --method llm_fp4 --set ... --data calib.npy` (public API), scored through the
+        artifact's ONNX Runtime file (`edgekit eval ART --task wordnet10 --runtime onnxruntime`)
 """
 from __future__ import annotations
 
@@ -336,6 +339,57 @@ def minilm_compare(names: list[str], limit: int | None, threads: int):
         yield name, info
 
 
+CLI_VARIANTS = ["fpq_w8a8", "fpq_w4a8", "fp4_w4", "fpq_w4a4"]
+
+
+def minilm_cli(names: list[str], limit: int | None, threads: int, work: Path):
+    """Each variant through the product: calibration ids written as a .npy (what `--data` reads), edgekit.compress
+    (validates every export; act-quant ones on the calibration samples), then edgekit.evaluate on the artifact's
+    ONNX Runtime file. Yields (name, info) with the exact CLI commands."""
+    import shutil
+
+    import numpy as np
+
+    import edgekit
+    from edgekit.artifact import read_manifest
+    from edgekit.eval import evaluate
+
+    work.mkdir(parents=True, exist_ok=True)
+    calib = work / "calib.npy"
+    np.save(calib, minilm_calib_ids().numpy())
+    for name in names:
+        kind, opts = VARIANTS[name]
+        if kind != "fp4":
+            raise ValueError(f"{name}: only llm_fp4 variants run here")
+        opts = {k: v for k, v in opts.items() if k != "variant" or v != "fpq"}
+        art = work / name
+        if art.exists():
+            shutil.rmtree(art)
+        sets = " ".join(f"--set {k}={v}" for k, v in opts.items())
+        cmd = f"edgekit compress minilm --method llm_fp4 {sets} --data {calib} --target onnxruntime -o {art}"
+        info: dict = {"options": opts, "commands": [cmd, f"edgekit eval {art} --task wordnet10 --runtime onnxruntime"
+                                                          + (f" --limit {limit}" if limit else "")]}
+        t0 = time.perf_counter()
+        try:
+            edgekit.compress("minilm", "llm_fp4", dict(opts), art, data=str(calib), runtimes=["onnxruntime"])
+        except Exception as e:  # noqa: BLE001 - a failed compress is a result (e.g. its export failed validation)
+            info.update(error=f"{type(e).__name__}: {str(e)[:400]}", compress_s=round(time.perf_counter() - t0, 1))
+            yield name, info
+            continue
+        man = read_manifest(art)
+        rep = man["method"]["report"]
+        ex = man["exports"]["onnxruntime"]
+        info.update(compress_s=round(time.perf_counter() - t0, 1), bits_per_weight=round(rep["bits_per_weight"], 3),
+                    precision=ex.get("precision"), validation_rule=(ex.get("validation") or {}).get("tolerance"),
+                    validation_inputs=(ex.get("validation") or {}).get("inputs"),
+                    onnx_mb=round((art / "model.onnx").stat().st_size / 1e6, 1))
+        res = evaluate(art, "wordnet10", runtime="onnxruntime", limit=limit, threads=threads)
+        info.update({k: round(v, 4) for k, v in res["metrics"].items()}, samples=res["samples"],
+                    eval_s=res["seconds"], runtime=res["runtime"])
+        print(name, json.dumps({k: v for k, v in info.items() if k not in ("options", "commands")}), flush=True)
+        yield name, info
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--windows", type=int, default=8, help="Python-docs windows of 512 tokens")
@@ -354,8 +408,26 @@ def main() -> None:
     ap.add_argument("--minilm", action="store_true", help="only the MiniLM wordnet10 comparison")
     ap.add_argument("--minilm-limit", type=int, default=None, help="test glosses (default: all 1,000)")
     ap.add_argument("--minilm-variants", default=",".join(MINILM_VARIANTS))
+    ap.add_argument("--minilm-cli", action="store_true", help="MiniLM variants through edgekit.compress + the "
+                    "artifact's ONNX Runtime file (key minilm_wordnet10_cli)")
+    ap.add_argument("--cli-variants", default=",".join(CLI_VARIANTS))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/edgekit-llm-fp4-cli"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.minilm_cli:
+        key = "minilm_wordnet10_cli"
+        res = json.loads(OUT.read_text()) if OUT.is_file() else {}
+        sec = res.get(key, {})
+        sec["setup"] = {"model": "minilm (built-in)", "task": "wordnet10", "runtime": "onnxruntime",
+                        "test_glosses": args.minilm_limit or 1000, "threads": args.threads,
+                        "calibration": "the --minilm part's ids (minilm_calib_ids) saved as calib.npy for --data"}
+        sec.setdefault("variants", {})
+        for name, info in minilm_cli(args.cli_variants.split(","), args.minilm_limit, args.threads, args.work):
+            sec["variants"][name] = {**info, "provenance": provenance(threads=args.threads)}
+            res = json.loads(OUT.read_text()) if OUT.is_file() else {}
+            res[key] = sec
+            OUT.write_text(json.dumps(res, indent=1))
+        return
     if args.minilm:
         key = "minilm_wordnet10"
         res = json.loads(OUT.read_text()) if OUT.is_file() else {}
