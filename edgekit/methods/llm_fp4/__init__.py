@@ -34,6 +34,18 @@ Decisions (why):
   With `int_matmul` (default) the ONNX export does this on its own (export.onnx.to_onnx), checks each rewritten
   layer on ONNX Runtime against exact integer arithmetic, and lists rewritten / kept layers in the manifest and
   this method's report.
+- Fan-out (`--set executor=ray [workers=N] [ray_address=HOST:PORT]`, edgekit.methods.fanout): every layer's
+  format/bias search (`search.search_layer`) and every embedding table's (`search.search_embedding`) is one Ray
+  task. This is exact because the search is layer-parallel: each layer is searched on inputs captured from the
+  *float* model (all layers are switched to quantized only at the end), so no layer's result depends on another's;
+  within a layer the rounds and the W/A half-steps are sequential (each depends on the previous pick) and stay in
+  one task. What is shared across layers stays on the driver, in the local order: capture (the model's forward,
+  a group at a time), the seeded MSE token subset (one generator, drawn layer after layer) and the per-channel
+  maxima; a task gets the layer's weight, that subset, its weights and the maxima (each sent once, through the
+  object store) and runs the same function as the local run on the same tensors, so formats, biases, shifts and
+  codes are equal bit for bit (tested with torch.equal; workers run torch with 1 thread). Searches run while the
+  next group is captured; results are collected by layer name in the local order. The report's `fan_out` says
+  what ran where. executor=ray needs device=cpu (the workers are CPU processes).
 """
 from __future__ import annotations
 
@@ -96,6 +108,12 @@ class Config(BaseModel, extra="forbid"):
                                            "comes back on the CPU")
     cache_mb: int = Field(256, ge=8, description="memory budget for cached layer inputs during calibration")
     progress: bool = Field(True, description="per-layer progress bar on stderr")
+    executor: Literal["local", "ray"] = Field("local", description="where the per-layer searches run: here, or as "
+                                              "Ray tasks (same results; pip install 'edgekit[ray]')")
+    workers: int | None = Field(None, ge=1, description="executor=ray: CPU slots of the local Ray instance "
+                                "(default: all cores); with ray_address, only a hint of the cluster's size")
+    ray_address: str | None = Field(None, description="executor=ray: join this cluster (HOST:PORT or "
+                                    "ray://HOST:PORT) instead of starting a local Ray instance")
     int_matmul: bool = Field(True, description="ONNX export: turn each A4 fake-quant linear whose codes fit int8 into "
                                                "an exact integer Cast+MatMulInteger+rescale (spec §9.3); the rest "
                                                "keeps the fake-quant graph, listed with the reason")
@@ -162,6 +180,9 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
                         cfg.alpha_min, _fmts(cfg.w_formats), _fmts(cfg.a_formats), cfg.shift_round,
                         cfg.a_headroom if cfg.a_headroom is not None else (2 if (a_bits or 0) >= 6 else 0))
     dev = resolve_device(cfg.device)
+    from .. import fanout
+
+    fanout.check("llm_fp4", cfg, str(dev))  # executor options: one-line errors before any work
     rep = MethodReport("llm_fp4", params_before=count_params(model))
 
     def skip(n: str) -> bool:
@@ -232,7 +253,7 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
             if k in info:
                 fm[f"{k[0]}:{info[k]}"] = fm.get(f"{k[0]}:{info[k]}", 0) + 1
     rep.export_precision = "act_quant" if a_bits else "fp32"
-    rep.extra = {"variant": cfg.variant,
+    rep.extra = {"fan_out": rep.extra.get("fan_out", {"executor": "local"}), "variant": cfg.variant,
                  "nominal_bits": {"w": cfg.w_bits, "a": a_bits, "e": e_bits}, "calibration_tokens": tokens,
                  "a_headroom": opts.a_headroom if a_bits else None,
                  "formats": fm, "layers": layers, "int_matmul_requested": bool(cfg.int_matmul and a_bits),
@@ -241,12 +262,41 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
     return model, rep
 
 
+def _search_task(w: torch.Tensor, sub: torch.Tensor, xmax: torch.Tensor, opts: S.SearchOpts,
+                 wts: torch.Tensor | None) -> tuple[S.WeightQ, S.ActQ | None]:
+    """A Ray task of the fan-out: one linear's search (the same call as the local run makes)."""
+    wq, act = S.search_layer(w, sub, xmax, opts, wts)
+    return wq.cpu(), None if act is None else act.cpu()
+
+
+def _embedding_task(w: torch.Tensor, bits: int, opts: S.SearchOpts) -> S.WeightQ:
+    """A Ray task of the fan-out: one embedding table's search."""
+    return S.search_embedding(w, bits, opts).cpu()
+
+
 def _calibrate(model: nn.Module, cfg: Config, opts: S.SearchOpts, lins: dict, embs: dict, e_bits: int | None,
                calls: list, skip, rep: MethodReport) -> tuple[dict, dict, int]:
     """Layer-parallel search over the non-skipped linears (a few at a time) and embeddings, on the model's device;
-    results on the CPU."""
+    results on the CPU. With executor=ray each search is a Ray task (see the module docstring)."""
+    from .. import fanout
+
+    if cfg.executor != "ray":
+        return _calibrate_in(model, cfg, opts, lins, embs, e_bits, calls, skip, rep, None)
+    with fanout.pool("llm_fp4", cfg) as p:
+        out = _calibrate_in(model, cfg, opts, lins, embs, e_bits, calls, skip, rep, p)
+        rep.extra["fan_out"] = p.report()
+    return out
+
+
+def _calibrate_in(model: nn.Module, cfg: Config, opts: S.SearchOpts, lins: dict, embs: dict, e_bits: int | None,
+                  calls: list, skip, rep: MethodReport, pool) -> tuple[dict, dict, int]:
+    """`_calibrate` here (pool None) or with every layer's and table's search submitted to a fanout.Pool: the
+    driver still captures, picks the MSE token subset (one seeded generator, in layer order) and submits; the
+    searches run while the next group is captured, and results are collected by name at the end."""
     tokens = 0
     results: dict[str, tuple[S.WeightQ, S.ActQ | None]] = {}
+    emb_q: dict[str, S.WeightQ] = {}
+    submitted: dict[int, tuple[str, str]] = {}
     gen = torch.Generator().manual_seed(cfg.seed)
     with _progress(cfg.progress, len(lins) + len(embs)) as bar:
         task = bar.add_task("calibrate", total=len(lins) + len(embs))
@@ -268,15 +318,29 @@ def _calibrate(model: nn.Module, cfg: Config, opts: S.SearchOpts, lins: dict, em
                 sub, wts = S.search_subset(x, cfg.search_tokens, gen) if cfg.keep_outlier_tokens else \
                     (x if x.shape[0] <= cfg.search_tokens else
                      x[torch.randperm(x.shape[0], generator=gen)[: cfg.search_tokens].sort().values], None)
-                wq, act = S.search_layer(lins[n].weight, sub, x.abs().amax(0), opts, wts)
-                results[n] = (wq.cpu(), None if act is None else act.cpu())
-                bar.advance(task)
-        emb_q: dict[str, S.WeightQ] = {}
+                if pool is None:
+                    results[n] = _search_task(lins[n].weight, sub, x.abs().amax(0), opts, wts)
+                    bar.advance(task)
+                else:
+                    submitted[pool.submit(_search_task, lins[n].weight.detach().cpu(), sub.cpu(),
+                                          x.abs().amax(0).cpu(), opts, None if wts is None else wts.cpu())] = (
+                        "lin", n)
         for n, m in embs.items():
             bar.update(task, description=n)
             if e_bits is None or skip(n):
                 rep.layers_skipped[n] = "embedding kept float" if e_bits is None else "matches a skip pattern"
+            elif pool is None:
+                emb_q[n] = _embedding_task(m.weight, e_bits, opts)
             else:
-                emb_q[n] = S.search_embedding(m.weight, e_bits, opts).cpu()
+                submitted[pool.submit(_embedding_task, m.weight.detach().cpu(), e_bits, opts)] = ("emb", n)
+                continue
             bar.advance(task)
+        if pool is not None:
+            bar.update(task, description="searches on Ray workers")
+            got = pool.results(lambda i, _: bar.advance(task))
+            for i, (kind, n) in sorted(submitted.items()):
+                if kind == "lin":
+                    results[n] = got[i]
+                else:
+                    emb_q[n] = got[i]
     return results, emb_q, tokens

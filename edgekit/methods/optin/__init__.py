@@ -21,6 +21,15 @@ Spec: shared/methods/optin.md. No retraining, forward passes only:
    kept score under cap = flops_keep·BaseMAC (MAC model of spec §3 at s = mean calibration length, or mac_seq_len).
 4. Physical slimming (`heads.slim`): smaller q/k/v/o and FFN matrices, so the exported graph really shrinks.
 GQA (Llama): the attention unit is a whole key/value group (its query heads + k/v head), see `_heads`.
+Fan-out (`--set executor=ray [workers=N] [ray_address=HOST:PORT]`, edgekit.methods.fanout): the per-unit scoring
+of step 1 runs as Ray tasks. The scorer (model + reference activations + MD token sample) is built once here and
+put into the object store once; the chunks of `unit_batch` units that the local run scores one after another are
+dealt round-robin into disjoint tasks (4 per worker slot; layer-0 chunks replay every layer, the last layer's
+only one, so dealing spreads the cost) and each chunk's (MD, KD) is written back at its units' positions, so the
+raw scores, the cache entry and the chosen masks are those of the local run: equal bit for bit (tested with
+torch.equal; each chunk is the same batch on the same kernels, and a worker runs torch with 1 thread). Balancing,
+search and slimming (steps 2-4) stay here: they are cheap. The report's `fan_out` says what ran where;
+`raw_scores_sha256` (a digest of the raw scores) lets two runs be compared. A cache hit runs no task.
 Calibration data: a text file, tokenised with `tokenizer` (a local HF folder) or the tokenizer saved next to the
 HF model (config._name_or_path); encoders take one text per sequence (cut at max_len, padded to the longest),
 decoders take packed max_len-token windows; `samples` sequences drawn with `seed`. Token-id arrays (.npy: ids,
@@ -86,6 +95,12 @@ class Config(BaseModel, extra="forbid"):
     device: str = Field("cpu", description="torch device for scoring ('cuda' when available)")
     cache: bool = Field(True, description="reuse cached rankings")
     progress: bool = Field(True, description="show a progress bar while scoring")
+    executor: Literal["local", "ray"] = Field("local", description="where the per-unit scoring runs: here, or as "
+                                              "Ray tasks (same scores; pip install 'edgekit[ray]')")
+    workers: int | None = Field(None, ge=1, description="executor=ray: CPU slots of the local Ray instance "
+                                "(default: all cores); with ray_address, how finely the work is split")
+    ray_address: str | None = Field(None, description="executor=ray: join this cluster (HOST:PORT or "
+                                    "ray://HOST:PORT) instead of starting a local Ray instance")
 
 
 def calibration(model: nn.Module, arch: H.Arch | None, data: Any, cfg: Config) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,8 +179,12 @@ def magnitude_raw(arch: H.Arch) -> dict[str, list[torch.Tensor]]:
 
 
 def raw_scores(model: nn.Module, arch: H.Arch, ids: torch.Tensor, mask: torch.Tensor,
-               cfg: Config) -> tuple[dict[str, list[torch.Tensor]], bool]:
-    """Raw per-unit (MD, KD) from the cache or by scoring; returns (scores, cache_hit)."""
+               cfg: Config, info: dict | None = None) -> tuple[dict[str, list[torch.Tensor]], bool]:
+    """Raw per-unit (MD, KD) from the cache or by scoring (here, or as Ray tasks with executor=ray); returns
+    (scores, cache_hit). `info`, when given, receives the fan-out's report (what ran where)."""
+    from .. import fanout
+
+    ray = fanout.check("optin", cfg, cfg.device)
     if cfg.importance == "magnitude":
         return magnitude_raw(arch), False
     from ...models.real import cache_dir
@@ -202,12 +221,48 @@ def raw_scores(model: nn.Module, arch: H.Arch, ids: torch.Tensor, mask: torch.Te
             with Progress(TextColumn("optin scoring"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                           transient=True, disable=not cfg.progress) as bar:
                 task = bar.add_task("units", total=total)
-                raw = scorer.run(lambda k: bar.advance(task, k))
+                if ray:
+                    raw = _score_on_ray(scorer, cfg, lambda k: bar.advance(task, k), info)
+                else:
+                    raw = scorer.run(lambda k: bar.advance(task, k))
     finally:
         model.to("cpu")
     if cfg.cache:
         save_raw(path, raw, time.perf_counter() - t0)
     return raw, False
+
+
+def _score_on_ray(scorer: Scorer, cfg: Config, progress: Any, info: dict | None) -> dict[str, list[torch.Tensor]]:
+    """Scorer.run with its chunks dealt into Ray tasks (see the module docstring)."""
+    from .. import fanout
+    from .score import score_chunks
+
+    with fanout.pool("optin", cfg) as p:
+        def fan_out(chunks: list, prog: Any) -> list:
+            shared = p.put(scorer)  # the model and its reference activations, once
+            tasks = fanout.split(len(chunks), p.slots)
+            for idx in tasks:
+                p.submit(score_chunks, shared, [chunks[i] for i in idx])
+            out: list = [None] * len(chunks)
+            for idx, got in zip(tasks, p.results(lambda i, got: prog and prog(sum(len(chunks[j][2])
+                                                                                   for j in tasks[i])))):
+                for i, mk in zip(idx, got):
+                    out[i] = mk
+            return out
+
+        raw = scorer.run(progress, fan_out)
+        if info is not None:
+            info.update(p.report())
+    return raw
+
+
+def raw_digest(raw: dict[str, list[torch.Tensor]]) -> str:
+    """sha256 of the raw scores' bytes (float64, layer-then-index order): equal digests = bit-identical scores."""
+    h = hashlib.sha256()
+    for k in ("head_md", "head_kd", "neuron_md", "neuron_kd"):
+        for t in raw[k]:
+            h.update(t.detach().to(torch.float64).contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def save_raw(path: Any, raw: dict[str, list[torch.Tensor]], seconds: float) -> None:
@@ -259,6 +314,9 @@ def importance(raw: dict[str, list[torch.Tensor]], cfg: Config) -> tuple[list[to
 def apply(model: nn.Module, cfg: Config, data: Any = None) -> tuple[nn.Module, MethodReport]:
     """Score (or load cached scores), search the masks under the FLOPs budget and slim the model in place."""
     t0 = time.perf_counter()
+    from .. import fanout
+
+    fanout.check("optin", cfg, cfg.device)  # executor options: one-line errors before any work
     arch = H.find_arch(model)
     if arch is None:
         raise UnsupportedModelError("optin needs a Hugging Face BERT-style encoder or Llama-style decoder; "
@@ -272,7 +330,8 @@ def apply(model: nn.Module, cfg: Config, data: Any = None) -> tuple[nn.Module, M
     mh, mn = H.mac_unit(arch, s)
     base = H.macs(arch, s)
     ts = time.perf_counter()
-    raw, hit = raw_scores(model, arch, ids, mask, cfg)
+    fan: dict = {}
+    raw, hit = raw_scores(model, arch, ids, mask, cfg, fan)
     t_score = time.perf_counter() - ts
     hsc, nsc = importance(raw, cfg)
     sizes_h, sizes_n = [len(t) for t in hsc], [len(t) for t in nsc]
@@ -290,7 +349,9 @@ def apply(model: nn.Module, cfg: Config, data: Any = None) -> tuple[nn.Module, M
         "attention_unit": "kv group" if arch.q_per_unit > 1 else "head",
         "units_per_layer": counts["units"], "neurons_per_layer": counts["neurons"],
         "calibration_shape": list(ids.shape), "scoring_seconds": round(t_score, 2), "cache_hit": hit,
-        "scoring_seconds_when_computed": float(raw["seconds"][0]) if raw.get("seconds") else round(t_score, 2)})
+        "scoring_seconds_when_computed": float(raw["seconds"][0]) if raw.get("seconds") else round(t_score, 2),
+        "raw_scores_sha256": raw_digest(raw),
+        "fan_out": fan or {"executor": "ray (cache hit: no task ran)" if cfg.executor == "ray" else "local"}})
     rep.export_precision = "fp32"
     rep.seconds = time.perf_counter() - t0
     return model, rep

@@ -13,6 +13,12 @@ Which heads a head's forward masks comes from `head_score_masks`: only the score
 layer's head-mask row, spec §8); the changed prefix (layers < i) is then run once per layer on the calibration
 batch and layer i replays from it (and every head of a layer i > 0 is scored, even one that writes nothing).
 
+Fan-out (`executor=ray`, see edgekit.methods.fanout): `plan` lists the chunks in the order `run` scores them
+(layer, then heads before neurons, `unit_batch` live units per chunk); the driver builds the Scorer (reference
+pass, MD token sample) once and puts it into the Ray object store, each task scores a disjoint set of whole chunks
+with `score` (the same batches of masked copies as the local run, so the same kernels on the same shapes) and the
+driver writes each chunk's numbers back at its units' positions. Only the chunk-to-process assignment differs.
+
 Speed (CPU cost is dominated by the token-wise matmuls of the replayed layers): hidden states are kept *compact*,
 padding positions dropped (`Forward.valid`), and only attention scatters q/k/v into the padded (rows, T) layout;
 q/k/v are one fused matmul; attention is `scaled_dot_product_attention` (fused kernel, same maths as
@@ -334,23 +340,56 @@ class Scorer:
         """Boolean per neuron: False when its down-projection column or its activations are all zero."""
         return ((self.arch.down(l).weight != 0).any(0) & (self.inter[l] != 0).any(0)).cpu()
 
-    @torch.no_grad()
-    def run(self, progress: Callable[[int], None] | None = None) -> dict[str, list[torch.Tensor]]:
-        """Raw md/kd per layer for heads and neurons, in layer-then-index order (dead units: 0, 0)."""
-        res: dict[str, list[torch.Tensor]] = {"head_md": [], "head_kd": [], "neuron_md": [], "neuron_kd": []}
+    def plan(self) -> tuple[list[tuple[int, str, int]], list[tuple[int, str, torch.Tensor]], int]:
+        """What `run` scores: (sizes [(layer, kind, units)] in layer-then-kind order, chunks [(layer, kind, live unit
+        indices)] of at most `unit_batch` units in the order they are scored, number of dead units)."""
+        sizes, chunks, dead = [], [], 0
         for l in range(self.L):
-            for kind, live, fn in (("head", self.live_heads(l), self.heads), ("neuron", self.live_neurons(l),
-                                                                              self.neurons)):
-                md, kd = torch.zeros(len(live), dtype=torch.float64), torch.zeros(len(live), dtype=torch.float64)
+            for kind, live in (("head", self.live_heads(l)), ("neuron", self.live_neurons(l))):
                 todo = torch.nonzero(live).flatten()
-                for s in range(0, len(todo), self.opts.unit_batch):
-                    chunk = todo[s:s + self.opts.unit_batch]
-                    m, k = fn(l, chunk.to(self.xs[0].device))
-                    md[chunk], kd[chunk] = m.double().cpu(), k.double().cpu()
-                    if progress:
-                        progress(len(chunk))
-                if progress and len(live) > len(todo):
-                    progress(len(live) - len(todo))
-                res[f"{kind}_md"].append(md)
-                res[f"{kind}_kd"].append(kd)
+                sizes.append((l, kind, len(live)))
+                chunks += [(l, kind, todo[s:s + self.opts.unit_batch])
+                           for s in range(0, len(todo), self.opts.unit_batch)]
+                dead += len(live) - len(todo)
+        return sizes, chunks, dead
+
+    @torch.no_grad()
+    def score(self, l: int, kind: str, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw (MD, KD) in float64 on the CPU of one chunk of `plan` (a Ray task runs this too)."""
+        m, k = (self.heads if kind == "head" else self.neurons)(l, idx.to(self.xs[0].device))
+        return m.double().cpu(), k.double().cpu()
+
+    @torch.no_grad()
+    def run(self, progress: Callable[[int], None] | None = None,
+            fan_out: Callable[[list, Callable[[int], None] | None], list] | None = None
+            ) -> dict[str, list[torch.Tensor]]:
+        """Raw md/kd per layer for heads and neurons, in layer-then-index order (dead units: 0, 0).
+        `fan_out(chunks, progress)` -> one (md, kd) per chunk, in the chunks' order (optin.raw_scores passes the
+        Ray fan-out); None scores the chunks here, one after another. Either way each chunk is the same batch of
+        masked copies, so the per-unit numbers are the same."""
+        sizes, chunks, dead = self.plan()
+        res: dict[str, list[torch.Tensor]] = {"head_md": [], "head_kd": [], "neuron_md": [], "neuron_kd": []}
+        slot: dict[tuple[int, str], int] = {}
+        for l, kind, n in sizes:
+            slot[l, kind] = len(res[f"{kind}_md"])
+            res[f"{kind}_md"].append(torch.zeros(n, dtype=torch.float64))
+            res[f"{kind}_kd"].append(torch.zeros(n, dtype=torch.float64))
+        if progress and dead:
+            progress(dead)
+        if fan_out is not None:
+            scored = fan_out(chunks, progress)
+            if len(scored) != len(chunks):
+                raise RuntimeError(f"optin: the fan-out returned {len(scored)} chunks for {len(chunks)}")
+        else:
+            scored = (self.score(*c) for c in chunks)
+        for (l, kind, idx), (m, k) in zip(chunks, scored):
+            i = slot[l, kind]
+            res[f"{kind}_md"][i][idx], res[f"{kind}_kd"][i][idx] = m, k
+            if progress and fan_out is None:
+                progress(len(idx))
         return res
+
+
+def score_chunks(scorer: Scorer, chunks: list[tuple[int, str, torch.Tensor]]) -> list[tuple[torch.Tensor, ...]]:
+    """A Ray task of the fan-out: (MD, KD) of each chunk, in the given order."""
+    return [scorer.score(*c) for c in chunks]
