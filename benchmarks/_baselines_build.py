@@ -7,7 +7,6 @@ skipped for them and the manifest says so; edgekit's own baselines (rtn, magnitu
 from __future__ import annotations
 
 import contextlib
-import copy
 import io
 import os
 import warnings
@@ -19,7 +18,6 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
-import onnx
 import torch
 from torch import nn
 

@@ -110,3 +110,37 @@ def token_windows(model: nn.Module, texts: list[str], seq_len: int, tok_path: st
         raise ConfigError(f"the training text has {len(ids)} tokens, fewer than seq_len={seq_len}; add text or "
                           "lower seq_len")
     return torch.tensor(ids[:n * seq_len], dtype=torch.long).view(n, seq_len)
+
+
+class Checkpoint:
+    """A resumable training checkpoint (model + optimizer + step), tied to the configuration that wrote it.
+
+    `key` is the JSON of the training options that must match for a resume (a checkpoint written under other options
+    is refused, never silently mixed in). Writes are atomic (tmp file + rename). Loading uses weights_only=True:
+    a checkpoint holds tensors and plain values only, so nothing in it can run code."""
+
+    def __init__(self, path: str | Path | None, cfg: Any, exclude: set[str]):
+        import json
+
+        self.path = Path(path) if path else None
+        self.key = json.dumps(cfg.model_dump(exclude=exclude), sort_keys=True)
+
+    def resume(self, model: nn.Module, opt: torch.optim.Optimizer, dev: torch.device) -> int:
+        """Load a matching checkpoint into model and optimizer; the step to start from (0 when there is none)."""
+        if self.path is None or not self.path.is_file():
+            return 0
+        state = torch.load(self.path, map_location=dev, weights_only=True)
+        if state.get("key") != self.key:
+            raise ConfigError(f"checkpoint {self.path} was written under another configuration; remove it or change "
+                              "path")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        return int(state["step"])
+
+    def save(self, model: nn.Module, opt: torch.optim.Optimizer, step: int, every: int, last: int) -> None:
+        """Write after `step` steps when step is a multiple of `every` or the last one."""
+        if self.path is None or (step % every and step != last):
+            return
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save({"key": self.key, "model": model.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
+        tmp.replace(self.path)

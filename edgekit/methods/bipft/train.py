@@ -2,7 +2,6 @@
 batches, checkpoints and the compact trained-student file (1-bit weights packed, FP side parameters)."""
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from ...errors import ConfigError
+from ..common import Checkpoint
 from .attention import BiPFTSelfAttention, add_mask, fp_scores
 from .binarize import ALPHA_MIN, BinaryLinear
 
@@ -164,17 +164,9 @@ def distill(model: nn.Module, bert: nn.Module, teacher: nn.Module, tbert: nn.Mod
     teacher.to(dev)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ck = Path(cfg.checkpoint) if cfg.checkpoint else None
-    key = json.dumps(cfg.model_dump(exclude={"checkpoint", "checkpoint_every", "progress", "device", "save_binary",
-                                             "train_steps"}), sort_keys=True)
-    start = 0
-    if ck is not None and ck.is_file():
-        state = torch.load(ck, map_location=dev, weights_only=True)
-        if state.get("key") != key:
-            raise ConfigError(f"checkpoint {ck} was written under another configuration; remove it or change path")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start = int(state["step"])
+    ck = Checkpoint(cfg.checkpoint, cfg, {"checkpoint", "checkpoint_every", "progress", "device", "save_binary",
+                                          "train_steps"})
+    start = ck.resume(model, opt, dev)
     warm = min(cfg.warmup_steps, steps // 10)
     tap_s, tap_t = Tap(bert, False), Tap(tbert, cfg.attn_weight > 0)
     mods = attn_modules(bert)
@@ -210,11 +202,7 @@ def distill(model: nn.Module, bert: nn.Module, teacher: nn.Module, tbert: nn.Mod
                         a.clamp_(min=ALPHA_MIN)
                 losses.append(float(loss.detach()))
                 bar.update(task, advance=1, description=f"distillation loss {losses[-1]:.4f}")
-                if ck is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps):
-                    tmp = ck.with_name(ck.name + ".tmp")
-                    torch.save({"key": key, "model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1},
-                               tmp)
-                    tmp.replace(ck)
+                ck.save(model, opt, step + 1, cfg.checkpoint_every, steps)
     finally:
         tap_s.remove(), tap_t.remove()
         for m in mods:

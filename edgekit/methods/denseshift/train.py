@@ -7,10 +7,8 @@ included), the optimizer and the step; it is refused when it was written under a
 """
 from __future__ import annotations
 
-import json
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import ConfigError
+from ..common import Checkpoint
 
 
 class Batches:
@@ -123,16 +122,8 @@ def finetune(model: nn.Module, teacher: nn.Module | None, data: Any, cfg: Any, d
     if teacher is not None:
         teacher.to(dev).eval()
     opt = _optimizer(model, cfg)
-    ck = Path(cfg.checkpoint) if cfg.checkpoint else None
-    ck_key = json.dumps(cfg.model_dump(exclude={"checkpoint", "checkpoint_every", "progress", "device"}), sort_keys=True)
-    start = 0
-    if ck is not None and ck.is_file():
-        state = torch.load(ck, map_location=dev, weights_only=True)
-        if state.get("key") != ck_key:
-            raise ConfigError(f"checkpoint {ck} was written under another configuration; remove it or change path")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start = int(state["step"])
+    ck = Checkpoint(cfg.checkpoint, cfg, {"checkpoint", "checkpoint_every", "progress", "device"})
+    start = ck.resume(model, opt, dev)
     fixed_x, fixed_y = batches.get(10**6, min(256, batches.n))  # a fixed batch (far-off step) to compare before/after
     fixed_x = fixed_x.to(dev)
     fixed_y = fixed_y.to(dev) if fixed_y is not None else None
@@ -181,11 +172,7 @@ def finetune(model: nn.Module, teacher: nn.Module | None, data: Any, cfg: Any, d
                 changed_at = torch.where(diff, torch.full_like(changed_at, len(flips)), changed_at)
                 snaps = [cur]
                 frozen.append(float((changed_at <= len(flips) - 5).float().mean()) if len(flips) >= 5 else None)
-            if ck is not None and ((step + 1) % cfg.checkpoint_every == 0 or step + 1 == steps):
-                tmp = ck.with_name(ck.name + ".tmp")
-                torch.save({"key": ck_key, "model": model.state_dict(), "opt": opt.state_dict(), "step": step + 1},
-                           tmp)
-                tmp.replace(ck)
+            ck.save(model, opt, step + 1, cfg.checkpoint_every, steps)
     model.eval()
     tail = max(1, len(losses) // 10)
     return {"steps": steps, "resumed_at": start, "loss": kind, "optimizer": cfg.optimizer, "lr": cfg.lr,
