@@ -155,7 +155,7 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
              allow_class: list[str] | None = None, trust_pickle: bool = False, on_step: Step = _noop,
              deploy: str | None = None, arch_args: dict[str, Any] | None = None,
              min_fidelity: float | None = None, kv_cache: bool = False, keep_program: bool = False,
-             fidelity_metric: str = "auto") -> Path:
+             fidelity_metric: str = "auto", input_range: tuple[float, float] | None = None) -> Path:
     """Load, apply `method`, write an artifact (model.onnx validated on ONNX Runtime, exports).
 
     `keep_program`: also keep model.pt2, the compressed model as a float torch.export program (as large as the FP32
@@ -170,6 +170,9 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
     `fidelity_metric` (auto | top1 | cosine) overrides how its headline reads the outputs (edgekit.fidelity).
 
     `deploy` ("int8" | "auto", edgekit.deploy.select) lowers the ONNX Runtime/OpenVINO exports to static INT8.
+    `input_range` (lo, hi): the range of the model's input values as the app feeds them (e.g. (0, 1) for images
+    scaled to [0, 1]); with `deploy` and no data it lets the data-free path quantize the first layer's input too
+    (LiteRT full-integer with an int8 input), which is otherwise left float.
 
     `runtimes` may be runtime names, target profile names/paths or `TargetProfile` objects; the profiles'
     `round_to` hint (their least common multiple) fills a method's `round_to` option when the user did not set it.
@@ -177,7 +180,23 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
     return compress_chain(model_src, [(method, dict(options or {}))], out, input_shape, data, overwrite, runtimes,
                           dynamic, arch, allow_class, trust_pickle, on_step, deploy, arch_args=arch_args,
                           min_fidelity=min_fidelity, kv_cache=kv_cache, keep_program=keep_program,
-                          fidelity_metric=fidelity_metric)
+                          fidelity_metric=fidelity_metric, input_range=input_range)
+
+
+def check_input_range(input_range: Any, deploy: str | None) -> dict[str, Any]:
+    """The deploy options for an --input-range (lo, hi); a clear error for a bad or useless one."""
+    if input_range is None:
+        return {}
+    if deploy is None:
+        raise ConfigError("--input-range only matters with --deploy int8|auto (it sets the INT8 input's range); "
+                          "add --deploy or drop it")
+    try:
+        lo, hi = (float(x) for x in input_range)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--input-range {input_range!r}: give two numbers LO,HI, e.g. 0,1") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise ConfigError(f"--input-range {lo},{hi}: need finite LO < HI, e.g. 0,1 or -1,1")
+    return {"input_range": (lo, hi)}
 
 
 def _plan(chain: Sequence[tuple[str, dict[str, Any]]], runtimes: Sequence[Any], data: Any) -> tuple[list, list[str]]:
@@ -244,7 +263,7 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
                    allow_class: list[str] | None = None, trust_pickle: bool = False, on_step: Step = _noop,
                    deploy: str | None = None, arch_args: dict[str, Any] | None = None,
                    min_fidelity: float | None = None, kv_cache: bool = False, keep_program: bool = False,
-                   fidelity_metric: str = "auto") -> Path:
+                   fidelity_metric: str = "auto", input_range: tuple[float, float] | None = None) -> Path:
     """Apply methods in order (e.g. structured pruning, then quantization) and write one artifact (see compress for
     `keep_program`)."""
     from . import fidelity
@@ -258,6 +277,7 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
         from .deploy import check_request
 
         check_request(deploy, rts, data)
+    deploy_opts = check_input_range(input_range, deploy)
     if kv_cache:  # before any work
         from .genai.verbs import check_request as check_kv
 
@@ -327,7 +347,7 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
         if deploy is not None:  # may replace exports/<runtime>/ files by their INT8 form; entries say which and why
             from .deploy import deploy_exports
 
-            deploy_exports(model, specs, root, exports, deploy, data, on_step)
+            deploy_exports(model, specs, root, exports, deploy, data, on_step, deploy_opts)
         manifest = {"kind": "compress", "source": src_info, "fidelity": fid, "model": "model.onnx",
                     "torch_program": "model.pt2" if keep_program else None, "file_roles": _file_roles(
                         exports, keep_program), "inputs": [s.to_dict() for s in specs],

@@ -84,7 +84,10 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
              kv_cache: KvCache = False,
              keep_program: Annotated[bool, typer.Option(
                  "--keep-program", help="also keep model.pt2 (the compressed model as a float torch program, as "
-                 "large as FP32) for a later LiteRT export or chained compress")] = False) -> None:
+                 "large as FP32) for a later LiteRT export or chained compress")] = False,
+             input_range: Annotated[Optional[str], typer.Option(
+                 help="LO,HI: the range of the input values your app feeds (e.g. 0,1); with --deploy and no --data "
+                      "the first layer's input is quantized too (LiteRT full-integer)")] = None) -> None:
     """Compress a model with a method and write an artifact (ONNX validated on ONNX Runtime)."""
     from . import api
     from .artifact import read_manifest
@@ -101,7 +104,8 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
             art = api.compress(model, method, parse_sets(set_), out, input_shape, src, overwrite, runtimes, dynamic,
                                arch, allow_class, trust_pickle, on_step=step, deploy=deploy,
                                arch_args=parse_sets(arch_args, "--arch-args"), min_fidelity=min_fidelity,
-                               kv_cache=kv_cache, keep_program=keep_program, fidelity_metric=fidelity_metric)
+                               kv_cache=kv_cache, keep_program=keep_program, fidelity_metric=fidelity_metric,
+                               input_range=input_range.split(",") if input_range is not None else None)
         man = read_manifest(art)
         rep = man["method"]["report"]
         console.print(f"[green]wrote[/green] {art}  ({method}: params {rep['params_before']:,} -> "

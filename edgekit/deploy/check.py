@@ -55,6 +55,19 @@ def validation_inputs(specs: Sequence[InputSpec], samples: Sequence[Sequence[Any
             for s in list(samples)[:limit]]
 
 
+def range_inputs(specs: Sequence[InputSpec], input_range: Sequence[float], n: int = 4) -> list[tuple[Any, ...]]:
+    """Seeded inputs whose float tensors are uniform in the app's stated input range (integer inputs as the example
+    inputs): what to judge a data-free INT8 file on when its input range is given (random normal inputs would fall
+    outside it, and the int8 input would clip them)."""
+    lo, hi = float(input_range[0]), float(input_range[1])
+    out = []
+    for s in range(n):
+        g = torch.Generator().manual_seed(1000 + s)
+        out.append(tuple(lo + (hi - lo) * torch.rand(t.shape, generator=g) if t.is_floating_point() else t
+                         for t in example_inputs(list(specs), seed=s)))
+    return out
+
+
 def _clear(ref: np.ndarray) -> np.ndarray:
     """Rows whose top-1 clearly leads (see MARGIN)."""
     srt = np.sort(ref, axis=1)

@@ -172,6 +172,10 @@ def deploy_exports(model: nn.Module, specs: Sequence[InputSpec], root: Path, exp
     calib, held = samples, None
     if samples and len(samples) >= 2 * HOLDOUT:  # hold the last HOLDOUT out of calibration
         calib, held = samples[:-HOLDOUT], samples[-HOLDOUT:]
+    if not samples and (options or {}).get("input_range") is not None:  # judge on inputs inside the stated range
+        from .check import range_inputs
+
+        held = range_inputs(specs, options["input_range"])
     codes = get_codes(model)
     with tempfile.TemporaryDirectory(prefix="edgekit-deploy-") as tmp:
         for rt, entry in exports.items():

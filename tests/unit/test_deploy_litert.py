@@ -204,3 +204,25 @@ def test_api_compress_deploy_int8_on_the_rpi5_profile(tmp_path):
     wc = e["deploy"]["forms"]["int8"]["weight_codes"]
     assert wc["exact_where_int8"] and len(wc["not_found"]) <= 1, wc  # the stem conv stays float (no input range)
     assert litert.op_names(art / e["file"]).get("QUANTIZE") == 1  # float input, quantized after the first layer
+
+
+def test_cli_input_range_makes_the_data_free_litert_file_full_integer(tmp_path):
+    """`compress demo --deploy int8 --target tflite --input-range 0,1`: with the app's input range stated, the
+    data-free LiteRT file takes an int8 input (full integer); bad or useless ranges are one-line errors."""
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+
+    run = CliRunner().invoke
+    base = ["compress", "demo", "--method", "rtn", "--deploy", "int8", "--target", "tflite"]
+    for extra, needle in ((["--input-range", "1,0"], "LO < HI"), (["--input-range", "a,b"], "two numbers")):
+        r = run(app, base + extra + ["-o", str(tmp_path / "bad")])
+        assert r.exit_code == 2 and needle in r.output and not (tmp_path / "bad").exists(), r.output
+    r = run(app, ["compress", "demo", "--method", "rtn", "--input-range", "0,1", "-o", str(tmp_path / "nd")])
+    assert r.exit_code == 2 and "--deploy" in r.output
+    r = run(app, base + ["--input-range", "0,1", "-o", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    e = json.loads((tmp_path / "a" / "manifest.json").read_text())["exports"]["tflite"]
+    assert e["deploy"]["form"] == "int8", e["deploy"]
+    interp = litert._interpreter(tmp_path / "a" / e["file"])  # noqa: SLF001
+    assert np.dtype(interp.get_input_details()[0]["dtype"]) == np.int8
