@@ -486,3 +486,49 @@ def run_recipe(path: Path, out: Path | None = None, overwrite: bool = False, on_
     art.update_manifest(dest, {"recipe": {"path": str(path), "sha256": art.sha256_file(Path(path)),
                                           "config": rec.model_dump(), "gates": gates}})
     return dest, gates
+
+
+# ---------------------------------------------------------------- the other verbs' work
+# The CLI calls only this module for work (tests/unit/test_layering.py checks it); each entry is the owning
+# module's public function, imported when first called so `import edgekit.api` stays light.
+
+def _front(module: str, name: str, doc: str) -> Callable[..., Any]:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        import importlib
+
+        return getattr(importlib.import_module(module, __package__), name)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = name
+    call.__doc__ = f"{doc} (`edgekit{module}.{name}`; see there for the arguments)"
+    return call
+
+
+inspect_model = _front(".inspect", "inspect_path", "Parameters, MACs, size, I/O and op histogram of a model file")
+verify = _front(".artifact", "verify_artifact", "Check an artifact: checksums, paths, manifest, finite figures")
+read_manifest = _front(".artifact", "read_manifest", "An artifact's manifest, checked against the Manifest type")
+evaluate = _front(".eval", "evaluate", "Score a model or artifact on a task through a runtime")
+profile = _front(".profile_sources", "profile_sources", "Measure (or compare) artifacts/sources on targets")
+bench = _front(".bench", "bench", "Variants x targets: compress, export, fidelity, profile")
+generate = _front(".genai.run", "generate", "Greedy completion by a decoder artifact's runtime")
+demo = _front(".demo", "run_demo", "The main job on the bundled digits CNN")
+list_targets = _front(".targets", "list_targets", "The bundled target profiles")
+load_target = _front(".targets", "load_target", "One target profile by name or .yaml path")
+open_data = _front(".data", "open_data", "A calibration/evaluation data source from a file or folder")
+check_own_file = _front(".safety", "check_own_file", "Refuse to overwrite a file edgekit did not create")
+
+
+def methods() -> list[dict[str, Any]]:
+    """Every installed method: name, what data it needs (by default and at most), summary, options with defaults."""
+    from .methods import METHODS, get_method
+    from .methods import needs as method_needs
+
+    out = []
+    for name in METHODS:
+        try:
+            mod = get_method(name)
+        except ImportError:
+            continue
+        out.append({"name": name, "needs": method_needs(mod, mod.Config()), "needs_at_most": mod.NEEDS,
+                    "summary": mod.SUMMARY,
+                    "options": {k: f.get_default(call_default_factory=True) for k, f in mod.Config.model_fields.items()}})
+    return out

@@ -90,14 +90,9 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
                       "the first layer's input is quantized too (LiteRT full-integer)")] = None) -> None:
     """Compress a model with a method and write an artifact (ONNX validated on ONNX Runtime)."""
     from . import api
-    from .artifact import read_manifest
 
     with user_errors():
-        src = None
-        if data is not None:
-            from .data import open_data
-
-            src = open_data(data)
+        src = api.open_data(data) if data is not None else None
         runtimes = [api.resolve_target(t) for t in target or []]  # profiles travel whole (round_to, ...)
         status, step = _steps()
         with status:
@@ -106,7 +101,7 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
                                arch_args=parse_sets(arch_args, "--arch-args"), min_fidelity=min_fidelity,
                                kv_cache=kv_cache, keep_program=keep_program, fidelity_metric=fidelity_metric,
                                input_range=input_range.split(",") if input_range is not None else None)
-        man = read_manifest(art)
+        man = api.read_manifest(art)
         rep = man["method"]["report"]
         console.print(f"[green]wrote[/green] {art}  ({method}: params {rep['params_before']:,} -> "
                       f"{rep['params_after']:,}, bits/weight {rep['bits_per_weight']:.2f}, "
@@ -185,7 +180,6 @@ def export(model: ModelArg, target: Annotated[str, typer.Option("--target", "-t"
            kv_cache: KvCache = False) -> None:
     """Export a model or artifact to a runtime and validate it against PyTorch (fails closed)."""
     from . import api
-    from .artifact import read_manifest
 
     with user_errors():
         status, step = _steps()
@@ -193,7 +187,7 @@ def export(model: ModelArg, target: Annotated[str, typer.Option("--target", "-t"
             art = api.export(model, target, out, input_shape, overwrite, dynamic, arch, allow_class, trust_pickle,
                              fp16, on_step=step, arch_args=parse_sets(arch_args, "--arch-args"), kv_cache=kv_cache)
         console.print(f"[green]wrote[/green] {art}")
-        man = read_manifest(art)
+        man = api.read_manifest(art)
         console.print(_validation_table(man))
         _print_generation(man)
         _print_weight_storage(man)
@@ -204,10 +198,10 @@ def inspect(path: Annotated[Path, typer.Argument(help=".pt/.pt2/.onnx/.xml/.tfli
             input_shape: InputShape = None, arch: Arch = None, arch_args: ArchArgsOpt = None,
             as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Parameters, MACs, size, I/O and op histogram of a model file."""
-    from .inspect import inspect_path
+    from . import api
 
     with user_errors():
-        info = inspect_path(path, input_shape, arch, parse_sets(arch_args, "--arch-args"))
+        info = api.inspect_model(path, input_shape, arch, parse_sets(arch_args, "--arch-args"))
         if as_json:
             console.print_json(json.dumps(info, default=str))
             return
@@ -223,10 +217,10 @@ def inspect(path: Annotated[Path, typer.Argument(help=".pt/.pt2/.onnx/.xml/.tfli
 def verify(artifact: Annotated[Path, typer.Argument(help="artifact folder")],
            as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Check an artifact before using it: checksums, paths, symlinks, manifest, finite validation figures."""
-    from .artifact import verify_artifact
+    from . import api
 
     with user_errors():
-        res = verify_artifact(artifact)
+        res = api.verify(artifact)
         man = res["manifest"]
         info = {"artifact": str(artifact), "ok": True, "kind": man["kind"], "files": res["files"],
                 "bytes": res["bytes"], "unlisted_files": res["unlisted"],
@@ -244,20 +238,16 @@ def verify(artifact: Annotated[Path, typer.Argument(help="artifact folder")],
 @app.command()
 def methods() -> None:
     """List compression methods and their options."""
-    from .methods import METHODS, get_method
-    from .methods import needs as method_needs
+    from . import api
 
     t = Table(title="methods")
     for c in ("name", "needs", "summary", "options (defaults)"):
         t.add_column(c)
-    for name in METHODS:
-        try:
-            mod = get_method(name)
-        except ImportError:
-            continue
-        opts = ", ".join(f"{k}={f.get_default(call_default_factory=True)!r}" for k, f in mod.Config.model_fields.items())
-        need = method_needs(mod, mod.Config())
-        t.add_row(name, need if need == mod.NEEDS else f"{need} by default ({mod.NEEDS} with steps)", mod.SUMMARY, opts)
+    for m in api.methods():
+        opts = ", ".join(f"{k}={v!r}" for k, v in m["options"].items())
+        need = m["needs"] if m["needs"] == m["needs_at_most"] else \
+            f"{m['needs']} by default ({m['needs_at_most']} with steps)"
+        t.add_row(m["name"], need, m["summary"], opts)
     console.print(t)
 
 
@@ -266,12 +256,12 @@ def demo(out: Annotated[Path, typer.Option("-o", "--out")] = Path("out/demo"),
          method: Annotated[str, typer.Option(help="compression method for the demo")] = "rtn",
          set_: Annotated[Optional[list[str]], typer.Option("--set", help="method option key=value")] = None) -> None:
     """Main job on the bundled digits CNN: compress, export to all runtimes, validate, measure, print one table."""
-    from .demo import run_demo
+    from . import api
 
     with user_errors():
         status, step = _steps()
         with status:
-            rows = run_demo(out, method, parse_sets(set_), on_step=step)
+            rows = api.demo(out, method, parse_sets(set_), on_step=step)
         t = Table(title=f"edgekit demo: digits CNN, fp32 vs {method} -> {out}",
                   caption="measured on this host with each target's runtime; err = max abs error vs PyTorch; "
                           "acc = digits test accuracy through the runtime; MB = peak RSS over the runtime baseline; "
@@ -291,7 +281,6 @@ def run(recipe: Annotated[Path, typer.Argument(help="recipe YAML (see recipes/)"
         workers: WorkersOpt = None, task_timeout: TaskTimeoutOpt = None) -> None:
     """Run a recipe: methods in order, exports, fidelity gates. Exit 1 when a gate fails (artifact kept)."""
     from . import api
-    from .artifact import read_manifest
 
     with user_errors():
         status, step = _steps()
@@ -299,7 +288,7 @@ def run(recipe: Annotated[Path, typer.Argument(help="recipe YAML (see recipes/)"
             art, gates = api.run_recipe(recipe, out, overwrite, on_step=step, executor=executor, address=address,
                                         workers=workers, timeout_s=task_timeout)
         console.print(f"[green]wrote[/green] {art}")
-        man = read_manifest(art)
+        man = api.read_manifest(art)
         if man.get("executor"):
             ran = man["executor"]["ran_on"]
             console.print(f"ran on Ray node {ran['node_id'][:8]} ({ran['hostname']}); artifact "

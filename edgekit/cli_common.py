@@ -12,7 +12,7 @@ from rich.markup import escape
 from .errors import EdgekitError
 
 if TYPE_CHECKING:
-    from .model_io import SourceOptions
+    from .api import SourceOptions
 
 console = Console(width=None if sys.stdout.isatty() else 160)  # pipes/CI: don't squeeze tables to 80
 err_console = Console(stderr=True)
@@ -112,7 +112,7 @@ def source_options(arch: str | None = None, arch_args: list[str] | None = None, 
                    trust_pickle: bool = False, input_shape: str | None = None,
                    dynamic: list[str] | None = None) -> "SourceOptions":
     """The parsed model-source options (edgekit.model_io.SourceOptions) of a command."""
-    from .model_io import SourceOptions
+    from .api import SourceOptions
 
     return SourceOptions(arch, parse_sets(arch_args, "--arch-args"), list(allow_class or []), trust_pickle,
                          input_shape, dynamic)

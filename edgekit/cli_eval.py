@@ -62,17 +62,15 @@ def register(app: typer.Typer) -> None:
         allow_class: AllowClassOpt = None, trust_pickle: TrustPickleOpt = False,
     ) -> None:
         with user_errors():
-            from .eval import evaluate
+            from . import api
 
-            res = evaluate(model, task, runtime=runtime, limit=limit, threads=threads, options=parse_sets(sets),
+            res = api.evaluate(model, task, runtime=runtime, limit=limit, threads=threads, options=parse_sets(sets),
                            data=data, source=source_options(arch, arch_args, allow_class, trust_pickle, input_shape),
                            reference=reference)
             console.print(_table(res))
             if json_out is not None:
-                from .safety import check_own_file
-
                 json_out.parent.mkdir(parents=True, exist_ok=True)
-                check_own_file(json_out)
+                api.check_own_file(json_out)
                 tmp = json_out.with_name(f".{json_out.name}.tmp")
                 tmp.write_text(json.dumps({"schema": "edgekit.eval/1", **res}, indent=2))
                 tmp.replace(json_out)

@@ -36,10 +36,10 @@ def generate(artifact: Annotated[Path, typer.Argument(help="decoder artifact (wr
              ignore_eos: Annotated[bool, typer.Option(help="keep generating past an end-of-text token")] = False,
              as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False) -> None:
     """Complete a prompt greedily with a decoder artifact; prints the text and one speed line."""
-    from .genai.run import generate as run
+    from . import api
 
     with user_errors():
-        g = run(artifact, prompt, max_new_tokens, runtime, target, threads, stack, stop_at_eos=not ignore_eos)
+        g = api.generate(artifact, prompt, max_new_tokens, runtime, target, threads, stack, stop_at_eos=not ignore_eos)
         if as_json:
             console.print_json(json.dumps(g.to_dict()))
             return

@@ -32,14 +32,14 @@ def _table(head: list[str], rows: list[list[str]], title: str) -> Table:
 @targets_app.command("list")
 def targets_list() -> None:
     """List the bundled target profiles."""
-    from .targets import list_targets
+    from . import api
 
     with user_errors():
         tab = Table(title="targets")
         tab.add_column("name", no_wrap=True)
         for h in ("runtime", "device", "threads", "precisions", "budget MB", "description"):
             tab.add_column(h, overflow="fold")
-        for t in list_targets():
+        for t in api.list_targets():
             dev = t.device + (f" (fallback {t.fallback})" if t.fallback else "")
             tab.add_row(t.name, t.runtime, dev, str(t.threads), ",".join(t.precisions), f"{t.memory_budget_mb:g}",
                         t.description)
@@ -51,10 +51,10 @@ def targets_show(name: str = typer.Argument(..., help="bundled name or .yaml pat
     """Show every field of one target profile."""
     import yaml
 
-    from .targets import load_target
+    from . import api
 
     with user_errors():
-        t = load_target(name)
+        t = api.load_target(name)
         console.print(yaml.safe_dump(t.model_dump(), sort_keys=False), highlight=False)
 
 
@@ -87,14 +87,14 @@ def profile_cmd(artifacts: list[str] = typer.Argument(..., metavar="SOURCE...", 
     """Measure one artifact or model source on targets (latency, memory, ops; a subprocess each), or compare 2+:
     one interleaved loop per target, ratios to the first with their spread. A source that is not an artifact is
     exported to FP32 (validated) for the run; `edgekit export` keeps one."""
-    from .profile_sources import profile_sources
+    from . import api
     from .profile.report import write_reports
 
     with user_errors():
         src = source_options(arch, arch_args, allow_class, trust_pickle, input_shape)
         status = console.status("starting", spinner="dots")
         with status:
-            doc = profile_sources(artifacts, target, src, rounds=rounds,
+            doc = api.profile(artifacts, target, src, rounds=rounds,
                                   on_step=lambda s: status.update(f"[bold]{s}[/bold]"))
         for s in doc.get("sources", []):
             if s["exported_fp32"]:
@@ -126,12 +126,12 @@ def bench_cmd(model: str = typer.Argument(..., help="model source, as compress t
               executor: ExecutorOpt = "local", address: AddressOpt = None, workers: WorkersOpt = None,
               task_timeout: TaskTimeoutOpt = None) -> None:
     """Variants x targets: status, size, fidelity vs fp32, p50, speed-up, peak memory; flags slow-downs."""
-    from .bench import bench
+    from . import api
     from .profile.report import bench_rows, notes
 
     with user_errors():
         src = source_options(arch, arch_args, allow_class, trust_pickle, input_shape)
-        doc = bench(model, list(target or []) + _split(targets), _split(methods), out, source=src, data=data,
+        doc = api.bench(model, list(target or []) + _split(targets), _split(methods), out, source=src, data=data,
                     sets=parse_sets(sets), deploy=deploy, executor=executor, address=address, workers=workers,
                     timeout_s=task_timeout)
         head, rows = bench_rows(doc)

@@ -239,7 +239,8 @@ PEER_LABELS = {
     "ort_dynamic": "ORT dynamic INT8", "nncf_wc8": "NNCF weights INT8", "nncf_wc4": "NNCF weights INT4 g128",
     "litert_dyn8": "LiteRT dynamic-range INT8", "litert_static8": "LiteRT static INT8",
     "rtn8": "edgekit RTN W8 (weight-only)", "rtn4": "edgekit RTN W4 (weight-only)",
-    "mag30": "edgekit magnitude 30%", "mag50": "edgekit magnitude 50%"}
+    "mag30": "edgekit magnitude 30%", "mag50": "edgekit magnitude 50%",
+    "edgekit_int8": "edgekit `--deploy auto` (EfficientNet: UDFC W8, MiniLM: RTN W8; form kept per runtime)"}
 _RT = {"onnxruntime": "ORT", "openvino": "OV", "openvino+dynquant": "OV+dynquant", "tflite": "LiteRT"}
 
 
@@ -259,9 +260,10 @@ def render_peer_baselines(r: Results) -> str:
         if c is None:
             return "—"
         lite_w = c.get("info", {}).get("tflite", {}).get("weights", "")
+        dep = c.get("info", {}).get("deploy") or {}
         lat = " · ".join(f"{_RT.get(rt, rt)} {x['latency_vs_fp32']:.2f}x"
                          + (" (float weights: integer ones failed validation)" if rt == "tflite" and lite_w == "float"
-                            else "")
+                            else "") + (f" ({dep[rt]['form']})" if rt in dep else "")
                          for rt, x in c.get("latency", {}).items())
         s = f"{fid[model](c['metrics'])}; {lat}"
         bad = validation_failed(c)

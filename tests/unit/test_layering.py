@@ -85,3 +85,31 @@ def test_hf_and_model_io_do_not_import_each_other_for_types() -> None:
     """hf.py gets InputSpec/LoadedModel from specs.py; only model_io (the loader) calls into hf."""
     assert not {m for m in imported_modules(PKG / "hf.py") if m.startswith("edgekit.model_io")}
 
+
+
+# what a CLI module may import from edgekit besides the front door: itself, errors, and presentation helpers
+CLI_ALLOWED = {"edgekit", "edgekit.__version__", "edgekit.api", "edgekit.errors", "edgekit.cli_common",
+               "edgekit.cli_generate", "edgekit.profile.report", "edgekit.fidelity"}
+
+
+def cli_violations(path: Path, root: Path = PKG.parent) -> list[str]:
+    """edgekit modules a CLI file imports outside CLI_ALLOWED (and their members)."""
+    mods = {m for m in imported_modules(path, root) if m.startswith("edgekit")}
+    prefixes = tuple(a + "." for a in CLI_ALLOWED if a != "edgekit")
+    return sorted(m for m in mods if m not in CLI_ALLOWED and not m.startswith(prefixes))
+
+
+@pytest.mark.parametrize("path", sorted(PKG.glob("cli*.py")), ids=lambda p: p.name)
+def test_cli_verbs_do_their_work_through_the_api(path: Path) -> None:
+    """One front door: every CLI verb calls edgekit.api for its work (the CLI only parses and prints); only
+    presentation helpers (report tables, the fidelity summary line) are imported directly."""
+    bad = cli_violations(path)
+    assert not bad, f"{path.name} imports {bad}: add the work to edgekit.api and call it there"
+
+
+def test_cli_check_sees_a_direct_import(tmp_path: Path) -> None:
+    f = tmp_path / "edgekit" / "cli_x.py"
+    f.parent.mkdir(parents=True)
+    f.write_text("from . import __version__\ndef f():\n    from .bench import bench\n    from . import api\n"
+                 "    from .profile.report import notes\n")
+    assert cli_violations(f, tmp_path) == ["edgekit.bench", "edgekit.bench.bench"]
