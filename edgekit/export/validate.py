@@ -6,7 +6,7 @@ Tolerances are per precision and recorded in the manifest with the figures.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -78,6 +78,50 @@ def _float64_twin(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).double().eval()
 
 
+FP32_NOISE_FACTOR = 3.0  # fp32 fallback: a runtime may be this many times further from float64 than torch float32
+
+
+def _float64_fallback(model: nn.Module, seen: list, names: Sequence[str], over: list[str],
+                      worst: dict[str, dict[str, Any]], tol: dict[str, float]) -> dict[str, Any]:
+    """Second look at fp32 outputs over the fixed tolerance: deep models (a 30-layer LLM's 49k logits) put float32
+    summation-order noise above 1e-4 of the output's scale in a few entries, in torch as in the runtime. Both are
+    compared with a float64 copy of the model on the same inputs; an output passes when the runtime's max_abs
+    (scaled) and rel_l2 are within FP32_NOISE_FACTOR x torch float32's own and its cosine meets the fixed floor. A
+    wrong export is far outside float32 noise, so it still fails. Returns the tolerance record."""
+    import copy
+
+    try:
+        exact = copy.deepcopy(model).double().eval()
+    except Exception:  # noqa: BLE001 - a model that has no float64 form gets no second look
+        return tol
+    own: dict[str, list[dict[str, float]]] = {}
+    rt: dict[str, list[dict[str, float]]] = {}
+    for inputs, got in seen:
+        try:
+            r64 = _torch_outputs(exact, tuple(t.double() if t.is_floating_point() else t for t in inputs), np.float64)
+            r32 = _torch_outputs(model, inputs)
+        except Exception:  # noqa: BLE001 - see above
+            return tol
+        for i, (a64, a32, g) in enumerate(zip(r64, r32, got)):
+            name = names[i] if i < len(names) else f"output_{i}"
+            if name in over:
+                own.setdefault(name, []).append(compare(a64, a32))
+                rt.setdefault(name, []).append(compare(a64, g))
+    for name in over:
+        if name not in own:
+            continue
+        o = {k: max(x[k] for x in own[name]) for k in ("max_abs_scaled", "rel_l2")}
+        r = {k: max(x[k] for x in rt[name]) for k in ("max_abs_scaled", "rel_l2")}
+        ok = all(r[k] <= max(tol[k if k == "rel_l2" else "max_abs"], FP32_NOISE_FACTOR * o[k]) for k in r) and \
+            worst[name]["cosine"] >= tol["cosine"]
+        worst[name].update(torch_float32_vs_float64={k: float(f"{v:.3g}") for k, v in o.items()},
+                           runtime_vs_float64={k: float(f"{v:.3g}") for k, v in r.items()},
+                           within_float32_noise=bool(ok))
+    return {**tol, "fallback": f"outputs over the fixed tolerance pass when max_abs (scaled) and rel_l2 against a "
+                               f"float64 copy are within {FP32_NOISE_FACTOR} x torch float32's own and cosine >= "
+                               f"{tol['cosine']}", "fallback_outputs": list(over)}
+
+
 def validate(model: nn.Module, specs: Sequence[InputSpec], path: Path, runtime: str, precision: str = "fp32",
              n_random: int = 3, threads: int | None = None) -> dict:
     """Run `path` in `runtime` and PyTorch on the same inputs; raise ExportMismatchError over tolerance.
@@ -93,10 +137,13 @@ def validate(model: nn.Module, specs: Sequence[InputSpec], path: Path, runtime: 
     worst: dict[str, dict[str, float]] = {}
     exact = _float64_twin(model) if precision == "act_quant" else None
     errs: dict[str, list[tuple[float, float]]] = {}  # act_quant: per input (runtime, torch float32) vs float64
+    seen: list[tuple[tuple[torch.Tensor, ...], list[np.ndarray]]] = []  # fp32: for the float64 fallback
     for seed in range(n_random + 1):
         inputs = example_inputs(list(specs), seed=seed)
         ref = _torch_outputs(model, inputs)
         got = sess.run({n: t.numpy() for n, t in zip(sess.input_names, inputs)})
+        if precision == "fp32":
+            seen.append((inputs, [np.asarray(g) for g in got]))
         ref64 = _torch_outputs(exact, tuple(t.double() if t.is_floating_point() else t for t in inputs),
                                np.float64) if exact is not None else None
         for i, (r, g) in enumerate(zip(ref, got)):
@@ -140,12 +187,20 @@ def validate(model: nn.Module, specs: Sequence[InputSpec], path: Path, runtime: 
         tol = {"rule": f"mean rel_l2 vs PyTorch float64 over the inputs <= min({ACT_QUANT_CAP}, max({tol['rel_l2']}, "
                        f"{ACT_QUANT_FACTOR} x torch float32's own mean))", "limits": limits}
     else:
-        for name, f in worst.items():
-            if f["max_abs_scaled"] > tol["max_abs"] or f["rel_l2"] > tol["rel_l2"] or f["cosine"] < tol["cosine"]:
-                raise ExportMismatchError(
-                    f"{runtime} output '{name}' differs from PyTorch: max_abs {f['max_abs']:.3g} "
-                    f"(scaled {f['max_abs_scaled']:.3g}), rel_l2 {f['rel_l2']:.3g}, cosine {f['cosine']:.6f}; "
-                    f"tolerance ({precision}) max_abs {tol['max_abs']}, rel_l2 {tol['rel_l2']}, cosine "
-                    f"{tol['cosine']}; no artifact was written (report the model, or try another runtime)")
+        over = [n for n, f in worst.items()
+                if f["max_abs_scaled"] > tol["max_abs"] or f["rel_l2"] > tol["rel_l2"] or f["cosine"] < tol["cosine"]]
+        if over and precision == "fp32":
+            tol = _float64_fallback(model, seen, sess.output_names, over, worst, tol)
+            over = [n for n in over if not worst[n].get("within_float32_noise")]
+        for name in over:
+            f = worst[name]
+            raise ExportMismatchError(
+                f"{runtime} output '{name}' differs from PyTorch: max_abs {f['max_abs']:.3g} "
+                f"(scaled {f['max_abs_scaled']:.3g}), rel_l2 {f['rel_l2']:.3g}, cosine {f['cosine']:.6f}; "
+                f"tolerance ({precision}) max_abs {tol['max_abs']}, rel_l2 {tol['rel_l2']}, cosine "
+                f"{tol['cosine']}" + (f"; and more than {FP32_NOISE_FACTOR} x torch float32's own distance from "
+                                      f"float64 ({f['torch_float32_vs_float64']})" if "torch_float32_vs_float64"
+                                      in f else "") +
+                "; no artifact was written (report the model, or try another runtime)")
     return {"precision": precision, "tolerance": tol, "inputs_checked": n_random + 1, "outputs": worst,
             "device": sess.device, "runtime_config": sess.info.get("config", {})}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -91,3 +92,34 @@ def test_act_quant_rejects_a_25_percent_wrong_export_when_torch_itself_is_far(tm
         validate(m, specs, _export(wrong, tmp_path / "wrong.onnx", (4, 64)), "onnxruntime", "act_quant")
     got = float(str(e.value).split("mean rel_l2 ")[1].split()[0])
     assert ACT_QUANT_CAP < got < 3 * out["torch_float32_mean_rel_l2"]  # what 3x alone would have let through
+
+
+class _Noisy(nn.Module):
+    """float32 forward carries deterministic 'summation noise' of 1e-3 (float64 forward is exact), as a deep LLM's
+    logits do at a smaller scale."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(16, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(x)
+        return y + 1e-3 * torch.sin(1000 * y) if y.dtype == torch.float32 else y
+
+
+def test_fp32_fallback_accepts_float32_noise_and_rejects_a_wrong_export() -> None:
+    from edgekit.export.validate import TOLERANCES, _float64_fallback, compare
+
+    m = _Noisy().eval()
+    x = torch.randn(8, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        exact = m.double()(x.double()).numpy()
+        m.float()
+        ref = m(x).numpy()
+    for got, ok in ((exact + 1e-3 * np.cos(1000 * exact), True), (exact * 1.05, False)):
+        f = compare(ref, got.astype(np.float32))
+        assert f["max_abs_scaled"] > 1e-4  # the fixed rule alone would refuse both
+        worst = {"y": f}
+        tol = _float64_fallback(m, [((x,), [got.astype(np.float32)])], ["y"], ["y"], worst, dict(TOLERANCES["fp32"]))
+        assert worst["y"]["within_float32_noise"] is ok, worst["y"]
+        assert "fallback" in tol
