@@ -19,7 +19,14 @@ Heavy (about 10 minutes on 2 cores): run it alone.
 fashion probe through the written .tflite, and the load average before and after (a shared box); merged into the
 same JSON under "litert" (the ORT/OpenVINO part is kept as it was).
 
-    python benchmarks/deploy_int8.py [--part ort-ov|litert] [--limit N] [--skip-eval] [--work DIR]
+`--part resnet20` (the issue's third goal row): the Fashion ResNet-20 (benchmarks/weights, FP32 0.9255) through
+`edgekit compress --method udfc --set ratio=0.3 --set bits=8 --deploy auto --target onnxruntime --target openvino
+--target tflite --input-range LO,HI` (LO/HI: the normalised pixel range, so the data-free LiteRT file is full
+integer) and once with ratio=0 (no pruning); per runtime the form `auto` kept and its own interleaved ratio to FP32,
+and the top-1 accuracy of the file the artifact ships for that runtime on the 10k Fashion-MNIST test images (opened
+as the manifest says, through edgekit.runtimes), next to FP32's. Merged under "resnet20".
+
+    python benchmarks/deploy_int8.py [--part ort-ov|litert|resnet20] [--limit N] [--skip-eval] [--work DIR]
 """
 from __future__ import annotations
 
@@ -167,9 +174,72 @@ def litert_part(ek: list[str], args: argparse.Namespace) -> None:
     print(f"wrote {RESULTS} (key 'litert')")
 
 
+def _accuracy(art: Path, rt: str, entry: dict, x, y, limit: int | None) -> float:
+    """Top-1 accuracy of the artifact's file for `rt` (batch 1, as exported), opened as the manifest says."""
+    import numpy as np
+
+    from edgekit.runtimes import open_session, ov_dynamic_quant
+
+    sess = open_session(art / entry["file"], rt, threads=2, ov_dynamic_quant=ov_dynamic_quant(entry))
+    name = sess.input_names[0]
+    n = len(x) if limit is None else min(limit, len(x))
+    xs = x[:n].numpy()
+    hits = sum(int(np.asarray(sess.run({name: xs[i:i + 1]})[0]).argmax()) == int(y[i]) for i in range(n))
+    return hits / n
+
+
+def resnet20_part(ek: list[str], args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(ROOT))
+    import benchmarks.train_fashion_resnet as tfr
+
+    x, y = tfr.load_fashion("test")
+    lo, hi = (0.0 - tfr.MEAN) / tfr.STD, (1.0 - tfr.MEAN) / tfr.STD
+    src = "benchmarks/weights/fashion_resnet20.safetensors"
+    log: list[dict] = []
+    res: dict = {"host_before": host(), "git": git_commit(), "model": src, "test_images": args.limit or len(x)}
+    args.work.mkdir(parents=True, exist_ok=True)
+    fp32 = args.work / "r20-fp32"
+    for rt in ("onnxruntime", "openvino", "tflite"):
+        sh(ek + ["export", src, "--arch", "benchmarks.train_fashion_resnet:build", "--input-shape", "1x1x28x28",
+                 "--target", rt, "-o", str(fp32)] + (["--overwrite"] if rt == "onnxruntime" else []), log)
+    man = json.loads((fp32 / "manifest.json").read_text())
+    res["fp32_accuracy"] = {rt: round(_accuracy(fp32, rt, e, x, y, args.limit), 4) for rt, e in man["exports"].items()}
+    print("fp32", res["fp32_accuracy"], flush=True)
+    for ratio in (0.3, 0.0):
+        art = args.work / f"r20-udfc{int(ratio * 100)}"
+        r = sh(ek + ["compress", src, "--arch", "benchmarks.train_fashion_resnet:build", "--input-shape", "1x1x28x28",
+                     "--method", "udfc", "--set", f"ratio={ratio}", "--set", "bits=8", "--deploy", "auto",
+                     "--input-range", f"{lo:.4f},{hi:.4f}", "--target", "onnxruntime", "--target", "openvino",
+                     "--target", "tflite", "-o", str(art), "--overwrite"], log, check=False)
+        key = f"udfc{int(ratio * 100)}_int8_auto"
+        if r.returncode:
+            res[key] = {"status": "failed", "error": log[-1].get("error")}
+            continue
+        man = json.loads((art / "manifest.json").read_text())
+        rows = {}
+        for rt, e in man["exports"].items():
+            d = e.get("deploy") or {}
+            rows[rt] = {"form": d.get("form"), "why": d.get("why"), "precision": e.get("precision"),
+                        "ratio_to_fp32": ((d.get("speed") or {}).get("ratio_to_fp32") or {}),
+                        "accuracy": round(_accuracy(art, rt, e, x, y, args.limit), 4)}
+            print(key, rt, rows[rt], flush=True)
+        rep = man["method"]["report"]
+        res[key] = {"status": "written", "runtimes": rows, "params_ratio": round(rep["params_after"] /
+                                                                                  rep["params_before"], 3),
+                    "macs_ratio": round(rep["macs_after"] / rep["macs_before"], 3)}
+    res.update(commands=log, host_after=host(), date=time.strftime("%Y-%m-%d %H:%M"))
+    from edgekit.profile import provenance
+
+    res["provenance"] = provenance(threads=2)
+    prev = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    prev["resnet20"] = res
+    RESULTS.write_text(json.dumps(prev, indent=1, default=str))
+    print(f"wrote {RESULTS} (key 'resnet20')")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("ort-ov", "litert"), default="ort-ov",
+    ap.add_argument("--part", choices=("ort-ov", "litert", "resnet20"), default="ort-ov",
                     help="ort-ov: ONNX Runtime and OpenVINO (first slice); litert: LiteRT full-integer INT8")
     ap.add_argument("--limit", type=int, default=None, help="fashion-probe test images (default: the task's 1,000)")
     ap.add_argument("--skip-eval", action="store_true", help="latency and validation only")
@@ -178,6 +248,8 @@ def main() -> None:
     ek, log = edgekit_cmd(), []
     if args.part == "litert":
         return litert_part(ek, args)
+    if args.part == "resnet20":
+        return resnet20_part(ek, args)
     info = {"host_before": host(), "git": git_commit()}
     args.work.mkdir(parents=True, exist_ok=True)
     variants = {}
