@@ -153,7 +153,8 @@ def _own_head(model: torch.nn.Module) -> float:
     return float((head.predict(emb(te)) == yte).mean())
 
 
-def evaluate_variants(trained: Path | None, train_json: Path | None, corpus_path: Path, cpu_steps: int) -> dict:
+def evaluate_variants(trained: Path | None, train_json: Path | None, corpus_path: Path, cpu_steps: int,
+                      rows: list[str] | None = None, key: str = "eval") -> dict:
     """The goal table's rows through the public API (module doc)."""
     from edgekit.data import open_data
     from edgekit.eval import evaluate
@@ -183,6 +184,8 @@ def evaluate_variants(trained: Path | None, train_json: Path | None, corpus_path
                          f"{d.get('batch_size')} texts, {d.get('seconds', 0):.0f} s), loaded with load_binary",
                          {"load_binary": str(trained)}))
         res["gpu_training"] = tr
+    if rows:
+        variants = [v for v in variants if v[0] in rows]
     order = ["bipft_kd_gpu", "naive_w1a1", "estimators_no_kd", "bwn_w1a32"]  # the goal table's rows first
     variants.sort(key=lambda v: order.index(v[0]) if v[0] in order else len(order))
     for key, what, opts in variants:
@@ -201,7 +204,7 @@ def evaluate_variants(trained: Path | None, train_json: Path | None, corpus_path
         res["rows"].append(row)
         print(f"{key:18s} probe {row['probe_accuracy']:.3f} cos {row['cosine']:.3f} "
               f"own-head {row.get('probe_own_head', float('nan')):.3f}", flush=True)
-        _save("eval", res)
+        _save(key, res)
     return res
 
 
@@ -295,6 +298,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-4)
     ap.add_argument("--attn-weight", type=float, default=0.0)
     ap.add_argument("--cpu-steps", type=int, default=100)
+    ap.add_argument("--rows", default="", help="eval: only these variants (comma-separated keys)")
+    ap.add_argument("--key", default="eval", help="eval: results key (default eval)")
     a = ap.parse_args()
     if a.part == "corpus":
         print(corpus(a.corpus), "paragraphs")
@@ -304,7 +309,7 @@ def main() -> None:
         a.out.mkdir(parents=True, exist_ok=True)
         train(a.model_dir, a.corpus, a.out, a.budget_s, a.device, a.batch, a.lr, a.attn_weight)
     elif a.part == "eval":
-        evaluate_variants(a.trained, a.train_json, a.corpus, a.cpu_steps)
+        evaluate_variants(a.trained, a.train_json, a.corpus, a.cpu_steps, [r for r in a.rows.split(",") if r], a.key)
     else:
         export(a.trained)
 

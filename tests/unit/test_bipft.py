@@ -313,6 +313,9 @@ def test_cli_compress_tiny_bert_exports_one_bit_weights(tmp_path: Path) -> None:
     proto = onnx.load(str(out / "model.onnx"))
     assert sum(1 for i in proto.graph.initializer if i.data_type == onnx.TensorProto.FLOAT
                and int(np.prod(i.dims)) >= 64 * 64) == 0  # no float copy of a binary matrix is left
+    # and no activation-shaped constant (ones_like/neg of a [1, 16, d] activation folded by the exporter)
+    # (the folded position / token-type embedding lookups are the only [1, 16, 64] constants a BERT export has)
+    assert len([i.name for i in proto.graph.initializer if list(i.dims[:2]) == [1, 16]]) <= 2
     bad = subprocess.run([sys.executable, "-m", "edgekit.cli", "compress", str(tmp_path / "bert"), "--method",
                           "bipft", "--set", "rank=-1", "-o", str(tmp_path / "bad")], capture_output=True, text=True)
     assert bad.returncode == 2 and "rank" in bad.stderr and "Traceback" not in bad.stderr

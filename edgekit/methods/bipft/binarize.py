@@ -12,8 +12,10 @@ ALPHA_MIN = 1e-5
 
 
 def sign_pm(x: torch.Tensor) -> torch.Tensor:
-    """sgn with 0 -> +1: the ±1 code a 1-bit kernel stores (torch.sign would make exact zeros a third value)."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    """sgn with 0 -> +1: the ±1 code a 1-bit kernel stores (torch.sign would make exact zeros a third value).
+    Scalars, not ones_like(x): with static shapes the exporter folded ones_like/neg into activation-sized constants
+    (29 MB of a MiniLM export, read on every call)."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
 class _BWN(torch.autograd.Function):
