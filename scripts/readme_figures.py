@@ -259,6 +259,8 @@ def render_peer_baselines(r: Results) -> str:
         c = models[model]["cells"].get(v)
         if c is None:
             return "—"
+        if "metrics" not in c:  # the cell's command failed: say so, with the reason
+            return f"**failed**: {c.get('error', c.get('skipped', 'no result'))[:120]}"
         lite_w = c.get("info", {}).get("tflite", {}).get("weights", "")
         dep = c.get("info", {}).get("deploy") or {}
         lat = " · ".join(f"{_RT.get(rt, rt)} {x['latency_vs_fp32']:.2f}x"
@@ -284,8 +286,12 @@ def render_peer_baselines(r: Results) -> str:
     for v, label in PEER_LABELS.items():
         out.append(f"| {label} | {cell('minilm', v)} | {cell('efficientnet', v)} | {cell('smollm2', v)} |")
     out.append("")
-    out.append(source_line(["baselines.json"], [], f"`benchmarks/baselines.py`, updated "
-                           f"{r('baselines')['meta']['updated']}; sizes and ms in `benchmarks/results/baselines.md`"))
+    cmds = list(dict.fromkeys(_cmd(c["provenance"]) for m in models.values() for c in m["cells"].values()
+                              if c.get("provenance")))
+    old = sorted(f"{m}/{v}" for m, x in models.items() for v, c in x["cells"].items() if not c.get("provenance"))
+    out.append(source_line(["baselines.json"], cmds, f"updated {r('baselines')['meta']['updated']}; cells measured "
+                           f"before commands were recorded: {', '.join(old) or 'none'}; each edgekit cell also records "
+                           "its `edgekit compress` command; sizes and ms in `benchmarks/results/baselines.md`"))
     return "\n".join(out)
 
 
@@ -340,7 +346,39 @@ def render_own_model_walk(r: Results) -> str:
     return "\n".join(out)
 
 
+def render_genai(r: Results) -> str:
+    """SmolLM2 decode with a KV cache: every variant of genai.json's runs, each run's ratios to its own FP32."""
+    doc = r("genai")
+    runs = [("speed", "perplexity", "A")] + [(k, k.replace("speed", "perplexity"), chr(ord("B") + i))
+                                             for i, k in enumerate(sorted(x for x in doc if x.startswith("speed_")))]
+    out = ["| run | runtime | variant | perplexity docs / GPL-3 | decode tokens/s (vs FP32) | time to first token vs "
+           "FP32 | file MB | ms/token (floor) | greedy = FP32 |", "|---|---|---|---|---|---|---|---|---|"]
+    notes, cmds = [], []
+    for sk, pk, tag in runs:
+        sp, pp = doc.get(sk), doc.get(pk, {})
+        if not sp:
+            continue
+        for rt, rows in sp["runtimes"].items():
+            pr = (pp.get("runtimes") or {}).get(rt, {})
+            for name, x in rows.items():
+                if tag != "A" and name.startswith("fp32 ("):
+                    continue
+                q = pr.get(name)
+                pq = f"{ppl(q['python_docs'])} / {ppl(q['gpl3'])}" if q else "—"
+                out.append(f"| {tag} | {_RT.get(rt, rt)} | {name} | {pq} | {x['decode_tokens_per_s']:.1f} "
+                           f"({x['decode_vs_fp32']:.2f}x) | {x['ttft_vs_fp32']:.2f}x | {x['file_mb']:.0f} | "
+                           f"{x['ms_per_token']:.1f} ({x['floor_ms_per_token']:.1f}) | "
+                           f"{x['greedy_tokens_equal_to_fp32'].split(' ')[0]} |")
+        la = (sp.get("provenance") or {}).get("load", {}).get("loadavg") or ["?"]
+        cmds += [f"{_cmd(sp['provenance'])} (run {tag}, load {la[0]})"] + ([_cmd(pp["provenance"])] if pp else [])
+    out.append("")
+    out.append(source_line(["genai.json"], cmds, f"{doc['speed']['prompt_tokens']}-token prompt, {doc['speed']['new_tokens']} new tokens, 2 threads, rounds interleaved with "
+                           "FP32 in each run; floor = file bytes / single-thread copy bandwidth"))
+    return "\n".join(out)
+
+
 RENDERERS: dict[str, Callable[[Results], str]] = {
+    "genai-smollm2": render_genai,
     "own-model-walk": render_own_model_walk,
     "udfc-zoo": render_udfc_zoo,
     "llm_fp4-smollm2": render_llm_fp4_smollm2,
@@ -469,11 +507,11 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("llm_fp4", "minilm_wordnet10/variants/fpq_w4a8/probe_accuracy", f3),
       ("llm_fp4", "minilm_wordnet10/variants/fpq_w4a8/cosine", f3)]),
     ("(ANCHORS' NNCF INT4 {} / {}). NNCF INT4 (groups of 128, INT8 embeddings) gets {}; RTN W4 with the tied "
-     "embedding/lm_head quantized too {} (peer table)",
+     "embedding/lm_head quantized too {} (its KV-cache decoder, LLM section)",
      [("llm_fp4", "minilm_wordnet10/setup/anchors/nncf_int4_weights/probe", f3),
       ("llm_fp4", "minilm_wordnet10/setup/anchors/nncf_int4_weights/cosine", f3),
       ("baselines", "models/smollm2/cells/nncf_wc4/metrics/perplexity_python_docs", f1),
-      ("baselines", "models/smollm2/cells/rtn4/metrics/perplexity_python_docs", f1)]),
+      ("genai", "perplexity/runtimes/onnxruntime/rtn_w4/python_docs", f1)]),
     ("(MiniLM W4A4: {} of 36 linears;",
      [("llm_fp4", "export_int_w4a4_minilm_1x128/int_matmul/int_matmul_layers", str)]),
     ("W4A4 MatMulInteger {} FP32's time on ONNX Runtime and {} on OpenVINO, fake-quant {} / {}, at {} MB "
@@ -613,17 +651,25 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("baselines", lambda r: max(c["latency"]["onnxruntime"]["fp32_p50_ms"] for c in
                                   r.get("baselines", "models/minilm/cells").values()
                                   if "onnxruntime" in c.get("latency", {})), f0)]),
-    ("SmolLM2's files from {} failed edgekit's fp32 export validation on ONNX Runtime",
-     [("baselines", lambda r: ", ".join(PEER_LABELS[v].replace("edgekit ", "").replace(" (weight-only)", "")
-                                        for v, c in r.get("baselines", "models/smollm2/cells").items()
-                                        if "onnxruntime" in validation_failed(c)), str)]),
     ("Static per-tensor INT8 collapses SmolLM2 (ORT QDQ: perplexity {})",
      [("baselines", "models/smollm2/cells/ort_static_pt/metrics/perplexity_python_docs", ppl)]),
-    ("RTN W4 breaks EfficientNet-Lite0 (probe {}) and SmolLM2 (perplexity {}) but MiniLM keeps probe {}",
+    ("RTN W4 breaks EfficientNet-Lite0 (probe {}) and SmolLM2 (perplexity {} on 128-token windows, where FP32 has {}) "
+     "but MiniLM keeps probe {}",
      [("baselines", "models/efficientnet/cells/rtn4/metrics/probe_accuracy", f3),
       ("baselines", "models/smollm2/cells/rtn4/metrics/perplexity_python_docs", f1),
+      ("baselines", "models/smollm2/cells/rtn4/reference/perplexity_python_docs", f1),
       ("baselines", "models/minilm/cells/rtn4/metrics/probe_accuracy", f3)]),
-    ("magnitude 50% breaks EfficientNet-Lite0 (probe {}) and SmolLM2 (perplexity {}) and costs MiniLM {} points "
+    ("edgekit's `--deploy auto` row picks a form per runtime by measuring: EfficientNet-Lite0 (UDFC W8, data-free INT8)\n"
+     "keeps probe {} at ORT {}, OV {}, LiteRT {}, faster than each peer on its runtime; MiniLM (RTN W8)\nkeeps probe {} "
+     "at ORT {}, OV {}, LiteRT {} (on ORT its INT8 form measured {} but missed the 0.99\nmean-cosine floor",
+     [("baselines", "models/efficientnet/cells/edgekit_int8/metrics/probe_accuracy", f3)] +
+     [("baselines", f"models/efficientnet/cells/edgekit_int8/latency/{rt}/latency_vs_fp32", x2)
+      for rt in ("onnxruntime", "openvino", "tflite")] +
+     [("baselines", "models/minilm/cells/edgekit_int8/metrics/probe_accuracy", f3)] +
+     [("baselines", f"models/minilm/cells/edgekit_int8/latency/{rt}/latency_vs_fp32", x2)
+      for rt in ("onnxruntime", "openvino", "tflite")] +
+     [("baselines", "models/minilm/cells/edgekit_int8/info/deploy/onnxruntime/int8_vs_fp32_in_deploy_step", x2)]),
+    ("magnitude 50% breaks EfficientNet-Lite0 (probe {}) and SmolLM2 (perplexity {} there) and costs MiniLM {} points "
      "(probe {})",
      [("baselines", "models/efficientnet/cells/mag50/metrics/probe_accuracy", f3),
       ("baselines", "models/smollm2/cells/mag50/metrics/perplexity_python_docs", ppl),
