@@ -620,6 +620,17 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("baselines", "models/minilm/cells/fp32/reference/probe_accuracy", f3),
       ("baselines", "models/minilm/cells/fp32/reference/retrieval_top1", f3),
       ("baselines", "models/minilm/cells/fp32/reference/retrieval_top5", f3)]),
+    # LLM section
+    ("Group-wise scales take RTN W4's perplexity from {} (per channel, run A) to {} (`group_size=32`, run B); NNCF\n"
+     "INT4 g128 gets {} because",
+     [("genai", "perplexity/runtimes/onnxruntime/rtn_w4/python_docs", f2),
+      ("genai", "perplexity_rtn_w4_g32/runtimes/onnxruntime/rtn_w4_g32/python_docs", f2),
+      ("genai", "perplexity_rtn_w4_g32/runtimes/openvino/nncf_int4 (peer)/python_docs", f2)]),
+    ("Decode with g32: {} FP32's tokens/s on ONNX Runtime (MatMulNBits, fp32 compute), {} with int8 activations,\n"
+     "{} / {} on OpenVINO. onnxruntime-genai's own int4 model builder decodes at {}:",
+     [("genai", f"speed_rtn_w4_g32/runtimes/{rt}/{v}/decode_vs_fp32", x2)
+      for rt, v in (("onnxruntime", "rtn_w4_g32"), ("onnxruntime", "rtn_w4_g32+a8"), ("openvino", "rtn_w4_g32"),
+                    ("openvino", "rtn_w4_g32+a8"), ("onnxruntime", "ort-genai builder int4 (peer)"))]),
     # peer baselines prose
     ("NNCF INT8 PTQ on OpenVINO (EfficientNet {}, MiniLM {}, SmolLM2 {} at\nperplexity {} vs {})",
      [("baselines", f"models/{m}/cells/nncf_ptq/latency/openvino/latency_vs_fp32", x2)
