@@ -270,17 +270,10 @@ def export(trained: Path) -> dict:
 
 
 def _bitop_estimate(model: torch.nn.Module) -> dict:
-    """ESTIMATE (not measured): MACs at seq 128 with binary MACs counted as 1/64 of an FP32 MAC (XNOR-popcount on
-    64-bit words, the paper's bit-op accounting) vs all-FP32."""
-    cfg = model.bert.config
-    L, d, ff, n = 128, cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    lin = n * L * (4 * d * d + 2 * d * ff)
-    attn = n * 2 * L * L * d
-    est = n * L * (4 * d + 1) * 5 + n * 3 * L * L  # the FP estimators (rank 1)
-    fp = lin + attn
-    return {"label": "estimate for 1-bit hardware, bit-op accounting, not a measurement",
-            "fp32_macs": fp, "binary_macs": fp, "fp_extra_macs_estimators": est,
-            "speedup_estimate": fp / (fp / 64 + est)}
+    """ESTIMATE (not measured), the method's own (edgekit.methods.bipft.binary_hardware_estimate) at seq 128."""
+    from edgekit.methods.bipft import binary_hardware_estimate
+
+    return binary_hardware_estimate(model.bert.config, 128, 1)
 
 
 def main() -> None:

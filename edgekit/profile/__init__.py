@@ -31,7 +31,9 @@ JSON schema ("edgekit.profile/1"), the same for every runtime::
         "versions": {runtime: version, ...},
         "subprocess": {"wall_s", "worker_s", "overhead_s"},
         "host_load": {"loadavg_before", "loadavg_after", "cores", "threads", "seconds", "others_after_est",
-                      "high", "warning"}}]}
+                      "high", "warning"}}],
+     "hardware_estimates"?: [{"method", "label": "estimate (not measured): ...", "summary", ...}]}
+        (a method's estimate for hardware this host lacks, e.g. BiPFT on 1-bit kernels; the reports label it)
 
 Every latency is milliseconds per inference at the artifact's input shape; "estimate" blocks are never measurements.
 Every absolute figure carries the host load around its measurement; "high" (> 0.75 x cores of other work) adds a
@@ -110,6 +112,17 @@ def profile_one(art: Path, manifest: dict[str, Any], target: Any, cost: dict[str
     return res
 
 
+def hardware_estimates(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The labelled estimates a method recorded for hardware this host does not have (BiPFT: 1-bit kernels), with
+    the method's name; shown by the profile report as estimates, never as measurements."""
+    out = []
+    for m in manifest.get("methods") or ([manifest["method"]] if manifest.get("method") else []):
+        e = ((m.get("report") or {}).get("extra") or {}).get("hardware_estimate")
+        if isinstance(e, dict) and e.get("label", "").startswith("estimate"):
+            out.append({"method": m.get("name"), **e})
+    return out
+
+
 def profile_artifact(art: str | Path, targets: Sequence[Any], out_json: str | Path | None = None,
                      argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Profile `art` on each target (name, YAML path or TargetProfile), each in its own subprocess; `argv` (default
@@ -136,6 +149,9 @@ def profile_artifact(art: str | Path, targets: Sequence[Any], out_json: str | Pa
     doc = {"schema": SCHEMA, "kind": "profile", "created": now_iso(), "artifact": str(art), "host": host_info(),
            "provenance": provenance(argv, threads=max(t.threads for t in tgts)),
            "cost": cost, "results": [profile_one(art, manifest, t, cost, host) for t in tgts]}
+    hw = hardware_estimates(manifest)
+    if hw:
+        doc["hardware_estimates"] = hw
     if out_json is not None:
         from ..safety import write_own_json
 

@@ -179,6 +179,8 @@ def notes(doc: dict[str, Any]) -> list[str]:
                        f"{ops.get('note', '')}".strip())
         elif ops.get("note"):
             out.append(f"{r['target']}: {ops['note']}")
+    for e in doc.get("hardware_estimates", []):
+        out.append(f"{e['method']}: ESTIMATE, not measured ({e['label']}): {e['summary']}")
     for row in doc.get("rows", []):
         if row.get("slower"):
             out.append(f"{row['variant']} on {row['target']}: {row['slower']['summary']}")

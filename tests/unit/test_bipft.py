@@ -319,3 +319,19 @@ def test_cli_compress_tiny_bert_exports_one_bit_weights(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "edgekit.cli", "compress", str(tmp_path / "bert"), "--method",
                           "bipft", "--set", "rank=-1", "-o", str(tmp_path / "bad")], capture_output=True, text=True)
     assert bad.returncode == 2 and "rank" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_hardware_estimate_is_labelled_and_reaches_the_profile_report() -> None:
+    """The 1-bit-hardware gain is an estimate in the method report and is printed as one by the profile report."""
+    from edgekit.methods.bipft import binary_hardware_estimate
+    from edgekit.profile import hardware_estimates
+    from edgekit.profile.report import notes
+
+    cfg = transformers.BertConfig(hidden_size=384, num_hidden_layers=6, intermediate_size=1536)
+    e = binary_hardware_estimate(cfg, 128, 1)
+    assert e["label"].startswith("estimate (not measured)") and 40 < e["speedup"] < 64  # MiniLM: < the 64x bound
+    assert binary_hardware_estimate(cfg, 128, 8)["speedup"] < e["speedup"]  # wider FP estimators cost more
+    man = {"methods": [{"name": "bipft", "report": {"extra": {"hardware_estimate": e}}}]}
+    doc = {"results": [], "hardware_estimates": hardware_estimates(man)}
+    assert any(n.startswith("bipft: ESTIMATE, not measured") and f"~{e['speedup']:.0f}x" in n for n in notes(doc))
+    assert hardware_estimates({"methods": [{"name": "rtn", "report": {"extra": {}}}]}) == []
