@@ -351,6 +351,7 @@ def minilm_cli(names: list[str], limit: int | None, threads: int, work: Path):
     import numpy as np
 
     import edgekit
+    import edgekit.api
     from edgekit.artifact import read_manifest
     from edgekit.eval import evaluate
 
@@ -371,7 +372,8 @@ def minilm_cli(names: list[str], limit: int | None, threads: int, work: Path):
                                                           + (f" --limit {limit}" if limit else "")]}
         t0 = time.perf_counter()
         try:
-            edgekit.compress("minilm", "llm_fp4", dict(opts), art, data=str(calib), runtimes=["onnxruntime"])
+            edgekit.compress("minilm", "llm_fp4", dict(opts), art, data=edgekit.api.open_data(calib),
+                             runtimes=["onnxruntime"])
         except Exception as e:  # noqa: BLE001 - a failed compress is a result (e.g. its export failed validation)
             info.update(error=f"{type(e).__name__}: {str(e)[:400]}", compress_s=round(time.perf_counter() - t0, 1))
             yield name, info
