@@ -188,21 +188,21 @@ def evaluate_variants(trained: Path | None, train_json: Path | None, corpus_path
         variants = [v for v in variants if v[0] in rows]
     order = ["bipft_kd_gpu", "naive_w1a1", "estimators_no_kd", "bwn_w1a32"]  # the goal table's rows first
     variants.sort(key=lambda v: order.index(v[0]) if v[0] in order else len(order))
-    for key, what, opts in variants:
+    for name, what, opts in variants:
         t0 = time.perf_counter()
         m, rep = bipft.apply(copy.deepcopy(model), bipft.Config(progress=False, **opts), data)
         r = evaluate(m.eval(), "wordnet10", options=WN)["metrics"]
-        row = {"variant": key, "what": what, "options": opts, "probe_accuracy": r["probe_accuracy"],
+        row = {"variant": name, "what": what, "options": opts, "probe_accuracy": r["probe_accuracy"],
                "cosine": r["cosine"], "retrieval_top1": r["retrieval_top1"],
                "bits_per_encoder_linear_weight": rep.extra["bits_per_encoder_linear_weight"],
                "bits_per_encoder_weight_with_fp_side_params": rep.extra["bits_per_encoder_weight_with_fp_side_params"],
                "distillation": rep.extra.get("distillation"), "estimator_fit": rep.extra.get("estimator_fit"),
                "seconds": time.perf_counter() - t0}
-        if key == "bipft_kd_gpu":
+        if name == "bipft_kd_gpu":
             row["probe_own_head"] = _own_head(m)
             res["fp32"]["probe_own_head"] = _own_head(model)
         res["rows"].append(row)
-        print(f"{key:18s} probe {row['probe_accuracy']:.3f} cos {row['cosine']:.3f} "
+        print(f"{name:18s} probe {row['probe_accuracy']:.3f} cos {row['cosine']:.3f} "
               f"own-head {row.get('probe_own_head', float('nan')):.3f}", flush=True)
         _save(key, res)
     return res

@@ -620,6 +620,21 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("baselines", "models/minilm/cells/fp32/reference/probe_accuracy", f3),
       ("baselines", "models/minilm/cells/fp32/reference/retrieval_top1", f3),
       ("baselines", "models/minilm/cells/fp32/reference/retrieval_top5", f3)]),
+    # BiPFT
+    ("(5,700 steps of 64 texts, 469 s on the H200, loaded here with `load_binary`): probe {}, cosine {}, {} with\na head "
+     "fitted on its own embeddings; naive W1A1 (no estimators, no distillation) {} (chance); estimators fitted\nwithout "
+     "distillation {}; BWN weights with FP activations {}.",
+     [("bipft", lambda r, v=v, k=k: next(x for x in r.get("bipft", "eval/rows") if x["variant"] == v)[k], f3)
+      for v, k in (("bipft_kd_gpu", "probe_accuracy"), ("bipft_kd_gpu", "cosine"), ("bipft_kd_gpu", "probe_own_head"),
+                   ("naive_w1a1", "probe_accuracy"), ("estimators_no_kd", "probe_accuracy"),
+                   ("bwn_w1a32", "probe_accuracy"))]),
+    ("keeps probe {} through ONNX Runtime; its model.onnx\nis {} MB (FP32 {} MB; 11.7 MB of it the int8 word embeddings) "
+     "and runs at {} FP32's time on ONNX Runtime and\n{} on OpenVINO (the int8 ±1 form: {} / {};",
+     [("bipft", "export/artifacts/packed/probe_onnxruntime/probe_accuracy", f3),
+      ("bipft", lambda r: r.get("bipft", "export/artifacts/packed/file_bytes")["model.onnx"] / 1e6, f1),
+      ("bipft", lambda r: r.get("bipft", "export/fp32_onnx_bytes") / 1e6, f1)] +
+     [("bipft", f"export/latency_seq128_2threads/{rt}/ratio_vs_fp32/{st}", x2)
+      for st, rt in (("packed", "onnxruntime"), ("packed", "openvino"), ("int8", "onnxruntime"), ("int8", "openvino"))]),
     # LLM section
     ("Group-wise scales take RTN W4's perplexity from {} (per channel, run A) to {} (`group_size=32`, run B); NNCF\n"
      "INT4 g128 gets {} because",
