@@ -620,6 +620,15 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("baselines", "models/minilm/cells/fp32/reference/probe_accuracy", f3),
       ("baselines", "models/minilm/cells/fp32/reference/retrieval_top1", f3),
       ("baselines", "models/minilm/cells/fp32/reference/retrieval_top5", f3)]),
+    # deploy: ResNet-20
+    ("full-integer LiteRT file passed it yet scored {} against FP32's {} (the ORT and OpenVINO INT8 files kept\n  {} / {} "
+     "at {} / {} FP32's time)",
+     [("deploy_int8", "resnet20/udfc0_int8_auto/runtimes/tflite/accuracy", f3),
+      ("deploy_int8", "resnet20/fp32_accuracy/tflite", f4),
+      ("deploy_int8", "resnet20/udfc0_int8_auto/runtimes/onnxruntime/accuracy", f4),
+      ("deploy_int8", "resnet20/udfc0_int8_auto/runtimes/openvino/accuracy", f4),
+      ("deploy_int8", "resnet20/udfc0_int8_auto/runtimes/onnxruntime/ratio_to_fp32/int8", x2),
+      ("deploy_int8", "resnet20/udfc0_int8_auto/runtimes/openvino/ratio_to_fp32/int8", x2)]),
     # BiPFT
     ("(5,700 steps of 64 texts, 469 s on the H200, loaded here with `load_binary`): probe {}, cosine {}, {} with\na head "
      "fitted on its own embeddings; naive W1A1 (no estimators, no distillation) {} (chance); estimators fitted\nwithout "
