@@ -506,11 +506,12 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("llm_fp4", "minilm_wordnet10/setup/anchors/nncf_int8_ptq/cosine", f3),
       ("llm_fp4", "minilm_wordnet10/variants/fpq_w4a8/probe_accuracy", f3),
       ("llm_fp4", "minilm_wordnet10/variants/fpq_w4a8/cosine", f3)]),
-    ("(ANCHORS' NNCF INT4 {} / {}). NNCF INT4 (groups of 128, INT8 embeddings) gets {}; RTN W4 with the tied "
-     "embedding/lm_head quantized too {} (its KV-cache decoder, LLM section)",
+    ("(ANCHORS' NNCF INT4 {} / {}). The same FPQ W8A8",
      [("llm_fp4", "minilm_wordnet10/setup/anchors/nncf_int4_weights/probe", f3),
-      ("llm_fp4", "minilm_wordnet10/setup/anchors/nncf_int4_weights/cosine", f3),
-      ("baselines", "models/smollm2/cells/nncf_wc4/metrics/perplexity_python_docs", f1),
+      ("llm_fp4", "minilm_wordnet10/setup/anchors/nncf_int4_weights/cosine", f3)]),
+    ("NNCF INT4 (groups of 128, INT8 embeddings) gets {}; RTN W4 with the tied "
+     "embedding/lm_head quantized too {} (its KV-cache decoder, LLM section)",
+     [("baselines", "models/smollm2/cells/nncf_wc4/metrics/perplexity_python_docs", f1),
       ("genai", "perplexity/runtimes/onnxruntime/rtn_w4/python_docs", f1)]),
     ("(MiniLM W4A4: {} of 36 linears;",
      [("llm_fp4", "export_int_w4a4_minilm_1x128/int_matmul/int_matmul_layers", str)]),
