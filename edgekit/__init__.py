@@ -17,9 +17,36 @@ attribute to the submodule once it is imported, so the functions are published a
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from typing import Any
 
 __version__ = "0.1.0"
+
+
+def _no_telemetry() -> None:
+    """Keep OpenVINO's and NNCF's usage telemetry off in edgekit processes (EDGEKIT_ALLOW_TELEMETRY=1 allows it).
+
+    Why: openvino_telemetry sends a usage event to Google Analytics on every `convert_model` / NNCF call unless the
+    user ran its opt-out script; an edge toolkit should not phone home on the user's behalf. It also sends from a
+    forked multiprocessing child started in a thread; forked after JAX/TF threads exist (LiteRT export), such a
+    child can deadlock, and the interpreter then hangs at exit joining it (seen once in a full test run here).
+    With the module marked absent (None in sys.modules), OpenVINO and NNCF fall back to their own no-op stubs."""
+    if os.environ.get("EDGEKIT_ALLOW_TELEMETRY") == "1":
+        return
+    mod = sys.modules.get("openvino_telemetry")
+    if mod is None:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # `import` now raises ImportError
+        return
+    try:  # imported before edgekit: silence the sender instead
+        from openvino_telemetry.backend import backend_ga4
+
+        backend_ga4.GA4Backend.send = lambda *_a, **_k: None
+    except Exception:  # noqa: BLE001 - a changed telemetry package must never break edgekit
+        pass
+
+
+_no_telemetry()
 
 _API = {"load_model": ("edgekit.model_io", "load_model"), "compress": ("edgekit.api", "compress"),
         "compress_chain": ("edgekit.api", "compress_chain"), "export_model": ("edgekit.api", "export"),

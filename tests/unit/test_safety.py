@@ -467,3 +467,21 @@ def test_manifest_type_names_the_bad_field_on_read_and_on_write(tmp_path, edit, 
     with pytest.raises(ArtifactError, match="field 'inputs"):
         update_manifest(art, {"inputs": [{"name": "x", "shape": [0]}]})
     assert json.loads((art / "manifest.json").read_text()) == good  # nothing written
+
+
+def test_openvino_telemetry_stays_off_in_edgekit_processes(tmp_path):
+    """No usage event leaves an edgekit process (OpenVINO/NNCF fall back to their no-op stubs), and OpenVINO's
+    conversion still works; EDGEKIT_ALLOW_TELEMETRY=1 leaves the package importable."""
+    import subprocess
+    import sys
+
+    code = ("import edgekit, sys\n"
+            "try:\n    import openvino_telemetry\n    print('imported')\nexcept ImportError:\n    print('blocked')\n"
+            "from openvino.tools.ovc import telemetry_utils\n"
+            "print(telemetry_utils.tm.__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "EDGEKIT_ALLOW_TELEMETRY": "0"})
+    assert out.stdout.split() == ["blocked", "openvino.tools.ovc.telemetry_stub"], out.stdout + out.stderr
+    out = subprocess.run([sys.executable, "-c", code.split("from openvino")[0]], capture_output=True, text=True,
+                         timeout=120, env={**__import__("os").environ, "EDGEKIT_ALLOW_TELEMETRY": "1"})
+    assert out.stdout.split() == ["imported"], out.stdout + out.stderr
