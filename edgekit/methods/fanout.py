@@ -10,7 +10,8 @@ splits and why the results stay equal):
 - `ray_address`: join a running cluster (HOST:PORT or ray://HOST:PORT, as `edgekit bench --address`) instead of
   starting a local instance. Needs executor=ray.
 
-Each task takes 1 CPU, runs torch with 1 thread (`torch.set_num_threads(1)`) and is retried by Ray when its worker
+Each task takes 1 CPU (scheduling strategy SPREAD, so every node gets work), runs torch with 1 thread
+(`torch.set_num_threads(1)`) and is retried by Ray when its worker
 process dies (ray_executor.RETRIES); an exception in a task, or Ctrl-C, cancels every pending task. Data shared by
 all tasks (OPTIN: the scorer, i.e. the model plus its reference activations) goes into the object store once
 (`ray.put`) and is deserialized once per worker process (`Shared`). Results come back by task index and are merged
@@ -89,7 +90,10 @@ class Pool:
 
         self.method, self.info = method, info
         self.slots = int(workers or max(1, sum(n["cpus"] for n in info["nodes"])))
-        self._remote = ray.remote(_task).options(num_cpus=1, max_retries=retries, retry_exceptions=False)
+        # SPREAD: Ray's default packs short tasks onto the driver's node while it has room, which left a second node
+        # idle (seen in a test run: 16 LLM-FP4 tasks, all on the head); a fan-out is meant to use every node
+        self._remote = ray.remote(_task).options(num_cpus=1, max_retries=retries, retry_exceptions=False,
+                                                 scheduling_strategy="SPREAD")
         self._refs: list[Any] = []
         self._where: list[dict[str, Any]] = []
 
