@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import re
 
 import numpy as np
 import pytest
@@ -405,6 +406,16 @@ def test_export_validates_and_the_file_holds_the_power_of_two_codes(tmp_path, bi
         assert 0 not in np.unique(arr)
     stored = man["integer_weights"]["weight_bytes_stored"] * 8 / rep.extra["converted_weights"]
     assert stored == (8 if storage == "int8" else bits) == rep.extra["stored_bits_per_converted_weight"]
+    if storage == "packed" and "openvino" in runtimes:  # the IR keeps the bit planes as bytes, not floats
+        import openvino as ov
+
+        ir = ov.Core().read_model(str(art / man["exports"]["openvino"]["file"]))
+        consts = {op.get_friendly_name(): op for op in ir.get_ordered_ops() if op.get_type_name() == "Constant"}
+        planes = {i.name: i for i in onnx.load(str(art / "model.onnx")).graph.initializer if re.search(r"__bp\d+$", i.name)}
+        assert len(planes) == 3 * bits and set(planes) <= set(consts)
+        assert all(str(consts[n].get_element_type()) == "<Type: 'uint8_t'>" for n in planes)
+        f32 = sum(op.get_byte_size() for op in consts.values() if "float32" in str(op.get_element_type()))
+        assert f32 < 4 * rep.extra["converted_weights"] / 4, f32  # no float copy of the converted weights
 
 
 # ------------------------------------------------------------------ data: image folder and IDX folder
