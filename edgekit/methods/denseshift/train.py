@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from typing import Any
 
 import torch
@@ -147,6 +148,7 @@ def finetune(model: nn.Module, teacher: nn.Module | None, data: Any, cfg: Any, d
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
     rng_devs = [dev] if dev.type == "cuda" else []
+    t_loop = time.perf_counter()
     with torch.random.fork_rng(devices=rng_devs), _progress(cfg.progress) as bar:
         task = bar.add_task("fine-tuning", total=steps, completed=start)
         for step in range(start, steps):
@@ -173,10 +175,12 @@ def finetune(model: nn.Module, teacher: nn.Module | None, data: Any, cfg: Any, d
                 snaps = [cur]
                 frozen.append(float((changed_at <= len(flips) - 5).float().mean()) if len(flips) >= 5 else None)
             ck.save(model, opt, step + 1, cfg.checkpoint_every, steps)
+    loop_s = time.perf_counter() - t_loop
     model.eval()
     tail = max(1, len(losses) // 10)
     return {"steps": steps, "resumed_at": start, "loss": kind, "optimizer": cfg.optimizer, "lr": cfg.lr,
-            "batch_size": cfg.batch_size, "device": str(dev), "fixed_batch_loss_before": before,
+            "batch_size": cfg.batch_size, "device": str(dev), "loop_seconds": round(loop_s, 2),
+            "seconds_per_step": round(loop_s / max(1, steps - start), 4), "fixed_batch_loss_before": before,
             "fixed_batch_loss_after": fixed_loss(), "train_loss_first": losses[0] if losses else None,
             "train_loss_last": sum(losses[-tail:]) / tail if losses else None,
             "freezing": {"every_steps": every, "flip_rate": flips, "sign_flip_rate": sign_flips,
