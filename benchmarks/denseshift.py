@@ -319,7 +319,8 @@ def _effnet_row(src: Path, opts: dict, out: Path, limit: int | None, threads: in
     secs = time.perf_counter() - t0
     man = read_manifest(art)
     rep = man["method"]["report"]
-    ev = edgekit.evaluate(art, "fashion-probe", runtime="onnxruntime", limit=limit, threads=threads)
+    ev = edgekit.evaluate(art, "fashion-probe", runtime="onnxruntime", limit=limit, threads=threads,
+                          reference="efficientnet-lite0")  # derived from the built-in model (a state dict of it)
     ex = rep.get("extra", {})
     method = opts.get("method", "denseshift")
     row = {"method": method, "options": {k: v for k, v in opts.items() if k != "method"},
@@ -336,7 +337,8 @@ def _effnet_row(src: Path, opts: dict, out: Path, limit: int | None, threads: in
                        + " ".join(f"--set {k}={v}" for k, v in opts.items() if k != "method")
                        + (f" --data {data.name} --deploy {deploy}" if deploy else "")
                        + "".join(f" --target {r}" for r in runtimes) + f" -o {out.name}"
-                       + f"; edgekit eval {out.name} --task fashion-probe --runtime onnxruntime"
+                       + f"; edgekit eval {out.name} --task fashion-probe --runtime onnxruntime "
+                       "--reference efficientnet-lite0"
                        + (f" --limit {limit}" if limit else ""))}
     if method == "denseshift":
         row.update(bits_per_converted_weight=ex.get("bits_per_converted_weight"),

@@ -22,7 +22,8 @@ records and checked against its checksum; --reference PATH if it moved; a source
 again): image-folder --data DIR (ImageFolder layout, labels optional), text-embed --data FILE (a sentence per
 line), perplexity-file --data FILE (causal LMs), npz --data FILE.npz (input arrays). Built-in tasks score only
 their built-in model: digits (demo), fashion-probe (efficientnet-lite0), wordnet10 (minilm), perplexity
-(smollm2). Task options: --set key=value (e.g. --set px=64, --set mean=[0.5]). FP32 references of built-in tasks
+(smollm2); a model derived from one (fine-tuned, then compressed from a state dict) is scored with --reference
+NAME (e.g. --reference efficientnet-lite0). Task options: --set key=value (e.g. --set px=64, --set mean=[0.5]). FP32 references of built-in tasks
 are cached under $EDGEKIT_CACHE (default ~/.cache/edgekit)."""
 
 
@@ -57,7 +58,8 @@ def register(app: typer.Typer) -> None:
         json_out: Annotated[Path | None, typer.Option("--json", help="also write the result as JSON here")] = None,
         data: Annotated[Path | None, typer.Option("--data", help="your data, for the generic tasks")] = None,
         reference: Annotated[str | None, typer.Option(
-            "--reference", help="FP32 source to compare with, when the recorded one moved (checksum checked)")] = None,
+            "--reference", help="FP32 source to compare with, when the recorded one moved (checksum checked); for a "
+            "built-in task, the built-in model the scored one derives from")] = None,
         input_shape: InputShapeOpt = None, arch: ArchOpt = None, arch_args: ArchArgsOpt = None,
         allow_class: AllowClassOpt = None, trust_pickle: TrustPickleOpt = False,
     ) -> None:

@@ -10,6 +10,9 @@ Tasks (each offline; see the task module's docstring for its data and subsample)
 
 These four score only their built-in model: an artifact whose recorded source (followed back through chained
 artifacts) is another model, or has other weights (checksum), is refused with one line naming the generic tasks.
+A model *derived* from the built-in one (fine-tuned, converted, saved as a state dict and compressed from there)
+is scored when the caller names that built-in model as `reference` (`--reference efficientnet-lite0`): the fixed
+head and FP32 reference stay the built-in model's, and the result says the source check was declared away.
 FP32 references (probe heads, reference outputs) are computed once with the built-in FP32 model and cached under
 `<cache>/eval/`, keyed by the sha256 of its weight file and the task options.
 
@@ -164,9 +167,20 @@ def evaluate(model_or_artifact: Any, task: str, runtime: str | None = None, limi
         ctx = build_ctx(model_or_artifact, data, source, reference, runtime, limit, threads)
         res = {**mod.run(ctx, cfg), "fp32_source": ctx.info.get("reference", ctx.reference.source)}
     else:
-        check_builtin_source(task, model_or_artifact)
+        derived = None
+        if reference is not None:  # "this model derives from the built-in one": the caller vouches (module doc)
+            if str(reference) not in BUILTIN_SOURCES[task]:
+                raise ConfigError(f"--reference {reference}: task {task} compares with its built-in "
+                                  f"{' / '.join(BUILTIN_SOURCES[task])}; name that model to score a model derived "
+                                  "from it (fine-tuned, converted), or leave --reference out")
+            derived = str(reference)
+        else:
+            check_builtin_source(task, model_or_artifact)
         model = resolve_model(model_or_artifact)
         res = mod.run(model, cfg, runtime=runtime, limit=limit, threads=threads)
+        if derived is not None:
+            res["derived_from"] = (f"{derived} (declared by the caller with --reference; the source check was not "
+                                   "made)")
     res = {"task": task, "model": str(model_or_artifact) if not hasattr(model_or_artifact, "state_dict")
            else type(model_or_artifact).__name__, **res}
     res.setdefault("options", cfg.model_dump())  # a task reports its effective options if it changed them

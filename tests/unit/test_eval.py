@@ -139,3 +139,28 @@ def test_artifact_predictor_treats_declared_dynamic_axes_as_free(tmp_path):
     update_manifest(art, {"inputs": [{"name": "x", "shape": shape, "dtype": "float32", "dynamic": {2: "h"}}]})
     p = artifact_predictor(art, "onnxruntime", 1)
     assert p.static_dim("x", 2) is None and p.static_dim("x", 3) == shape[3] and p.batch == shape[0]
+
+
+def test_builtin_task_scores_a_derived_artifact_only_when_the_caller_names_the_reference(tmp_path: Path) -> None:
+    """A state dict fine-tuned from the demo model, compressed from that file: refused by the source check, scored
+    against the demo's own reference with `reference="demo"`, refused with a reference the task does not use."""
+    from safetensors.torch import save_file
+
+    from edgekit import api
+
+    m = copy.deepcopy(load_demo_model())
+    with torch.no_grad():  # "fine-tuned": other weights than the built-in file's
+        m.fc.weight.add_(0.01 * torch.randn_like(m.fc.weight, generator=torch.Generator().manual_seed(1)))
+    sd = tmp_path / "derived.safetensors"
+    save_file(m.state_dict(), str(sd))
+    art = api.compress(sd, "rtn", {"bits": 8}, tmp_path / "art", input_shape="1x1x8x8",
+                       arch="edgekit.models.digits_cnn:build", runtimes=["onnxruntime"])
+    with pytest.raises(ConfigError, match="scores only the built-in demo"):
+        evaluate(art, "digits", runtime="onnxruntime")
+    with pytest.raises(ConfigError, match="--reference minilm"):
+        evaluate(art, "digits", runtime="onnxruntime", reference="minilm")
+    res = evaluate(art, "digits", runtime="onnxruntime", reference="demo")
+    ref = evaluate("demo", "digits")
+    assert res["derived_from"].startswith("demo") and res["runtime"] == "onnxruntime"
+    assert res["reference"] == ref["reference"] and res["samples"] == ref["samples"]
+    assert 0.9 < res["metrics"]["agreement"] <= 1.0  # small weight change + 8-bit: close to the demo, not equal
