@@ -265,13 +265,17 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
                    min_fidelity: float | None = None, kv_cache: bool = False, keep_program: bool = False,
                    fidelity_metric: str = "auto", input_range: tuple[float, float] | None = None) -> Path:
     """Apply methods in order (e.g. structured pruning, then quantization) and write one artifact (see compress for
-    `keep_program`)."""
+    `keep_program`). `data` is a DataSource (`open_data`) or the path of a file/folder, as `--data` takes it."""
     from . import fidelity
     from .flops import count_macs, count_params
 
     fidelity.check_min_fidelity(min_fidelity)
     fidelity.model_role(nn.Identity(), fidelity_metric)  # a bad --fidelity-metric fails before any work
     opts = SourceOptions(arch, dict(arch_args or {}), list(allow_class or []), trust_pickle, input_shape, dynamic)
+    if isinstance(data, (str, Path)):  # a file or folder, as the CLI's --data takes it
+        from .data import open_data as _open
+
+        data = _open(data)
     plan, rts = _plan(chain, runtimes, data)
     if deploy is not None:  # before any work
         from .deploy import check_request

@@ -224,6 +224,20 @@ def test_api_compress_deploy_int8_and_auto(tmp_path):
     assert med[chosen] == min(med.values()) and med[chosen] <= med["fp32"]  # auto never keeps a slower form
 
 
+def test_api_compress_takes_a_data_path_and_calibrates_on_it(tmp_path):
+    """api.compress(data="file.npz") opens the file as --data does (it was ignored as an unknown object before,
+    and the deploy fell back to data-free ranges without a word)."""
+    from edgekit import api
+    from edgekit.models.digits_cnn import digits_split
+
+    x = digits_split()[0][:8].numpy()
+    np.savez(tmp_path / "calib.npz", x=x)
+    art = api.compress("demo", "rtn", {"bits": 8}, tmp_path / "a", runtimes=["onnxruntime"], deploy="int8",
+                       data=str(tmp_path / "calib.npz"))
+    cal = json.loads((art / "manifest.json").read_text())["exports"]["onnxruntime"]["deploy"]["int8"]["calibration"]
+    assert cal == {"method": "minmax", "samples": 8}, cal
+
+
 def test_api_deploy_fails_closed_on_broken_ranges(tmp_path, monkeypatch):
     from edgekit import api
 
