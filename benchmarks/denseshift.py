@@ -160,8 +160,10 @@ def shift_estimate() -> dict:
             "estimated_model_speedup": round(1 / ((1 - f) + f / 1.6), 3)}
 
 
-def part_train(dev: str, steps: int, out_dir: Path, limit: int | None, opts: dict) -> dict:
-    """Fine-tune each FINETUNE variant from the FP32 weights; save state dicts + records (module doc)."""
+def part_train(dev: str, steps: int, out_dir: Path, limit: int | None, opts: dict, scratch: bool = False,
+               variants: list[tuple[str, int]] | None = None) -> dict:
+    """Fine-tune each FINETUNE variant from the FP32 weights; save state dicts + records (module doc). `scratch`:
+    train from scratch instead (random float layers, the spec's low-variance latent init, init=lowvar)."""
     from safetensors.torch import load_file, save_file
 
     from edgekit.data import DataSource
@@ -175,10 +177,13 @@ def part_train(dev: str, steps: int, out_dir: Path, limit: int | None, opts: dic
     data = DataSource([xtr, ytr], source="fashion-mnist train (60k, uint8)")
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors, records = {}, {}
-    for variant, bits in FINETUNE:
+    for variant, bits in variants or FINETUNE:
+        torch.manual_seed(0)
         model = tfr.build()
-        model.load_state_dict(load_file(str(tfr.WEIGHTS)))
-        o = {"bits": bits, "variant": variant, "train_steps": steps, "device": dev, "progress": False, **NORM, **opts}
+        if not scratch:
+            model.load_state_dict(load_file(str(tfr.WEIGHTS)))
+        o = {"bits": bits, "variant": variant, "train_steps": steps, "device": dev, "progress": False, **NORM,
+             **({"init": "lowvar"} if scratch else {}), **opts}
         t0 = time.perf_counter()
         model, rep = ds.apply(model.eval(), parse_config(ds, o), data)
         secs = time.perf_counter() - t0
@@ -193,6 +198,7 @@ def part_train(dev: str, steps: int, out_dir: Path, limit: int | None, opts: dic
             tensors[f"{name}::{k}"] = v.detach().contiguous()
     save_file(tensors, str(out_dir / "trained.safetensors"))
     rec = {"device": dev, "torch": torch.__version__, "steps": steps, "records": records, "test_images": len(xte),
+           "from_scratch": scratch,
            "argv": sys.argv,
            "gpu": torch.cuda.get_device_name(0) if dev.startswith("cuda") else None}
     (out_dir / "trained.json").write_text(json.dumps(rec, indent=1) + "\n")
@@ -235,8 +241,8 @@ def part_export(trained_dir: Path, threads: int, limit: int | None) -> dict:
         row.update(fine_tuned=True, training=r["training"], train_seconds=r["seconds"],
                    accuracy_torch_train_device=r["accuracy_torch"], train_options=r["options"],
                    train_command=_train_command(rec, r["options"]))
-        rows[f"{name}_ft{rec['steps']}"] = row
-        print(f"  {name}_ft{rec['steps']}: ORT acc {row['accuracy_ort']:.4f} (torch on {rec['device']}: "
+        rows[f"{name}_{'scratch' if rec.get('from_scratch') else 'ft'}{rec['steps']}"] = row
+        print(f"  {name} ({'from scratch' if rec.get('from_scratch') else 'fine-tuned'}, {rec['steps']} steps): ORT acc {row['accuracy_ort']:.4f} (torch on {rec['device']}: "
               f"{r['accuracy_torch']:.4f}), conversion error {row['conversion_rel_error_max']:.1e}", flush=True)
     return {"test_images": len(xte), "train_device": rec["device"], "gpu": rec.get("gpu"), "steps": rec["steps"],
             "rows": rows, "artifacts_dir": str(tmp)}
@@ -347,9 +353,11 @@ def _effnet_row(src: Path, opts: dict, out: Path, limit: int | None, threads: in
                    layers_kept_float=sorted(rep.get("layers_skipped", [])))
     if deploy:
         row["deploy"] = {rt: {"form": d.get("form"), "why": d.get("why"), "speed": d.get("speed"),
-                              "weight_codes": (d.get("int8") or {}).get("weight_codes"),
-                              "int8_validation_passed": (d.get("int8_validation") or {}).get("passed")}
-                         for rt, d in man.get("deploy", {}).items()}
+                              "calibration": (d.get("int8") or {}).get("calibration"),
+                              "weight_codes": {k: v for k, v in ((d.get("int8") or {}).get("weight_codes") or {}).items()
+                                               if k != "not_exact"},
+                              "validation_passed": man["exports"][rt]["validation"].get("passed")}
+                         for rt, d in ((rt, e.get("deploy") or {}) for rt, e in man["exports"].items())}
     print(f"  {out.name}: probe {row['probe_accuracy']:.3f} (FP32 {row['probe_fp32']:.3f}), top-1 agreement "
           f"{row['top1_agreement']:.3f}, model.onnx {row['model_onnx_bytes'] / 1e6:.2f} MB ({secs:.0f} s)", flush=True)
     return row
@@ -466,6 +474,8 @@ def main() -> None:
     ap.add_argument("--trained-dir", type=Path, default=ROOT / "out" / "denseshift_trained")
     ap.add_argument("--data-dir", type=Path, default=None, help="Fashion-MNIST IDX folder (default: Debian's)")
     ap.add_argument("--set", action="append", default=[], help="extra method option key=value for --part train")
+    ap.add_argument("--scratch", action="store_true", help="--part train: from scratch (init=lowvar), no FP32 start")
+    ap.add_argument("--variants", default=None, help="--part train: e.g. denseshift:3,pot_zero:3 (default: all four)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -485,7 +495,8 @@ def main() -> None:
         res.setdefault("convert", {})["shift_accelerator"] = shift_estimate()
     if "train" in parts:
         extra = dict(_option(s) for s in a.set)
-        part_train(a.device, a.steps, a.trained_dir, a.limit, extra)
+        vs = [(v.split(":")[0], int(v.split(":")[1])) for v in a.variants.split(",")] if a.variants else None
+        part_train(a.device, a.steps, a.trained_dir, a.limit, extra, scratch=a.scratch, variants=vs)
         if "export" not in parts:
             return  # the GPU machine has no exporters; the records travel back with the state dicts
     if "train_effnet" in parts:
@@ -493,6 +504,9 @@ def main() -> None:
         return  # the records travel back with the state dict; `--part effnet` reads them
     if "export" in parts:
         res["export"] = part_export(a.trained_dir, a.threads, a.limit)
+    if "export_scratch" in parts:  # rows of several from-scratch trained dirs accumulate
+        r = part_export(a.trained_dir, a.threads, a.limit)
+        res["export_scratch"] = {**r, "rows": {**res.get("export_scratch", {}).get("rows", {}), **r["rows"]}}
     if "effnet" in parts:
         res["effnet"] = part_effnet(a.trained_dir, a.threads, a.limit)
     res.setdefault("wall_seconds", {})[a.part] = round(time.perf_counter() - t0, 1)

@@ -215,21 +215,58 @@ def render_denseshift(r: Results) -> str:
 
     def bits(x):
         return f"{x['bits_per_converted_weight']:.0f} / {x['stored_bits_per_converted_weight']:.0f}"
-    rows = [("DenseShift 3-bit", conv["denseshift_noft_w3"], ft["denseshift_w3_ft2000"]),
-            ("DenseShift 2-bit", conv["denseshift_noft_w2"], ft["denseshift_w2_ft2000"]),
-            ("with zeros 3-bit {0,±1,±2,±4}", conv["pot_zero_noft_w3"], ft["pot_zero_w3_ft2000"]),
-            ("with zeros 2-bit {0,±1}", conv["pot_zero_noft_w2"], ft["pot_zero_w2_ft2000"]),
-            ("DenseShift 4-bit", conv["denseshift_noft_w4"], None)]
-    out = ["| variant | conversion only | fine-tuned | bits / converted weight (info / file) |",
-           "|---|---|---|---|"]
-    for label, a, b in rows:
-        out.append(f"| {label} | {acc(a)} | {acc(b) if b else ''} | {bits(a)} |")
+    sc = d.get("export_scratch", {}).get("rows", {})
+    n_sc = d.get("export_scratch", {}).get("steps")
+    rows = [("DenseShift 3-bit", conv["denseshift_noft_w3"], ft["denseshift_w3_ft2000"], "denseshift_w3"),
+            ("DenseShift 2-bit", conv["denseshift_noft_w2"], ft["denseshift_w2_ft2000"], "denseshift_w2"),
+            ("with zeros 3-bit {0,±1,±2,±4}", conv["pot_zero_noft_w3"], ft["pot_zero_w3_ft2000"], "pot_zero_w3"),
+            ("with zeros 2-bit {0,±1}", conv["pot_zero_noft_w2"], ft["pot_zero_w2_ft2000"], "pot_zero_w2"),
+            ("DenseShift 4-bit", conv["denseshift_noft_w4"], None, None)]
+    out = ["| variant | conversion only | fine-tuned (2,000 steps) | from scratch "
+           f"({n_sc:,} steps) | bits / converted weight (info / file) |" if n_sc else "| variant | conversion only "
+           "| fine-tuned (2,000 steps) | from scratch | bits / converted weight (info / file) |",
+           "|---|---|---|---|---|"]
+    for label, a, b, key in rows:
+        c = sc.get(f"{key}_scratch{n_sc}") if key else None
+        out.append(f"| {label} | {acc(a)} | {acc(b) if b else ''} | {acc(c) if c else ''} | {bits(a)} |")
     rtn = " / ".join(acc(conv[f"rtn_w{b}"]) for b in (3, 2, 4))
-    out.append(f"| RTN 3 / 2 / 4 bits (same layers) | {rtn} | | |")
+    out.append(f"| RTN 3 / 2 / 4 bits (same layers) | {rtn} | | | |")
     out.append("")
     prov = d["provenance"]
-    out.append(source_line(["denseshift.json"], [_cmd(prov[k]) for k in ("convert", "export")] +
-                           [f"`{ft['denseshift_w3_ft2000']['train_command']}` (fine-tuning)"]))
+    trains = [f"`{ft['denseshift_w3_ft2000']['train_command']}` (fine-tuning)"]
+    trains += sorted({f"`{r['train_command']}` (from scratch)" for r in sc.values()})
+    out.append(source_line(["denseshift.json"], [_cmd(prov[k]) for k in ("convert", "export", "export_scratch")
+                                                 if k in prov] + trains))
+    return "\n".join(out)
+
+
+def render_denseshift_effnet(r: Results) -> str:
+    d = r("denseshift")
+    e = d["effnet"]["rows"]
+    ft = next(k for k in e if k.startswith("denseshift_w4_ft") and not k.endswith("_deploy_int8"))
+    dep = e[ft + "_deploy_int8"]
+
+    def speed(x, rt):
+        sp = (x.get("deploy", {}).get(rt) or {}).get("speed") or {}
+        v = sp.get("ratio_to_fp32", {}).get("int8")
+        return f"{v:.2f}x" if v is not None else "n/a"
+    out = ["| EfficientNet-Lite0 variant (probe FP32 " + f"{e[ft]['probe_fp32']:.3f})"
+           + " | probe accuracy | ImageNet top-1 agreement | bits / converted weight (info / file) | model.onnx |",
+           "|---|---|---|---|---|"]
+    for label, x in (("DenseShift 4-bit, conversion only", e["denseshift_noft_w4"]),
+                     ("RTN 4-bit per channel (same layers)", e["rtn_w4"]),
+                     (f"DenseShift 4-bit, {e[ft]['training']['steps']:,} distillation steps", e[ft])):
+        b = (f"{x['bits_per_converted_weight']:.0f} / {x['stored_bits_per_converted_weight']:.0f}"
+             if x.get("bits_per_converted_weight") else "4 / 4")
+        out.append(f"| {label} | {x['probe_accuracy']:.3f} | {x['top1_agreement']:.3f} | {b} | "
+                   f"{x['model_onnx_bytes'] / 1e6:.1f} MB |")
+    out.append(f"| same, `--deploy int8` (static INT8; latency vs FP32: ONNX Runtime {speed(dep, 'onnxruntime')}, "
+               f"OpenVINO {speed(dep, 'openvino')}) | {dep['probe_accuracy']:.3f} | {dep['top1_agreement']:.3f} | "
+               "8 (int8 kernels) | |")
+    out.append("")
+    out.append(source_line(["denseshift.json"], [_cmd(d["provenance"]["effnet"]),
+                                                 f"`{e[ft]['train_command']}` (fine-tuning)"],
+                           "each row's `edgekit compress` + `edgekit eval` command is in its `command` field"))
     return "\n".join(out)
 
 
@@ -384,6 +421,7 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     "llm_fp4-smollm2": render_llm_fp4_smollm2,
     "structured_ffn-smollm2": render_structured_ffn_smollm2,
     "denseshift": render_denseshift,
+    "denseshift_effnet": render_denseshift_effnet,
     "peer-baselines": render_peer_baselines,
 }
 
