@@ -443,16 +443,27 @@ def part_deploy(trained_dir: Path, threads: int, limit: int | None, name: str = 
     opts = {"bits": 3, "storage": "int8", "train_steps": 0}
     t0 = time.perf_counter()
     art = edgekit.compress(src, "denseshift", opts, tmp / "art", input_shape=SHAPE, arch=ARCH, data=calib,
-                           runtimes=["onnxruntime", "openvino"], deploy="int8", overwrite=True)
+                           runtimes=RUNTIMES, deploy="int8", overwrite=True)
     man = read_manifest(art)
     xte, yte = tfr.load_fashion("test")
     xte, yte = xte[:limit], yte[:limit]
     return {"model": name, "options": opts, "seconds": round(time.perf_counter() - t0, 1),
             "accuracy_ort_int8": ort_accuracy(export_file(art, "onnxruntime"), xte, yte, threads),
+            "accuracy_int8": {rt: _accuracy(art, rt, e, xte, yte, threads) for rt, e in man["exports"].items()},
             "deploy": {rt: e.get("deploy") for rt, e in man["exports"].items()}, "test_images": len(xte),
             "command": f"edgekit compress {name}.safetensors --arch {ARCH} --input-shape {SHAPE} --method denseshift "
                        "--set bits=3 --set storage=int8 --set train_steps=0 --data calib116.npz --deploy int8 "
-                       "--target onnxruntime --target openvino"}
+                       + " ".join(f"--target {r}" for r in RUNTIMES)}
+
+
+def _accuracy(art: Path, rt: str, entry: dict, x: torch.Tensor, y: torch.Tensor, threads: int) -> float:
+    """Top-1 accuracy of the artifact's file for `rt` (batch 1), opened as its manifest entry says."""
+    from edgekit.runtimes import open_session, ov_dynamic_quant
+
+    sess = open_session(art / entry["file"], rt, threads=threads, ov_dynamic_quant=ov_dynamic_quant(entry))
+    name = sess.input_names[0]
+    xs = x.numpy()
+    return sum(int(np.asarray(sess.run({name: xs[i:i + 1]})[0]).argmax()) == int(y[i]) for i in range(len(xs))) / len(xs)
 
 
 def table(res: dict) -> None:
