@@ -662,9 +662,12 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("baselines", "models/minilm/cells/fp32/reference/retrieval_top1", f3),
       ("baselines", "models/minilm/cells/fp32/reference/retrieval_top5", f3)]),
     # llm_fp4 through the CLI
-    ("glosses): the ONNX Runtime artifact scores probe {}, cosine {}.",
+    ("glosses): the ONNX Runtime artifact scores probe {}, cosine {};",
      [("llm_fp4", "minilm_wordnet10_cli/variants/fpq_w8a8/probe_accuracy", f3),
       ("llm_fp4", "minilm_wordnet10_cli/variants/fpq_w8a8/cosine", f3)]),
+    ("FPQ W4A8 {} / {}, FPQ W4A4 {} / {}, weight-only FP4 {} / {} (embeddings",
+     [("llm_fp4", f"minilm_wordnet10_cli/variants/{v}/{k}", f3) for v in ("fpq_w4a8", "fpq_w4a4", "fp4_w4")
+      for k in ("probe_accuracy", "cosine")]),
     # deploy: ResNet-20
     ("full-integer LiteRT file passed it yet scored {} against FP32's {} (the ORT and OpenVINO INT8 files kept\n  {} / {} "
      "at {} / {} FP32's time)",
