@@ -36,10 +36,10 @@ Decisions where the paper/spec leaves room, and why:
   snapshots, and the share of weights unchanged over the last 5 snapshots (report extra.training.freezing).
 - Export: after training every ShiftLayer is materialised into the original plain Conv/Linear holding α·codes
   exactly, and the codes (±2^p integers, scale α, axis 0) are recorded through edgekit.quant.codes; the ONNX pass
-  (export/qdq.py) picks the storage from the codes. storage=packed (default) records B bits: B=2 codes ±1,±2 are
-  int4 + DequantizeLinear; B=3 (±8 exceeds int4) and B=4 are 4-bit indices into an 8/16-entry table (uint4 ->
-  Cast -> Gather -> Mul), i.e. 4 bits per weight in the file for B = 2..4: true 2/3-bit packing would need a bit-plane
-  kind in the contract, which does not exist yet. storage=int8 records 8-bit codes: the exact int8 values ±2^p
+  (export/qdq.py) picks the storage from the codes. storage=packed (default) records B bits: B=2 and B=3 are
+  stored as B bit planes of an index into a 2^B-entry table (B bits per weight in model.onnx and in the OpenVINO
+  IR, the `bitplane` kind), B=4 as a 4-bit index into a 16-entry table (uint4 -> Cast -> Gather -> Mul).
+  storage=int8 records 8-bit codes: the exact int8 values ±2^p
   (B<=3) + DequantizeLinear, the form that INT8 kernels consume (B=4: ±128 exceeds int8, so a uint8 index + table).
   The report gives both the information bits (B per converted weight + the scale floats where not folded) and the
   bits each converted weight takes in the file.
