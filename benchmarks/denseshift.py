@@ -431,7 +431,7 @@ def part_deploy(trained_dir: Path, threads: int, limit: int | None, name: str = 
     from safetensors.torch import load_file, save_file
 
     import edgekit
-    from edgekit.artifact import export_file, read_manifest
+    from edgekit.artifact import read_manifest
     from edgekit.data import DataSource
 
     allt = load_file(str(trained_dir / "trained.safetensors"))
@@ -447,9 +447,9 @@ def part_deploy(trained_dir: Path, threads: int, limit: int | None, name: str = 
     man = read_manifest(art)
     xte, yte = tfr.load_fashion("test")
     xte, yte = xte[:limit], yte[:limit]
+    acc = {rt: _accuracy(art, rt, e, xte, yte, threads) for rt, e in man["exports"].items()}
     return {"model": name, "options": opts, "seconds": round(time.perf_counter() - t0, 1),
-            "accuracy_ort_int8": ort_accuracy(export_file(art, "onnxruntime"), xte, yte, threads),
-            "accuracy_int8": {rt: _accuracy(art, rt, e, xte, yte, threads) for rt, e in man["exports"].items()},
+            "accuracy_ort_int8": acc["onnxruntime"], "accuracy_int8": acc,
             "deploy": {rt: e.get("deploy") for rt, e in man["exports"].items()}, "test_images": len(xte),
             "command": f"edgekit compress {name}.safetensors --arch {ARCH} --input-shape {SHAPE} --method denseshift "
                        "--set bits=3 --set storage=int8 --set train_steps=0 --data calib116.npz --deploy int8 "

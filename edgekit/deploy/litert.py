@@ -211,6 +211,16 @@ def match_tensors(float_tfl: Path, float_onnx: Path, feeds: dict[str, np.ndarray
 _INHERIT = _PASS + ("MEAN", "MAX_POOL_2D", "AVERAGE_POOL_2D", "SQUEEZE", "EXPAND_DIMS")  # range within the input's
 
 
+def _keep_float(q: Any, tensor: str) -> None:
+    """Recipe entry: the op writing `tensor` is not quantized (ai-edge-quantizer scopes are 'output names;')."""
+    import re
+
+    from ai_edge_quantizer import algorithm_manager, qtyping
+
+    q.update_quantization_recipe(regex=f"^{re.escape(tensor)};$", operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+                                 algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+
+
 def _ops(path: Path) -> list[tuple[str, list[str], list[str]]]:
     """(op name, input tensor names, output tensor names) in topological order (delegates skipped)."""
     it = _interpreter(path)
@@ -238,23 +248,22 @@ def data_free_plan(model: nn.Module, specs: Sequence[InputSpec], float_tfl: Path
     feeds = _feeds(names, [example_inputs(list(specs), seed=0)])[0]
     matched = match_tensors(float_tfl, float_onnx, feeds, set(rng))
     out = {t: rng[o] for t, o in matched.items()}
-    first = [d["name"] for d in _interpreter(float_tfl).get_input_details()]
-    first += [t for op, t in input_chain(float_tfl)]  # without input_range these stay float anyway (build)
+    it = _interpreter(float_tfl)
+    graph_in = [d["name"] for d in it.get_input_details()]
+    chain = input_chain(float_tfl)
     if input_range is not None:  # the input and its layout copies (NHWC, zero-padded) take the stated range
         lo_hi = (min(float(input_range[0]), 0.0), max(float(input_range[1]), 0.0))
-        chain = [d["name"] for d in _interpreter(float_tfl).get_input_details()]
-        chain += [t for op, t in input_chain(float_tfl) if op in _PASS]
-        out.update({t: lo_hi for t in chain})
-    it = _interpreter(float_tfl)
-    det = {d["name"]: d for d in it.get_tensor_details()}
-    consts = {}
-    for n, d in det.items():
+        out.update({t: lo_hi for t in graph_in + [t for op, t in chain if op in _PASS]})
+    first = set(graph_in) | {t for _, t in chain}  # without input_range these stay float anyway (build)
+    act, consts = set(), set()
+    for d in it.get_tensor_details():
         if np.dtype(d["dtype"]) == np.float32:
+            act.add(d["name"])
             try:
-                consts[n] = it.get_tensor(d["index"])
+                it.get_tensor(d["index"])
+                consts.add(d["name"])
             except ValueError:  # an activation: no buffer before invoke
-                continue
-    act = {n for n, d in det.items() if np.dtype(d["dtype"]) == np.float32}
+                pass
     untrusted = []
     for op, ins, outs in _ops(float_tfl):
         live = [i for i in ins if i in act and i not in consts]  # activation inputs
@@ -262,9 +271,7 @@ def data_free_plan(model: nn.Module, specs: Sequence[InputSpec], float_tfl: Path
             if o in out or o not in act or (input_range is None and o in first):
                 continue
             src = [out[i] for i in live if i in out]
-            if not live or len(src) != len(live):
-                untrusted.append(o)
-            elif op in _INHERIT:
+            if op in _INHERIT and live and len(src) == len(live):
                 lo, hi = min(r[0] for r in src), max(r[1] for r in src)
                 out[o] = (min(lo, 0.0), max(hi, 0.0)) if op.startswith("PAD") else (lo, hi)
             else:
@@ -310,15 +317,9 @@ def build(model: nn.Module, specs: Sequence[InputSpec], float_tfl: Path, work: P
         # EfficientNet-Lite0 (UDFC 8-bit, 48 Fashion-MNIST images, features' cosine to the float model): the
         # input quantized on the seeded inputs' range (about ±4.5, images span ±1) 0.930 mean / 0.850 worst; on
         # ±1: 0.988 / 0.973.
-        import re
-
-        from ai_edge_quantizer import algorithm_manager, qtyping
-
         graph_in = [("INPUT", d["name"]) for d in _interpreter(float_tfl).get_input_details()]
         for op, t in graph_in + input_chain(float_tfl):
-            q.update_quantization_recipe(regex=f"^{re.escape(t)};$",
-                                         operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-                                         algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
+            _keep_float(q, t)
             if op != "INPUT":
                 float_ops.append(op)
     plan: tuple[dict[str, tuple[float, float]], list[str]] | None = None
@@ -328,16 +329,10 @@ def build(model: nn.Module, specs: Sequence[InputSpec], float_tfl: Path, work: P
             raise UnsupportedModelError(f"data-free LiteRT INT8 needs BatchNorm layers and {type(model).__name__} "
                                         "has none; pass calibration data (--data FILE.npy)")
         plan = data_free_plan(model, specs, float_tfl, work, k, input_range)
-        import re
-
-        from ai_edge_quantizer import algorithm_manager, qtyping
-
+        op_of = {o: op for op, _, outs in _ops(float_tfl) for o in outs}
         for t in plan[1]:  # no trusted range: the op stays float (data_free_plan)
-            q.update_quantization_recipe(regex=f"^{re.escape(t)};$",
-                                         operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
-                                         algorithm_key=algorithm_manager.AlgorithmName.NO_QUANTIZE)
-        ops_of = {o: op for op, _, outs in _ops(float_tfl) for o in outs}
-        untrusted_ops = [ops_of.get(t, t) for t in plan[1]]
+            _keep_float(q, t)
+            untrusted_ops.append(op_of[t])
     sig, names = _signature(float_tfl)
     rows = calibration if calibration else [example_inputs(list(specs), seed=s) for s in range(SEEDS)]
     with _quiet():
@@ -354,17 +349,14 @@ def build(model: nn.Module, specs: Sequence[InputSpec], float_tfl: Path, work: P
     qsv = adjust_ranges(qsv)
     with _quiet():
         q.quantize(qsv).export_model(str(out), overwrite=True)
-    out_float = plan is not None and any(t in plan[1] for t in _graph_outputs(float_tfl))
+    outputs = {d["name"] for d in _interpreter(float_tfl).get_output_details()}
+    out_float = plan is not None and bool(outputs & set(plan[1]))
     rec.update(weights="int8 per channel (symmetric, quantizer's max|w|/127 scales)",
                activations="int8 per tensor (asymmetric), output " + ("float" if out_float else "int8") + ", input " + (
                    f"float (left float, input range unknown: {', '.join(float_ops)})" if float_ops else "int8")
                + (f"; left float, no trusted range: {', '.join(untrusted_ops)}" if untrusted_ops else ""),
                calibration=crec, left_in_float=float_ops + untrusted_ops)
     return out, rec
-
-
-def _graph_outputs(path: Path) -> list[str]:
-    return [d["name"] for d in _interpreter(path).get_output_details()]
 
 
 def adjust_ranges(qsv: dict[str, Any]) -> dict[str, Any]:

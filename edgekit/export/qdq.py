@@ -127,7 +127,8 @@ def storage_kind(code: WeightCode) -> tuple[str | None, str]:
 def _bitplanes(name: str, codes: np.ndarray, scale: np.ndarray, out: str) -> tuple[list, list, int]:
     """b packed bit planes of the table indices + the unpack/lookup/scale nodes producing `out`; returns b.
 
-    The unpack is float arithmetic on the bytes (Cast -> Div by 2^j -> Floor -> Mod 2), exact for 0..255. Why not
+    The unpack is float arithmetic on the bytes (DequantizeLinear -> Div by 2^j -> Floor -> Mod 2), exact for
+    0..255. Why not
     BitShift/BitwiseAnd: OpenVINO 2026.4 computed wrong weights when such a chain fed a MatMul (its decompression
     handling keeps integer subgraphs before MatMul weights unfolded, and the result was off by whole indices; the
     same graph feeding an Add or a Conv was right, and ONNX Runtime was right everywhere).
