@@ -24,11 +24,11 @@ Storage kinds, picked from the codes' actual range (never from the nominal bit w
 - bitplane: a <= 3-bit request whose codes take at most 2^b distinct values (b = 1, 2, 3: binary ±1 codes,
   DenseShift's 2/3-bit ±2^p grids, RTN/UDFC at 2-3 bits) stores b bits per weight: the index into a float32 table of
   the distinct codes, split into b bit planes, each packed 8 indices per uint8 byte (little bit order). In the
-  graph: DequantizeLinear(plane, 1) -> Div by 2^j -> Floor -> Mod 2 -> sum of bit_k * 2^k -> Reshape -> Slice ->
-  Cast -> Gather(table) -> Mul(scale) (+ Add offset); all on constants, so the runtimes fold it at load (speed = the
-  float model's) while the file (and the OpenVINO IR) holds b bits per weight plus a 2^b-entry table per tensor (why
-  these ops: `_bitplanes`). Why not int4 there: a 2-bit request stored in 4 bits is twice the size it claims
-  (issue 17);
+  graph: Cast(plane) -> Div by 2^j -> Floor -> Mod 2 -> sum of bit_k * 2^k -> Reshape -> Slice -> Cast ->
+  Gather(table) -> Mul(scale) (+ Add offset); all on constants, so the runtimes fold it at load (speed = the float
+  model's) while the file holds b bits per weight plus a 2^b-entry table per tensor (why these ops: `_bitplanes`;
+  the OpenVINO IR keeps them as bytes through `planes_for_openvino`). Why not int4 there: a 2-bit request stored
+  in 4 bits is twice the size it claims (issue 17);
 - group-wise codes (`WeightCode.group_size` g: one scale per g input weights of an output channel) are stored as
   int4/int8 + a blocked DequantizeLinear (opset 21 `block_size` = g along the input axis, scale [out, in/g] or its
   transpose), which ONNX Runtime and OpenVINO both read; group codes that fit neither int4 nor int8, or carry an
@@ -127,16 +127,17 @@ def storage_kind(code: WeightCode) -> tuple[str | None, str]:
 def _bitplanes(name: str, codes: np.ndarray, scale: np.ndarray, out: str) -> tuple[list, list, int]:
     """b packed bit planes of the table indices + the unpack/lookup/scale nodes producing `out`; returns b.
 
-    The unpack is float arithmetic on the bytes (DequantizeLinear -> Div by 2^j -> Floor -> Mod 2), exact for
-    0..255. Why not
+    The unpack is float arithmetic on the bytes (Cast -> Div by 2^j -> Floor -> Mod 2), exact for 0..255. Why not
     BitShift/BitwiseAnd: OpenVINO 2026.4 computed wrong weights when such a chain fed a MatMul (its decompression
     handling keeps integer subgraphs before MatMul weights unfolded, and the result was off by whole indices; the
     same graph feeding an Add or a Conv was right, and ONNX Runtime was right everywhere).
 
-    Why DequantizeLinear(plane, 1.0) and not Cast to float for the bytes: OpenVINO's converter folds a Cast of a
-    constant (and the Div after it) into float32 tensors, so its IR held the planes as 4 bytes per *bit* (a 3-bit
-    ResNet-20 IR of 3.5 MB against 1.15 MB in FP32); a DequantizeLinear of uint8 constants is its weight
-    decompression pattern, kept as u8 in the IR (0.19 MB) and folded only when the model is compiled."""
+    Why Cast here and DequantizeLinear only for OpenVINO (`planes_for_openvino`): ONNX Runtime constant-folds the
+    Cast chain when it loads the file, but not a DequantizeLinear (kept for its QDQ fusions unless the session sets
+    session.disable_quant_qdq), so a plain session decoded every weight on every call: 20x FP32's time on ResNet-20.
+    OpenVINO's converter, the other way round, folds Cast + Div into float32 tensors, so its IR held the planes as
+    4 bytes per *bit* (3.5 MB against 1.15 MB in FP32), while DequantizeLinear of uint8 constants is its weight
+    decompression pattern, kept as u8 in the IR and folded only when the model is compiled."""
     vals = np.unique(codes)
     b = plane_bits(vals.size)
     idx = np.searchsorted(vals, codes).ravel()
@@ -144,21 +145,20 @@ def _bitplanes(name: str, codes: np.ndarray, scale: np.ndarray, out: str) -> tup
     p = f"{name}__bp"
     pw = numpy_helper.from_array((1 << np.arange(8)).astype(np.float32).reshape(1, 8), f"{p}_pow2")
     two = numpy_helper.from_array(np.array(2.0, np.float32), f"{p}_two")
-    one = numpy_helper.from_array(np.array(1.0, np.float32), f"{p}_one")
     lut = numpy_helper.from_array(vals.astype(np.float32), f"{name}__lut")
     s = numpy_helper.from_array(scale.astype(np.float32), f"{name}__scale")
     flat = numpy_helper.from_array(np.array([-1], np.int64), f"{p}_flat")
     start = numpy_helper.from_array(np.array([0], np.int64), f"{p}_start")
     end = numpy_helper.from_array(np.array([n], np.int64), f"{p}_end")
     shape = numpy_helper.from_array(np.array(codes.shape, np.int64), f"{p}_shape")
-    inits, nodes, acc = [pw, two, one, lut, s, flat, start, end, shape], [], None
+    inits, nodes, acc = [pw, two, lut, s, flat, start, end, shape], [], None
     for k in range(b):
         plane = np.packbits(((idx >> k) & 1).astype(np.uint8), bitorder="little").reshape(-1, 1)
         t = numpy_helper.from_array(plane, f"{p}{k}")
         w = numpy_helper.from_array(np.array(float(1 << k), np.float32), f"{p}{k}_w")
         inits += [t, w]
         q = f"{p}{k}"
-        nodes += [helper.make_node("DequantizeLinear", [t.name, one.name], [f"{q}_f"], name=f"{q}_Bytes"),
+        nodes += [helper.make_node("Cast", [t.name], [f"{q}_f"], to=TensorProto.FLOAT, name=f"{q}_Cast"),
                   helper.make_node("Div", [f"{q}_f", pw.name], [f"{q}_d"], name=f"{q}_Div"),
                   helper.make_node("Floor", [f"{q}_d"], [f"{q}_fl"], name=f"{q}_Floor"),
                   helper.make_node("Mod", [f"{q}_fl", two.name], [f"{q}_bit"], fmod=1, name=f"{q}_Mod"),
@@ -176,6 +176,22 @@ def _bitplanes(name: str, codes: np.ndarray, scale: np.ndarray, out: str) -> tup
                                name=f"{name}__LUT"),
               helper.make_node("Mul", [f"{name}__codes", s.name], [out], name=f"{name}__Scale")]
     return inits, nodes, b
+
+
+def planes_for_openvino(proto: onnx.ModelProto) -> bool:
+    """Rewrite each bit plane's Cast(uint8 -> float) as DequantizeLinear(plane, 1.0), in place, for OpenVINO's
+    converter (why: `_bitplanes`); returns whether the graph had any."""
+    planes = {i.name for i in proto.graph.initializer if i.data_type == TensorProto.UINT8 and "__bp" in i.name}
+    one = "edgekit__bp_one"
+    hit = False
+    for k, n in enumerate(proto.graph.node):
+        if n.op_type == "Cast" and len(n.input) == 1 and n.input[0] in planes:
+            proto.graph.node[k].CopyFrom(helper.make_node("DequantizeLinear", [n.input[0], one], list(n.output),
+                                                          name=n.name))
+            hit = True
+    if hit:
+        proto.graph.initializer.append(numpy_helper.from_array(np.array(1.0, np.float32), one))
+    return hit
 
 
 def _bcast_shape(n_out: int, ndim: int, transposed: bool) -> list[int]:
