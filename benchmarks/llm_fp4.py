@@ -21,6 +21,7 @@ import inspect
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -392,6 +393,41 @@ def minilm_cli(names: list[str], limit: int | None, threads: int, work: Path):
         yield name, info
 
 
+# SmolLM2 rows through the product: the README table's settings at the method's default calibration budget (8 x 256)
+SMOL_CLI_OPTS = {"fpq_w8a8": {"w_bits": 8, "a_bits": 8},
+                 "fpq_w4a8": {"w_bits": 4, "a_bits": 8},
+                 "fpq_w4a8_e8": {"w_bits": 4, "a_bits": 8, "e_bits": 8},
+                 "fp4_w4_e8": {"w_bits": 4, "a_bits": 16, "e_bits": 8},
+                 "fpq_w4a4_e8": {"w_bits": 4, "a_bits": 4, "e_bits": 8}}
+SMOL_CLI = ["fpq_w8a8", "fpq_w4a8_e8", "fpq_w4a8"]
+
+
+def smollm2_cli(names: list[str], device: str, threads: int, work: Path) -> None:
+    """Each variant: `edgekit compress smollm2 --method llm_fp4 ... --data calib.txt --input-shape 1x512 --target
+    onnxruntime` (calibration text: calib_texts() as paragraphs), then `edgekit eval ART --task perplexity
+    --runtime onnxruntime` (16 + 8 windows of 512 tokens, FP32 reference of the same windows). Key smollm2_cli."""
+    from _product import run_row
+
+    work.mkdir(parents=True, exist_ok=True)
+    calib = work / "calib.txt"
+    calib.write_text("\n\n".join(calib_texts()), encoding="utf-8")
+    key = "smollm2_cli"
+    for name in names:
+        opts = dict(SMOL_CLI_OPTS[name], **({"device": device} if device != "cpu" else {}))
+        row = run_row("smollm2", "llm_fp4", opts, work / name, data=calib, task="perplexity", threads=threads,
+                      input_shape="1x512")
+        print(name, json.dumps({k: v for k, v in row.items() if k not in ("options", "commands", "report_extra")}),
+              flush=True)
+        res = json.loads(OUT.read_text()) if OUT.is_file() else {}
+        sec = res.setdefault(key, {"setup": {}, "variants": {}})
+        sec["setup"] = {"model": "smollm2 (built-in), artifact input 1x512", "task": "perplexity (16 Python-docs + 8 "
+                        "GPL-3 windows of 512 tokens)", "runtime": "onnxruntime", "threads": threads,
+                        "calibration": "calib_texts() written as paragraphs to calib.txt (--data)"}
+        sec["variants"][name] = {**row, "provenance": provenance(threads=threads)}
+        OUT.write_text(json.dumps(res, indent=1))
+        shutil.rmtree(work / name, ignore_errors=True)  # 0.5 GB each; the figures are in the JSON
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--windows", type=int, default=8, help="Python-docs windows of 512 tokens")
@@ -414,8 +450,15 @@ def main() -> None:
                     "artifact's ONNX Runtime file (key minilm_wordnet10_cli)")
     ap.add_argument("--cli-variants", default=",".join(CLI_VARIANTS))
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgekit-llm-fp4-cli"))
+    ap.add_argument("--smollm2-cli", action="store_true", help="SmolLM2 variants through edgekit.compress (1x512 "
+                    "artifact, --data calib.txt) + `edgekit eval ART --task perplexity` on its ONNX Runtime file "
+                    "(key smollm2_cli); --smol-variants picks them, --device the calibration device")
+    ap.add_argument("--smol-variants", default=",".join(SMOL_CLI))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.smollm2_cli:
+        smollm2_cli(args.smol_variants.split(","), args.device, args.threads, args.work)
+        return
     if args.minilm_cli:
         key = "minilm_wordnet10_cli"
         res = json.loads(OUT.read_text()) if OUT.is_file() else {}

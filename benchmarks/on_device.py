@@ -70,7 +70,7 @@ def setup() -> dict:
         if hashlib.sha256(data).hexdigest() != want:
             raise SystemExit(f"GGUF parts {[p.name for p in parts]} do not join to the packed file")
         g.write_bytes(data)
-    sys.path[:0] = [str(site), str(ROOT)]
+    sys.path[:0] = [str(site), str(ROOT), str(ROOT / "benchmarks")]
     os.environ.setdefault("EDGEKIT_CACHE", str(X / "cache"))
     from edgekit.eval import perplexity
 

@@ -12,13 +12,20 @@ Parts (one run writes benchmarks/results/optin.json; each part merges its keys i
            and OpenVINO, threads=2, runs interleaved, median ratio next to the MAC-model ratio.
 * scoring-time: one full MiniLM scoring (defaults, cache off): wall and CPU seconds; CPU seconds bound the wall
            time on 2 dedicated cores even when the box is shared.
-Run:  nice python benchmarks/optin.py minilm | smollm2 [--scores raw.npz] | latency | scoring-time
+* minilm-cli: the minilm rows through the product: `edgekit compress minilm --method optin ... --data glosses.txt`
+           artifacts scored by `edgekit eval ART --task wordnet10` (ONNX Runtime file) and timed against FP32 by
+           `edgekit profile` (key minilm_cli; every row records its two commands).
+* smollm2-windows / smollm2-cli: the SmolLM2 calibration pool as an .npy (here), then the smollm2 rows through
+           the product, `device=cuda` for the scoring (benchmarks/on_device.py run optin smollm2-cli ...).
+Run:  nice python benchmarks/optin.py minilm-cli [--work DIR] | minilm | smollm2 [--scores raw.npz] | latency | scoring-time
 """
 from __future__ import annotations
 
 import copy
 import json
 import logging
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -232,7 +239,83 @@ def scoring_time(keep: float = 0.6) -> dict:
     return res
 
 
-if __name__ == "__main__":
+def minilm_cli(work: Path, samples: int = 16, keeps: tuple[float, ...] = KEEP_MINILM, rounds: int = 30) -> dict:
+    """The MiniLM rows through the product (key minilm_cli): per budget and importance one `edgekit compress minilm
+    --method optin` artifact (calibration: the WordNet-10 *train* glosses as a text file, one gloss per paragraph, so
+    the draw and the cached rankings equal the `minilm` part's), scored by `edgekit eval ART --task wordnet10` on its
+    ONNX Runtime file (1,000 test glosses); then `edgekit profile minilm ART...` times FP32 and the trajectory
+    artifacts interleaved on ONNX Runtime and OpenVINO (2 threads)."""
+    import edgekit
+    from edgekit.eval.wordnet import Config as WC
+    from edgekit.eval.wordnet import load_glosses
+    from _product import run_row
+
+    work.mkdir(parents=True, exist_ok=True)
+    calib = work / "wordnet_train_glosses.txt"
+    calib.write_text("\n\n".join(load_glosses(WC())[0]), encoding="utf-8")
+    fp = edgekit.evaluate("minilm", "wordnet10", threads=2)
+    res: dict = {"fp32": fp["metrics"], "fp32_command": "edgekit eval minilm --task wordnet10",
+                 "samples": samples, "calibration": str(calib), "rows": []}
+    print(f"MiniLM FP32 probe {fp['metrics']['probe_accuracy']:.3f}", flush=True)
+    arts = {}
+    for keep in keeps:
+        for imp in ("trajectory", "magnitude"):
+            art = work / f"optin-{imp}-{keep}"
+            row = run_row("minilm", "optin", {"flops_keep": keep, "importance": imp, "samples": samples}, art,
+                          data=calib, targets=("onnxruntime", "openvino"), task="wordnet10")
+            row.update(flops_keep=keep, importance=imp)
+            res["rows"].append(row)
+            if "error" not in row and imp == "trajectory":
+                arts[keep] = art
+            m = row.get("metrics", {})
+            print(f"keep {keep} {imp:10s} probe {m.get('probe_accuracy', float('nan')):.3f} cos "
+                  f"{m.get('cosine', float('nan')):.3f} {row.get('error', '')}", flush=True)
+            _save("minilm_cli", res)
+    if arts:
+        targets = ["host", "intel-cpu-openvino"]
+        cmd = (f"edgekit profile minilm {' '.join(str(a) for a in arts.values())} "
+               + " ".join(f"--target {t}" for t in targets) + f" --rounds {rounds}")
+        prof = edgekit.profile(["minilm", *[str(a) for a in arts.values()]], targets, rounds=rounds)
+        res["latency"] = {"command": cmd, "result": prof}
+        _save("minilm_cli", res)
+    return res
+
+
+def smollm2_windows(path: Path) -> None:
+    """Write the SmolLM2 calibration pool as token ids (n x 128 .npy): the Python docs after the 16 evaluated
+    512-token windows, the `smollm2` part's pool (its draw of `samples` rows is OPTIN's own, seeded)."""
+    from edgekit.eval.perplexity import load_text
+    from edgekit.models.real import smollm2_tokenizer
+
+    ids = smollm2_tokenizer()(load_text("python_docs"), add_special_tokens=False)["input_ids"][16 * 512:]
+    n = len(ids) // 128
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.asarray(ids[:n * 128], dtype=np.int64).reshape(n, 128))
+
+
+def smollm2_cli(windows: Path, work: Path, keeps: tuple[float, ...] = (0.9,), samples: int = 8,
+                device: str = "cpu") -> dict:
+    """SmolLM2 rows through the product (key smollm2_cli): `edgekit compress smollm2 --method optin --set
+    flops_keep=K --set samples=8 --set max_len=128 --data windows.npy --input-shape 1x512`, then `edgekit eval ART
+    --task perplexity` on its ONNX Runtime file (16 + 8 windows of 512 tokens)."""
+    from _product import run_row
+
+    res: dict = {"rows": [], "calibration": f"{windows.name}: 128-token windows of the Python docs after the "
+                 "evaluated 16 x 512", "samples": samples}
+    for keep in keeps:
+        opts = {"flops_keep": keep, "samples": samples, "max_len": 128, **({"device": device} if device != "cpu"
+                                                                           else {})}
+        row = run_row("smollm2", "optin", opts, work / f"optin-smol-{keep}", data=windows, task="perplexity",
+                      input_shape="1x512", threads=os.cpu_count() or 2)
+        row["flops_keep"] = keep
+        res["rows"].append(row)
+        print(keep, {k: v for k, v in row.items() if k not in ("options", "commands", "report_extra")}, flush=True)
+        _save("smollm2_cli", res)
+        shutil.rmtree(work / f"optin-smol-{keep}", ignore_errors=True)
+    return res
+
+
+def main() -> None:
     torch.set_num_threads(2)
     part = sys.argv[1] if len(sys.argv) > 1 else "minilm"
     if part in ("-h", "--help"):
@@ -242,11 +325,25 @@ if __name__ == "__main__":
         minilm(int(args.get("--samples", 16)))
     elif part == "smollm2":
         smollm2(int(args.get("--samples", 8)), int(args.get("--windows", 4)), args.get("--scores"))
+    elif part == "smollm2-windows":
+        smollm2_windows(Path(args["--to"]))
+    elif part == "smollm2-cli":
+        smollm2_cli(Path(args["--windows"]), Path(args.get("--work", "/tmp/optin-cli")),
+                    tuple(float(k) for k in args.get("--keeps", "0.9").split(",")), int(args.get("--samples", 8)),
+                    args.get("--device", "cpu"))
     elif part == "device-inputs":
         device_inputs(int(args.get("--samples", 8)), Path(args["--to"]))
     elif part == "latency":
         latency(int(args.get("--reps", 30)))
+    elif part == "minilm-cli":
+        minilm_cli(Path(args.get("--work", "/tmp/optin-cli")), int(args.get("--samples", 16)),
+                   rounds=int(args.get("--rounds", 30)))
     elif part == "scoring-time":
         scoring_time()
     else:
-        raise SystemExit(f"unknown part {part}; use minilm, smollm2, device-inputs, latency or scoring-time")
+        raise SystemExit(f"unknown part {part}; use minilm, minilm-cli, smollm2, smollm2-windows, smollm2-cli, "
+                         "device-inputs, latency or scoring-time")
+
+
+if __name__ == "__main__":
+    main()

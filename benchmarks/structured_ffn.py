@@ -4,6 +4,8 @@ Parts (run one at a time, under nice; each writes its key of benchmarks/results/
   python benchmarks/structured_ffn.py minilm  [--limit 200] [--train-steps 10] [--train-ratios 0.3125]
   python benchmarks/structured_ffn.py smollm2 [--limit 2] [--train-steps 0]
   python benchmarks/structured_ffn.py latency [--runs 30] [--model smollm2]
+  python benchmarks/structured_ffn.py cli --model minilm --cli-projected --train-ratios 0.625 --train-steps 100
+      (the same rows through edgekit.compress + edgekit.evaluate on the artifact; key cli_<model>)
 Ratios 0.625 / 0.3125 are the paper's "63% / 32%" FFN parameters (of the replaced layers; block 0 stays dense).
 Baselines at the same count: unstructured magnitude pruning of each replaced FFN weight to the same number of
 nonzeros (zeros only: no size/speed gain), and structured neuron pruning (intermediate neurons ranked by the product
@@ -325,10 +327,60 @@ def run_latency(args) -> None:
     save(key, res)
 
 
+def run_cli(args) -> None:
+    """Rows through the product (key cli_<model>): `edgekit compress <model> --method structured_ffn ...` artifacts
+    (recovery rows with --data TEXT.txt), scored by `edgekit eval ART` on their ONNX Runtime file. MiniLM: WordNet-10
+    (--limit test glosses, default 200), training text the verb/adjective glosses; SmolLM2: perplexity of a 1x512
+    artifact (16 + 8 windows), training text the stdlib corpus (--train-text)."""
+    from _product import run_row
+
+    from edgekit.profile import provenance
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    smol = args.model == "smollm2"
+    if smol:
+        texts = TRAIN_TEXTS[args.train_text]()
+    else:
+        texts = [ln.split("|", 1)[1].strip() for f in ("data.verb", "data.adj")
+                 for ln in Path(f"/usr/share/wordnet/{f}").read_text(errors="replace").splitlines()
+                 if "|" in ln and not ln.startswith(" ")]
+        texts = [texts[i] for i in np.random.default_rng(0).permutation(len(texts))[:4000]]
+    train_txt = work / "train.txt"
+    train_txt.write_text("\n\n".join(t.replace("\n\n", "\n") for t in texts), encoding="utf-8")
+    key = f"cli_{args.model}"
+    rows = [(k, r, 0) for r in args.cli_ratios for k in args.cli_kinds] if args.cli_projected else []
+    rows += [(k, r, args.train_steps) for r in args.train_ratios for k in args.train_kinds]
+    for kind, ratio, steps in rows:
+        opts = {"kind": kind, "param_ratio": ratio}
+        if steps:
+            opts.update(train_steps=steps, batch=args.batch, seq_len=args.seq_len, lr=args.lr)
+            if args.device != "cpu":
+                opts["device"] = args.device
+        tag = f"{kind}@{ratio}" + (f"+distill{steps}" if steps else "")
+        row = run_row(args.model, "structured_ffn", opts, work / tag.replace("@", "_").replace("+", "_"),
+                      data=train_txt if steps else None, targets=("onnxruntime",),
+                      task="perplexity" if smol else "wordnet10", limit=None if smol else args.limit,
+                      threads=THREADS, input_shape="1x512" if smol else None)
+        log(tag, {k: v for k, v in row.items() if k not in ("options", "commands", "report_extra")})
+        res = json.loads(OUT.read_text()) if OUT.is_file() else {}
+        sec = res.setdefault(key, {"rows": {}})
+        sec["setup"] = {"model": args.model, "eval": "perplexity, 1x512 artifact, 16 + 8 windows" if smol else
+                        f"wordnet10, {args.limit} test glosses", "runtime": "onnxruntime",
+                        "train_text": f"{'stdlib corpus' if smol else 'WordNet verb/adj glosses'} as paragraphs "
+                                      f"({sum(map(len, texts))} chars)"}
+        sec["rows"][tag] = {**row, "provenance": provenance(threads=THREADS)}
+        OUT.write_text(json.dumps(res, indent=1))
+        if smol:
+            import shutil
+
+            shutil.rmtree(work / tag.replace("@", "_").replace("+", "_"), ignore_errors=True)
+
+
 def main() -> None:
     global THREADS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["minilm", "smollm2", "latency"])
+    ap.add_argument("part", choices=["minilm", "smollm2", "latency", "cli"])
     ap.add_argument("--limit", type=int, default=None, help="test glosses (minilm) / windows per text (smollm2)")
     ap.add_argument("--train-steps", type=int, default=0)
     ap.add_argument("--train-ratios", type=float, nargs="*", default=[])
@@ -349,15 +401,19 @@ def main() -> None:
     ap.add_argument("--row-suffix", default="", help="appended to recovery row names (e.g. a budget tag)")
     ap.add_argument("--section", default="", help="smollm2: results key (default: smollm2 for --limit 4, else "
                                                   "smollm2_<limit>)")
+    ap.add_argument("--work", default="/tmp/edgekit-sffn-cli", help="cli: artifact folder")
+    ap.add_argument("--cli-projected", action="store_true", help="cli: also the projection-only rows")
+    ap.add_argument("--cli-kinds", nargs="*", default=list(KINDS), help="cli: kinds of the projection-only rows")
+    ap.add_argument("--cli-ratios", type=float, nargs="*", default=list(RATIOS), help="cli: their ratios")
     args = ap.parse_args()
     THREADS = args.threads
     torch.set_num_threads(THREADS)
     torch.manual_seed(0)
     if args.limit is None:
-        args.limit = 200 if args.part == "minilm" else 2
+        args.limit = 200 if args.part == "minilm" or (args.part == "cli" and args.model == "minilm") else 2
     if args.part == "smollm2" and not args.section and args.limit != 4:
         args.section = f"smollm2_{args.limit or 'default'}"
-    {"minilm": run_minilm, "smollm2": run_smollm2, "latency": run_latency}[args.part](args)
+    {"minilm": run_minilm, "smollm2": run_smollm2, "latency": run_latency, "cli": run_cli}[args.part](args)
 
 
 if __name__ == "__main__":

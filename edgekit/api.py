@@ -34,8 +34,11 @@ def resolve_specs(loaded: LoadedModel, input_shape: str | None, dynamic: list[st
     if input_shape:
         specs = parse_input_shape(input_shape, dynamic)
         if loaded.inputs and len(loaded.inputs) == len(specs):
-            for s, known in zip(specs, loaded.inputs):
+            typed = [":" in p for p in input_shape.split(",") if p.strip()]
+            for s, known, has_dtype in zip(specs, loaded.inputs, typed):
                 s.name, s.high = known.name, known.high
+                if not has_dtype:  # '1x512' for a token-id input keeps int64 (the model's own input type)
+                    s.dtype = known.dtype
         return specs
     if loaded.inputs:
         return mark_dynamic(copy.deepcopy(loaded.inputs), dynamic)

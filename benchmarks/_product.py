@@ -1,0 +1,61 @@
+"""One benchmark row through the product: `edgekit.compress` (what `edgekit compress` runs) and `edgekit.evaluate`
+on the artifact's runtime file (what `edgekit eval ART` runs), with the two CLI commands that reproduce it.
+
+Used by the benchmarks whose older figures came from a method's `apply()` on a torch model (optin, structured_ffn,
+llm_fp4 on SmolLM2). Public API only.
+"""
+from __future__ import annotations
+
+import shlex
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import edgekit
+from edgekit.api import open_data, read_manifest
+
+
+def cli_commands(model: str, method: str, opts: dict[str, Any], art: Path, data: Path | None,
+                 targets: list[str], task: str, runtime: str, eval_opts: dict[str, Any] | None,
+                 limit: int | None, input_shape: str | None) -> list[str]:
+    sets = " ".join(f"--set {k}={v}" for k, v in opts.items())
+    tg = " ".join(f"--target {t}" for t in targets)
+    comp = (f"edgekit compress {model} --method {method} {sets}" + (f" --data {shlex.quote(str(data))}" if data else "")
+            + (f" --input-shape {input_shape}" if input_shape else "") + f" {tg} -o {art}")
+    ev = f"edgekit eval {art} --task {task} --runtime {runtime}" + (f" --limit {limit}" if limit else "")
+    ev += "".join(f" --set {k}={v}" for k, v in (eval_opts or {}).items())
+    return [" ".join(comp.split()), ev]
+
+
+def run_row(model: str, method: str, opts: dict[str, Any], art: Path, *, data: Path | None = None,
+            targets: tuple[str, ...] = ("onnxruntime",), task: str, runtime: str = "onnxruntime",
+            eval_opts: dict[str, Any] | None = None, limit: int | None = None, threads: int = 2,
+            input_shape: str | None = None) -> dict[str, Any]:
+    """Compress, then evaluate the artifact; a failed compress is a result (its one-line error is recorded)."""
+    if art.exists():
+        shutil.rmtree(art)
+    art.parent.mkdir(parents=True, exist_ok=True)
+    info: dict[str, Any] = {"method": method, "options": dict(opts),
+                            "commands": cli_commands(model, method, opts, art, data, list(targets), task, runtime,
+                                                     eval_opts, limit, input_shape)}
+    t0 = time.perf_counter()
+    try:
+        edgekit.compress(model, method, dict(opts), art, data=open_data(data) if data else None,
+                         runtimes=list(targets), input_shape=input_shape)
+    except Exception as e:  # noqa: BLE001 - a refused export is a result, recorded as such
+        info.update(error=f"{type(e).__name__}: {str(e)[:400]}", compress_s=round(time.perf_counter() - t0, 1))
+        return info
+    man = read_manifest(art)
+    rep = man["method"]["report"]
+    info.update(compress_s=round(time.perf_counter() - t0, 1), params_after=rep.get("params_after"),
+                bits_per_weight=rep.get("bits_per_weight"),
+                onnx_mb=round((art / "model.onnx").stat().st_size / 1e6, 2),
+                validated_on=sorted(man.get("validation") or {}),
+                report_extra={k: v for k, v in (rep.get("extra") or {}).items()
+                              if isinstance(v, (int, float, str, list)) and len(str(v)) < 400})
+    t1 = time.perf_counter()
+    res = edgekit.evaluate(art, task, runtime=runtime, limit=limit, threads=threads, options=eval_opts)
+    info.update(metrics={k: round(v, 5) for k, v in res["metrics"].items()}, reference=res.get("reference"),
+                samples=res.get("samples"), runtime=res.get("runtime"), eval_s=round(time.perf_counter() - t1, 1))
+    return info
