@@ -272,13 +272,22 @@ def minilm_cli(work: Path, samples: int = 16, keeps: tuple[float, ...] = KEEP_MI
                   f"{m.get('cosine', float('nan')):.3f} {row.get('error', '')}", flush=True)
             _save("minilm_cli", res)
     if arts:
-        targets = ["host", "intel-cpu-openvino"]
-        cmd = (f"edgekit profile minilm {' '.join(str(a) for a in arts.values())} "
-               + " ".join(f"--target {t}" for t in targets) + f" --rounds {rounds}")
-        prof = edgekit.profile(["minilm", *[str(a) for a in arts.values()]], targets, rounds=rounds)
-        res["latency"] = {"command": cmd, "result": prof}
+        res["latency"] = minilm_cli_latency(list(arts.values()), rounds)
         _save("minilm_cli", res)
     return res
+
+
+def minilm_cli_latency(arts: list[Path], rounds: int = 30) -> dict:
+    """`edgekit profile minilm ART... --target host --target intel-cpu-openvino --rounds N`: FP32 (exported by the
+    profile itself) and the artifacts, interleaved, ratios to FP32."""
+    import edgekit.api
+
+    targets = ["host", "intel-cpu-openvino"]
+    cmd = (f"edgekit profile minilm {' '.join(str(a) for a in arts)} " + " ".join(f"--target {t}" for t in targets)
+           + f" --rounds {rounds}")
+    print(cmd, flush=True)
+    return {"command": cmd, "result": edgekit.api.profile(["minilm", *[str(a) for a in arts]], targets,
+                                                          rounds=rounds)}
 
 
 def smollm2_windows(path: Path) -> None:
@@ -338,6 +347,13 @@ def main() -> None:
     elif part == "minilm-cli":
         minilm_cli(Path(args.get("--work", "/tmp/optin-cli")), int(args.get("--samples", 16)),
                    rounds=int(args.get("--rounds", 30)))
+    elif part == "minilm-cli-latency":  # the artifacts of an earlier minilm-cli run
+        old = json.loads(OUT.read_text())["minilm_cli"]
+        arts = [Path(r["commands"][0].split(" -o ")[1]) for r in old["rows"]
+                if r["importance"] == "trajectory" and "error" not in r]
+        old["rows_provenance"] = old.get("rows_provenance") or old.get("provenance")  # the run that made the rows
+        old["latency"] = minilm_cli_latency(arts, int(args.get("--rounds", 30)))
+        _save("minilm_cli", {k: v for k, v in old.items() if k != "provenance"})
     elif part == "scoring-time":
         scoring_time()
     else:

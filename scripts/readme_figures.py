@@ -154,33 +154,50 @@ def render_llm_fp4_smollm2(r: Results) -> str:
                             "minmax_int_w4a4_full")]
     order = all(a["ppl_python_docs"] < b["ppl_python_docs"] for a, b in zip(w4a4, w4a4[1:]))
     e8cal = c["fpq_w4a8_full_e8"]
+    cli = r("llm_fp4")["smollm2_cli"]["variants"]
+
+    def prod(name):
+        x = cli.get(name)
+        if not x:
+            return "—"
+        if "error" in x:
+            return "export refused: " + x["error"][:60]
+        m = x["metrics"]
+        return f"{ppl(m['perplexity_python_docs'])} / {ppl(m['perplexity_gpl3'])}"
+
     rows = [
         ("FPQ W8A8 (8-bit embeddings by default), 32 x 512 / default 8 x 256 calibration",
          f"{dg(g['fpq_w8a8_full'])} ({pct(g['fpq_w8a8_full']['ppl_ratio_vs_fp32_same_run'])}); "
-         f"8 x 256: {dg(g['fpq_w8a8_dflt'])}", goal(g["fpq_w8a8_full"], 15.3)),
-        ("FPQ W4A8, **default** (4-bit embeddings + tied head), 32 x 512", dg(g["fpq_w4a8_full"]),
+         f"8 x 256: {dg(g['fpq_w8a8_dflt'])}", prod("fpq_w8a8"), goal(g["fpq_w8a8_full"], 15.3)),
+        ("FPQ W4A8, **default** (4-bit embeddings + tied head), 32 x 512", dg(g["fpq_w4a8_full"]), prod("fpq_w4a8"),
          goal(g["fpq_w4a8_full"], 20)),
         (f"FPQ W4A8, `e_bits=8`, 32 x 512 (CPU: {f0(e8cal['calibration_s'])} s wall, "
          f"{f0(e8cal['calibration_cpu_s'])} CPU-s) / default 8 x 256",
-         f"{dg(e8cal)}; 8 x 256: {dg(c['fpq_w4a8_e8'])}", goal(e8cal, 20)),
+         f"{dg(e8cal)}; 8 x 256: {dg(c['fpq_w4a8_e8'])}", prod("fpq_w4a8_e8"), goal(e8cal, 20)),
         (f"FPQ W4A4, `e_bits=8`, 8 x 256 ({f0(c['fpq_w4a4_e8']['calibration_s'])} s on 2 cores)",
-         dg(c["fpq_w4a4_e8"]), "not collapsed"),
+         dg(c["fpq_w4a4_e8"]), prod("fpq_w4a4_e8"), "not collapsed"),
         ("FPQ W4A4 / FPQ-baseline / MinMax FP / MinMax INT (default embeddings), 32 x 512",
-         " / ".join(ppl(x["ppl_python_docs"]) for x in w4a4) + " (docs)",
+         " / ".join(ppl(x["ppl_python_docs"]) for x in w4a4) + " (docs)", "—",
          f"this order: {'holds' if order else 'does not hold'}"),
         (f"weight-only FP4, `e_bits=8`, 8 x 256 ({f0(c['fp4_w4_e8']['calibration_s'])} s on 2 cores)",
-         dg(c["fp4_w4_e8"]), goal(c["fp4_w4_e8"], 17)),
+         dg(c["fp4_w4_e8"]), prod("fp4_w4_e8"), goal(c["fp4_w4_e8"], 17)),
         ("weight-only FP4 (default embeddings), 32 x 512, vs RTN W4 (same)",
-         f"{dg(g['fp4_w4_full'])} vs {dg(g['rtn_w4'])}", ""),
+         f"{dg(g['fp4_w4_full'])} vs {dg(g['rtn_w4'])}", "—", ""),
         ("weight-only FP8; MinMax INT W8A8, 32 x 512", f"{dg(g['fp8_w8_full'])}; {dg(g['minmax_int_w8a8_full'])}",
-         ""),
+         "—", ""),
     ]
-    out = ["| variant, calibration | docs / GPL-3 | goal (ANCHORS) |", "|---|---|---|"]
-    out += [f"| {a} | {b} | {c_} |" for a, b, c_ in rows]
+    out = ["| variant, calibration | method level: docs / GPL-3 | through the product, 8 x 256: docs / GPL-3 "
+           "| goal (ANCHORS) |", "|---|---|---|---|"]
+    out += [f"| {a} | {b} | {p_} | {c_} |" for a, b, p_, c_ in rows]
     out.append("")
-    out.append(source_line(["llm_fp4.json"], [], "sections `smollm2_16x512` (calibrated on the H200 through "
-                           "`benchmarks/on_device.py run llm_fp4 --device cuda`) and `smollm2_16x512_cpu` "
-                           "(`benchmarks/llm_fp4.py` on this box); FP32 " +
+    ex = next(iter(cli.values()))
+    provs = list(dict.fromkeys(_cmd(x["provenance"]) for x in cli.values()))
+    out.append(source_line(["llm_fp4.json"], [f"{pr} (section `smollm2_cli`, through "
+                                              "`benchmarks/on_device.py run llm_fp4` on the H200 host)" for pr in provs],
+                           "each product cell is `" + ex["commands"][0] + "` then `" + ex["commands"][1] +
+                           "` with that row's options (recorded per row); the method-level cells (the method's "
+                           "`apply` and `evaluate` on the torch model, sections `smollm2_16x512` on the H200 and "
+                           "`smollm2_16x512_cpu` here) were written before results recorded their command; FP32 " +
                            dg(g["fp32"])))
     return "\n".join(out)
 
@@ -197,11 +214,62 @@ def render_structured_ffn_smollm2(r: Results) -> str:
         m = rows[f"magnitude@{ratio}"]
         cells.append(f"{ppl(m['perplexity_python_docs'])} / {ppl(m['perplexity_gpl3'])}")
         out.append(f"| {label} | " + " | ".join(cells) + " |")
+    cli = r("structured_ffn")["cli_smollm2"]["rows"]
+    for tag, x in cli.items():
+        m = x["metrics"]
+        kind, rest = tag.split("@")
+        label = {"0.625": "63%", "0.3125": "32%"}.get(rest.split("+")[0], rest)
+        out.append(f"| {label}, {kind} through the product ({x['options'].get('train_steps', 0)} steps) | "
+                   f"{ppl(m['perplexity_python_docs'])} / {ppl(m['perplexity_gpl3'])} | | | |")
     out.append("")
     ref = r("structured_ffn")["smollm2_device"]["reference"]
-    out.append(source_line(["structured_ffn.json"], [], "section `smollm2_device` "
-                           "(`benchmarks/on_device.py run structured_ffn smollm2 --device cuda`); FP32 "
+    ex = next(iter(cli.values()))
+    out.append(source_line(["structured_ffn.json"], [f"{_cmd(ex['provenance'])} (section `cli_smollm2`, through "
+                                                     "`benchmarks/on_device.py run structured_ffn` on the H200 host): "
+                                                     f"`{ex['commands'][0]}` then `{ex['commands'][1]}`"],
+                           "the other cells: the method's `apply` and `evaluate` on the torch model (section "
+                           "`smollm2_device`, `benchmarks/on_device.py run structured_ffn smollm2 --device cuda`), "
+                           "written before results recorded their command; FP32 "
                            f"{ppl(ref['perplexity_python_docs'])} / {ppl(ref['perplexity_gpl3'])}"))
+    return "\n".join(out)
+
+
+def render_optin(r: Results) -> str:
+    """OPTIN through the product: MiniLM rows + `edgekit profile` ratios, SmolLM2 rows (H200)."""
+    d = r("optin")["minilm_cli"]
+    rows = {(x["flops_keep"], x["importance"]): x for x in d["rows"]}
+    lat = {}
+    for t in d["latency"]["result"]["results"]:
+        for f in t["files"][1:]:
+            keep = float(f["artifact"].rsplit("-", 1)[1])
+            lat.setdefault(keep, {})[t["runtime"]] = f["ratio"]
+    out = ["| FLOPs kept | OPTIN (trajectory) probe / cosine | weight-norm baseline probe / cosine "
+           "| time vs FP32, ONNX Runtime / OpenVINO (median, 95% CI) |", "|---|---|---|---|"]
+    for keep in sorted({k for k, _ in rows}, reverse=True):
+        t, m = rows[(keep, "trajectory")]["metrics"], rows[(keep, "magnitude")]["metrics"]
+        cells = []
+        for rt in ("onnxruntime", "openvino"):
+            x = lat.get(keep, {}).get(rt)
+            cells.append(f"{x2(x['p50'])} [{f2(x['ci95'][0])}, {f2(x['ci95'][1])}]" if x else "—")
+        out.append(f"| {f1(keep)} | {f3(t['probe_accuracy'])} / {f3(t['cosine'])} | {f3(m['probe_accuracy'])} / "
+                   f"{f3(m['cosine'])} | {' / '.join(cells)} |")
+    s = r("optin")["smollm2_cli"]
+    for x in s["rows"]:
+        m, ref = x["metrics"], x["reference"]
+        out.append(f"| SmolLM2, {f1(x['flops_keep'])} | perplexity {ppl(m['perplexity_python_docs'])} / "
+                   f"{ppl(m['perplexity_gpl3'])} (FP32 {ppl(ref['perplexity_python_docs'])} / "
+                   f"{ppl(ref['perplexity_gpl3'])}) | | |")
+    fp = d["fp32"]
+    ex, sx = d["rows"][0], s["rows"][0]
+    out.append("")
+    out.append(source_line(["optin.json"], [
+        f"{_cmd(d['rows_provenance'] if 'rows_provenance' in d else d['provenance'])} (section `minilm_cli`)",
+        f"`{d['latency']['command']}` (through `benchmarks/optin.py minilm-cli-latency`)",
+        f"{_cmd(s['provenance'])} (section `smollm2_cli`, through `benchmarks/on_device.py run optin` on the H200 "
+        "host)"],
+        f"each MiniLM row is `{ex['commands'][0]}` then `{ex['commands'][1]}` with its options, each SmolLM2 row "
+        f"`{sx['commands'][0]}` then `{sx['commands'][1]}`; MiniLM FP32 probe {f3(fp['probe_accuracy'])}, "
+        "1,000 test glosses"))
     return "\n".join(out)
 
 
@@ -420,6 +488,7 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     "udfc-zoo": render_udfc_zoo,
     "llm_fp4-smollm2": render_llm_fp4_smollm2,
     "structured_ffn-smollm2": render_structured_ffn_smollm2,
+    "optin": render_optin,
     "denseshift": render_denseshift,
     "denseshift_effnet": render_denseshift_effnet,
     "peer-baselines": render_peer_baselines,
@@ -619,14 +688,6 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
      [("structured_ffn", f"latency_smollm2/rows/{k}/onnx_mb", f0) for k in ("fp32", "lowrank@0.625",
                                                                             "lowrank@0.3125")]),
     # optin
-    ("MiniLM WordNet-10 (FP32 {}): {} / {} / {} at FLOPs kept 0.8 / 0.6 / 0.5\n(weight-norm pruning: {} / {} / {}), "
-     "latency {} on ONNX Runtime and {} on OpenVINO at 0.6",
-     [("optin", "minilm/fp32/probe_accuracy", f3)] +
-     [("optin", f"minilm/rows/{i}/probe_accuracy", f3) for i in (0, 2, 4, 1, 3, 5)] +
-     [("optin", f"latency/minilm/{rt}/latency_ratio/keep0.6", x2) for rt in ("onnxruntime", "openvino")]),
-    ("(FP32 {}, 4 windows): {} at 0.9, {} at 0.8.",
-     [("optin", "smollm2/fp32_perplexity", f2), ("optin", "smollm2/rows/0/perplexity", f2),
-      ("optin", "smollm2/rows/2/perplexity", f1)]),
     ("s wall on a box shared at load {})",
      [("optin", lambda r: float(r.get("optin", "scoring_time/load_average")[0]), f1)]),
     ("costs {}\nCPU-seconds with 2 threads (`python benchmarks/optin.py scoring-time`; {} s wall",
