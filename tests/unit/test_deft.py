@@ -4,6 +4,7 @@ the ONNX graph, and `edgekit compress --method deft` on tiny models built in cod
 from __future__ import annotations
 
 import copy
+import json
 
 import numpy as np
 import pytest
@@ -246,3 +247,35 @@ def test_cli_compress_exports_merged_model_without_skipped_blocks(tmp_path):
     r = CliRunner().invoke(app, ["compress", str(folder), "--method", "deft", "--data", str(tmp_path / "d.npz"),
                                  "--set", "peft=bogus", "-o", str(tmp_path / "art2")])
     assert r.exit_code == 2 and "peft" in r.output and not (tmp_path / "art2").exists()
+
+
+def test_deft_chains_into_the_int8_deploy_with_its_labelled_training_data(tmp_path):
+    """DEFT then `--deploy int8`: the deploy step takes the DEFT data's inputs (ids, mask) and leaves its label array
+    out (it refused 3 arrays for 2 inputs before); the ONNX Runtime file runs integer MatMuls and is validated on
+    held-out samples of that data."""
+    pytest.importorskip("onnxruntime")
+    from edgekit import api
+
+    folder = tmp_path / "bert"
+    tiny_bert().model.save_pretrained(str(folder))
+    ids, mask, y = task_data()
+    np.savez(tmp_path / "d.npz", ids=ids.numpy(), mask=mask.numpy(), y=y.numpy())
+    art = api.compress(str(folder), "deft", {"train_steps": 4, "progress": False}, tmp_path / "art",
+                       input_shape="1x12:int64,1x12:int64", data=str(tmp_path / "d.npz"), runtimes=["onnxruntime"],
+                       deploy="int8")
+    e = json.loads((art / "manifest.json").read_text())["exports"]["onnxruntime"]
+    assert e["precision"] == "int8", e
+    d = e["deploy"]
+    kernels = d["int8"]["ort_kernels"]
+    assert kernels.get("DynamicQuantizeMatMul", 0) + kernels.get("MatMulIntegerToFloat", 0) >= 6, kernels
+    v = d["int8_validation"]
+    assert v["passed"] and v["inputs"] == "held-out data" and v["inputs_checked"] > 0
+    assert all(o["finite"] for o in v["outputs"].values())
+    # an extra array that is not one label per sample is still refused, in one line
+    from edgekit.deploy.select import calibration_samples
+    from edgekit.specs import InputSpec
+
+    specs = [InputSpec("input_ids", [1, 12], "int64"), InputSpec("attention_mask", [1, 12], "int64")]
+    assert len(calibration_samples(DataSource([ids, mask, y]), specs)) > 0
+    with pytest.raises(ConfigError, match="3 arrays but the model has 2 inputs"):
+        calibration_samples(DataSource([ids, mask, ids]), specs)
