@@ -54,6 +54,10 @@ BUILD = {
                     "--target", "onnxruntime", "--target", "openvino", "-o", "{d}"]],
     "rtn_w4_g32": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--set", "group_size=32", "--kv-cache",
                     "--target", "onnxruntime", "--target", "openvino", "-o", "{d}"]],
+    # ... and the tied embedding/lm_head at 8 bits per channel (NNCF's INT4 default keeps them at INT8)
+    "rtn_w4_g32_h8": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--set", "group_size=32",
+                       "--set", "head_bits=8", "--kv-cache", "--target", "onnxruntime", "--target", "openvino",
+                       "-o", "{d}"]],
 }
 NO_PEER = [False]
 ONLY: list[str] = []  # --only: these variants (+ fp32) instead of all; results go to "<part>_<names>" keys

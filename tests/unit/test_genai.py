@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from edgekit import api
 from edgekit.cli import app
+from edgekit.errors import ConfigError
 from edgekit.genai.loop import OV_CONFIG, PastIO, greedy, open_decoder
 from tests.unit._tiny_llm import tiny_llama, tiny_llama_folder
 
@@ -303,3 +304,36 @@ def test_decoder_info_refuses_non_llama_layouts():
     with pytest.raises(UnsupportedModelError, match="sliding-window"):
         decoder_info(m)
     assert np.isfinite(decoder_info(tiny_llama()).head_dim)
+
+
+def test_rtn4_group_with_an_8bit_head_keeps_the_head_at_8_bits(hf_dir, tmp_path):
+    """`--set head_bits=8`: lm_head (tied to the embedding in SmolLM2) gets per-channel 8-bit codes while every other
+    linear keeps 4-bit group codes; bits/weight counts both; the KV-cache export still generates the compressed torch
+    model's greedy tokens; a head_pattern that matches nothing is a one-line error."""
+    from edgekit.methods import rtn as baseline_rtn
+    from edgekit.model_io import load_model
+    from edgekit.quant import get_codes
+
+    m = load_model(hf_dir).module
+    q, rep = baseline_rtn.apply(m, baseline_rtn.Config(bits=4, group_size=32, head_bits=8))
+    codes = get_codes(q)
+    head = [k for k in codes if k.endswith("lm_head.weight")]
+    assert len(head) == 1 and codes[head[0]].bits == 8 and codes[head[0]].group_size is None
+    assert all(c.bits == 4 and c.group_size == 32 for k, c in codes.items() if k not in head)
+    assert list(rep.extra["head_layers"].values()) == [8]
+    _, plain = baseline_rtn.apply(load_model(hf_dir).module, baseline_rtn.Config(bits=4, group_size=32))
+    hw = codes[head[0]].codes.numel()
+    n = plain.params_after
+    expected = plain.bits_per_weight + (hw * 8 - hw * 4 - hw * 32 / 32) / n  # head: 8-bit codes, no group scales
+    assert abs(rep.bits_per_weight - expected) < 1e-6
+    out = tmp_path / "h8"
+    res = runner.invoke(app, ["compress", str(hf_dir), "--method", "rtn", "--set", "bits=4", "--set", "group_size=32",
+                              "--set", "head_bits=8", "--kv-cache", "-o", str(out)])
+    assert res.exit_code == 0, res.stdout + (res.stderr or "")
+    man = json.loads((out / "manifest.json").read_text())
+    ids = _prompt_ids(out)
+    dec = open_decoder(out / "exports/onnxruntime/model.onnx", "onnxruntime", man["decoder"],
+                       config=man["exports"]["onnxruntime"]["validation"]["runtime_config"])
+    assert greedy(dec, ids, 12).tokens == _hf_greedy(ids, 12, q.model)
+    with pytest.raises(ConfigError, match="head_pattern"):
+        baseline_rtn.apply(load_model(hf_dir).module, baseline_rtn.Config(bits=4, head_bits=8, head_pattern="nothere"))

@@ -8,6 +8,11 @@ on their integer grid (float values) and the codes are recorded, so the ONNX exp
 LLMs (per-channel W4 has one scale for a whole row of 576-1536 weights, and an outlier in the row costs every
 other weight its precision). Layers whose input size is not a multiple of g, and convolutions, keep per-channel
 scales and are listed in the report. The fp32 scales cost 32/g bits per weight, counted in `bits_per_weight`.
+
+`head_bits` (optional): the output head (`head_pattern`, default the LLM `lm_head`) gets its own bit width, per
+channel. SmolLM2 ties lm_head to the token embedding, so 4 bits there quantize both, which alone costs most of W4's
+perplexity loss; NNCF's INT4 default keeps embeddings and lm_head at INT8 for that reason. `head_bits=8` is that
+choice, stated in the report (the head's layer and its bits).
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
+from ...errors import ConfigError
 from ...flops import count_params
 from ...quant.codes import attach_codes, symmetric_per_channel, symmetric_per_group
 from ..common import MethodReport
@@ -35,13 +41,16 @@ class Config(BaseModel, extra="forbid"):
     skip: list[str] = Field(default_factory=list, description="regexes of module names to leave in float")
     group_size: int | None = Field(None, ge=8, description="one scale per this many input weights of a Linear "
                                    "output channel (block-wise, e.g. 32 or 128); default one scale per channel")
+    head_bits: int | None = Field(None, ge=2, le=8, description="bits of the output head (head_pattern), per channel; "
+                                  "e.g. 8 with bits=4 keeps an LLM's lm_head and the embedding tied to it at 8 bits")
+    head_pattern: str = Field(r"(^|\.)lm_head$", description="regex of the head module(s) that head_bits applies to")
 
 
 def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodReport]:
     """Quantize every Conv/Linear weight in place and record its codes."""
     t0 = time.perf_counter()
     rep = MethodReport("rtn", params_before=count_params(model))
-    qw, scale_bits = 0, 0.0
+    qw, scale_bits, code_bits = 0, 0.0, 0.0
     for name, mod in model.named_modules():
         if not isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)):
             continue
@@ -49,7 +58,12 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
             rep.layers_skipped[name] = "matches a skip pattern"
             continue
         w = mod.weight.data
-        if cfg.group_size and isinstance(mod, nn.Linear) and w.shape[1] % cfg.group_size == 0:
+        head = cfg.head_bits is not None and re.search(cfg.head_pattern, name) is not None
+        bits = cfg.head_bits if head else cfg.bits
+        if head:
+            code = symmetric_per_channel(w, bits, axis=0)
+            rep.extra.setdefault("head_layers", {})[name] = bits
+        elif cfg.group_size and isinstance(mod, nn.Linear) and w.shape[1] % cfg.group_size == 0:
             code = symmetric_per_group(w, cfg.bits, cfg.group_size)
             scale_bits += w.numel() * 32 / cfg.group_size
         else:
@@ -63,8 +77,12 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
         attach_codes(model, f"{name}.weight", code)
         rep.layers_touched.append(name)
         qw += mod.weight.numel()
+        code_bits += mod.weight.numel() * bits
     total = rep.params_after = count_params(model)
-    rep.bits_per_weight = (qw * cfg.bits + scale_bits + (total - qw) * 32) / max(total, 1)
+    rep.bits_per_weight = (code_bits + scale_bits + (total - qw) * 32) / max(total, 1)
+    if cfg.head_bits is not None and not rep.extra.get("head_layers"):
+        raise ConfigError(f"head_bits={cfg.head_bits}: no module matches head_pattern '{cfg.head_pattern}'; set "
+                          "head_pattern to the head's module name (see `edgekit inspect MODEL`)")
     if cfg.group_size:
         rep.extra["group_size"] = cfg.group_size
     rep.seconds = time.perf_counter() - t0
