@@ -377,10 +377,29 @@ def run_cli(args) -> None:
             shutil.rmtree(work / tag.replace("@", "_").replace("+", "_"), ignore_errors=True)
 
 
+def run_cli_latency(args) -> None:
+    """`edgekit profile minilm ART...` on the cli part's projection-only lowrank artifacts (ONNX Runtime on the host,
+    OpenVINO), interleaved with FP32 (exported by the profile itself); key cli_minilm/latency."""
+    import edgekit.api
+    from edgekit.profile import provenance
+
+    res = json.loads(OUT.read_text())
+    sec = res["cli_minilm"]
+    arts = [Path(sec["rows"][t]["commands"][0].split(" -o ")[1]) for t in ("lowrank@0.625", "lowrank@0.3125")]
+    targets = ["host", "intel-cpu-openvino"]
+    cmd = (f"edgekit profile minilm {' '.join(map(str, arts))} " + " ".join(f"--target {t}" for t in targets)
+           + f" --rounds {args.runs}")
+    log(cmd)
+    prof = edgekit.api.profile(["minilm", *map(str, arts)], targets, rounds=args.runs)
+    res = json.loads(OUT.read_text())
+    res["cli_minilm"]["latency"] = {"command": cmd, "result": prof, "provenance": provenance(threads=THREADS)}
+    OUT.write_text(json.dumps(res, indent=1))
+
+
 def main() -> None:
     global THREADS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["minilm", "smollm2", "latency", "cli"])
+    ap.add_argument("part", choices=["minilm", "smollm2", "latency", "cli", "cli-latency"])
     ap.add_argument("--limit", type=int, default=None, help="test glosses (minilm) / windows per text (smollm2)")
     ap.add_argument("--train-steps", type=int, default=0)
     ap.add_argument("--train-ratios", type=float, nargs="*", default=[])
@@ -413,7 +432,8 @@ def main() -> None:
         args.limit = 200 if args.part == "minilm" or (args.part == "cli" and args.model == "minilm") else 2
     if args.part == "smollm2" and not args.section and args.limit != 4:
         args.section = f"smollm2_{args.limit or 'default'}"
-    {"minilm": run_minilm, "smollm2": run_smollm2, "latency": run_latency, "cli": run_cli}[args.part](args)
+    {"minilm": run_minilm, "smollm2": run_smollm2, "latency": run_latency, "cli": run_cli,
+     "cli-latency": run_cli_latency}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -273,6 +273,56 @@ def render_optin(r: Results) -> str:
     return "\n".join(out)
 
 
+def render_structured_ffn_minilm(r: Results) -> str:
+    """MiniLM structured FFN through the product (cli_minilm) + the method-level baselines of the `minilm` run."""
+    d = r("structured_ffn")["cli_minilm"]
+    rows, base = d["rows"], r("structured_ffn")["minilm"]["rows"]
+
+    def cell(tag):
+        x = rows.get(tag)
+        if x is None:
+            return "—"
+        if "error" in x:
+            return "refused"
+        return f3(x["metrics"]["probe_accuracy"])
+
+    kinds = ("lowrank", "blockdense", "blockshuffle")
+    out = ["| FFN params | lowrank | blockdense | blockshuffle | baselines (method level): magnitude / neuron "
+           "pruning |", "|---|---|---|---|---|"]
+    for ratio, label in (("0.625", "63%"), ("0.3125", "31%")):
+        out.append(f"| {label}, projection only | " + " | ".join(cell(f"{k}@{ratio}") for k in kinds) +
+                   f" | {f3(base[f'magnitude@{ratio}']['probe_accuracy'])} / "
+                   f"{f3(base[f'neurons@{ratio}']['probe_accuracy'])} |")
+        steps = sorted({t.split("+distill")[1] for t in rows if t.startswith(f"lowrank@{ratio}+distill")})
+        for st in steps:
+            tr = [rows.get(f"{k}@{ratio}+distill{st}", {}) for k in kinds]
+            secs = [x["compress_s"] for x in tr if "compress_s" in x]
+            span = f", {f0(min(secs) / 60)}-{f0(max(secs) / 60)} min each here" if secs else ""
+            out.append(f"| {label}, + {st} distillation steps{span} | " +
+                       " | ".join(cell(f"{k}@{ratio}+distill{st}") for k in kinds) + " | |")
+    lat = d.get("latency")
+    if lat:
+        ratios = {}
+        for t in lat["result"]["results"]:
+            for f in t["files"][1:]:
+                ratios.setdefault(f["artifact"], {})[t["runtime"]] = f["ratio"]
+        for art, by in ratios.items():
+            tag = next(k for k, x in rows.items() if x["commands"][0].endswith(f"-o {art}"))
+            out.append(f"| time vs FP32, {tag.replace('@', ' ')} (ONNX Runtime / OpenVINO, median) | " +
+                       " / ".join(x2(by[rt]["p50"]) for rt in ("onnxruntime", "openvino") if rt in by) + " | | | |")
+    ex = rows[next(t for t in rows if "+distill" in t)] if any("+distill" in t for t in rows) else next(
+        iter(rows.values()))
+    out.append("")
+    cmds = [f"{_cmd(ex['provenance'])} (section `cli_minilm`): `{ex['commands'][0]}` then `{ex['commands'][1]}`, "
+            "per row with its options"]
+    if lat:
+        cmds.append(f"`{lat['command']}` (through `benchmarks/structured_ffn.py cli-latency`)")
+    out.append(source_line(["structured_ffn.json"], cmds, "baselines: the `minilm` section's script-built torch "
+                           f"models (no edgekit method), scored by `evaluate`; FP32 probe "
+                           f"{f3(base['fp32']['probe_accuracy'])}, {d['setup']['eval'].split(', ')[1]}"))
+    return "\n".join(out)
+
+
 def render_denseshift(r: Results) -> str:
     d = r("denseshift")
     conv, ft = d["convert"]["rows"], d["export"]["rows"]
@@ -489,6 +539,7 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     "llm_fp4-smollm2": render_llm_fp4_smollm2,
     "structured_ffn-smollm2": render_structured_ffn_smollm2,
     "optin": render_optin,
+    "structured_ffn-minilm": render_structured_ffn_minilm,
     "denseshift": render_denseshift,
     "denseshift_effnet": render_denseshift_effnet,
     "peer-baselines": render_peer_baselines,
@@ -635,26 +686,6 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("llm_fp4", "smollm2_16x512_cpu/variants/fpq_w4a8_full_e8/ppl_python_docs", f1),
       ("llm_fp4", "smollm2_16x512/variants/fpq_w4a8_full/ppl_python_docs", f1)]),
     # structured_ffn
-    ("(WordNet-10, {} test glosses, FP32 {}) at 63% FFN parameters: projection only {} / {} / {}",
-     [("structured_ffn", "minilm/limit", str), ("structured_ffn", "minilm/rows/fp32/probe_accuracy", f3)] +
-     [("structured_ffn", f"minilm/rows/{k}@0.625/probe_accuracy", f3) for k in ("lowrank", "blockdense",
-                                                                              "blockshuffle")]),
-    ("box) {} / {} / {}; magnitude pruning to the same count {}. At 31%: {} / {} / {} projected;",
-     [("structured_ffn", f"minilm/rows/{k}@0.625+distill/probe_accuracy", f3)
-      for k in ("lowrank", "blockdense", "blockshuffle")] +
-     [("structured_ffn", "minilm/rows/magnitude@0.625/probe_accuracy", f3)] +
-     [("structured_ffn", f"minilm/rows/{k}@0.3125/probe_accuracy", f3)
-      for k in ("lowrank", "blockdense", "blockshuffle")]),
-    ("lowrank 31% runs {} faster on ONNX Runtime, {} on OpenVINO, {} on LiteRT",
-     [("structured_ffn", f"latency/rows/lowrank@0.3125/{rt}_speedup", x2) for rt in ("onnxruntime", "openvino",
-                                                                                     "tflite")]),
-    ("FP32 {} / {} / {} ms; `python benchmarks/structured_ffn.py latency`",
-     [("structured_ffn", f"latency/rows/fp32/{rt}_p50_ms", f1) for rt in ("onnxruntime", "openvino", "tflite")]),
-    ("(batch 8 x 128 tokens, {}-{} min each on the shared 2-core\nbox)",
-     [("structured_ffn", lambda r: min(r.get("structured_ffn", f"minilm/rows/{k}@0.625+distill/train_s")
-                                       for k in ("lowrank", "blockdense", "blockshuffle")) / 60, f0),
-      ("structured_ffn", lambda r: max(r.get("structured_ffn", f"minilm/rows/{k}@0.625+distill/train_s")
-                                       for k in ("lowrank", "blockdense", "blockshuffle")) / 60, f0)]),
     ("and {} CPU\ndistillation steps only bring 63% lowrank from {}k to {}.",
      [("structured_ffn", "smollm2/rows/lowrank@0.625+distill/steps", str),
       ("structured_ffn", "smollm2/rows/lowrank@0.625/perplexity_python_docs", lambda x: f"{x / 1000:.0f}"),
