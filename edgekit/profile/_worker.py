@@ -89,6 +89,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str]) -> int:
     """Entry point: read spec, measure, write the JSON result (errors included)."""
+    from .measure import die_with_parent
+
+    die_with_parent()
     spec = json.loads(Path(argv[0]).read_text())
     try:
         if spec.get("kind") == "interleaved":  # several files in one loop (edgekit.profile.interleave)

@@ -23,7 +23,6 @@ medians over `n_boot` paired bootstrap resamples of the rounds (seeded), and "bl
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -34,7 +33,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from .measure import WORKER_TIMEOUT_S, _die_with_parent, host_threads, summarize
+from .measure import WORKER_TIMEOUT_S, host_threads, summarize, worker_env
 
 RUNTIMES = ("onnxruntime", "openvino", "tflite")
 FileSpec = Sequence[Any] | Mapping[str, Any]
@@ -103,14 +102,12 @@ def interleaved(files: Sequence[FileSpec], rounds: int = 50, warmup: int = 5, *,
 
 def _spawn(spec: dict[str, Any], tmp: Path, timeout_s: float) -> dict[str, Any]:
     """Run the worker on spec; its JSON result, or {"status": "error"} with one line."""
-    env = dict(os.environ)
-    pkg_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env = worker_env()
     spec_p, out_p = tmp / "spec.json", tmp / "result.json"
     spec_p.write_text(json.dumps(spec))
     try:
         proc = subprocess.run([sys.executable, "-m", "edgekit.profile._worker", str(spec_p), str(out_p)], cwd=tmp,
-                              env=env, capture_output=True, text=True, timeout=timeout_s, preexec_fn=_die_with_parent)
+                              env=env, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
         return {"status": "error", "error": f"interleaved timing exceeded {timeout_s:.0f} s; lower rounds"}
     if not out_p.is_file():

@@ -144,15 +144,33 @@ def host_threads() -> int:
         return os.cpu_count() or 1
 
 
-def _die_with_parent() -> None:
-    """In the worker (Linux): get SIGKILL when the parent dies, so a killed `edgekit profile` leaves no orphan."""
+PARENT_ENV = "EDGEKIT_WORKER_PARENT"
+
+
+def die_with_parent() -> None:
+    """Called by the worker itself at start (Linux): get SIGKILL when the parent dies, so a killed `edgekit profile`
+    leaves no orphan; exit at once if the parent is already gone. Done in the worker rather than as a subprocess
+    `preexec_fn`, which runs Python between fork and exec, where a multithreaded parent (JAX, TensorFlow, torch
+    threads) can deadlock the child on a lock another thread held at fork time."""
     import ctypes
     import signal
 
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    except (OSError, AttributeError):
+        return
+    want = os.environ.get(PARENT_ENV)
+    if want and want.isdigit() and os.getppid() != int(want):  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def worker_env() -> dict[str, str]:
+    """The environment of a measuring worker: edgekit importable, the parent's pid for die_with_parent."""
+    env = dict(os.environ)
+    pkg_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env[PARENT_ENV] = str(os.getpid())
+    return env
 
 
 def measure_file(path: Path, runtime: str, *, device: str = "CPU", fallback: str | None = None,
@@ -167,17 +185,14 @@ def measure_file(path: Path, runtime: str, *, device: str = "CPU", fallback: str
     spec = {"path": str(Path(path).resolve()), "runtime": runtime, "device": device, "fallback": fallback,
             "threads": used_threads, "threads_requested": threads, "protocol": protocol.model_dump(),
             "input_hint": input_hint or [], "static_shapes": static_shapes, "ov_dynamic_quant": ov_dynamic_quant}
-    env = dict(os.environ)
-    pkg_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env = worker_env()
     with tempfile.TemporaryDirectory(prefix="edgekit-measure-") as tmp:
         spec_p, out_p = Path(tmp) / "spec.json", Path(tmp) / "result.json"
         spec_p.write_text(json.dumps(spec))
         t0 = time.perf_counter()
         try:
             proc = subprocess.run([sys.executable, "-m", "edgekit.profile._worker", str(spec_p), str(out_p)],
-                                  cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout_s,
-                                  preexec_fn=_die_with_parent)
+                                  cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             return {"status": "error", "error": f"measurement exceeded {timeout_s:.0f} s; lower protocol.min_runs "
                     "or min_seconds in the target profile"}

@@ -385,10 +385,14 @@ def test_kill_between_renames_recovers_the_old_artifact(tmp_path):
 
 
 def test_worker_dies_with_its_parent(tmp_path):
-    """A SIGKILL/SIGTERM to `edgekit profile` must not orphan its measuring worker (PR_SET_PDEATHSIG)."""
-    code = ("import subprocess, sys, time\nfrom edgekit.profile.measure import _die_with_parent\n"
-            "p = subprocess.Popen(['sleep', '60'], preexec_fn=_die_with_parent)\nprint(p.pid, flush=True)\n"
-            "time.sleep(60)")
+    """A SIGKILL/SIGTERM to `edgekit profile` must not orphan its measuring worker: the worker itself asks for
+    PR_SET_PDEATHSIG at start (no preexec_fn: Python between fork and exec can deadlock under a threaded parent),
+    and exits at once when the parent it was started for is already gone."""
+    child_code = ("from edgekit.profile.measure import die_with_parent\ndie_with_parent()\nimport time\n"
+                  "print('up', flush=True)\ntime.sleep(60)")
+    code = ("import subprocess, sys, time\nfrom edgekit.profile.measure import worker_env\n"
+            f"p = subprocess.Popen([sys.executable, '-c', {child_code!r}], env=worker_env(), stdout=subprocess.PIPE,"
+            " text=True)\nassert p.stdout.readline() == 'up\\n'\nprint(p.pid, flush=True)\ntime.sleep(60)")
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
     parent.kill()
@@ -404,6 +408,10 @@ def test_worker_dies_with_its_parent(tmp_path):
     else:
         os.kill(child, 9)
         pytest.fail("the worker outlived its parent")
+    # started for a parent that is not its parent (it died before the worker ran): the worker exits at once
+    env = {**os.environ, "EDGEKIT_WORKER_PARENT": "0"}  # never the real parent pid
+    r = subprocess.run([sys.executable, "-c", child_code], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "up" not in r.stdout
 
 
 def test_validation_figures_are_finite_on_a_good_export(tmp_path):
