@@ -122,6 +122,13 @@ def slower_note(ratio: float, ref_ops: dict[str, Any], ops: dict[str, Any]) -> d
         ta, tb = ta or 0.0, tb or 0.0
         diff.append({"op_type": op, "fp32_ms": ta, "variant_ms": tb, "delta_ms": tb - ta})
     grew = sorted((d for d in diff if d["delta_ms"] > 0), key=lambda d: -d["delta_ms"])[:3]
+    if not diff and (a or b):  # no timing (LiteRT's Python API): the op-count difference is the evidence left
+        counts = {op: (b.get(op) or {}).get("count", 0) - (a.get(op) or {}).get("count", 0) for op in set(a) | set(b)}
+        added = sorted(((op, n) for op, n in counts.items() if n > 0), key=lambda x: -x[1])[:4]
+        why = ("no per-op timing for this runtime; ops added vs fp32: "
+               + (", ".join(f"{op} x{n}" for op, n in added) if added else "none"))
+        return {"ratio": ratio, "op_diff": [], "op_count_diff": dict(added),
+                "summary": f"{ratio:.2f}x the fp32 latency (slower); {why}"}
     why = (", ".join(f"{d['op_type']} +{d['delta_ms']:.3g} ms" for d in grew) if grew
            else "no per-op timing for this runtime" if not diff else "no op type grew; overhead is outside ops")
     return {"ratio": ratio, "op_diff": grew, "summary": f"{ratio:.2f}x the fp32 latency (slower); time grew in: {why}"}

@@ -122,3 +122,16 @@ def test_slower_note_names_the_op_types_that_grew():
     assert [d["op_type"] for d in n["op_diff"]] == ["DequantizeLinear", "Gemm"]
     assert n["op_diff"][0]["delta_ms"] == pytest.approx(0.7) and "1.40x" in n["summary"]
     assert "DequantizeLinear +0.7 ms" in n["summary"]
+
+
+def test_slower_note_without_timing_names_the_ops_the_variant_added():
+    """LiteRT's Python API has no per-op timing: the note then names the op types the slower file added (counts),
+    which is what makes a forced INT8 LiteRT file slower (QUANTIZE/DEQUANTIZE around ops left float)."""
+    ref = {"by_type": {"CONV_2D": {"time_ms": None, "count": 4}, "FULLY_CONNECTED": {"time_ms": None, "count": 1}}}
+    var = {"by_type": {"CONV_2D": {"time_ms": None, "count": 4}, "FULLY_CONNECTED": {"time_ms": None, "count": 1},
+                       "QUANTIZE": {"time_ms": None, "count": 3}, "DEQUANTIZE": {"time_ms": None, "count": 2}}}
+    n = slower_note(1.2, ref, var)
+    assert n["op_count_diff"] == {"QUANTIZE": 3, "DEQUANTIZE": 2} and n["op_diff"] == []
+    assert "ops added vs fp32: QUANTIZE x3, DEQUANTIZE x2" in n["summary"] and "1.20x" in n["summary"]
+    same = slower_note(1.1, ref, ref)
+    assert same["op_count_diff"] == {} and "ops added vs fp32: none" in same["summary"]
