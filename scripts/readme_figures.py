@@ -297,7 +297,7 @@ def render_structured_ffn_minilm(r: Results) -> str:
         for st in steps:
             tr = [rows.get(f"{k}@{ratio}+distill{st}", {}) for k in kinds]
             secs = [x["compress_s"] for x in tr if "compress_s" in x]
-            span = f", {f0(min(secs) / 60)}-{f0(max(secs) / 60)} min each here" if secs else ""
+            span = f" ({f0(min(secs))}-{f0(max(secs))} s per compress here)" if secs else ""
             out.append(f"| {label}, + {st} distillation steps{span} | " +
                        " | ".join(cell(f"{k}@{ratio}+distill{st}") for k in kinds) + " | |")
     lat = d.get("latency")
