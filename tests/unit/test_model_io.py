@@ -159,3 +159,20 @@ def test_input_shape_parsing():
             parse_input_shape(bad)
     with pytest.raises(ConfigError):
         parse_input_shape("1x3", ["seq"])
+
+
+def test_input_shape_without_dtype_keeps_the_models_own_input_type():
+    """`--input-shape 1x512` on a token-id model keeps int64 (the source's type) and its name/range; an explicit
+    `:dtype` still wins. (Before, an untyped shape became float32 and a decoder failed deep in export.)"""
+    from edgekit.api import resolve_specs
+    from edgekit.specs import InputSpec, LoadedModel
+
+    known = [InputSpec("input_ids", [1, 128], "int64", high=49152)]
+    loaded = LoadedModel(nn.Identity(), "smollm2", "decoder", inputs=known)
+    s = resolve_specs(loaded, "1x512")[0]
+    assert (s.name, s.shape, s.dtype, s.high) == ("input_ids", [1, 512], "int64", 49152)
+    assert resolve_specs(loaded, "1x512:int32")[0].dtype == "int32"
+    two = LoadedModel(nn.Identity(), "bert", "encoder", inputs=[InputSpec("input_ids", [1, 8], "int64", high=99),
+                                                                InputSpec("attention_mask", [1, 8], "int64")])
+    a, b = resolve_specs(two, "1x16,1x16:float32")
+    assert (a.dtype, b.dtype, b.name) == ("int64", "float32", "attention_mask")
