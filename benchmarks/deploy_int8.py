@@ -238,9 +238,44 @@ def resnet20_part(ek: list[str], args: argparse.Namespace) -> None:
     print(f"wrote {RESULTS} (key 'resnet20')")
 
 
+def bench_part(ek: list[str], args: argparse.Namespace) -> None:
+    """`edgekit bench` reproducing the ResNet-20 row (UDFC 0% W8, `--deploy auto`) on the three runtimes' targets,
+    calibrated with --data (256 normalised Fashion train images; bench has no --input-range); key bench_resnet20."""
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+
+    import benchmarks.train_fashion_resnet as tfr
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    calib = args.work / "r20_calib.npy"
+    np.save(calib, tfr.load_fashion("train")[0][:256].numpy())
+    out = args.work / "bench-r20"
+    log: list[dict] = []
+    cmd = ek + ["bench", "benchmarks/weights/fashion_resnet20.safetensors", "--arch",
+                "benchmarks/train_fashion_resnet.py:build", "--input-shape", "1x1x28x28", "--targets",
+                "host,intel-cpu-openvino,rpi5-litert", "--methods", "udfc", "--set", "udfc.ratio=0", "--set",
+                "udfc.bits=8", "--deploy", "auto", "--data", str(calib), "-o", str(out)]
+    sh(cmd, log)
+    doc = json.loads((out / "bench.json").read_text())
+    rows = [{k: r.get(k) for k in ("variant", "target", "runtime", "status", "p50_ms", "speedup", "size_mb")}
+            | {"form": (r.get("deploy") or {}).get("form"), "fidelity": (r.get("fidelity") or {}).get("value"),
+               "fidelity_metric": (r.get("fidelity") or {}).get("metric"),
+               "slower": (r.get("slower") or {}).get("summary")} for r in doc["rows"]]
+    for r in rows:
+        print(r, flush=True)
+    from edgekit.profile import provenance
+
+    prev = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    prev["bench_resnet20"] = {"rows": rows, "commands": log, "bench_json": str(out / "bench.json"),
+                              "note": "bench times variants back to back per target (not interleaved); speedup = "
+                                      "fp32 p50 / variant p50", "provenance": provenance(threads=2)}
+    RESULTS.write_text(json.dumps(prev, indent=1, default=str))
+    print(f"wrote {RESULTS} (key 'bench_resnet20')")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("ort-ov", "litert", "resnet20"), default="ort-ov",
+    ap.add_argument("--part", choices=("ort-ov", "litert", "resnet20", "bench"), default="ort-ov",
                     help="ort-ov: ONNX Runtime and OpenVINO (first slice); litert: LiteRT full-integer INT8")
     ap.add_argument("--limit", type=int, default=None, help="fashion-probe test images (default: the task's 1,000)")
     ap.add_argument("--skip-eval", action="store_true", help="latency and validation only")
@@ -251,6 +286,8 @@ def main() -> None:
         return litert_part(ek, args)
     if args.part == "resnet20":
         return resnet20_part(ek, args)
+    if args.part == "bench":
+        return bench_part(ek, args)
     info = {"host_before": host(), "git": git_commit()}
     args.work.mkdir(parents=True, exist_ok=True)
     variants = {}

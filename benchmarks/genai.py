@@ -7,6 +7,7 @@ Parts (run one at a time on a quiet box; each writes its key of benchmarks/resul
   python benchmarks/genai.py speed [--rounds 5] [--new-tokens 64] [--prompt-tokens 128] [--threads 2]
   python benchmarks/genai.py ppl [--docs 16] [--gpl 8]
   python benchmarks/genai.py rss                   # `edgekit generate --json` per artifact/runtime/stack
+  python benchmarks/genai.py match [--new-tokens 32]  # FP32 greedy tokens vs transformers' generate, per stack
 
 Variants (per runtime, FP32 first):
 - fp32: the FP32 decoder (numpy greedy loop), and the runtime's own stack (onnxruntime-genai, openvino-genai);
@@ -301,9 +302,57 @@ def rss(a: argparse.Namespace) -> None:
     save(_key("rss"), {"rows": rows}, a.threads)
 
 
+MATCH_PROMPTS = [PROMPT, "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+                 "The GNU General Public License is a free, copyleft license for",
+                 "To read a file line by line in Python, you can", "import json\n\ndata = json.loads("]
+
+
+def match(a: argparse.Namespace) -> None:
+    """Greedy tokens of the FP32 decoder artifact, through `edgekit generate` (numpy loop and the runtime's own genai
+    stack, ONNX Runtime and OpenVINO), against transformers' own greedy `generate` of the same model on the same
+    prompt ids (eos ignored everywhere): identical tokens, or the first step where they part."""
+    import torch
+
+    import edgekit.api
+    from edgekit.models.real import load_smollm2
+
+    art = ARTS / "fp32"
+    tok = _Tok(art / "tokenizer" / "tokenizer.json")
+    hf, _ = load_smollm2()
+    rows = []
+    for prompt in MATCH_PROMPTS:
+        ids = tok(prompt)["input_ids"]
+        x = torch.tensor([ids])
+        with torch.no_grad():
+            ref = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=a.new_tokens,
+                              min_new_tokens=a.new_tokens, do_sample=False, pad_token_id=0)[0, len(ids):].tolist()
+        for rt in a.runtime:
+            for stack in ("numpy", "genai"):
+                cmd = (f"edgekit generate {art} --runtime {rt} --stack {stack} --threads {a.threads} --prompt "
+                       f"{shlex.quote(prompt)} --max-new-tokens {a.new_tokens} --ignore-eos")
+                try:
+                    g = edgekit.api.generate(art, prompt, a.new_tokens, runtime=rt, threads=a.threads, stack=stack,
+                                             stop_at_eos=False)
+                except Exception as e:  # noqa: BLE001 - a stack that cannot run is a result
+                    rows.append({"prompt": prompt, "runtime": rt, "stack": stack, "command": cmd,
+                                 "error": f"{type(e).__name__}: {str(e)[:200]}"})
+                    continue
+                got = g.tokens[:len(ref)]
+                first = next((i for i, (p, q) in enumerate(zip(got, ref)) if p != q), None)
+                rows.append({"prompt": prompt, "runtime": rt, "stack": g.stack, "command": cmd,
+                             "identical": got == ref, "first_difference": first, "tokens": len(got),
+                             "prompt_tokens": len(ids)})
+                log(rt, g.stack, "identical" if got == ref else f"differs at step {first}", repr(prompt[:30]))
+    n = sum(1 for r in rows if r.get("identical"))
+    save("match_transformers", {"rows": rows, "identical": n, "runs": len(rows), "new_tokens": a.new_tokens,
+                                "reference": "transformers LlamaForCausalLM.generate (greedy, float32, eos ignored)"},
+         a.threads)
+    log(f"{n} of {len(rows)} generations identical to transformers")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["build", "speed", "ppl", "rss"])
+    ap.add_argument("part", choices=["build", "speed", "ppl", "rss", "match"])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=128)
@@ -319,7 +368,7 @@ def main() -> None:
         ap.error(f"unknown variant(s) {bad}; choose from {', '.join(BUILD)}")
     ONLY[:] = [n for n in a.only.split(",") if n]
     NO_PEER[0] = a.no_peer
-    {"build": build, "speed": speed, "ppl": ppl, "rss": rss}[a.part](a)
+    {"build": build, "speed": speed, "ppl": ppl, "rss": rss, "match": match}[a.part](a)
 
 
 if __name__ == "__main__":
