@@ -140,9 +140,34 @@ def _build(model_src: Any, variants: list[str], tgts: list[TargetProfile], specs
     return cells
 
 
-def _outputs(f: Path, t: TargetProfile, hint: list[dict] | None, n: int) -> list[np.ndarray]:
-    """First output for n seeded random inputs, run in the target's runtime (same inputs for every variant), opened
-    the way its artifact was validated."""
+def data_feeds(data: Any, specs: list[dict[str, Any]], hint: list[dict] | None, n: int) -> list[dict] | None:
+    """n feeds from the last n samples of the user's --data (held out from calibration when the data is larger than
+    the deploy step's calibration slice), or None when the data does not fit these inputs (then seeded random
+    inputs are used, and the row says so). A trailing one-label-per-sample array (training data) is left out;
+    several inputs are matched by name to the manifest's inputs."""
+    ts = list(getattr(data, "tensors", None) or [])
+    if len(ts) == len(specs) + 1 and ts[-1].dim() == 1 and len(ts[-1]) == len(ts[0]):
+        ts = ts[:-1]
+    if not ts or len(ts) != len(specs) or len(ts[0]) < n:
+        return None
+    if len(specs) > 1 and [s["name"] for s in specs] != [h.get("name") for h in (hint or [])][:len(specs)]:
+        return None
+    feeds = []
+    for k in range(len(ts[0]) - n, len(ts[0])):
+        f = {}
+        for s, t in zip(specs, ts):
+            a = t[k:k + 1].numpy()
+            if len(s["shape"]) != a.ndim or any(d and d != x for d, x in zip(s["shape"], a.shape)):
+                return None
+            f[s["name"]] = a.astype(s["dtype"])
+        feeds.append(f)
+    return feeds
+
+
+def _outputs(f: Path, t: TargetProfile, hint: list[dict] | None, n: int, data: Any = None) -> dict[str, Any]:
+    """First output for n inputs, run in the target's runtime (same inputs for every variant), opened the way its
+    artifact was validated: the last n samples of `data` when they fit the inputs, else n seeded random inputs.
+    Returns {"outputs": [...], "inputs": "data" | "random"}."""
     from .artifact import read_manifest
     from .profile.measure import host_threads
     from .runtimes import open_session, ov_dynamic_quant, random_feeds, session_inputs
@@ -152,7 +177,10 @@ def _outputs(f: Path, t: TargetProfile, hint: list[dict] | None, n: int) -> list
     sess = open_session(f, t.runtime, threads=min(t.threads, host_threads()), device=t.device, fallback=t.fallback,
                         ov_dynamic_quant=dq)
     specs = session_inputs(sess)
-    return [np.asarray(sess.run(random_feeds(specs, hint, seed=1000 + i))[0], dtype=np.float64) for i in range(n)]
+    feeds = data_feeds(data, specs, hint, n) if data is not None else None
+    src = "data" if feeds else "random"
+    feeds = feeds or [random_feeds(specs, hint, seed=1000 + i) for i in range(n)]
+    return {"outputs": [np.asarray(sess.run(fd)[0], dtype=np.float64) for fd in feeds], "inputs": src}
 
 
 def fidelity(ref: list[np.ndarray], out: list[np.ndarray], role: str = "classifier") -> dict[str, Any]:
@@ -256,9 +284,9 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
     def outputs(r: dict[str, Any], t: TargetProfile, hint: Any) -> list[np.ndarray]:
         """The row's target-runtime outputs on the fidelity inputs: computed here, or by its Ray build task."""
         if outs is None:
-            return _outputs(_runtime_file(Path(r["artifact"]), t.runtime), t, hint, N_FIDELITY)
+            return _outputs(_runtime_file(Path(r["artifact"]), t.runtime), t, hint, N_FIDELITY, data)
         got = outs.get((r["variant"], t.name))
-        if not isinstance(got, list):
+        if not isinstance(got, dict) or "outputs" not in got:
             raise EdgekitError((got or {}).get("error") or "no outputs came back from the Ray build task")
         return got
 
@@ -275,7 +303,10 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
         for r in trow.values():
             if ref_out is not None and r["artifact"]:
                 try:
-                    r["fidelity"] = fidelity(ref_out, outputs(r, t, hint), role)
+                    got = outputs(r, t, hint)
+                    r["fidelity"] = {**fidelity(ref_out["outputs"], got["outputs"], role),
+                                     "inputs": ("the last %d samples of --data" % N_FIDELITY if got["inputs"] == "data"
+                                                else "%d seeded random inputs" % N_FIDELITY)}
                 except Exception as e:  # noqa: BLE001 - shown in the row, the matrix goes on
                     r["fidelity"] = {"metric": "error", "value": None, "error": str(e).splitlines()[0]}
             if r["p50_ms"] and ref["p50_ms"]:

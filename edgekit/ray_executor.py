@@ -241,7 +241,8 @@ def build_task(model_src: Any, variant: str, tgts: list, specs: list, source: An
                 out["blobs"].setdefault(rel, blob)
                 try:
                     f = _runtime_file(Path(c["art"]), t.runtime)
-                    out["outputs"][t.name] = _outputs(f, t, read_manifest(Path(c["art"])).get("inputs"), n_fidelity)
+                    out["outputs"][t.name] = _outputs(f, t, read_manifest(Path(c["art"])).get("inputs"), n_fidelity,
+                                                      data)
                 except Exception as e:  # noqa: BLE001 - shown in the row, as in a local bench
                     out["outputs"][t.name] = {"error": (str(e).strip().splitlines() or [type(e).__name__])[0]}
             out["cells"][t.name] = {"status": c["status"], "reason": c["reason"], "rel": rel, "sha256": sha}

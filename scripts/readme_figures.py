@@ -796,6 +796,19 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
      [("genai", f"speed_rtn_w4_g32/runtimes/{rt}/{v}/decode_vs_fp32", x2)
       for rt, v in (("onnxruntime", "rtn_w4_g32"), ("onnxruntime", "rtn_w4_g32+a8"), ("openvino", "rtn_w4_g32"),
                     ("openvino", "rtn_w4_g32+a8"), ("onnxruntime", "ort-genai builder int4 (peer)"))]),
+    ("`head_bits=8` (run C) brings RTN W4 g32 to {} perplexity on the Python docs, at a decode cost:",
+     [("genai", "perplexity_rtn_w4_g32_h8/runtimes/onnxruntime/rtn_w4_g32_h8/python_docs", f2)]),
+    ("so decode drops to {} on ONNX Runtime and {} on OpenVINO.",
+     [("genai", f"speed_rtn_w4_g32_h8/runtimes/{rt}/rtn_w4_g32_h8/decode_vs_fp32", x2)
+      for rt in ("onnxruntime", "openvino")]),
+    ("transformers' own `generate` token for token in {} of {} runs",
+     [("genai", "match_transformers/identical", str), ("genai", "match_transformers/runs", str)]),
+    ("exact-nonzero density is {} in float32 and {} in bfloat16 on MiniLM",
+     [("deft", "dtype_check/minilm (GELU)/float32/exact_tok", lambda x: f"{x:.6f}"),
+      ("deft", "dtype_check/minilm (GELU)/bfloat16/exact_tok", lambda x: f"{x:.6f}")]),
+    ("|a| > 1e-3 is {} / {} and {} / {}.",
+     [("deft", f"dtype_check/{m}/{d}/thr_tok", f4) for m in ("minilm (GELU)", "smollm2 (SiLU gate)")
+      for d in ("float32", "bfloat16")]),
     # peer baselines prose
     ("NNCF INT8 PTQ on OpenVINO (EfficientNet {}, MiniLM {}, SmolLM2 {} at\nperplexity {} vs {})",
      [("baselines", f"models/{m}/cells/nncf_ptq/latency/openvino/latency_vs_fp32", x2)

@@ -94,7 +94,9 @@ def bench_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rows = []
     for r in doc["rows"]:
         fid = r.get("fidelity") or {}
-        fid_s = f"{_f(fid.get('value'))} ({fid.get('metric')})" if fid.get("value") is not None else "—"
+        src = fid.get("inputs") or ""
+        on = ", your data" if "--data" in src else ", random inputs" if src else ""
+        fid_s = f"{_f(fid.get('value'))} ({fid.get('metric')}{on})" if fid.get("value") is not None else "—"
         dep = r.get("deploy") or {}
         variant = r["variant"] + (f" -> {dep['form']}" if dep.get("form") else "")  # what --deploy kept
         rows.append([variant, r["target"], r["status"] + (f": {r['reason']}" if r.get("reason") else ""),
