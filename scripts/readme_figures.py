@@ -192,8 +192,9 @@ def render_llm_fp4_smollm2(r: Results) -> str:
     out.append("")
     ex = next(iter(cli.values()))
     provs = list(dict.fromkeys(_cmd(x["provenance"]) for x in cli.values()))
-    out.append(source_line(["llm_fp4.json"], [f"{pr} (section `smollm2_cli`, through "
-                                              "`benchmarks/on_device.py run llm_fp4` on the H200 host)" for pr in provs],
+    out.append(source_line(["llm_fp4.json"], [f"{pr} (section `smollm2_cli`, " + (
+        "through `benchmarks/on_device.py run llm_fp4` on the H200 host)" if "--device cuda" in pr else "on this box)")
+        for pr in provs],
                            "each product cell is `" + ex["commands"][0] + "` then `" + ex["commands"][1] +
                            "` with that row's options (recorded per row); the method-level cells (the method's "
                            "`apply` and `evaluate` on the torch model, sections `smollm2_16x512` on the H200 and "
