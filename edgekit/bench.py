@@ -159,7 +159,8 @@ def data_feeds(data: Any, specs: list[dict[str, Any]], hint: list[dict] | None, 
             a = t[k:k + 1].numpy()
             if len(s["shape"]) != a.ndim or any(d and d != x for d, x in zip(s["shape"], a.shape)):
                 return None
-            f[s["name"]] = a.astype(s["dtype"])
+            real = s.get("quantized") and a.dtype.kind == "f"  # a full-integer input quantizes real values itself
+            f[s["name"]] = a.astype(np.float32 if real else s["dtype"])
         feeds.append(f)
     return feeds
 
@@ -179,7 +180,8 @@ def _outputs(f: Path, t: TargetProfile, hint: list[dict] | None, n: int, data: A
     specs = session_inputs(sess)
     feeds = data_feeds(data, specs, hint, n) if data is not None else None
     src = "data" if feeds else "random"
-    feeds = feeds or [random_feeds(specs, hint, seed=1000 + i) for i in range(n)]
+    real = [{**s, "dtype": "float32"} if s.get("quantized") else s for s in specs]  # same real values as FP32's file
+    feeds = feeds or [random_feeds(real, hint, seed=1000 + i) for i in range(n)]
     return {"outputs": [np.asarray(sess.run(fd)[0], dtype=np.float64) for fd in feeds], "inputs": src}
 
 

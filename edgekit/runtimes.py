@@ -192,7 +192,10 @@ def session_inputs(sess: Session) -> list[dict[str, Any]]:
         return out
     det = sess.info["interpreter"].get_input_details()
     return [{"name": d["name"], "shape": [int(x) if x > 0 else None for x in d.get("shape_signature", d["shape"])],
-             "dtype": np.dtype(d["dtype"]).name} for d in det]
+             "dtype": np.dtype(d["dtype"]).name,
+             # a quantized integer input (full-integer LiteRT file) takes real values: the session quantizes them
+             "quantized": bool(d.get("quantization", (0.0, 0))[0]) and np.dtype(d["dtype"]).kind in "iu"}
+            for d in det]
 
 
 def random_feeds(specs: list[dict[str, Any]], hint: list[dict[str, Any]] | None = None,

@@ -810,6 +810,11 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
     ("|a| > 1e-3 is {} / {} and {} / {}.",
      [("deft", f"dtype_check/{m}/{d}/thr_tok", f4) for m in ("minilm (GELU)", "smollm2 (SiLU gate)")
       for d in ("float32", "bfloat16")]),
+    ("full int8 kept, at {} / {} / {} FP32's time (variants timed back to back, not interleaved), top-1\n"
+     "agreement with FP32 {} / {} / {}",
+     [("deploy_int8", lambda r, i=i: 1 / r.get("deploy_int8", f"bench_resnet20/rows/{i}/speedup"), x2)
+      for i in (1, 3, 5)] +
+     [("deploy_int8", f"bench_resnet20/rows/{i}/fidelity", f3) for i in (1, 3, 5)]),
     # peer baselines prose
     ("NNCF INT8 PTQ on OpenVINO (EfficientNet {}, MiniLM {}, SmolLM2 {} at\nperplexity {} vs {})",
      [("baselines", f"models/{m}/cells/nncf_ptq/latency/openvino/latency_vs_fp32", x2)
