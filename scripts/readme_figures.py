@@ -815,6 +815,9 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
      [("deploy_int8", lambda r, i=i: 1 / r.get("deploy_int8", f"bench_resnet20/rows/{i}/speedup"), x2)
       for i in (1, 3, 5)] +
      [("deploy_int8", f"bench_resnet20/rows/{i}/fidelity", f3) for i in (1, 3, 5)]),
+    ("exported and measured here (`edgekit.compress` with `load_peft`) | {} / {} / {} | {} / {} / {} |",
+     [("deft", f"smollm2/rows/{v}/perplexity", f2) for v in ("peft", "deft", "deft_l10")] +
+     [("deft", f"smollm2/rows/{v}/thr_tok", f3) for v in ("peft", "deft", "deft_l10")]),
     # peer baselines prose
     ("NNCF INT8 PTQ on OpenVINO (EfficientNet {}, MiniLM {}, SmolLM2 {} at\nperplexity {} vs {})",
      [("baselines", f"models/{m}/cells/nncf_ptq/latency/openvino/latency_vs_fp32", x2)
