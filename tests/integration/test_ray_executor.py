@@ -213,5 +213,14 @@ def test_build_task_keeps_method_options_and_packs_verified_exports():
     blob = got["blobs"][cell["rel"]]
     man = json.loads(blob["files"]["manifest.json"])
     assert man["method"]["config"]["bits"] == 4 and blob["sha256"] == cell["sha256"]
-    outs = got["outputs"]["ray-a"]
+    res = got["outputs"]["ray-a"]
+    outs = res["outputs"]
+    assert res["inputs"] == "random"  # no --data: seeded random inputs, as the local bench
     assert len(outs) == 2 and outs[0].shape == (1, 10) and not (outs[0] == outs[1]).all()
+    from edgekit.data import DataSource
+    from edgekit.models.digits_cnn import digits_split
+
+    x = digits_split()[0][:8]  # with --data the build task judges on the data's last samples, as the local bench
+    got = build_task("demo", "rtn", [t], ["x86-avx2-ort"], SourceOptions(), {"rtn": {"bits": 4}}, DataSource([x]),
+                     None, None, 2)
+    assert got["outputs"]["ray-a"]["inputs"] == "data" and len(got["outputs"]["ray-a"]["outputs"]) == 2
