@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import edgekit
+import edgekit.api
 from edgekit.api import open_data, read_manifest
 
 
@@ -36,7 +37,7 @@ def run_row(model: str, method: str, opts: dict[str, Any], art: Path, *, data: P
     if art.exists():
         shutil.rmtree(art)
     art.parent.mkdir(parents=True, exist_ok=True)
-    info: dict[str, Any] = {"method": method, "options": dict(opts),
+    info: dict[str, Any] = {"method": method, "options": dict(opts), "artifact": str(art),
                             "commands": cli_commands(model, method, opts, art, data, list(targets), task, runtime,
                                                      eval_opts, limit, input_shape)}
     t0 = time.perf_counter()
@@ -59,3 +60,25 @@ def run_row(model: str, method: str, opts: dict[str, Any], art: Path, *, data: P
     info.update(metrics={k: round(v, 5) for k, v in res["metrics"].items()}, reference=res.get("reference"),
                 samples=res.get("samples"), runtime=res.get("runtime"), eval_s=round(time.perf_counter() - t1, 1))
     return info
+
+
+def artifact_of(row: dict[str, Any]) -> Path:
+    """The artifact folder of a run_row result (rows written before the key existed: from its compress command)."""
+    return Path(row.get("artifact") or row["commands"][0].split(" -o ")[1])
+
+
+def profile_vs_fp32(model: str, arts: list[Path], targets: list[str], rounds: int) -> dict[str, Any]:
+    """`edgekit profile MODEL ART... --target T... --rounds N`: the source's FP32 export (made by the profile) and the
+    artifacts, interleaved, ratios to FP32. An artifact without an export for a target's runtime first gets one
+    (`edgekit export ART --target RUNTIME`, from its model.onnx). Returns the command(s) and the profile result."""
+    pre = []
+    for a in arts:
+        for rt in {edgekit.api.load_target(t).runtime for t in targets}:
+            if not (a / "exports" / rt).is_dir():
+                edgekit.api.export(a, rt)
+                pre.append(f"edgekit export {a} --target {rt}")
+    cmd = (f"edgekit profile {model} {' '.join(map(str, arts))} " + " ".join(f"--target {t}" for t in targets)
+           + f" --rounds {rounds}")
+    print(cmd, flush=True)
+    return {"command": cmd, "exports": pre,
+            "result": edgekit.api.profile([model, *map(str, arts)], targets, rounds=rounds)}

@@ -280,14 +280,9 @@ def minilm_cli(work: Path, samples: int = 16, keeps: tuple[float, ...] = KEEP_MI
 def minilm_cli_latency(arts: list[Path], rounds: int = 30) -> dict:
     """`edgekit profile minilm ART... --target host --target intel-cpu-openvino --rounds N`: FP32 (exported by the
     profile itself) and the artifacts, interleaved, ratios to FP32."""
-    import edgekit.api
+    from _product import profile_vs_fp32
 
-    targets = ["host", "intel-cpu-openvino"]
-    cmd = (f"edgekit profile minilm {' '.join(str(a) for a in arts)} " + " ".join(f"--target {t}" for t in targets)
-           + f" --rounds {rounds}")
-    print(cmd, flush=True)
-    return {"command": cmd, "result": edgekit.api.profile(["minilm", *[str(a) for a in arts]], targets,
-                                                          rounds=rounds)}
+    return profile_vs_fp32("minilm", arts, ["host", "intel-cpu-openvino"], rounds)
 
 
 def smollm2_windows(path: Path) -> None:
@@ -349,8 +344,9 @@ def main() -> None:
                    rounds=int(args.get("--rounds", 30)))
     elif part == "minilm-cli-latency":  # the artifacts of an earlier minilm-cli run
         old = json.loads(OUT.read_text())["minilm_cli"]
-        arts = [Path(r["commands"][0].split(" -o ")[1]) for r in old["rows"]
-                if r["importance"] == "trajectory" and "error" not in r]
+        from _product import artifact_of
+
+        arts = [artifact_of(r) for r in old["rows"] if r["importance"] == "trajectory" and "error" not in r]
         old["rows_provenance"] = old.get("rows_provenance") or old.get("provenance")  # the run that made the rows
         old["latency"] = minilm_cli_latency(arts, int(args.get("--rounds", 30)))
         _save("minilm_cli", {k: v for k, v in old.items() if k != "provenance"})

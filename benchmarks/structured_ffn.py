@@ -18,6 +18,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -372,33 +373,21 @@ def run_cli(args) -> None:
         sec["rows"][tag] = {**row, "provenance": provenance(threads=THREADS)}
         OUT.write_text(json.dumps(res, indent=1))
         if smol:
-            import shutil
-
             shutil.rmtree(work / tag.replace("@", "_").replace("+", "_"), ignore_errors=True)
 
 
 def run_cli_latency(args) -> None:
     """`edgekit profile minilm ART...` on the cli part's projection-only lowrank artifacts (ONNX Runtime on the host,
     OpenVINO), interleaved with FP32 (exported by the profile itself); key cli_minilm/latency."""
-    import edgekit.api
+    from _product import artifact_of, profile_vs_fp32
+
     from edgekit.profile import provenance
 
+    rows = json.loads(OUT.read_text())["cli_minilm"]["rows"]
+    arts = [artifact_of(rows[t]) for t in ("lowrank@0.625", "lowrank@0.3125")]
+    lat = profile_vs_fp32("minilm", arts, ["host", "intel-cpu-openvino"], args.runs)
     res = json.loads(OUT.read_text())
-    sec = res["cli_minilm"]
-    arts = [Path(sec["rows"][t]["commands"][0].split(" -o ")[1]) for t in ("lowrank@0.625", "lowrank@0.3125")]
-    targets = ["host", "intel-cpu-openvino"]
-    pre = []
-    for a in arts:  # `edgekit export ART --target openvino` (from the artifact's model.onnx) where it has none
-        if not (a / "exports" / "openvino").is_dir():
-            edgekit.api.export(a, "openvino")
-            pre.append(f"edgekit export {a} --target openvino")
-    cmd = (f"edgekit profile minilm {' '.join(map(str, arts))} " + " ".join(f"--target {t}" for t in targets)
-           + f" --rounds {args.runs}")
-    log(cmd)
-    prof = edgekit.api.profile(["minilm", *map(str, arts)], targets, rounds=args.runs)
-    res = json.loads(OUT.read_text())
-    res["cli_minilm"]["latency"] = {"command": cmd, "exports": pre, "result": prof,
-                                    "provenance": provenance(threads=THREADS)}
+    res["cli_minilm"]["latency"] = {**lat, "provenance": provenance(threads=THREADS)}
     OUT.write_text(json.dumps(res, indent=1))
 
 

@@ -145,9 +145,7 @@ def data_feeds(data: Any, specs: list[dict[str, Any]], hint: list[dict] | None, 
     the deploy step's calibration slice), or None when the data does not fit these inputs (then seeded random
     inputs are used, and the row says so). A trailing one-label-per-sample array (training data) is left out;
     several inputs are matched by name to the manifest's inputs."""
-    ts = list(getattr(data, "tensors", None) or [])
-    if len(ts) == len(specs) + 1 and ts[-1].dim() == 1 and len(ts[-1]) == len(ts[0]):
-        ts = ts[:-1]
+    ts = data.model_inputs(len(specs)) if getattr(data, "tensors", None) else []
     if not ts or len(ts) != len(specs) or len(ts[0]) < n:
         return None
     if len(specs) > 1 and [s["name"] for s in specs] != [h.get("name") for h in (hint or [])][:len(specs)]:

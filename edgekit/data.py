@@ -22,6 +22,14 @@ class DataSource:
     def __len__(self) -> int:
         return len(self.texts) if self.texts else (len(self.tensors[0]) if self.tensors else 0)
 
+    def model_inputs(self, n_inputs: int) -> list[torch.Tensor]:
+        """The arrays that feed a model of `n_inputs` inputs: training data carries one trailing label per sample
+        (DEFT's ids/mask/y, DenseShift's x/y), which is left out; anything else is returned as it is."""
+        ts = list(self.tensors)
+        if len(ts) == n_inputs + 1 and ts[-1].dim() == 1 and len(ts[-1]) == len(ts[0]):
+            return ts[:-1]
+        return ts
+
     def batches(self, batch_size: int = 1, limit: int | None = None) -> Iterator[tuple[torch.Tensor, ...]]:
         """Tensor batches in order (deterministic)."""
         n = min(len(self), limit or len(self))

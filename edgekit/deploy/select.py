@@ -51,12 +51,10 @@ def calibration_samples(data: Any, specs: Sequence[InputSpec], limit: int = CALI
     it feeds the method; INT8 then goes data-free or dynamic, and the record says which)."""
     if data is None or not getattr(data, "tensors", None):
         return None
-    tensors = list(data.tensors)
-    if len(tensors) == len(specs) + 1 and tensors[-1].dim() == 1 and len(tensors[-1]) == len(tensors[0]):
-        tensors = tensors[:-1]  # training data (inputs..., one label per sample: DEFT, DenseShift): inputs only
-        data = type(data)(tensors)
-    if len(tensors) != len(specs):
-        raise ConfigError(f"--data holds {len(data.tensors)} arrays but the model has {len(specs)} inputs")
+    if len(data.tensors) != len(specs):
+        if len(data.model_inputs(len(specs))) != len(specs):
+            raise ConfigError(f"--data holds {len(data.tensors)} arrays but the model has {len(specs)} inputs")
+        data = type(data)(data.model_inputs(len(specs)), source=data.source)  # training data: labels left out
     bs = specs[0].shape[0]
     out = []
     for batch in data.batches(bs, limit * bs):
