@@ -281,8 +281,9 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
                 prof = profile_artifact(cell["art"], [t])["results"][0] if cell["art"] else None
                 rows.append(_row(v, t, cell, prof))
 
-    def outputs(r: dict[str, Any], t: TargetProfile, hint: Any) -> list[np.ndarray]:
-        """The row's target-runtime outputs on the fidelity inputs: computed here, or by its Ray build task."""
+    def outputs(r: dict[str, Any], t: TargetProfile, hint: Any) -> dict[str, Any]:
+        """The row's target-runtime outputs on the fidelity inputs ({"outputs", "inputs"}, as _outputs): computed
+        here, or by its Ray build task."""
         if outs is None:
             return _outputs(_runtime_file(Path(r["artifact"]), t.runtime), t, hint, N_FIDELITY, data)
         got = outs.get((r["variant"], t.name))

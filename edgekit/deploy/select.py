@@ -51,10 +51,11 @@ def calibration_samples(data: Any, specs: Sequence[InputSpec], limit: int = CALI
     it feeds the method; INT8 then goes data-free or dynamic, and the record says which)."""
     if data is None or not getattr(data, "tensors", None):
         return None
-    if len(data.tensors) != len(specs):
-        if len(data.model_inputs(len(specs))) != len(specs):
-            raise ConfigError(f"--data holds {len(data.tensors)} arrays but the model has {len(specs)} inputs")
-        data = type(data)(data.model_inputs(len(specs)), source=data.source)  # training data: labels left out
+    ins = data.model_inputs(len(specs))  # training data: its label array left out
+    if len(ins) != len(specs):
+        raise ConfigError(f"--data holds {len(data.tensors)} arrays but the model has {len(specs)} inputs")
+    if len(ins) != len(data.tensors):
+        data = type(data)(ins, source=data.source)
     bs = specs[0].shape[0]
     out = []
     for batch in data.batches(bs, limit * bs):
