@@ -14,7 +14,7 @@ from typing import Any
 
 import edgekit
 import edgekit.api
-from edgekit.api import open_data, read_manifest
+from edgekit.api import SourceOptions, open_data, read_manifest
 
 
 def cli_commands(model: str, method: str, opts: dict[str, Any], art: Path, data: Path | None,
@@ -67,7 +67,8 @@ def artifact_of(row: dict[str, Any]) -> Path:
     return Path(row.get("artifact") or row["commands"][0].split(" -o ")[1])
 
 
-def profile_vs_fp32(model: str, arts: list[Path], targets: list[str], rounds: int) -> dict[str, Any]:
+def profile_vs_fp32(model: str, arts: list[Path], targets: list[str], rounds: int,
+                    input_shape: str | None = None) -> dict[str, Any]:
     """`edgekit profile MODEL ART... --target T... --rounds N`: the source's FP32 export (made by the profile) and the
     artifacts, interleaved, ratios to FP32. An artifact without an export for a target's runtime first gets one
     (`edgekit export ART --target RUNTIME`, from its model.onnx). Returns the command(s) and the profile result."""
@@ -78,7 +79,8 @@ def profile_vs_fp32(model: str, arts: list[Path], targets: list[str], rounds: in
                 edgekit.api.export(a, rt)
                 pre.append(f"edgekit export {a} --target {rt}")
     cmd = (f"edgekit profile {model} {' '.join(map(str, arts))} " + " ".join(f"--target {t}" for t in targets)
-           + f" --rounds {rounds}")
+           + f" --rounds {rounds}" + (f" --input-shape {input_shape}" if input_shape else ""))
     print(cmd, flush=True)
+    src = SourceOptions(input_shape=input_shape)
     return {"command": cmd, "exports": pre,
-            "result": edgekit.api.profile([model, *map(str, arts)], targets, rounds=rounds)}
+            "result": edgekit.api.profile([model, *map(str, arts)], targets, source=src, rounds=rounds)}

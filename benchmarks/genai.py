@@ -8,6 +8,7 @@ Parts (run one at a time on a quiet box; each writes its key of benchmarks/resul
   python benchmarks/genai.py ppl [--docs 16] [--gpl 8]
   python benchmarks/genai.py rss                   # `edgekit generate --json` per artifact/runtime/stack
   python benchmarks/genai.py match [--new-tokens 32]  # FP32 greedy tokens vs transformers' generate, per stack
+  python benchmarks/genai.py profile --only rtn_w4_g32_h8 --rounds 3   # `edgekit profile` decode metrics
 
 Variants (per runtime, FP32 first):
 - fp32: the FP32 decoder (numpy greedy loop), and the runtime's own stack (onnxruntime-genai, openvino-genai);
@@ -350,9 +351,26 @@ def match(a: argparse.Namespace) -> None:
     log(f"{n} of {len(rows)} generations identical to transformers")
 
 
+def profile(a: argparse.Namespace) -> None:
+    """`edgekit profile ARTS/fp32 ARTS/<variant>... --target host --target intel-cpu-openvino --rounds N`: the decode
+    metrics through the product (TTFT of a 128-token prompt, tokens/s over 128 new tokens, floor, decode-step ops)."""
+    import edgekit.api
+
+    arts = [str(ARTS / n) for n in _names()]
+    targets = ["host", "intel-cpu-openvino"]
+    cmd = f"edgekit profile {' '.join(arts)} " + " ".join(f"--target {t}" for t in targets) + f" --rounds {a.rounds}"
+    log(cmd)
+    doc = edgekit.api.profile(arts, targets, rounds=a.rounds)
+    for r in doc["results"]:
+        for f in r["files"]:
+            log(r["target"], Path(f["artifact"]).name, f"{f['decode_tokens_per_s']:.1f} tok/s",
+                f"x{f['decode_ratio']['p50']:.2f}", f"ttft {f['ttft_ms']:.0f} ms", f"floor {f['floor_ms_per_token']:.1f}")
+    save(_key("profile"), {"command": cmd, "doc": doc}, a.threads)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["build", "speed", "ppl", "rss", "match"])
+    ap.add_argument("part", choices=["build", "speed", "ppl", "rss", "match", "profile"])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=128)
@@ -368,7 +386,7 @@ def main() -> None:
         ap.error(f"unknown variant(s) {bad}; choose from {', '.join(BUILD)}")
     ONLY[:] = [n for n in a.only.split(",") if n]
     NO_PEER[0] = a.no_peer
-    {"build": build, "speed": speed, "ppl": ppl, "rss": rss, "match": match}[a.part](a)
+    {"build": build, "speed": speed, "ppl": ppl, "rss": rss, "match": match, "profile": profile}[a.part](a)
 
 
 if __name__ == "__main__":

@@ -398,7 +398,16 @@ SMOL_CLI_OPTS = {"fpq_w8a8": {"w_bits": 8, "a_bits": 8},
                  "fpq_w4a8": {"w_bits": 4, "a_bits": 8},
                  "fpq_w4a8_e8": {"w_bits": 4, "a_bits": 8, "e_bits": 8},
                  "fp4_w4_e8": {"w_bits": 4, "a_bits": 16, "e_bits": 8},
-                 "fpq_w4a4_e8": {"w_bits": 4, "a_bits": 4, "e_bits": 8}}
+                 "fpq_w4a4_e8": {"w_bits": 4, "a_bits": 4, "e_bits": 8},
+                 # the paper's W4A4 ordering and the comparison rows, default embeddings (e_bits = w_bits)
+                 "fpq_w4a4": {"w_bits": 4, "a_bits": 4},
+                 "fpq_baseline_w4a4": {"w_bits": 4, "a_bits": 4, "variant": "fpq_baseline"},
+                 "minmax_fp_w4a4": {"w_bits": 4, "a_bits": 4, "variant": "minmax"},
+                 "minmax_int_w4a4": {"w_bits": 4, "a_bits": 4, "variant": "minmax_int"},
+                 "minmax_int_w8a8": {"w_bits": 8, "a_bits": 8, "variant": "minmax_int"},
+                 "fp4_w4": {"w_bits": 4, "a_bits": 16},
+                 "fp8_w8": {"w_bits": 8, "a_bits": 16}}
+SMOL_CLI_METHOD = {"rtn_w4": ("rtn", {"bits": 4})}  # rows of another method (default: llm_fp4 + SMOL_CLI_OPTS)
 SMOL_CLI = ["fpq_w8a8", "fpq_w4a8_e8", "fpq_w4a8"]
 
 
@@ -413,8 +422,11 @@ def smollm2_cli(names: list[str], device: str, threads: int, work: Path) -> None
     calib.write_text("\n\n".join(calib_texts()), encoding="utf-8")
     key = "smollm2_cli"
     for name in names:
-        opts = dict(SMOL_CLI_OPTS[name], **({"device": device} if device != "cpu" else {}))
-        row = run_row("smollm2", "llm_fp4", opts, work / name, data=calib, task="perplexity", threads=threads,
+        method, base = SMOL_CLI_METHOD.get(name, ("llm_fp4", SMOL_CLI_OPTS.get(name)))
+        if base is None:
+            raise SystemExit(f"unknown SmolLM2 variant {name!r}; known: {sorted(SMOL_CLI_OPTS) + sorted(SMOL_CLI_METHOD)}")
+        opts = dict(base, **({"device": device} if device != "cpu" and method == "llm_fp4" else {}))
+        row = run_row("smollm2", method, opts, work / name, data=calib, task="perplexity", threads=threads,
                       input_shape="1x512")
         print(name, json.dumps({k: v for k, v in row.items() if k not in ("options", "commands", "report_extra")}),
               flush=True)

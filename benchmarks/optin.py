@@ -304,15 +304,20 @@ def smollm2_cli(windows: Path, work: Path, keeps: tuple[float, ...] = (0.9,), sa
     --task perplexity` on its ONNX Runtime file (16 + 8 windows of 512 tokens)."""
     from _product import run_row
 
-    res: dict = {"rows": [], "calibration": f"{windows.name}: 128-token windows of the Python docs after the "
-                 "evaluated 16 x 512", "samples": samples}
+    from edgekit.profile import provenance
+
+    old = json.loads(OUT.read_text()).get("smollm2_cli", {}) if OUT.is_file() else {}
+    res: dict = {"rows": [r for r in old.get("rows", []) if r["flops_keep"] not in keeps],  # earlier keeps stay
+                 "calibration": f"{windows.name}: 128-token windows of the Python docs after the evaluated 16 x 512",
+                 "samples": samples}
     for keep in keeps:
         opts = {"flops_keep": keep, "samples": samples, "max_len": 128, **({"device": device} if device != "cpu"
                                                                            else {})}
         row = run_row("smollm2", "optin", opts, work / f"optin-smol-{keep}", data=windows, task="perplexity",
                       input_shape="1x512", threads=os.cpu_count() or 2)
         row["flops_keep"] = keep
-        res["rows"].append(row)
+        row["provenance"] = provenance(threads=os.cpu_count() or 2)  # per row: keeps come from different runs
+        res["rows"] = sorted([*res["rows"], row], key=lambda r: -r["flops_keep"])
         print(keep, {k: v for k, v in row.items() if k not in ("options", "commands", "report_extra")}, flush=True)
         _save("smollm2_cli", res)
         shutil.rmtree(work / f"optin-smol-{keep}", ignore_errors=True)

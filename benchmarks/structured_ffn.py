@@ -383,12 +383,53 @@ def run_cli_latency(args) -> None:
 
     from edgekit.profile import provenance
 
+    if args.model == "smollm2":
+        return cli_latency_smollm2(args)
     rows = json.loads(OUT.read_text())["cli_minilm"]["rows"]
     arts = [artifact_of(rows[t]) for t in ("lowrank@0.625", "lowrank@0.3125")]
     lat = profile_vs_fp32("minilm", arts, ["host", "intel-cpu-openvino"], args.runs)
     res = json.loads(OUT.read_text())
     res["cli_minilm"]["latency"] = {**lat, "provenance": provenance(threads=THREADS)}
     OUT.write_text(json.dumps(res, indent=1))
+
+
+SMOL_LATENCY_CASES = [("lowrank", 0.625), ("blockshuffle", 0.625), ("lowrank", 0.3125), ("blockdense", 0.3125),
+                      ("blockshuffle", 0.3125)]
+
+
+def cli_latency_smollm2(args) -> None:
+    """SmolLM2 prefill through the product (key cli_smollm2/latency): `edgekit compress smollm2 --method
+    structured_ffn --set kind=K --set param_ratio=R --input-shape 1x128` (projection only: a recovered model has the
+    same layers and shapes, so the same speed), then `edgekit profile smollm2 ART... --input-shape 1x128` against
+    the FP32 export the profile makes, interleaved, on ONNX Runtime (host) and OpenVINO."""
+    import edgekit
+    from _product import profile_vs_fp32
+
+    from edgekit.profile import provenance
+
+    work = Path(args.work)
+    arts, cmds = [], []
+    for kind, ratio in SMOL_LATENCY_CASES:
+        art = work / f"lat_{kind}_{ratio}"
+        t0 = time.perf_counter()
+        if not (art / "manifest.json").is_file() or args.fresh:  # projection only: deterministic, reusable
+            if art.exists():
+                shutil.rmtree(art)
+            edgekit.compress("smollm2", "structured_ffn", {"kind": kind, "param_ratio": ratio}, art,
+                             runtimes=["onnxruntime"], input_shape="1x128")
+        cmds.append(f"edgekit compress smollm2 --method structured_ffn --set kind={kind} --set param_ratio={ratio} "
+                    f"--input-shape 1x128 --target onnxruntime -o {art}")
+        log(cmds[-1], round(time.perf_counter() - t0, 1), "s")
+        arts.append(art)
+    lat = profile_vs_fp32("smollm2", arts, ["host", "intel-cpu-openvino"], args.runs, input_shape="1x128")
+    sizes = {str(a): round(sum(f.stat().st_size for f in a.glob("model.onnx*")) / 2**20, 1) for a in arts}
+    res = json.loads(OUT.read_text())
+    res.setdefault("cli_smollm2", {"rows": {}})["latency"] = {
+        "compress_commands": cmds, **lat, "onnx_mib": sizes, "provenance": provenance(threads=THREADS)}
+    OUT.write_text(json.dumps(res, indent=1))
+    for t in lat["result"]["results"]:
+        log(t["runtime"], [(f["artifact"], f.get("ratio", {}).get("p50"), f.get("timing_ms", {}).get("p50"))
+                           for f in t["files"]])
 
 
 def main() -> None:
@@ -417,6 +458,7 @@ def main() -> None:
                                                   "smollm2_<limit>)")
     ap.add_argument("--work", default="/tmp/edgekit-sffn-cli", help="cli: artifact folder")
     ap.add_argument("--cli-projected", action="store_true", help="cli: also the projection-only rows")
+    ap.add_argument("--fresh", action="store_true", help="cli-latency smollm2: re-compress existing artifacts")
     ap.add_argument("--cli-kinds", nargs="*", default=list(KINDS), help="cli: kinds of the projection-only rows")
     ap.add_argument("--cli-ratios", type=float, nargs="*", default=list(RATIOS), help="cli: their ratios")
     args = ap.parse_args()

@@ -60,8 +60,15 @@ def targets_show(name: str = typer.Argument(..., help="bundled name or .yaml pat
 
 def _print_profile(doc: dict) -> None:
     """Profile (or compare) table plus per-target notes."""
-    from .profile.report import compare_rows, notes, profile_rows
+    from .profile.report import compare_rows, decode_rows, notes, profile_rows
 
+    if doc.get("kind") == "decode":
+        head, rows = decode_rows(doc)
+        console.print(_table(head, rows, f"decode ({doc['prompt_tokens']}-token prompt, {doc['new_tokens']} new "
+                                         "tokens, interleaved; floor = weight bytes / host copy bandwidth)"))
+        for n in notes(doc):
+            console.print(n, highlight=False)
+        return
     if doc.get("kind") == "compare":
         head, rows = compare_rows(doc)
         title = "compare (timed interleaved on this host; ratios to the first artifact)"

@@ -51,6 +51,12 @@ def _relabel(doc: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     return json.loads(text)
 
 
+def _is_decoder(src: str | Path) -> bool:
+    from .genai.speed import is_decoder_artifact
+
+    return is_decoder_artifact(src)
+
+
 def profile_sources(sources: Sequence[str | Path], targets: Sequence[Any], source: SourceOptions | None = None,
                     rounds: int | None = None, out_json: str | Path | None = None,
                     on_step: Callable[[str], None] = _noop) -> dict[str, Any]:
@@ -63,8 +69,22 @@ def profile_sources(sources: Sequence[str | Path], targets: Sequence[Any], sourc
         raise ConfigError("pass a model source or artifact to profile")
     if not targets:
         raise ConfigError("no target given; pass --target NAME (see `edgekit targets list`)")
-    if rounds is not None and len(sources) < 2:
+    if rounds is not None and len(sources) < 2 and not _is_decoder(sources[0]):
         raise ConfigError("--rounds applies when comparing two or more artifacts; drop it for one artifact")
+    from .genai.speed import decode_profile, is_decoder_artifact
+
+    dec = [is_decoder_artifact(s) for s in sources]
+    if any(dec):  # KV-cache decoders: generation metrics (TTFT, decode tokens/s), not one forward pass
+        if not all(dec):
+            raise ConfigError("decoder artifacts (made with --kv-cache) are profiled for generation; profile them "
+                              "apart from other sources")
+        doc = decode_profile(sources, targets, rounds=rounds, on_step=on_step)
+        doc["sources"] = [{"source": str(s), "exported_fp32": False} for s in sources]
+        if out_json is not None:
+            from .safety import write_own_json
+
+            write_own_json(Path(out_json), doc)
+        return doc
     tgts = [load_target(t) for t in targets]  # bad names fail before any export
     for t in tgts:
         require_runtime(t.runtime)

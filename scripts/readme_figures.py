@@ -141,96 +141,128 @@ def render_udfc_zoo(r: Results) -> str:
 
 
 def render_llm_fp4_smollm2(r: Results) -> str:
+    """SmolLM2 LLM-FP4 rows through the product (section smollm2_cli): each cell an `edgekit compress` artifact at
+    the method's default calibration budget, scored by `edgekit eval ART --task perplexity` on ONNX Runtime. The
+    earlier method-level sections (the method's apply() on the torch model) are only compared against, in the
+    source line, never shown as cells."""
+    cli = r("llm_fp4")["smollm2_cli"]["variants"]
     g = r("llm_fp4")["smollm2_16x512"]["variants"]
     c = r("llm_fp4")["smollm2_16x512_cpu"]["variants"]
 
-    def dg(x):
-        return f"{ppl(x['ppl_python_docs'])} / {ppl(x['ppl_gpl3'])}"
+    def m(name):
+        x = cli[name]
+        return None if "error" in x else x["metrics"]
 
-    def goal(x, limit):
-        return f"<= {limit}: {'met' if x['ppl_python_docs'] <= limit else 'missed'}"
+    def cell(name):
+        x = m(name)
+        return "refused" if x is None else f"{ppl(x['perplexity_python_docs'])} / {ppl(x['perplexity_gpl3'])}"
 
-    w4a4 = [g[k] for k in ("fpq_w4a4_full", "fpq_baseline_w4a4_full", "minmax_fp_w4a4_full",
-                            "minmax_int_w4a4_full")]
-    order = all(a["ppl_python_docs"] < b["ppl_python_docs"] for a, b in zip(w4a4, w4a4[1:]))
-    e8cal = c["fpq_w4a8_full_e8"]
-    cli = r("llm_fp4")["smollm2_cli"]["variants"]
+    def where(name):
+        x = cli[name]
+        return f"{f0(x['compress_s'])} s " + ("H200" if "--device cuda" in x["provenance"]["command"] else "here")
 
-    def prod(name):
-        x = cli.get(name)
-        if not x:
-            return "—"
-        if "error" in x:
-            return "export refused: " + x["error"][:60]
-        m = x["metrics"]
-        return f"{ppl(m['perplexity_python_docs'])} / {ppl(m['perplexity_gpl3'])}"
+    def goal(name, limit):
+        x = m(name)
+        return f"<= {limit}: {'met' if x and x['perplexity_python_docs'] <= limit else 'missed'}"
 
+    w4a4 = ["fpq_w4a4", "fpq_baseline_w4a4", "minmax_fp_w4a4", "minmax_int_w4a4"]
+    docs = [m(n)["perplexity_python_docs"] if m(n) else float("inf") for n in w4a4]  # refused = collapsed
+    order = all(a_ < b_ for a_, b_ in zip(docs[:2], docs[1:2])) and all(d >= docs[1] for d in docs[2:])
+    refused = [n for n in w4a4 if m(n) is None]
     rows = [
-        ("FPQ W8A8 (8-bit embeddings by default), 32 x 512 / default 8 x 256 calibration",
-         f"{dg(g['fpq_w8a8_full'])} ({pct(g['fpq_w8a8_full']['ppl_ratio_vs_fp32_same_run'])}); "
-         f"8 x 256: {dg(g['fpq_w8a8_dflt'])}", prod("fpq_w8a8"), goal(g["fpq_w8a8_full"], 15.3)),
-        ("FPQ W4A8, **default** (4-bit embeddings + tied head), 32 x 512", dg(g["fpq_w4a8_full"]), prod("fpq_w4a8"),
-         goal(g["fpq_w4a8_full"], 20)),
-        (f"FPQ W4A8, `e_bits=8`, 32 x 512 (CPU: {f0(e8cal['calibration_s'])} s wall, "
-         f"{f0(e8cal['calibration_cpu_s'])} CPU-s) / default 8 x 256",
-         f"{dg(e8cal)}; 8 x 256: {dg(c['fpq_w4a8_e8'])}", prod("fpq_w4a8_e8"), goal(e8cal, 20)),
-        (f"FPQ W4A4, `e_bits=8`, 8 x 256 ({f0(c['fpq_w4a4_e8']['calibration_s'])} s on 2 cores)",
-         dg(c["fpq_w4a4_e8"]), prod("fpq_w4a4_e8"), "not collapsed"),
-        ("FPQ W4A4 / FPQ-baseline / MinMax FP / MinMax INT (default embeddings), 32 x 512",
-         " / ".join(ppl(x["ppl_python_docs"]) for x in w4a4) + " (docs)", "—",
-         f"this order: {'holds' if order else 'does not hold'}"),
-        (f"weight-only FP4, `e_bits=8`, 8 x 256 ({f0(c['fp4_w4_e8']['calibration_s'])} s on 2 cores)",
-         dg(c["fp4_w4_e8"]), prod("fp4_w4_e8"), goal(c["fp4_w4_e8"], 17)),
-        ("weight-only FP4 (default embeddings), 32 x 512, vs RTN W4 (same)",
-         f"{dg(g['fp4_w4_full'])} vs {dg(g['rtn_w4'])}", "—", ""),
-        ("weight-only FP8; MinMax INT W8A8, 32 x 512", f"{dg(g['fp8_w8_full'])}; {dg(g['minmax_int_w8a8_full'])}",
-         "—", ""),
+        ("FPQ W8A8 (8-bit embeddings by default)", cell("fpq_w8a8"), where("fpq_w8a8"), goal("fpq_w8a8", 15.3)),
+        ("FPQ W4A8, **default** (`e_bits` = `w_bits`: 4-bit embeddings + tied head)", cell("fpq_w4a8"),
+         where("fpq_w4a8"), goal("fpq_w4a8", 20)),
+        ("FPQ W4A8, `e_bits=8`", cell("fpq_w4a8_e8"), where("fpq_w4a8_e8"), goal("fpq_w4a8_e8", 20)),
+        ("FPQ W4A4, `e_bits=8`", cell("fpq_w4a4_e8"), where("fpq_w4a4_e8"), "not collapsed"),
+        ("W4A4, default embeddings: FPQ / FPQ-baseline / MinMax FP / MinMax INT",
+         " / ".join(ppl(m(n)["perplexity_python_docs"]) if m(n) else "refused" for n in w4a4) + " (docs)",
+         " / ".join(f0(cli[n]["compress_s"]) for n in w4a4) + " s here",
+         f"this order: {'holds' if order else 'does not hold'}"
+         + (f" ({len(refused)} refused = collapsed)" if refused else "")),
+        ("weight-only FP4, `e_bits=8`", cell("fp4_w4_e8"), where("fp4_w4_e8"), goal("fp4_w4_e8", 17)),
+        ("weight-only FP4 (default embeddings)", cell("fp4_w4"), where("fp4_w4"), ""),
+        ("RTN W4 (`--method rtn --set bits=4`: same layers, per channel)", cell("rtn_w4"), where("rtn_w4"), ""),
+        ("weight-only FP8", cell("fp8_w8"), where("fp8_w8"), ""),
+        ("MinMax INT W8A8", cell("minmax_int_w8a8"), where("minmax_int_w8a8"), ""),
     ]
-    out = ["| variant, calibration | method level: docs / GPL-3 | through the product, 8 x 256: docs / GPL-3 "
-           "| goal (ANCHORS) |", "|---|---|---|---|"]
-    out += [f"| {a} | {b} | {p_} | {c_} |" for a, b, p_, c_ in rows]
+    out = ["| variant | perplexity docs / GPL-3 | compress time | goal (ANCHORS) |", "|---|---|---|---|"]
+    out += [f"| {a_} | {b_} | {t_} | {c_} |" for a_, b_, t_, c_ in rows]
+    # the earlier method-level runs (apply() on the torch model; 32 x 512 calibration where named _full): how far
+    # the product's cells are from them
+    pairs = {"fpq_w8a8": g["fpq_w8a8_full"], "fpq_w4a8": g["fpq_w4a8_full"], "fpq_w4a8_e8": c["fpq_w4a8_full_e8"],
+             "fpq_w4a4_e8": c["fpq_w4a4_e8"], "fpq_w4a4": g["fpq_w4a4_full"],
+             "fpq_baseline_w4a4": g["fpq_baseline_w4a4_full"], "fp4_w4_e8": c["fp4_w4_e8"],
+             "fp4_w4": g["fp4_w4_full"], "rtn_w4": g["rtn_w4"], "fp8_w8": g["fp8_w8_full"],
+             "minmax_int_w8a8": g["minmax_int_w8a8_full"]}
+    diffs = [m(k)["perplexity_python_docs"] / v["ppl_python_docs"] - 1 for k, v in pairs.items() if m(k)]
     out.append("")
-    ex = next(iter(cli.values()))
+    ex = cli["fpq_w8a8"]
     provs = list(dict.fromkeys(_cmd(x["provenance"]) for x in cli.values()))
+    fp = next(iter(cli.values()))["reference"]
     out.append(source_line(["llm_fp4.json"], [f"{pr} (section `smollm2_cli`, " + (
         "through `benchmarks/on_device.py run llm_fp4` on the H200 host)" if "--device cuda" in pr else "on this box)")
         for pr in provs],
-                           "each product cell is `" + ex["commands"][0] + "` then `" + ex["commands"][1] +
-                           "` with that row's options (recorded per row); the method-level cells (the method's "
-                           "`apply` and `evaluate` on the torch model, sections `smollm2_16x512` on the H200 and "
-                           "`smollm2_16x512_cpu` here) were written before results recorded their command; FP32 " +
-                           dg(g["fp32"])))
+        "each cell is `" + ex["commands"][0] + "` then `" + ex["commands"][1] + "` with that row's options (recorded "
+        "per row; calibration: the method's default 8 x 256 tokens of the stdlib docstrings in `--data`); "
+        f"{len(diffs)} of these cells have an earlier method-level twin (the method's `apply` on the torch model, "
+        "mostly with 32 x 512 calibration; sections `smollm2_16x512`, `smollm2_16x512_cpu`): docs perplexity "
+        f"{min(diffs) * 100:+.1f}% to {max(diffs) * 100:+.1f}% from it; FP32 "
+        f"{ppl(fp['perplexity_python_docs'])} / {ppl(fp['perplexity_gpl3'])}"))
     return "\n".join(out)
 
 
 def render_structured_ffn_smollm2(r: Results) -> str:
-    rows = r("structured_ffn")["smollm2_device"]["rows"]
-    out = ["| FFN params | lowrank | blockdense | blockshuffle | magnitude (unstructured, no training) |",
+    """SmolLM2 structured FFN through the product (section cli_smollm2: compress with recovery training on the H200,
+    eval on the ONNX Runtime file; latency: `edgekit profile` of projection-only artifacts here), plus the
+    script-built magnitude baseline (no edgekit method)."""
+    d = r("structured_ffn")["cli_smollm2"]
+    cli, dev = d["rows"], r("structured_ffn")["smollm2_device"]
+    kinds = ("lowrank", "blockdense", "blockshuffle")
+    lat: dict = {}
+    for t in (d.get("latency") or {}).get("result", {}).get("results", []):
+        for f in t["files"][1:]:
+            kind, ratio = f["artifact"].rsplit("/", 1)[1].split("_")[1:3]
+            lat.setdefault((kind, ratio), {})[t["runtime"]] = f["ratio"]["p50"]
+    out = ["| FFN params | lowrank | blockdense | blockshuffle | baseline: magnitude (unstructured, no training) |",
            "|---|---|---|---|---|"]
+    steps = set()
     for ratio, label in (("0.625", "63%"), ("0.3125", "32%")):
         cells = []
-        for kind in ("lowrank", "blockdense", "blockshuffle"):
-            x = rows[f"{kind}@{ratio}+distill-600x16x256"]
-            cells.append(f"{ppl(x['perplexity_python_docs'])} / {ppl(x['perplexity_gpl3'])}")
-        m = rows[f"magnitude@{ratio}"]
-        cells.append(f"{ppl(m['perplexity_python_docs'])} / {ppl(m['perplexity_gpl3'])}")
-        out.append(f"| {label} | " + " | ".join(cells) + " |")
-    cli = r("structured_ffn")["cli_smollm2"]["rows"]
-    for tag, x in cli.items():
-        m = x["metrics"]
-        kind, rest = tag.split("@")
-        label = {"0.625": "63%", "0.3125": "32%"}.get(rest.split("+")[0], rest)
-        out.append(f"| {label}, {kind} through the product ({x['options'].get('train_steps', 0)} steps) | "
-                   f"{ppl(m['perplexity_python_docs'])} / {ppl(m['perplexity_gpl3'])} | | | |")
+        for kind in kinds:
+            x = cli.get(f"{kind}@{ratio}+distill600")
+            cells.append("—" if x is None else "refused" if "error" in x else
+                         f"{ppl(x['metrics']['perplexity_python_docs'])} / {ppl(x['metrics']['perplexity_gpl3'])}")
+            if x:
+                steps.add(x["options"]["train_steps"])
+        mg = dev["rows"][f"magnitude@{ratio}"]
+        out.append(f"| {label}, perplexity docs / GPL-3 | " + " | ".join(cells) +
+                   f" | {ppl(mg['perplexity_python_docs'])} / {ppl(mg['perplexity_gpl3'])} |")
+        if lat:
+            tc = [" / ".join(x2(1 / lat[(k, ratio)][rt]) for rt in ("onnxruntime", "openvino"))
+                  if (k, ratio) in lat else "" for k in kinds]
+            out.append(f"| {label}, prefill speed-up over FP32, ONNX Runtime / OpenVINO | " + " | ".join(tc) + " | |")
+    # the earlier method-level run of the same settings (apply() + recovery on the torch model): distance to it
+    diffs = [cli[f"{k}@{ra}+distill600"]["metrics"]["perplexity_python_docs"] /
+             dev["rows"][f"{k}@{ra}+distill-600x16x256"]["perplexity_python_docs"] - 1
+             for k in kinds for ra in ("0.625", "0.3125")
+             if f"{k}@{ra}+distill600" in cli and "metrics" in cli[f"{k}@{ra}+distill600"]]
     out.append("")
-    ref = r("structured_ffn")["smollm2_device"]["reference"]
-    ex = next(iter(cli.values()))
-    out.append(source_line(["structured_ffn.json"], [f"{_cmd(ex['provenance'])} (section `cli_smollm2`, through "
-                                                     "`benchmarks/on_device.py run structured_ffn` on the H200 host): "
-                                                     f"`{ex['commands'][0]}` then `{ex['commands'][1]}`"],
-                           "the other cells: the method's `apply` and `evaluate` on the torch model (section "
-                           "`smollm2_device`, `benchmarks/on_device.py run structured_ffn smollm2 --device cuda`), "
-                           "written before results recorded their command; FP32 "
+    ref = dev["reference"]
+    ex = cli["lowrank@0.625+distill600"]
+    provs = list(dict.fromkeys(_cmd(x["provenance"]) for x in cli.values() if "provenance" in x))
+    cmds = [f"{'; '.join(provs)} (section `cli_smollm2`, through `benchmarks/on_device.py run structured_ffn` on the "
+            f"H200 host), each cell `{ex['commands'][0]}` then `{ex['commands'][1]}` with its kind and ratio"]
+    if lat:
+        L = d["latency"]
+        cmds.append(f"{_cmd(L['provenance'])} (on this box): `{L['compress_commands'][0]}` per kind and ratio "
+                    f"(projection only: a recovered model has the same layers), then `{L['command']}`")
+    out.append(source_line(["structured_ffn.json"], cmds,
+                           f"the magnitude baseline is a script-built model (FFN weights zeroed by magnitude; "
+                           "`benchmarks/structured_ffn.py smollm2`, section `smollm2_device`) scored by "
+                           "`edgekit.evaluate`; the product cells are "
+                           f"{min(diffs) * 100:+.1f}% to {max(diffs) * 100:+.1f}% (docs perplexity) from the earlier "
+                           "method-level run of the same settings (same section); FP32 "
                            f"{ppl(ref['perplexity_python_docs'])} / {ppl(ref['perplexity_gpl3'])}"))
     return "\n".join(out)
 
@@ -266,8 +298,8 @@ def render_optin(r: Results) -> str:
     out.append(source_line(["optin.json"], [
         f"{_cmd(d['rows_provenance'] if 'rows_provenance' in d else d['provenance'])} (section `minilm_cli`)",
         f"`{d['latency']['command']}` (through `benchmarks/optin.py minilm-cli-latency`)",
-        f"{_cmd(s['provenance'])} (section `smollm2_cli`, through `benchmarks/on_device.py run optin` on the H200 "
-        "host)"],
+        *(f"{_cmd(x.get('provenance') or s['provenance'])} (section `smollm2_cli`, through "
+          "`benchmarks/on_device.py run optin` on the H200 host)" for x in s["rows"])],
         f"each MiniLM row is `{ex['commands'][0]}` then `{ex['commands'][1]}` with its options, each SmolLM2 row "
         f"`{sx['commands'][0]}` then `{sx['commands'][1]}`; MiniLM FP32 probe {f3(fp['probe_accuracy'])}, "
         "1,000 test glosses"))
@@ -556,11 +588,18 @@ def _w8(r: Results, kinds: tuple[str, ...], variant: str | None = None) -> list[
 
 
 def _sffn32(r: Results) -> list[float]:
-    """How many times magnitude pruning's docs perplexity each trained structured FFN at 32% has (SmolLM2, H200)."""
-    rows = r.get("structured_ffn", "smollm2_device/rows")
-    mag = rows["magnitude@0.3125"]["perplexity_python_docs"]
-    return [mag / rows[f"{k}@0.3125+distill-600x16x256"]["perplexity_python_docs"]
+    """How many times magnitude pruning's docs perplexity each trained structured FFN at 32% has (SmolLM2 through
+    the product, trained on the H200)."""
+    mag = r.get("structured_ffn", "smollm2_device/rows/magnitude@0.3125/perplexity_python_docs")
+    rows = r.get("structured_ffn", "cli_smollm2/rows")
+    return [mag / rows[f"{k}@0.3125+distill600"]["metrics"]["perplexity_python_docs"]
             for k in ("lowrank", "blockdense", "blockshuffle")]
+
+
+def _fp32_err(r: Results, variant: str) -> float:
+    """A refused SmolLM2 export's "torch float32's own X" (rel L2 to the exact quantizer), in percent."""
+    err = r.get("llm_fp4", f"smollm2_cli/variants/{variant}/error")
+    return float(re.search(r"torch float32's own ([0-9.]+)", err).group(1)) * 100
 
 
 def zoo(net: str, kind: str, variant: str, bits: int, key: str, fmt: Callable[[Any], str]) -> tuple:
@@ -637,41 +676,29 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
     ("torch float32 itself lands up to {} (rel L2) from the exact answer on MiniLM\nW4A4",
      [("llm_fp4", lambda r: max(r.get("llm_fp4", f"export_int_w4a4_minilm_1x128/{k}/torch_fp32_vs_fp64_rel_l2")[i]
                                 for k in ("w4a4_fakequant", "w4a4_matmulinteger") for i in range(4)), f1)]),
-    ("`benchmarks/on_device.py`, {}-{} s per variant there)",
-     [("llm_fp4", lambda r: min(x["calibration_s"] for x in r.get("llm_fp4", "smollm2_16x512/variants").values()
-                                if x.get("device") == "cuda"), f0),
-      ("llm_fp4", lambda r: max(x["calibration_s"] for x in r.get("llm_fp4", "smollm2_16x512/variants").values()
-                                if x.get("device") == "cuda"), f0)]),
+    ("torch float32 itself lands {}-{}% (rel L2) from the exact quantizer on their outputs",
+     [("llm_fp4", lambda r: min(_fp32_err(r, v) for v in ("minmax_fp_w4a4", "minmax_int_w4a4")), f0),
+      ("llm_fp4", lambda r: max(_fp32_err(r, v) for v in ("minmax_fp_w4a4", "minmax_int_w4a4")), f0)]),
     ("W8A8 headroom 0 / 1 / 2 / 3 = {} / {} / {} / {}",
      [("llm_fp4", f"smollm2_w8a8_validation/variants/{k}/ppl_ratio_vs_fp32_same_run", pct)
       for k in ("fpq_w8a8_dflt", "fpq_w8a8_h1", "fpq_w8a8_h2", "fpq_w8a8_h3")]),
-    ("MiniLM WordNet-10 ({} test glosses, FP32 probe {};",
-     [("llm_fp4", "minilm_wordnet10/setup/test_glosses", str),
-      ("llm_fp4", "minilm_wordnet10/variants/fp32/probe_accuracy", f3)]),
-    ("FPQ W4A4 {} / {} > FPQ-baseline {} / {} > MinMax FP {} / {};",
-     [("llm_fp4", f"minilm_wordnet10/variants/{v}/{k}", f)
-      for v in ("fpq_w4a4", "fpq_baseline_w4a4", "minmax_fp_w4a4") for k, f in (("probe_accuracy", f3),
-                                                                               ("cosine", f3))]),
-    ("weight-only FP4 {} / {} (ANCHORS' NNCF INT4",
-     [("llm_fp4", "minilm_wordnet10/variants/fp4_w4/probe_accuracy", f3),
-      ("llm_fp4", "minilm_wordnet10/variants/fp4_w4/cosine", f3)]),
-    ("(MiniLM {} -> {} MB, int4 {} MB)",
-     [("llm_fp4", "export_minilm_1x128/fp32/file_mb", f1), ("llm_fp4", "export_minilm_1x128/fp4_w4/file_mb", f1),
-      ("llm_fp4", "export_minilm_1x128/fp4_w4_e1m2_int4/file_mb", f1)]),
-    ("FPQ W8A8 probe {}, cosine to FP32 {} (ANCHORS' NNCF INT8 PTQ {} / {}); FPQ W4A8 {} / {};",
-     [("llm_fp4", "minilm_wordnet10/variants/fpq_w8a8/probe_accuracy", f3),
-      ("llm_fp4", "minilm_wordnet10/variants/fpq_w8a8/cosine", f3),
+    ("`python benchmarks/llm_fp4.py --minilm-cli --cli-variants ...`, {} test glosses, FP32 probe {}; embeddings",
+     [("llm_fp4", "minilm_wordnet10_cli/setup/test_glosses", lambda x: f"{x:,}"),
+      ("optin", "minilm_cli/fp32/probe_accuracy", f3)]),
+    ("FPQ W8A8 probe {}, cosine to FP32 {} (ANCHORS' NNCF\nINT8 PTQ {} / {}); FPQ W4A8 {} / {}; FPQ W4A4 {} / {} > "
+     "FPQ-baseline {} / {} > MinMax FP\n{} / {} and MinMax INT {} / {}, the paper's ordering; weight-only FP4 {} / {} "
+     "(ANCHORS' NNCF INT4\n{} / {}) in a {} MB model.onnx (FP32 {} MB:",
+     [("llm_fp4", f"minilm_wordnet10_cli/variants/fpq_w8a8/probe_accuracy", f3), ("llm_fp4", f"minilm_wordnet10_cli/variants/fpq_w8a8/cosine", f3),
       ("llm_fp4", "minilm_wordnet10/setup/anchors/nncf_int8_ptq/probe", f3),
-      ("llm_fp4", "minilm_wordnet10/setup/anchors/nncf_int8_ptq/cosine", f3),
-      ("llm_fp4", "minilm_wordnet10/variants/fpq_w4a8/probe_accuracy", f3),
-      ("llm_fp4", "minilm_wordnet10/variants/fpq_w4a8/cosine", f3)]),
-    ("(ANCHORS' NNCF INT4 {} / {}). The same FPQ W8A8",
+      ("llm_fp4", "minilm_wordnet10/setup/anchors/nncf_int8_ptq/cosine", f3)] +
+     [("llm_fp4", f"minilm_wordnet10_cli/variants/{v}/{k}", f3) for v in ("fpq_w4a8", "fpq_w4a4", "fpq_baseline_w4a4", "minmax_fp_w4a4",
+                                                 "minmax_int_w4a4", "fp4_w4") for k in ("probe_accuracy", "cosine")] +
      [("llm_fp4", "minilm_wordnet10/setup/anchors/nncf_int4_weights/probe", f3),
-      ("llm_fp4", "minilm_wordnet10/setup/anchors/nncf_int4_weights/cosine", f3)]),
-    ("NNCF INT4 (groups of 128, INT8 embeddings) gets {}; RTN W4 with the tied "
-     "embedding/lm_head quantized too {} (its KV-cache decoder, LLM section)",
+      ("llm_fp4", "minilm_wordnet10/setup/anchors/nncf_int4_weights/cosine", f3),
+      ("llm_fp4", f"minilm_wordnet10_cli/variants/fp4_w4/onnx_mb", f1), ("llm_fp4", "export_minilm_1x128/fp32/file_mb", f1)]),
+    ("NNCF INT4\n(groups of 128, INT8 embeddings) gets {}; RTN W4 with the tied embedding/lm_head quantized too {}",
      [("baselines", "models/smollm2/cells/nncf_wc4/metrics/perplexity_python_docs", f1),
-      ("genai", "perplexity/runtimes/onnxruntime/rtn_w4/python_docs", f1)]),
+      ("llm_fp4", "smollm2_cli/variants/rtn_w4/metrics/perplexity_python_docs", f1)]),
     ("(MiniLM W4A4: {} of 36 linears;",
      [("llm_fp4", "export_int_w4a4_minilm_1x128/int_matmul/int_matmul_layers", str)]),
     ("W4A4 MatMulInteger {} FP32's time on ONNX Runtime and {} on OpenVINO, fake-quant {} / {}, at {} MB "
@@ -682,25 +709,23 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("llm_fp4", "export_int_w4a4_minilm_1x128/w4a4_fakequant/latency_vs_fp32_openvino", x2),
       ("llm_fp4", "export_int_w4a4_minilm_1x128/w4a4_matmulinteger/file_mb", f1),
       ("llm_fp4", "export_int_w4a4_minilm_1x128/fp32/file_mb", f1)]),
-    ("W8A8 {}, W4A8 {} with `e_bits=8` (goal met; the default 4-bit embeddings give {}, missed)",
-     [("llm_fp4", "smollm2_16x512/variants/fpq_w8a8_full/ppl_ratio_vs_fp32_same_run", pct),
-      ("llm_fp4", "smollm2_16x512_cpu/variants/fpq_w4a8_full_e8/ppl_python_docs", f1),
-      ("llm_fp4", "smollm2_16x512/variants/fpq_w4a8_full/ppl_python_docs", f1)]),
+    ("W8A8 {} perplexity, W4A8 {} with `e_bits=8` (goal met; the default 4-bit embeddings give {}, missed)",
+     [("llm_fp4", lambda r: r.get("llm_fp4", "smollm2_cli/variants/fpq_w8a8/metrics/perplexity_python_docs")
+       / r.get("llm_fp4", "smollm2_cli/variants/fpq_w8a8/reference/perplexity_python_docs"), pct),
+      ("llm_fp4", "smollm2_cli/variants/fpq_w4a8_e8/metrics/perplexity_python_docs", f1),
+      ("llm_fp4", "smollm2_cli/variants/fpq_w4a8/metrics/perplexity_python_docs", f1)]),
     # structured_ffn
     ("and {} CPU\ndistillation steps only bring 63% lowrank from {}k to {}.",
      [("structured_ffn", "smollm2/rows/lowrank@0.625+distill/steps", str),
       ("structured_ffn", "smollm2/rows/lowrank@0.625/perplexity_python_docs", lambda x: f"{x / 1000:.0f}"),
       ("structured_ffn", "smollm2/rows/lowrank@0.625+distill/perplexity_python_docs", f0)]),
-    ("lr 2e-4, {}-{}\nmin per model)",
-     [("structured_ffn", lambda r: min(x["train_s"] for x in r.get("structured_ffn", "smollm2_device/rows").values()
-                                       if "train_s" in x) / 60, f1),
-      ("structured_ffn", lambda r: max(x["train_s"] for x in r.get("structured_ffn", "smollm2_device/rows").values()
-                                       if "train_s" in x) / 60, f1)]),
+    ("docstrings, 0.8 MB; {}-{} min per compress there)",
+     [("structured_ffn", lambda r: min(x["compress_s"] for x in r.get("structured_ffn", "cli_smollm2/rows").values()
+                                       if x["options"].get("train_steps")) / 60, f0),
+      ("structured_ffn", lambda r: max(x["compress_s"] for x in r.get("structured_ffn", "cli_smollm2/rows").values()
+                                       if x["options"].get("train_steps")) / 60, f0)]),
     ("beat magnitude pruning on the Python text at 63% and by {}-{}x at 32%",
      [("structured_ffn", lambda r: min(_sffn32(r)), f0), ("structured_ffn", lambda r: max(_sffn32(r)), f0)]),
-    ("(`--set device=cuda`; {}\nsteps of batch {} x {} tokens",
-     [("structured_ffn", f"smollm2_device/rows/lowrank@0.625+distill-600x16x256/{k}", str)
-      for k in ("steps", "batch", "seq_len")]),
     ("(its block count lands at {} of the FFN parameters",
      [("structured_ffn", "latency_smollm2/rows/blockshuffle@0.625/ffn_ratio_all", lambda x: f"{x * 100:.0f}%")]),
     ("distillation steps only bring 63% lowrank from {}k to {}.",
@@ -755,12 +780,6 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("baselines", "models/minilm/cells/fp32/reference/retrieval_top1", f3),
       ("baselines", "models/minilm/cells/fp32/reference/retrieval_top5", f3)]),
     # llm_fp4 through the CLI
-    ("glosses): the ONNX Runtime artifact scores probe {}, cosine {};",
-     [("llm_fp4", "minilm_wordnet10_cli/variants/fpq_w8a8/probe_accuracy", f3),
-      ("llm_fp4", "minilm_wordnet10_cli/variants/fpq_w8a8/cosine", f3)]),
-    ("FPQ W4A8 {} / {}, FPQ W4A4 {} / {}, weight-only FP4 {} / {} (embeddings",
-     [("llm_fp4", f"minilm_wordnet10_cli/variants/{v}/{k}", f3) for v in ("fpq_w4a8", "fpq_w4a4", "fp4_w4")
-      for k in ("probe_accuracy", "cosine")]),
     # deploy: ResNet-20
     ("the data-free LiteRT file scores {}\n  against FP32's {} at {} FP32's time (the ORT and OpenVINO INT8 files: {} / {} "
      "at {} / {})",
@@ -859,8 +878,8 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("baselines", "models/minilm/cells/rtn4/metrics/probe_accuracy", f3)]),
     ("edgekit's `--deploy auto` row picks a form per runtime by measuring: EfficientNet-Lite0 (UDFC W8, data-free INT8)\n"
      "keeps probe {} at ORT {}, OV {}, LiteRT {}, faster than each peer on ORT and LiteRT and level with\nNNCF PTQ on "
-     "OpenVINO (re-measured after the LiteRT data-free fix, which keeps the classifier float in that file:\n0.47x before, "
-     "5.3 -> 9.1 MB); MiniLM (RTN W8)\nkeeps probe {} "
+     "OpenVINO (measured after the LiteRT data-free fix, which keeps the classifier float in that file);\n"
+     "MiniLM (RTN W8)\nkeeps probe {} "
      "at ORT {}, OV {}, LiteRT {} (on ORT its INT8 form measured {} but missed the 0.99\nmean-cosine floor",
      [("baselines", "models/efficientnet/cells/edgekit_int8/metrics/probe_accuracy", f3)] +
      [("baselines", f"models/efficientnet/cells/edgekit_int8/latency/{rt}/latency_vs_fp32", x2)

@@ -12,7 +12,7 @@ import onnx.external_data_helper
 from .. import artifact as art
 from ..errors import ConfigError, ExportMismatchError, ModelLoadError
 from ..model_io import InputSpec, example_inputs, parse_input_shape
-from .validate import TOLERANCES, check_finite, compare
+from .validate import FP32_NOISE_FACTOR, TOLERANCES, check_finite, compare
 
 _ONNX_DT = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 2: "uint8", 9: "bool"}
 
@@ -117,6 +117,46 @@ def export_lean_artifact(src: Path, runtime: str, out: Path | None, overwrite: b
     return dest
 
 
+LEAN_MAX_ABS_FACTOR = 10.0  # another runtime's kernels (OpenVINO's GEMM blocking, its own exp/erf) move single
+# elements more than ORT's fusions do, and vary with its threading: measured on SmolLM2 structured-FFN logits, OV vs
+# ORT scaled max_abs 3.6e-5 to 1.2e-4 over runs against an ORT-fusion yardstick of 4.0e-5, with rel_l2 ~3e-6
+
+
+def within_noise(f: dict, noise: dict, tol: dict, prec: str) -> bool:
+    """A lean export over the fixed fp32 tolerance still passes when its gap to ONNX Runtime is float32 noise: cosine
+    within tolerance, rel_l2 within max(tolerance, FP32_NOISE_FACTOR x the noise yardstick) (a broad error fails
+    here), scaled max_abs within LEAN_MAX_ABS_FACTOR x the yardstick (a single wrong element far above the noise
+    fails here). Only for fp32 exports; other precisions keep their fixed tolerances."""
+    if prec != "fp32" or not noise or f["cosine"] < tol["cosine"]:
+        return False
+    return (f["rel_l2"] <= max(tol["rel_l2"], FP32_NOISE_FACTOR * noise["rel_l2"]) and
+            f["max_abs_scaled"] <= LEAN_MAX_ABS_FACTOR * noise["max_abs_scaled"])
+
+
+def _ort_noise(onnx_path: Path, specs: list[InputSpec]) -> dict[str, dict]:
+    """Float32 noise of this model with no float64 copy to compare against (a lean artifact has no PyTorch model):
+    the largest gap, per output over the 3 validation inputs, between ONNX Runtime with all graph optimizations and
+    with none (fusions reorder the same float32 sums, as another runtime's kernels do). Deep models (SmolLM2's 30
+    layers) reach ~1e-4 scaled max_abs this way, over the fixed fp32 tolerance although nothing is wrong."""
+    import onnxruntime as ort
+
+    sessions = []
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        so = ort.SessionOptions()
+        so.graph_optimization_level, so.log_severity_level = level, 3
+        sessions.append(ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"]))
+    names = [o.name for o in sessions[0].get_outputs()]
+    out: dict[str, dict] = {}
+    for seed in range(3):
+        feeds = {s.name: t.numpy() for s, t in zip(specs, example_inputs(specs, seed))}
+        for name, a, b in zip(names, sessions[0].run(None, feeds), sessions[1].run(None, feeds)):
+            f = compare(np.asarray(a), np.asarray(b))
+            o = out.setdefault(name, {"max_abs_scaled": 0.0, "rel_l2": 0.0})
+            for k in o:
+                o[k] = max(o[k], f[k])
+    return out
+
+
 def _runtime_export(root: Path, runtime: str, specs: list[InputSpec], prec: str, fp16: bool,
                     step: Callable[[str], None], what: str) -> dict:
     """exports/<runtime>/ from root/model.onnx, validated against ONNX Runtime on that file; the manifest entry."""
@@ -135,8 +175,9 @@ def _runtime_export(root: Path, runtime: str, specs: list[InputSpec], prec: str,
         path = convert(root / "model.onnx", d, fp16)
     step(f"validate {runtime}")
     sess = open_session(path, runtime)
-    worst = {}
+    worst: dict[str, dict] = {}
     tol = TOLERANCES[prec]
+    noise: dict[str, dict] | None = None  # float32 noise yardstick, computed only when the fixed tolerance fails
     for seed in range(3):
         feeds = {s.name: t.numpy() for s, t in zip(specs, example_inputs(specs, seed))}
         for name, r, g in zip(ref.output_names, ref.run(feeds), sess.run(feeds)):
@@ -144,8 +185,17 @@ def _runtime_export(root: Path, runtime: str, specs: list[InputSpec], prec: str,
             check_finite(np.asarray(g), f"{runtime} output '{name}'")
             f = compare(np.asarray(r), np.asarray(g))
             if f["max_abs_scaled"] > tol["max_abs"] or f["cosine"] < tol["cosine"]:
-                raise ExportMismatchError(f"{runtime} output '{name}' differs from ONNX Runtime: {f}; "
-                                          f"tolerance {tol}; no artifact was written")
-            worst[name] = f
+                if noise is None:
+                    noise = _ort_noise(root / "model.onnx", specs)
+                n = noise.get(name) or {}
+                if not within_noise(f, n, tol, prec):
+                    raise ExportMismatchError(f"{runtime} output '{name}' differs from ONNX Runtime: {f}; "
+                                              f"tolerance {tol}" + (f", or within ONNX Runtime's own float32 noise "
+                                                                    f"{n} (rel_l2 x{FP32_NOISE_FACTOR:g}, max_abs x"
+                                                                    f"{LEAN_MAX_ABS_FACTOR:g})" if n else "") +
+                                              "; no artifact was written")
+                f["within_float32_noise"] = {k: float(f"{v:.3g}") for k, v in n.items()}
+            if name not in worst or f["max_abs_scaled"] > worst[name]["max_abs_scaled"]:
+                worst[name] = f
     return {"file": str(path.relative_to(root)), "precision": prec,
             "validation": {"reference": "onnxruntime", "outputs": worst}}

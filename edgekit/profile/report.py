@@ -119,9 +119,18 @@ def ran_on(p: dict[str, Any] | None) -> str:
     return f"device {node}" if p.get("mode") == "device" else f"fallback: driver host {node} (+ estimate)"
 
 
+def decode_rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The table of a decode profile (decoder artifacts: TTFT, tokens/s, floor, decode-step ops)."""
+    from ..genai.speed import decode_rows as rows
+
+    return rows(doc)
+
+
 def _rows(doc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Pick the table for a document kind."""
     kind = doc.get("kind")
+    if kind == "decode":
+        return decode_rows(doc)
     return bench_rows(doc) if kind == "bench" else compare_rows(doc) if kind == "compare" else profile_rows(doc)
 
 
@@ -169,6 +178,20 @@ def notes(doc: dict[str, Any]) -> list[str]:
         warn = (r.get("host_load") or r.get("load") or {}).get("warning")
         if warn:
             out.append(f"{r.get('target', '?')}: {warn}")
+    if doc.get("kind") == "decode":
+        out.append(f"Decode: a {doc['prompt_tokens']}-token prompt (seeded random ids), then {doc['new_tokens']} "
+                   "greedy tokens on the KV cache (end-of-sequence ignored), by the numpy loop with each export's "
+                   "validated settings; ratios to the first artifact, medians over interleaved rounds. Floor = the "
+                   "export's weight bytes / this host's one-thread copy bandwidth "
+                   f"({doc['bandwidth_gbs_single_thread_copy']:.1f} GB/s): every weight is read once per token.")
+        for r in doc.get("results", []):
+            for f in r.get("files", []):
+                ops = f.get("decode_step_ops") or {}
+                if ops.get("top"):
+                    out.append(f"{r['target']} {Path(f['artifact']).name}: one decode step, "
+                               f"{ops['nodes_per_step']} nodes, {ops['total_ms']:.2f} ms in kernels: " + ", ".join(
+                                   f"{o['op_type']} {o['time_ms']:.2f} ms x{o['count']} ({o['share'] * 100:.0f}%)"
+                                   for o in ops["top"][:6]))
     for r in doc.get("results", []):
         ops = r.get("ops") or {}
         if ops.get("top"):

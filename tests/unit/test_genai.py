@@ -337,3 +337,36 @@ def test_rtn4_group_with_an_8bit_head_keeps_the_head_at_8_bits(hf_dir, tmp_path)
     assert greedy(dec, ids, 12).tokens == _hf_greedy(ids, 12, q.model)
     with pytest.raises(ConfigError, match="head_pattern"):
         baseline_rtn.apply(load_model(hf_dir).module, baseline_rtn.Config(bits=4, head_bits=8, head_pattern="nothere"))
+
+
+def test_profile_decoder_artifacts_reports_decode_metrics(art, hf_dir, tmp_path):
+    """`edgekit profile FP32_ART RTN4_ART --target host --target intel-cpu-openvino`: decoder artifacts get generation
+    metrics (TTFT, decode tokens/s, ms/token against the weight-read floor), interleaved, ratios to the first; the ORT
+    decode step's op profile sees MatMulNBits in the 4-bit export and not in FP32; its weights (and so its floor) are
+    smaller; mixing a decoder with a plain artifact is a one-line error."""
+    q = tmp_path / "q4"
+    api.compress(hf_dir, "rtn", {"bits": 4}, q, runtimes=["onnxruntime", "openvino"], kv_cache=True)
+    res = runner.invoke(app, ["profile", str(art), str(q), "--target", "host", "--target", "intel-cpu-openvino",
+                              "--rounds", "2", "-o", str(tmp_path / "rep")])
+    assert res.exit_code == 0, res.stdout + (res.stderr or "")
+    assert "decode (128-token prompt, 128 new tokens" in res.stdout and "MatMulNBits" in res.stdout
+    doc = json.loads((tmp_path / "rep" / "profile.json").read_text())
+    assert doc["kind"] == "decode" and [r["runtime"] for r in doc["results"]] == ["onnxruntime", "openvino"]
+    for r in doc["results"]:
+        fp, q4 = r["files"]
+        assert fp["decode_ratio"]["p50"] == 1.0 and fp["greedy_tokens_equal_to_first"] == "128/128"
+        for f in (fp, q4):
+            assert f["ttft_ms"] > 0 and f["decode_tokens_per_s"] > 0
+            assert abs(f["ms_per_token"] * f["decode_tokens_per_s"] - 1e3) < 1e-6
+            assert 0 < f["floor_ms_per_token"] and np.isfinite(f["decode_ratio"]["p50"])
+        assert q4["weights_mb"] < 0.8 * fp["weights_mb"] and q4["floor_ms_per_token"] < fp["floor_ms_per_token"]
+        lo, hi = q4["decode_ratio"]["range"]
+        assert lo <= q4["decode_ratio"]["p50"] <= hi
+    ort_fp, ort_q = (f["decode_step_ops"]["by_type"] for f in doc["results"][0]["files"])
+    assert "MatMulNBits" in ort_q and "MatMulNBits" not in ort_fp and "MatMul" in ort_fp
+    assert "decode_step_ops" not in doc["results"][1]["files"][0]  # OpenVINO: no ORT profiler
+    demo = tmp_path / "demo"
+    api.export("demo", "onnxruntime", demo)
+    bad = runner.invoke(app, ["profile", str(art), str(demo), "--target", "host"])
+    text = " ".join(ln for ln in ((bad.stderr or "") + bad.stdout).splitlines() if ln.strip())
+    assert bad.exit_code == 2 and text.startswith("error:") and "apart from other sources" in text, text

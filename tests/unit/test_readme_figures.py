@@ -93,10 +93,12 @@ def test_rows_that_failed_validation_are_marked(results):
 
 
 def test_goal_verdicts_follow_the_figures(results):
-    v = results("llm_fp4")["smollm2_16x512"]["variants"]
+    v = results("llm_fp4")["smollm2_cli"]["variants"]
     assert re.search(r"\*\*default\*\*.*\| <= 20: missed \|", rf.render_llm_fp4_smollm2(results))
-    v["fpq_w4a8_full"]["ppl_python_docs"] = 19.0
+    v["fpq_w4a8"]["metrics"]["perplexity_python_docs"] = 19.0
     assert re.search(r"\*\*default\*\*.*\| <= 20: met \|", rf.render_llm_fp4_smollm2(results))
+    v["fpq_w4a8"] = {**v["fpq_w4a8"], "error": "ExportMismatchError: refused"}  # a refused export never meets a goal
+    assert re.search(r"\*\*default\*\*.*\| refused \|.*\| <= 20: missed \|", rf.render_llm_fp4_smollm2(results))
 
 
 def test_cli_check_and_rewrite(tmp_path, results):
