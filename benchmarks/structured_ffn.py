@@ -428,7 +428,7 @@ def cli_latency_smollm2(args) -> None:
         "compress_commands": cmds, **lat, "onnx_mib": sizes, "provenance": provenance(threads=THREADS)}
     OUT.write_text(json.dumps(res, indent=1))
     for t in lat["result"]["results"]:
-        log(t["runtime"], [(f["artifact"], f.get("ratio", {}).get("p50"), f.get("timing_ms", {}).get("p50"))
+        log(t["runtime"], [(f["artifact"], (f.get("ratio") or {}).get("p50"), (f.get("timing_ms") or {}).get("p50"))
                            for f in t["files"]])
 
 

@@ -235,13 +235,19 @@ def render_structured_ffn_smollm2(r: Results) -> str:
                          f"{ppl(x['metrics']['perplexity_python_docs'])} / {ppl(x['metrics']['perplexity_gpl3'])}")
             if x:
                 steps.add(x["options"]["train_steps"])
+        proj = [cli.get(f"{k}@{ratio}") for k in kinds]
+        if any(proj):
+            out.append(f"| {label}, projection only (no training; here) | " + " | ".join(
+                "" if x is None else f"{ppl(x['metrics']['perplexity_python_docs'])} / "
+                f"{ppl(x['metrics']['perplexity_gpl3'])}" for x in proj) + " | |")
         mg = dev["rows"][f"magnitude@{ratio}"]
         out.append(f"| {label}, perplexity docs / GPL-3 | " + " | ".join(cells) +
                    f" | {ppl(mg['perplexity_python_docs'])} / {ppl(mg['perplexity_gpl3'])} |")
         if lat:
-            tc = [" / ".join(x2(1 / lat[(k, ratio)][rt]) for rt in ("onnxruntime", "openvino"))
+            tc = [" / ".join(x2(lat[(k, ratio)][rt]) for rt in ("onnxruntime", "openvino"))
                   if (k, ratio) in lat else "" for k in kinds]
-            out.append(f"| {label}, prefill speed-up over FP32, ONNX Runtime / OpenVINO | " + " | ".join(tc) + " | |")
+            out.append(f"| {label}, prefill time vs FP32, ONNX Runtime / OpenVINO (median) | " + " | ".join(tc) +
+                       " | |")
     # the earlier method-level run of the same settings (apply() + recovery on the torch model): distance to it
     diffs = [cli[f"{k}@{ra}+distill600"]["metrics"]["perplexity_python_docs"] /
              dev["rows"][f"{k}@{ra}+distill-600x16x256"]["perplexity_python_docs"] - 1
@@ -250,9 +256,13 @@ def render_structured_ffn_smollm2(r: Results) -> str:
     out.append("")
     ref = dev["reference"]
     ex = cli["lowrank@0.625+distill600"]
-    provs = list(dict.fromkeys(_cmd(x["provenance"]) for x in cli.values() if "provenance" in x))
+    provs = list(dict.fromkeys(_cmd(x["provenance"]) for x in cli.values() if x["options"].get("train_steps")))
     cmds = [f"{'; '.join(provs)} (section `cli_smollm2`, through `benchmarks/on_device.py run structured_ffn` on the "
             f"H200 host), each cell `{ex['commands'][0]}` then `{ex['commands'][1]}` with its kind and ratio"]
+    pj = [x for x in cli.values() if not x["options"].get("train_steps")]
+    if pj:
+        cmds.append(f"{_cmd(pj[0]['provenance'])} (projection-only rows, on this box): `{pj[0]['commands'][0]}` then "
+                    f"`{pj[0]['commands'][1]}`, per ratio")
     if lat:
         L = d["latency"]
         cmds.append(f"{_cmd(L['provenance'])} (on this box): `{L['compress_commands'][0]}` per kind and ratio "
@@ -596,6 +606,12 @@ def _sffn32(r: Results) -> list[float]:
             for k in ("lowrank", "blockdense", "blockshuffle")]
 
 
+def _sffn_fp32_ms(r: Results, runtime: str) -> float:
+    """SmolLM2 FP32 prefill p50 (ms) in the structured-FFN `edgekit profile` run (the first file is FP32)."""
+    res = r.get("structured_ffn", "cli_smollm2/latency/result/results")
+    return next(t for t in res if t["runtime"] == runtime)["files"][0]["timing_ms"]["p50"]
+
+
 def _fp32_err(r: Results, variant: str) -> float:
     """A refused SmolLM2 export's "torch float32's own X" (rel L2 to the exact quantizer), in percent."""
     err = r.get("llm_fp4", f"smollm2_cli/variants/{variant}/error")
@@ -715,10 +731,6 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("llm_fp4", "smollm2_cli/variants/fpq_w4a8_e8/metrics/perplexity_python_docs", f1),
       ("llm_fp4", "smollm2_cli/variants/fpq_w4a8/metrics/perplexity_python_docs", f1)]),
     # structured_ffn
-    ("and {} CPU\ndistillation steps only bring 63% lowrank from {}k to {}.",
-     [("structured_ffn", "smollm2/rows/lowrank@0.625+distill/steps", str),
-      ("structured_ffn", "smollm2/rows/lowrank@0.625/perplexity_python_docs", lambda x: f"{x / 1000:.0f}"),
-      ("structured_ffn", "smollm2/rows/lowrank@0.625+distill/perplexity_python_docs", f0)]),
     ("docstrings, 0.8 MB; {}-{} min per compress there)",
      [("structured_ffn", lambda r: min(x["compress_s"] for x in r.get("structured_ffn", "cli_smollm2/rows").values()
                                        if x["options"].get("train_steps")) / 60, f0),
@@ -728,22 +740,13 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
      [("structured_ffn", lambda r: min(_sffn32(r)), f0), ("structured_ffn", lambda r: max(_sffn32(r)), f0)]),
     ("(its block count lands at {} of the FFN parameters",
      [("structured_ffn", "latency_smollm2/rows/blockshuffle@0.625/ffn_ratio_all", lambda x: f"{x * 100:.0f}%")]),
-    ("distillation steps only bring 63% lowrank from {}k to {}.",
-     [("structured_ffn", "smollm2/rows/lowrank@0.625/perplexity_python_docs", lambda x: f"{x / 1000:.0f}"),
-      ("structured_ffn", "smollm2/rows/lowrank@0.625+distill/perplexity_python_docs", f0)]),
-    ("(FP32 {} / {} / {} ms): lowrank 63%\n{} / {} / {}, blockshuffle 63% {} / {} / {}",
-     [("structured_ffn", f"latency_smollm2/rows/fp32/{rt}_p50_ms", f0) for rt in ("onnxruntime", "openvino",
-                                                                                  "tflite")] +
-     [("structured_ffn", f"latency_smollm2/rows/{k}/{rt}_speedup", x2) for k in ("lowrank@0.625",
-                                                                                 "blockshuffle@0.625")
-      for rt in ("onnxruntime", "openvino", "tflite")]),
-    ("lowrank 32% {} / {} / {}, blockdense 32% {} /\n{} / {}, blockshuffle 32% {} / {} / {}; "
-     "ONNX files {} -> {} / {} MB",
-     [("structured_ffn", f"latency_smollm2/rows/{k}@0.3125/{rt}_speedup", x2) for k in ("lowrank", "blockdense",
-                                                                                        "blockshuffle")
-      for rt in ("onnxruntime", "openvino", "tflite")] +
-     [("structured_ffn", f"latency_smollm2/rows/{k}/onnx_mb", f0) for k in ("fp32", "lowrank@0.625",
-                                                                            "lowrank@0.3125")]),
+    ("FP32 takes {} ms on ONNX Runtime and {} ms on OpenVINO here; model.onnx {} / {} MiB for lowrank 63% / 32%",
+     [("structured_ffn", lambda r: _sffn_fp32_ms(r, "onnxruntime"), f0),
+      ("structured_ffn", lambda r: _sffn_fp32_ms(r, "openvino"), f0),
+      ("structured_ffn", lambda r: r.get("structured_ffn", "cli_smollm2/latency/onnx_mib")["/tmp/pr/sffn/lat_lowrank_0.625"],
+       f0),
+      ("structured_ffn", lambda r: r.get("structured_ffn", "cli_smollm2/latency/onnx_mib")["/tmp/pr/sffn/lat_lowrank_0.3125"],
+       f0)]),
     # optin
     ("s wall on a box shared at load {})",
      [("optin", lambda r: float(r.get("optin", "scoring_time/load_average")[0]), f1)]),
