@@ -612,6 +612,11 @@ def _sffn_fp32_ms(r: Results, runtime: str) -> float:
     return next(t for t in res if t["runtime"] == runtime)["files"][0]["timing_ms"]["p50"]
 
 
+def _gp(r: Results, target: int, file: int) -> dict:
+    """A file row of genai.json's `edgekit profile` decode run (target 0 = host/ORT, 1 = OpenVINO; file 0 = FP32)."""
+    return r.get("genai", "profile_rtn_w4_g32_h8/doc/results")[target]["files"][file]
+
+
 def _fp32_err(r: Results, variant: str) -> float:
     """A refused SmolLM2 export's "torch float32's own X" (rel L2 to the exact quantizer), in percent."""
     err = r.get("llm_fp4", f"smollm2_cli/variants/{variant}/error")
@@ -730,6 +735,23 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
        / r.get("llm_fp4", "smollm2_cli/variants/fpq_w8a8/reference/perplexity_python_docs"), pct),
       ("llm_fp4", "smollm2_cli/variants/fpq_w4a8_e8/metrics/perplexity_python_docs", f1),
       ("llm_fp4", "smollm2_cli/variants/fpq_w4a8/metrics/perplexity_python_docs", f1)]),
+    # genai through `edgekit profile` (decode metrics)
+    ("RTN W4 g32 + 8-bit head decodes at {} FP32's tokens/s\non ONNX Runtime and {} on OpenVINO, {} / {} ms per token "
+     "against a {} ms floor (FP32: {} / {} ms, floor {}).",
+     [("genai", lambda r: _gp(r, 0, 1)["decode_ratio"]["p50"], x2), ("genai", lambda r: _gp(r, 1, 1)["decode_ratio"]["p50"], x2),
+      ("genai", lambda r: _gp(r, 0, 1)["ms_per_token"], f1), ("genai", lambda r: _gp(r, 1, 1)["ms_per_token"], f1),
+      ("genai", lambda r: _gp(r, 0, 1)["floor_ms_per_token"], f1),
+      ("genai", lambda r: _gp(r, 0, 0)["ms_per_token"], f1), ("genai", lambda r: _gp(r, 1, 0)["ms_per_token"], f1),
+      ("genai", lambda r: _gp(r, 0, 0)["floor_ms_per_token"], f1)]),
+    ("{} ms in kernels per step, of which\nMatMulNBits ({} nodes, the 4-bit weights) takes {} ms, MatMul {} ms (the float "
+     "8-bit head and attention's\nscore x value products) and everything else {} ms: the {}-node graph's",
+     [("genai", lambda r: _gp(r, 0, 1)["decode_step_ops"]["total_ms"], f1),
+      ("genai", lambda r: _gp(r, 0, 1)["decode_step_ops"]["by_type"]["MatMulNBits"]["count"], str),
+      ("genai", lambda r: _gp(r, 0, 1)["decode_step_ops"]["by_type"]["MatMulNBits"]["time_ms"], f1),
+      ("genai", lambda r: _gp(r, 0, 1)["decode_step_ops"]["by_type"]["MatMul"]["time_ms"], f1),
+      ("genai", lambda r: (lambda o: o["total_ms"] - o["by_type"]["MatMulNBits"]["time_ms"]
+                           - o["by_type"]["MatMul"]["time_ms"])(_gp(r, 0, 1)["decode_step_ops"]), f1),
+      ("genai", lambda r: _gp(r, 0, 1)["decode_step_ops"]["nodes_per_step"], str)]),
     # structured_ffn
     ("docstrings, 0.8 MB; {}-{} min per compress there)",
      [("structured_ffn", lambda r: min(x["compress_s"] for x in r.get("structured_ffn", "cli_smollm2/rows").values()
@@ -750,7 +772,8 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
     # optin
     ("s wall on a box shared at load {})",
      [("optin", lambda r: float(r.get("optin", "scoring_time/load_average")[0]), f1)]),
-    ("costs {}\nCPU-seconds with 2 threads (`python benchmarks/optin.py scoring-time`; {} s wall",
+    ("costs {}\nCPU-seconds with 2 threads (method level: the method's `apply` with the cache off, `python "
+     "benchmarks/optin.py scoring-time`; {} s wall",
      [("optin", "scoring_time/cpu_s", f0), ("optin", "scoring_time/wall_s", f1)]),
     # denseshift
     ("accuracy {}, latency {} FP32 on ONNX Runtime, {} on OpenVINO, {} on LiteRT",
