@@ -14,6 +14,7 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'edgekit[ray]')")
 
+from tests.integration._ray import ray_default_dir  # noqa: E402
 from edgekit.bench import PASSED, bench  # noqa: E402
 from edgekit.errors import ArtifactError, ConfigError  # noqa: E402
 from edgekit.ray_executor import check_executor, pack, run_jobs, unpack  # noqa: E402
@@ -57,6 +58,7 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     tmp = tempfile.mkdtemp(prefix="ekray", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    ray_default_dir()  # Cluster() writes the head's address into Ray's default temp dir, which it does not create
     c = None
     try:
         c = Cluster(initialize_head=True, head_node_args={

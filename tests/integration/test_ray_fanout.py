@@ -14,6 +14,7 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from tests.integration._ray import ray_default_dir  # noqa: E402
 from edgekit.data import DataSource  # noqa: E402
 from edgekit.errors import ConfigError  # noqa: E402
 from edgekit.methods import get_method, parse_config  # noqa: E402
@@ -33,6 +34,7 @@ def cluster():
     from ray.cluster_utils import Cluster
 
     tmp = tempfile.mkdtemp(prefix="ekfan", dir="/tmp")  # short: Ray's socket paths must stay < 108 chars
+    ray_default_dir()  # Cluster() writes the head's address into Ray's default temp dir, which it does not create
     c = None
     try:
         c = Cluster(initialize_head=True, head_node_args={
