@@ -23,8 +23,9 @@ Decisions (why):
   default is 2 at >= 6-bit activations (8-bit formats have range to spare) and 0 at 4 bits (the paper's shifts,
   where every binade of precision counts).
 - `device`: calibration and search run where the model is put (cuda for large calibrations), results on the CPU.
-- Storage: E1M2 codes (|c| <= 7) are int4, E2M1 (12) and E3M0 (64) int8, so mixed-format FP4 is 4x smaller than
-  fp32, E1M2-only (w_formats=[E1M2]) 8x. 8-bit formats: codes·unit spans far more than int8 (largest code
+- Storage: E1M2 codes (|c| <= 7) are int4; E2M1 (|c| <= 12) and E3M0 (|c| <= 64) take at most 16 values, so they
+  are stored as 4-bit indices into a 16-entry table of the codes (quant.codes.WeightCode.storage_bits): 4-bit weights
+  are 8x smaller than fp32 whatever the per-layer format. 8-bit formats: codes·unit spans far more than int8 (largest code
   (2^(M+1)-1)·2^(2^E-2): E1M6 127, E2M5 252, E3M4 1984, E4M3 245760, E5M2 7·2^30) though the grid has 255 values,
   so export.qdq stores E1M6 as int8 + DequantizeLinear and the others as uint8 indices into a per-tensor table of
   the codes (Gather, then the row scale): exact and 4x smaller. The codes are kept in the smallest integer dtype
