@@ -51,12 +51,6 @@ def _relabel(doc: dict[str, Any], names: dict[str, str]) -> dict[str, Any]:
     return json.loads(text)
 
 
-def _is_decoder(src: str | Path) -> bool:
-    from .genai.speed import is_decoder_artifact
-
-    return is_decoder_artifact(src)
-
-
 def profile_sources(sources: Sequence[str | Path], targets: Sequence[Any], source: SourceOptions | None = None,
                     rounds: int | None = None, out_json: str | Path | None = None,
                     on_step: Callable[[str], None] = _noop) -> dict[str, Any]:
@@ -69,11 +63,11 @@ def profile_sources(sources: Sequence[str | Path], targets: Sequence[Any], sourc
         raise ConfigError("pass a model source or artifact to profile")
     if not targets:
         raise ConfigError("no target given; pass --target NAME (see `edgekit targets list`)")
-    if rounds is not None and len(sources) < 2 and not _is_decoder(sources[0]):
-        raise ConfigError("--rounds applies when comparing two or more artifacts; drop it for one artifact")
     from .genai.speed import decode_profile, is_decoder_artifact
 
     dec = [is_decoder_artifact(s) for s in sources]
+    if rounds is not None and len(sources) < 2 and not dec[0]:
+        raise ConfigError("--rounds applies when comparing two or more artifacts; drop it for one artifact")
     if any(dec):  # KV-cache decoders: generation metrics (TTFT, decode tokens/s), not one forward pass
         if not all(dec):
             raise ConfigError("decoder artifacts (made with --kv-cache) are profiled for generation; profile them "

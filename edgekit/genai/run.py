@@ -50,10 +50,10 @@ def _runtime_and_threads(runtime: str | None, target: str | None) -> tuple[str, 
             raise ConfigError("pass --target or --runtime, not both")
         from ..targets import load_target
 
-        t = load_target(target)
-        import os
+        from ..targets.host import usable_cores
 
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        t = load_target(target)
+        cores = usable_cores()
         return t.runtime, min(t.threads, cores) if t.threads else None
     return runtime or "onnxruntime", None
 

@@ -19,9 +19,7 @@ Torch-free: numpy and the runtime only.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
-from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -54,7 +52,9 @@ def _file_bytes(path: Path) -> int:
 
 
 def _threads(target: Any) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from ..targets.host import usable_cores
+
+    cores = usable_cores()
     return max(1, min(target.threads or cores, cores))
 
 
@@ -72,7 +72,7 @@ def decode_step_ops(path: Path, man: dict, cfg: dict, threads: int, prompt: list
     """Per-op-type time of one decode step (1 new token on a cache of len(prompt)) in ONNX Runtime's profiler."""
     import onnxruntime as ort
 
-    from ..profile.ops import _summary
+    from ..profile.ops import ort_events_summary
 
     info = man["decoder"]
     so = ort.SessionOptions()
@@ -95,13 +95,7 @@ def decode_step_ops(path: Path, man: dict, cfg: dict, threads: int, prompt: list
         for _ in range(runs + 1):
             prof_sess.run(None, feeds)
         events = json.loads(Path(prof_sess.end_profiling()).read_text())
-    starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
-    t_min = starts[1] if len(starts) > 1 else float("-inf")
-    by_type: dict[str, list[float]] = defaultdict(list)
-    for e in events:
-        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time") and e.get("ts", 0) >= t_min:
-            by_type[e.get("args", {}).get("op_name", "?")].append(e.get("dur", 0) / 1e3)
-    out = _summary(by_type, max(len(starts) - 1, 1), "onnxruntime-profiler")
+    out = ort_events_summary(events, runs)
     out["nodes_per_step"] = sum(v["count"] for v in out["by_type"].values())
     return out
 

@@ -39,7 +39,12 @@ def profile_ort(path: Path, threads: int, feeds: dict[str, np.ndarray], runs: in
     prof = Path(sess.info["session"].end_profiling())
     events = json.loads(prof.read_text())
     prof.unlink(missing_ok=True)
-    # skip the first run (one-off allocations and kernel selection) when there is more than one
+    return ort_events_summary(events, runs)
+
+
+def ort_events_summary(events: list[dict[str, Any]], runs: int) -> dict[str, Any]:
+    """ONNX Runtime profiler events -> the per-op-type summary: '*_kernel_time' node events summed per op type,
+    the first run skipped when there is more than one (one-off allocations and kernel selection)."""
     starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
     t_min = starts[1] if len(starts) > 1 else float("-inf")
     counted = max(len(starts) - 1, 1) if len(starts) > 1 else runs
@@ -134,4 +139,4 @@ def slower_note(ratio: float, ref_ops: dict[str, Any], ops: dict[str, Any]) -> d
     return {"ratio": ratio, "op_diff": grew, "summary": f"{ratio:.2f}x the fp32 latency (slower); time grew in: {why}"}
 
 
-__all__ = ["op_profile", "slower_note"]
+__all__ = ["op_profile", "ort_events_summary", "slower_note"]
