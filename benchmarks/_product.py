@@ -19,12 +19,15 @@ from edgekit.api import SourceOptions, open_data, read_manifest
 
 def cli_commands(model: str, method: str, opts: dict[str, Any], art: Path, data: Path | None,
                  targets: list[str], task: str, runtime: str, eval_opts: dict[str, Any] | None,
-                 limit: int | None, input_shape: str | None) -> list[str]:
+                 limit: int | None, input_shape: str | None, arch: str | None = None,
+                 eval_data: Path | None = None) -> list[str]:
     sets = " ".join(f"--set {k}={v}" for k, v in opts.items())
     tg = " ".join(f"--target {t}" for t in targets)
-    comp = (f"edgekit compress {model} --method {method} {sets}" + (f" --data {shlex.quote(str(data))}" if data else "")
+    src = f"{model}" + (f" --arch {arch}" if arch else "")
+    comp = (f"edgekit compress {src} --method {method} {sets}" + (f" --data {shlex.quote(str(data))}" if data else "")
             + (f" --input-shape {input_shape}" if input_shape else "") + f" {tg} -o {art}")
-    ev = f"edgekit eval {art} --task {task} --runtime {runtime}" + (f" --limit {limit}" if limit else "")
+    ev = (f"edgekit eval {art} --task {task} --runtime {runtime}" + (f" --limit {limit}" if limit else "")
+          + (f" --data {shlex.quote(str(eval_data))}" if eval_data else "") + (f" --arch {arch}" if arch else ""))
     ev += "".join(f" --set {k}={v}" for k, v in (eval_opts or {}).items())
     return [" ".join(comp.split()), ev]
 
@@ -32,18 +35,19 @@ def cli_commands(model: str, method: str, opts: dict[str, Any], art: Path, data:
 def run_row(model: str, method: str, opts: dict[str, Any], art: Path, *, data: Path | None = None,
             targets: tuple[str, ...] = ("onnxruntime",), task: str, runtime: str = "onnxruntime",
             eval_opts: dict[str, Any] | None = None, limit: int | None = None, threads: int = 2,
-            input_shape: str | None = None) -> dict[str, Any]:
+            input_shape: str | None = None, arch: str | None = None,
+            eval_data: Path | None = None) -> dict[str, Any]:
     """Compress, then evaluate the artifact; a failed compress is a result (its one-line error is recorded)."""
     if art.exists():
         shutil.rmtree(art)
     art.parent.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {"method": method, "options": dict(opts), "artifact": str(art),
                             "commands": cli_commands(model, method, opts, art, data, list(targets), task, runtime,
-                                                     eval_opts, limit, input_shape)}
+                                                     eval_opts, limit, input_shape, arch, eval_data)}
     t0 = time.perf_counter()
     try:
         edgekit.compress(model, method, dict(opts), art, data=open_data(data) if data else None,
-                         runtimes=list(targets), input_shape=input_shape)
+                         runtimes=list(targets), input_shape=input_shape, arch=arch)
     except Exception as e:  # noqa: BLE001 - a refused export is a result, recorded as such
         info.update(error=f"{type(e).__name__}: {str(e)[:400]}", compress_s=round(time.perf_counter() - t0, 1))
         return info
@@ -56,7 +60,8 @@ def run_row(model: str, method: str, opts: dict[str, Any], art: Path, *, data: P
                 report_extra={k: v for k, v in (rep.get("extra") or {}).items()
                               if isinstance(v, (int, float, str, list)) and len(str(v)) < 400})
     t1 = time.perf_counter()
-    res = edgekit.evaluate(art, task, runtime=runtime, limit=limit, threads=threads, options=eval_opts)
+    res = edgekit.evaluate(art, task, runtime=runtime, limit=limit, threads=threads, options=eval_opts,
+                           data=eval_data, source=SourceOptions(arch=arch) if arch else None)
     info.update(metrics={k: round(v, 5) for k, v in res["metrics"].items()}, reference=res.get("reference"),
                 samples=res.get("samples"), runtime=res.get("runtime"), eval_s=round(time.perf_counter() - t1, 1))
     return info

@@ -29,6 +29,14 @@ Parts (JSON merged into benchmarks/results/denseshift.json; a table is printed):
     python benchmarks/denseshift.py --part export --trained-dir OUT
     python benchmarks/denseshift.py --part train_effnet --device cuda --steps 2000 --trained-dir OUT   # on a GPU
     python benchmarks/denseshift.py --part effnet --trained-dir OUT
+    python benchmarks/on_device.py run denseshift --part cli --device cuda --steps 2000 --data-dir .xfer/fmnist
+
+* cli      (GPU for the training) the fine-tuned ResNet-20 rows through the product only: the benchmark writes the
+           user's two data files (the Fashion train split normalised, images + labels, which `compress --data` trains
+           on; the test split the same way, which `eval --task npz` scores accuracy on), then per variant
+           `edgekit compress fashion_resnet20.safetensors --method denseshift --set train_steps=N --set device=...
+           --data train.npz` and `edgekit eval ART --task npz --data test.npz` (benchmarks/_product.run_row).
+           `--scratch` starts from the untrained network instead (its seed-0 init saved as the source, init=lowvar).
 """
 from __future__ import annotations
 
@@ -395,6 +403,46 @@ def part_effnet(trained_dir: Path, threads: int, limit: int | None) -> dict:
     return out
 
 
+def _user_npz(split: str, path: Path) -> Path:
+    """A Fashion split as the user's data file: normalised float32 images `input` + int64 `labels`."""
+    if not path.is_file():
+        x, y = tfr.load_fashion(split)
+        np.savez(path, input=x.numpy(), labels=y.numpy())
+    return path
+
+
+def part_cli(dev: str, steps: int, limit: int | None, opts: dict, scratch: bool,
+             variants: list[tuple[str, int]] | None, threads: int) -> dict:
+    """Fine-tuned (or from-scratch) rows through edgekit.compress + edgekit.evaluate (module doc)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _product import run_row
+
+    work = Path(tempfile.mkdtemp(prefix="denseshift_cli_"))
+    train, test = _user_npz("train", work / "fashion_train.npz"), _user_npz("test", work / "fashion_test.npz")
+    src = tfr.WEIGHTS.relative_to(ROOT)  # the commands run from the repository root
+    if scratch:
+        from safetensors.torch import save_file
+
+        torch.manual_seed(0)
+        src = work / "resnet20_init_seed0.safetensors"
+        save_file({k: v.contiguous() for k, v in tfr.build().state_dict().items()}, str(src))
+    rows = {}
+    for variant, bits in variants or FINETUNE:
+        o = {"bits": bits, "variant": variant, "train_steps": steps, "device": dev, "progress": False,
+             **({"init": "lowvar"} if scratch else {}), **opts}
+        name = f"{variant}_w{bits}_{'scratch' if scratch else 'ft'}{steps}"
+        row = run_row(str(src), "denseshift", o, work / name, data=train, task="npz", eval_data=test, limit=limit,
+                      threads=threads, input_shape=SHAPE, arch=ARCH)
+        rows[name] = row
+        m = row.get("metrics", {})
+        print(f"  {name}: accuracy {m.get('accuracy')} ({row.get('compress_s')} s compress)"
+              + (f" ERROR {row['error']}" if "error" in row else ""), flush=True)
+    return {"test_images": limit or 10000, "train_device": dev, "steps": steps, "from_scratch": scratch,
+            "gpu": torch.cuda.get_device_name(0) if dev.startswith("cuda") else None, "rows": rows,
+            "data_files": {"train": "fashion_train.npz (60k, normalised, input + labels)",
+                           "test": "fashion_test.npz (10k, normalised, input + labels)"}}
+
+
 def _option(s: str) -> tuple[str, object]:
     """key=value with a JSON value where it parses (numbers, lists, booleans), else the string."""
     k, v = s.split("=", 1)
@@ -504,6 +552,11 @@ def main() -> None:
         res["deploy"] = part_deploy(a.trained_dir, a.threads, a.limit)
     if "estimate" in parts:
         res.setdefault("convert", {})["shift_accelerator"] = shift_estimate()
+    if "cli" in parts:  # fine-tuned / from-scratch rows of several runs accumulate
+        vs = [(v.split(":")[0], int(v.split(":")[1])) for v in a.variants.split(",")] if a.variants else None
+        r = part_cli(a.device, a.steps, a.limit, dict(_option(s) for s in a.set), a.scratch, vs, a.threads)
+        key = "cli_scratch" if a.scratch else "cli"
+        res[key] = {**r, "rows": {**res.get(key, {}).get("rows", {}), **r["rows"]}}
     if "train" in parts:
         extra = dict(_option(s) for s in a.set)
         vs = [(v.split(":")[0], int(v.split(":")[1])) for v in a.variants.split(",")] if a.variants else None

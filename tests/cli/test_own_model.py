@@ -108,6 +108,30 @@ def test_udfc_and_export_and_eval_against_own_fp32(own, rtn_art, tmp_path) -> No
     assert "accuracy" in m["metrics"] and m["samples"] == 8 and "accuracy" in m["reference"]  # labelled folders
 
 
+def test_npz_with_a_label_array_scores_accuracy(own, tmp_path) -> None:
+    """A .npz with inputs + one integer label per sample (the layout compress --data trains on) adds accuracy of the
+    model and of its FP32 source; labels = FP32's own top-1 with 6 of 24 flipped give exactly 0.75 for FP32."""
+    import torch
+
+    x = np.load(own["npz"])["input"]
+    with torch.no_grad():
+        top1 = trained(8)(torch.from_numpy(x)).argmax(1).numpy()
+    y = top1.copy()
+    y[:6] = (y[:6] + 1) % 10
+    data = tmp_path / "labelled.npz"
+    np.savez(data, input=x, labels=y.astype(np.int64))
+    fp32 = tmp_path / "fp32"
+    _ok(runner.invoke(app, ["export", *_src(own), "--target", "onnxruntime", "-o", str(fp32)]))
+    out = tmp_path / "acc.json"
+    _ok(runner.invoke(app, ["eval", str(fp32), "--task", "npz", "--data", str(data), "--arch", ARCH,
+                            "--json", str(out)]))
+    r = json.loads(out.read_text())
+    assert r["reference"]["accuracy"] == pytest.approx(0.75) and r["metrics"]["accuracy"] == pytest.approx(0.75)
+    np.savez(data, input=x, labels=np.full(24, 99, np.int64))
+    _one_line_error(runner.invoke(app, ["eval", str(fp32), "--task", "npz", "--data", str(data), "--arch", ARCH]),
+                    "outside the model's 10 classes")
+
+
 def test_eval_needs_the_arch_again_and_checks_the_source(own, rtn_art, tmp_path) -> None:
     args = ["eval", str(rtn_art), "--task", "npz", "--data", str(own["npz"])]
     _one_line_error(runner.invoke(app, args), f"pass --arch {ARCH}")
