@@ -6,6 +6,7 @@ llm_fp4 on SmolLM2). Public API only.
 """
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import time
@@ -21,7 +22,7 @@ def cli_commands(model: str, method: str, opts: dict[str, Any], art: Path, data:
                  targets: list[str], task: str, runtime: str, eval_opts: dict[str, Any] | None,
                  limit: int | None, input_shape: str | None, arch: str | None = None,
                  eval_data: Path | None = None) -> list[str]:
-    sets = " ".join(f"--set {k}={v}" for k, v in opts.items())
+    sets = " ".join("--set " + shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}") for k, v in opts.items())
     tg = " ".join(f"--target {t}" for t in targets)
     src = f"{model}" + (f" --arch {arch}" if arch else "")
     comp = (f"edgekit compress {src} --method {method} {sets}" + (f" --data {shlex.quote(str(data))}" if data else "")

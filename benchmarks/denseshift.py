@@ -37,6 +37,9 @@ Parts (JSON merged into benchmarks/results/denseshift.json; a table is printed):
            `edgekit compress fashion_resnet20.safetensors --method denseshift --set train_steps=N --set device=...
            --data train.npz` and `edgekit eval ART --task npz --data test.npz` (benchmarks/_product.run_row).
            `--scratch` starts from the untrained network instead (its seed-0 init saved as the source, init=lowvar).
+* cli_convert (CPU) the data-free rows of `convert` the same way: DenseShift B=2/3/4 without fine-tuning, the
+           with-zeros grid at B=2/3 and RTN 2/3/4 bits on the same layers, each `edgekit compress` + `edgekit eval
+           --task npz` on the labelled test file.
 """
 from __future__ import annotations
 
@@ -430,7 +433,8 @@ def part_cli(dev: str, steps: int, limit: int | None, opts: dict, scratch: bool,
     for variant, bits in variants or FINETUNE:
         o = {"bits": bits, "variant": variant, "train_steps": steps, "device": dev, "progress": False,
              **({"init": "lowvar"} if scratch else {}), **opts}
-        name = f"{variant}_w{bits}_{'scratch' if scratch else 'ft'}{steps}"
+        name = f"{variant}_w{bits}_{'scratch' if scratch else 'ft'}{steps}" + (f"_seed{opts['seed']}" if "seed" in opts
+                                                                             else "")
         row = run_row(str(src), "denseshift", o, work / name, data=train, task="npz", eval_data=test, limit=limit,
                       threads=threads, input_shape=SHAPE, arch=ARCH)
         rows[name] = row
@@ -441,6 +445,30 @@ def part_cli(dev: str, steps: int, limit: int | None, opts: dict, scratch: bool,
             "gpu": torch.cuda.get_device_name(0) if dev.startswith("cuda") else None, "rows": rows,
             "data_files": {"train": "fashion_train.npz (60k, normalised, input + labels)",
                            "test": "fashion_test.npz (10k, normalised, input + labels)"}}
+
+
+CONVERT_ROWS = {**{f"denseshift_noft_w{b}": ("denseshift", {"bits": b, "variant": "pot_nozero_noft"}) for b in (3, 2, 4)},
+                **{f"pot_zero_noft_w{b}": ("denseshift", {"bits": b, "variant": "pot_zero", "train_steps": 0})
+                   for b in (3, 2)},
+                **{f"rtn_w{b}": ("rtn", {"bits": b, "skip": ["^stem$", "^fc$"]}) for b in (3, 2, 4)}}
+
+
+def part_cli_convert(limit: int | None, threads: int) -> dict:
+    """The data-free rows through edgekit.compress + edgekit.evaluate (module doc)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _product import run_row
+
+    work = Path(tempfile.mkdtemp(prefix="denseshift_cli_convert_"))
+    test = _user_npz("test", work / "fashion_test.npz")
+    rows = {}
+    for name, (method, o) in CONVERT_ROWS.items():
+        row = run_row(str(tfr.WEIGHTS.relative_to(ROOT)), method, o, work / name, task="npz", eval_data=test,
+                      limit=limit, threads=threads, input_shape=SHAPE, arch=ARCH)
+        rows[name] = row
+        print(f"  {name}: accuracy {row.get('metrics', {}).get('accuracy')}"
+              + (f" ERROR {row['error']}" if "error" in row else ""), flush=True)
+    return {"test_images": limit or 10000, "rows": rows,
+            "data_files": {"test": "fashion_test.npz (10k, normalised, input + labels)"}}
 
 
 def _option(s: str) -> tuple[str, object]:
@@ -552,6 +580,8 @@ def main() -> None:
         res["deploy"] = part_deploy(a.trained_dir, a.threads, a.limit)
     if "estimate" in parts:
         res.setdefault("convert", {})["shift_accelerator"] = shift_estimate()
+    if "cli_convert" in parts:
+        res["cli_convert"] = part_cli_convert(a.limit, a.threads)
     if "cli" in parts:  # fine-tuned / from-scratch rows of several runs accumulate
         vs = [(v.split(":")[0], int(v.split(":")[1])) for v in a.variants.split(",")] if a.variants else None
         r = part_cli(a.device, a.steps, a.limit, dict(_option(s) for s in a.set), a.scratch, vs, a.threads)

@@ -10,7 +10,16 @@ docstrings and pydoc topics than ours (3.11), so the evaluation and calibration 
   there:   python benchmarks/on_device.py run structured_ffn smollm2 --device cuda ...
            -> joins the GGUF (sha256 checked), points EDGEKIT_CACHE at .xfer/cache, makes edgekit.eval.perplexity
               and the benchmark read the packed texts, then runs the benchmark's main() with the given arguments.
-Results land in benchmarks/results/*.json there; the caller copies them back.
+Results land in benchmarks/results/*.json there; the caller copies them back, and merges a device results file
+into ours with
+
+  here:    python benchmarks/on_device.py merge DEVICE.json benchmarks/results/X.json KEY[,KEY] --ran-commit SHA
+           -> each KEY's rows are added to ours (same-named rows replaced), the device's provenance of the part is
+              kept under provenance[KEY], with `ran_commit`: the device's tree copy carries a stale .git, so its
+              recorded commit is not the code that ran.
+
+Benchmarks that need no model package (denseshift --part cli) run directly there:
+`python3 benchmarks/denseshift.py --part cli --device cuda --data-dir .xfer/fmnist --out $OUT/denseshift.json`.
 """
 from __future__ import annotations
 
@@ -97,9 +106,33 @@ def run(argv: list[str]) -> None:
     mod.main()
 
 
+def merge(argv: list[str]) -> None:
+    """merge DEVICE.json OURS.json KEY[,KEY] --ran-commit SHA (module doc)."""
+    if len(argv) != 5 or argv[3] != "--ran-commit":
+        raise SystemExit("usage: on_device.py merge DEVICE.json OURS.json KEY[,KEY] --ran-commit SHA")
+    dev, ours = json.loads(Path(argv[0]).read_text()), Path(argv[1])
+    res = json.loads(ours.read_text()) if ours.is_file() else {}
+    old_prov = dict(res.get("provenance", {}))
+    for key in argv[2].split(","):
+        if key not in dev:
+            raise SystemExit(f"{argv[0]} has no '{key}' (it has {', '.join(dev)})")
+        new = dev[key]
+        res[key] = {**res.get(key, {}), **new, "rows": {**res.get(key, {}).get("rows", {}), **new.get("rows", {})}}
+        ran = [v for p, v in dev.get("provenance", {}).items() if v != old_prov.get(p)]  # what the device run added
+        if len(ran) != 1:
+            raise SystemExit(f"{argv[0]}: expected one new provenance entry, found {len(ran)}")
+        prov = {**ran[0], "ran_commit": argv[4]}
+        seed = next((a.split("=", 1)[1] for a in prov.get("argv", []) if a.startswith("seed=")), None)
+        res.setdefault("provenance", {})[key + (f"_seed{seed}" if seed else "")] = prov
+        print(f"merged {key}: {len(new.get('rows', {}))} rows into {ours}")
+    ours.write_text(json.dumps(res, indent=1, default=str) + "\n")
+
+
 if __name__ == "__main__":
     if sys.argv[1:2] == ["pack"]:
         pack()
+    elif sys.argv[1:2] == ["merge"]:
+        merge(sys.argv[2:])
     elif sys.argv[1:2] == ["run"]:
         run(sys.argv[2:])
     else:

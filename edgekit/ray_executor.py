@@ -331,10 +331,25 @@ def run_jobs(jobs: Sequence[Job], limits: dict[str, int], timeout_s: float, retr
                     pending.pop(ref)
                     on_done(key, False, f"timed out after {timeout_s:g} s (task cancelled)")
     except BaseException:
-        for ref in pending:
+        cancel_all(list(pending))
+        raise
+
+
+def cancel_all(refs: list, grace_s: float = 10.0) -> None:
+    """Force-cancel tasks and make sure it took: a cancel that reaches a task while Ray is still handing it to a
+    worker that is starting up can be lost (seen on a loaded 2-core box: the task then ran on), so the ones not yet
+    finished are cancelled again every half second until all are done or `grace_s` has passed."""
+    import ray
+
+    left, deadline = list(refs), time.monotonic() + grace_s
+    while left:
+        for ref in left:
             with contextlib.suppress(Exception):
                 ray.cancel(ref, force=True)
-        raise
+        if time.monotonic() > deadline:
+            return
+        with contextlib.suppress(Exception):
+            _, left = ray.wait(left, num_returns=len(left), timeout=0.5)
 
 
 def ray_matrix(model_src: Any, variants: list[str], tgts: list, specs: Sequence[Any], root: Path, source: Any,

@@ -65,7 +65,24 @@ def _sources(item: pytest.Item) -> str:
     return "\n".join(parts).lower()
 
 
+SPREAD = ("tests/unit/test_method_contract.py",)  # independent slow cases: spread over the workers one by one
+
+
+def _xdist_group(item: pytest.Item) -> str | None:
+    """pytest-xdist (--dist loadgroup) keeps a group on one worker: a file's tests share module fixtures, and the
+    Ray files share Ray's default temp dir (two local clusters at once would race on its address file)."""
+    path = item.nodeid.split("::", 1)[0]
+    if path in SPREAD:
+        return None
+    return "ray" if Path(path).name.startswith("test_ray_") else path
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        group = _xdist_group(item)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
     missing = {pkg: needles for pkg, (path, needles) in _DATA.items() if not path.exists()}
     if not missing:
         return
