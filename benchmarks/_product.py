@@ -21,12 +21,13 @@ from edgekit.api import SourceOptions, open_data, read_manifest
 def cli_commands(model: str, method: str, opts: dict[str, Any], art: Path, data: Path | None,
                  targets: list[str], task: str, runtime: str, eval_opts: dict[str, Any] | None,
                  limit: int | None, input_shape: str | None, arch: str | None = None,
-                 eval_data: Path | None = None) -> list[str]:
+                 eval_data: Path | None = None, deploy: str | None = None) -> list[str]:
     sets = " ".join("--set " + shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}") for k, v in opts.items())
     tg = " ".join(f"--target {t}" for t in targets)
     src = f"{model}" + (f" --arch {arch}" if arch else "")
     comp = (f"edgekit compress {src} --method {method} {sets}" + (f" --data {shlex.quote(str(data))}" if data else "")
-            + (f" --input-shape {input_shape}" if input_shape else "") + f" {tg} -o {art}")
+            + (f" --input-shape {input_shape}" if input_shape else "") + (f" --deploy {deploy}" if deploy else "")
+            + f" {tg} -o {art}")
     ev = (f"edgekit eval {art} --task {task} --runtime {runtime}" + (f" --limit {limit}" if limit else "")
           + (f" --data {shlex.quote(str(eval_data))}" if eval_data else "") + (f" --arch {arch}" if arch else ""))
     ev += "".join(f" --set {k}={v}" for k, v in (eval_opts or {}).items())
@@ -37,18 +38,19 @@ def run_row(model: str, method: str, opts: dict[str, Any], art: Path, *, data: P
             targets: tuple[str, ...] = ("onnxruntime",), task: str, runtime: str = "onnxruntime",
             eval_opts: dict[str, Any] | None = None, limit: int | None = None, threads: int = 2,
             input_shape: str | None = None, arch: str | None = None,
-            eval_data: Path | None = None) -> dict[str, Any]:
+            eval_data: Path | None = None, deploy: str | None = None) -> dict[str, Any]:
     """Compress, then evaluate the artifact; a failed compress is a result (its one-line error is recorded)."""
     if art.exists():
         shutil.rmtree(art)
     art.parent.mkdir(parents=True, exist_ok=True)
     info: dict[str, Any] = {"method": method, "options": dict(opts), "artifact": str(art),
                             "commands": cli_commands(model, method, opts, art, data, list(targets), task, runtime,
-                                                     eval_opts, limit, input_shape, arch, eval_data)}
+                                                     eval_opts, limit, input_shape, arch, eval_data,
+                                                     deploy)}
     t0 = time.perf_counter()
     try:
         edgekit.compress(model, method, dict(opts), art, data=open_data(data) if data else None,
-                         runtimes=list(targets), input_shape=input_shape, arch=arch)
+                         runtimes=list(targets), input_shape=input_shape, arch=arch, deploy=deploy)
     except Exception as e:  # noqa: BLE001 - a refused export is a result, recorded as such
         info.update(error=f"{type(e).__name__}: {str(e)[:400]}", compress_s=round(time.perf_counter() - t0, 1))
         return info

@@ -40,6 +40,10 @@ Parts (JSON merged into benchmarks/results/denseshift.json; a table is printed):
 * cli_convert (CPU) the data-free rows of `convert` the same way: DenseShift B=2/3/4 without fine-tuning, the
            with-zeros grid at B=2/3 and RTN 2/3/4 bits on the same layers, each `edgekit compress` + `edgekit eval
            --task npz` on the labelled test file.
+* cli_deploy (CPU, minutes) the 3-bit model with int8 storage fine-tuned and lowered to static INT8 in one
+           `edgekit compress ... --set train_steps=N --data train.npz --deploy int8 --target onnxruntime --target
+           openvino --target tflite`; `edgekit eval ART --task npz --runtime R` per runtime, and the deploy step's
+           interleaved INT8-vs-FP32 timing from the manifest.
 """
 from __future__ import annotations
 
@@ -471,6 +475,33 @@ def part_cli_convert(limit: int | None, threads: int) -> dict:
             "data_files": {"test": "fashion_test.npz (10k, normalised, input + labels)"}}
 
 
+def part_cli_deploy(dev: str, steps: int, limit: int | None, opts: dict, threads: int) -> dict:
+    """The fine-tuned 3-bit int8-storage model through `--deploy int8` on every runtime (module doc)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import edgekit
+    from _product import run_row
+    from edgekit.api import read_manifest
+
+    work = Path(tempfile.mkdtemp(prefix="denseshift_cli_deploy_"))
+    train, test = _user_npz("train", work / "fashion_train.npz"), _user_npz("test", work / "fashion_test.npz")
+    o = {"bits": 3, "storage": "int8", "train_steps": steps, "device": dev, "progress": False, **opts}
+    art = work / f"denseshift_w3_int8_ft{steps}_deploy"
+    row = run_row(str(tfr.WEIGHTS.relative_to(ROOT)), "denseshift", o, art, data=train, task="npz", eval_data=test,
+                  limit=limit, threads=threads, input_shape=SHAPE, arch=ARCH, deploy="int8", targets=tuple(RUNTIMES))
+    if "error" not in row:
+        man = read_manifest(art)
+        row["deploy"] = {rt: e.get("deploy") for rt, e in man["exports"].items()}
+        row["by_runtime"] = {"onnxruntime": row["metrics"]}
+        for rt in RUNTIMES[1:]:
+            res = edgekit.evaluate(art, "npz", runtime=rt, limit=limit, threads=threads, data=test,
+                                   source=edgekit.api.SourceOptions(arch=ARCH))
+            row["by_runtime"][rt] = {k: round(v, 5) for k, v in res["metrics"].items()}
+            row["commands"].append(row["commands"][1].replace("--runtime onnxruntime", f"--runtime {rt}"))
+    print(f"  {art.name}: " + (row.get("error") or str({rt: m.get("accuracy") for rt, m in row["by_runtime"].items()})),
+          flush=True)
+    return {"test_images": limit or 10000, "row": row}
+
+
 def _option(s: str) -> tuple[str, object]:
     """key=value with a JSON value where it parses (numbers, lists, booleans), else the string."""
     k, v = s.split("=", 1)
@@ -582,6 +613,8 @@ def main() -> None:
         res.setdefault("convert", {})["shift_accelerator"] = shift_estimate()
     if "cli_convert" in parts:
         res["cli_convert"] = part_cli_convert(a.limit, a.threads)
+    if "cli_deploy" in parts:
+        res["cli_deploy"] = part_cli_deploy(a.device, a.steps, a.limit, dict(_option(s) for s in a.set), a.threads)
     if "cli" in parts:  # fine-tuned / from-scratch rows of several runs accumulate
         vs = [(v.split(":")[0], int(v.split(":")[1])) for v in a.variants.split(",")] if a.variants else None
         r = part_cli(a.device, a.steps, a.limit, dict(_option(s) for s in a.set), a.scratch, vs, a.threads)
