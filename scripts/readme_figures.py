@@ -431,6 +431,56 @@ def render_denseshift(r: Results) -> str:
     return "\n".join(out)
 
 
+def render_deft(r: Results) -> str:
+    """The DEFT rows: each merged and exported here by `edgekit.compress(..., "deft", {load_peft: ...})` (held-out
+    metric and density in fp32 from the compress report), plus the H200's own held-out figures for SmolLM2."""
+    d = r("deft")
+    mi, sm = d["minilm"]["rows"], d["smollm2"]["rows"]
+
+    def rel(x, base):
+        return f" ({(x['thr_tok'] / base['thr_tok'] - 1) * 100:.1g}% relative)" if abs(x["thr_tok"] / base["thr_tok"]
+                                                                                      - 1) < 0.1 else \
+            f" ({(x['thr_tok'] / base['thr_tok'] - 1) * 100:.0f}%)"
+
+    def layers(x):
+        return len(x["thr_tok_per_layer"]) - len(x["skipped_blocks"])
+    sk = ", ".join(map(str, mi["deft_skip"]["skipped_blocks"]))
+    out = ["| model / variant | task metric | MLP density, |a| > 1e-3, real tokens | exact-zero density, real tokens |",
+           "|---|---|---|---|",
+           f"| MiniLM PEFT (λ=0) | accuracy {mi['peft']['accuracy']:.3f} | {mi['peft']['thr_tok']:.3f} | "
+           f"{mi['peft']['exact_tok']:.3f} |",
+           f"| MiniLM DEFT (λ=1) | {mi['deft']['accuracy']:.3f} | {mi['deft']['thr_tok']:.3f}"
+           f"{rel(mi['deft'], mi['peft'])} | {mi['deft']['exact_tok']:.3f} |",
+           f"| MiniLM DEFT (λ=10) | {mi['deft_l10']['accuracy']:.3f} | {mi['deft_l10']['thr_tok']:.3f}"
+           f"{rel(mi['deft_l10'], mi['peft'])} | {mi['deft_l10']['exact_tok']:.3f} |",
+           f"| MiniLM ReLU-ified PEFT / DEFT (λ=1) | {mi['peft_relu']['accuracy']:.3f} / "
+           f"{mi['deft_relu']['accuracy']:.3f} | {mi['peft_relu']['thr_tok']:.3f} / {mi['deft_relu']['thr_tok']:.3f}"
+           f"{rel(mi['deft_relu'], mi['peft_relu'])} | {mi['peft_relu']['exact_tok']:.3f} / "
+           f"{mi['deft_relu']['exact_tok']:.3f} |",
+           f"| MiniLM PEFT / DEFT, MLP blocks {sk.replace(', ', ' and ')} removed | {mi['peft_skip']['accuracy']:.3f} / "
+           f"{mi['deft_skip']['accuracy']:.3f} | {mi['peft_skip']['thr_tok']:.3f} / {mi['deft_skip']['thr_tok']:.3f} "
+           f"({layers(mi['deft_skip'])} blocks) | |",
+           "| SmolLM2 PEFT (λ=0) / DEFT (λ=1) / DEFT (λ=10), on the H200 | perplexity "
+           + " / ".join(f"{sm[k]['heldout_on_gpu']['perplexity']:.2f}" for k in ("peft", "deft", "deft_l10"))
+           + " | " + " / ".join(f"{sm[k]['heldout_on_gpu']['thr_tok']:.3f}" for k in ("peft", "deft", "deft_l10"))
+           + f" | {sm['peft']['exact_tok']:.3f} |",
+           "| the same three, merged, exported and measured here (`edgekit.compress` with `load_peft`) | "
+           + " / ".join(f"{sm[k]['perplexity']:.2f}" for k in ("peft", "deft", "deft_l10")) + " | "
+           + " / ".join(f"{sm[k]['thr_tok']:.3f}" for k in ("peft", "deft", "deft_l10"))
+           + f" | {sm['deft']['exact_tok']:.3f} |",
+           f"| SmolLM2 DEFT, {len(sm['deft_skip']['skipped_blocks'])} of {len(sm['deft_skip']['thr_tok_per_layer'])} "
+           f"MLP blocks removed (H200 / here) | {sm['deft_skip']['heldout_on_gpu']['perplexity']:.2f} / "
+           f"{sm['deft_skip']['perplexity']:.2f} (PEFT here: {sm['peft']['perplexity']:.2f}) | "
+           f"{sm['deft_skip']['thr_tok']:.3f} ({layers(sm['deft_skip'])} blocks) | |",
+           ""]
+    out.append(source_line(["deft.json"], [_cmd(d[m]["provenance"]) for m in ("minilm", "smollm2")]
+                           + [f"`{d[m]['train_command']}` (training, H200)" for m in ("minilm", "smollm2")],
+                           "the rows measured here come from the compress report of each merged artifact (the "
+                           "method's held-out evaluation in fp32), not from `edgekit eval`; the H200 cells are the "
+                           "training run's own held-out figures"))
+    return "\n".join(out)
+
+
 def render_denseshift_effnet(r: Results) -> str:
     d = r("denseshift")
     e = d["effnet"]["rows"]
@@ -615,6 +665,7 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     "structured_ffn-minilm": render_structured_ffn_minilm,
     "denseshift": render_denseshift,
     "denseshift_effnet": render_denseshift_effnet,
+    "deft": render_deft,
     "peer-baselines": render_peer_baselines,
 }
 
