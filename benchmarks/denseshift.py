@@ -44,6 +44,9 @@ Parts (JSON merged into benchmarks/results/denseshift.json; a table is printed):
            `edgekit compress ... --set train_steps=N --data train.npz --deploy int8 --target onnxruntime --target
            openvino --target tflite`; `edgekit eval ART --task npz --runtime R` per runtime, and the deploy step's
            interleaved INT8-vs-FP32 timing from the manifest.
+* cli_deploy_profile (CPU) `edgekit profile fashion_resnet20.safetensors ART --target host --target
+           intel-cpu-openvino --target rpi5-litert --rounds N` on the cli_deploy artifact: FP32 (exported by the
+           profile) and the INT8 files interleaved, more rounds than the deploy step's 20.
 """
 from __future__ import annotations
 
@@ -615,6 +618,14 @@ def main() -> None:
         res["cli_convert"] = part_cli_convert(a.limit, a.threads)
     if "cli_deploy" in parts:
         res["cli_deploy"] = part_cli_deploy(a.device, a.steps, a.limit, dict(_option(s) for s in a.set), a.threads)
+    if "cli_deploy_profile" in parts:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        from _product import profile_vs_fp32
+
+        art = Path(res["cli_deploy"]["row"]["artifact"])
+        res["cli_deploy"]["profile"] = profile_vs_fp32(str(tfr.WEIGHTS.relative_to(ROOT)), [art],
+                                                       ["host", "intel-cpu-openvino", "rpi5-litert"], 200,
+                                                       input_shape=SHAPE, arch=ARCH)
     if "cli" in parts:  # fine-tuned / from-scratch rows of several runs accumulate
         vs = [(v.split(":")[0], int(v.split(":")[1])) for v in a.variants.split(",")] if a.variants else None
         r = part_cli(a.device, a.steps, a.limit, dict(_option(s) for s in a.set), a.scratch, vs, a.threads)
