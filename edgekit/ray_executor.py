@@ -348,8 +348,10 @@ def cancel_all(refs: list, grace_s: float = 10.0) -> None:
                 ray.cancel(ref, force=True)
         if time.monotonic() > deadline:
             return
-        with contextlib.suppress(Exception):
+        try:
             _, left = ray.wait(left, num_returns=len(left), timeout=0.5)
+        except Exception:  # noqa: BLE001 - Ray itself is gone (shutdown, lost cluster): nothing left to cancel
+            return
 
 
 def ray_matrix(model_src: Any, variants: list[str], tgts: list, specs: Sequence[Any], root: Path, source: Any,

@@ -226,3 +226,28 @@ def test_build_task_keeps_method_options_and_packs_verified_exports():
     got = build_task("demo", "rtn", [t], ["x86-avx2-ort"], SourceOptions(), {"rtn": {"bits": 4}}, DataSource([x]),
                      None, None, 2)
     assert got["outputs"]["ray-a"]["inputs"] == "data" and len(got["outputs"]["ray-a"]["outputs"]) == 2
+
+
+def test_a_lost_cancel_is_sent_again(monkeypatch):
+    """A force-cancel that reaches a task while Ray is still starting its worker can be lost; cancel_all re-sends it
+    until the task has ended (a fake Ray whose first cancel of each task is dropped), and gives up when Ray is gone."""
+    import sys
+    import types
+
+    from edgekit.ray_executor import cancel_all
+
+    calls: dict[str, int] = {}
+    fake = types.SimpleNamespace()
+    fake.cancel = lambda ref, force: calls.__setitem__(ref, calls.get(ref, 0) + 1)
+    fake.wait = lambda refs, num_returns, timeout: ([r for r in refs if calls.get(r, 0) >= 2],
+                                                    [r for r in refs if calls.get(r, 0) < 2])
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    cancel_all(["a", "b"], grace_s=5)
+    assert calls == {"a": 2, "b": 2}
+
+    def gone(*a, **k):
+        raise RuntimeError("Ray has not been started yet")
+    fake.wait = gone
+    t0 = time.monotonic()
+    cancel_all(["c"], grace_s=5)
+    assert time.monotonic() - t0 < 1 and calls["c"] == 1
