@@ -16,8 +16,12 @@ Parts (JSON merged into benchmarks/results/udfc.json; a table is printed):
           exact-zero weights, BN re-estimated) at W8/W6; and default udfc through edgekit.api.compress (the
           recorded input spec). CPU is fine (a few minutes).
 * zoo_lite0  the same rows (W8/W6/W5/W4) for EfficientNet-Lite0's ImageNet logits on Fashion images (a GPU helps).
+* zoo_cli  the four Fashion networks' W6/W4 rows of `zoo` through the product only: `edgekit compress` of the
+          weights file + `edgekit eval ART --task npz` on the first --zoo-images test images with their labels
+          (benchmarks/_product.run_row; each row records both commands).
 
     nice -n 10 python benchmarks/udfc.py --part zoo
+    python benchmarks/udfc.py --part zoo_cli
     python benchmarks/udfc.py --part zoo_lite0 --device cuda
     nice -n 10 python benchmarks/udfc.py --part deploy
     python benchmarks/udfc.py --part effnet,resnet --device cuda      # where a GPU is available
@@ -425,6 +429,43 @@ def part_zoo(dev: str, n_images: int, api_check: bool = True) -> dict:
     return {"images": n_images, "device": dev, "rows": rows, "training": train, "api_default_udfc": checks}
 
 
+ZOO_CLI_ARCH = {"mobilenetv2": "benchmarks.udfc:zoo_mobilenetv2", "effnet_silu_se": "benchmarks.udfc:zoo_effnet_silu_se",
+                "vgg": "benchmarks.udfc:zoo_vgg", "resnet20": "benchmarks.train_fashion_resnet:build"}
+
+
+def part_zoo_cli(n_images: int, threads: int, bits_list: tuple[int, ...] = (6, 4)) -> dict:
+    """The Fashion networks' zoo rows through the product: per net, bit width and variant, `edgekit compress
+    WEIGHTS --arch FACTORY --method rtn|udfc --set bits=B [...]` and `edgekit eval ART --task npz --data
+    fashion_test1000.npz` (the first n_images test images with their labels: top-1 agreement and logit cosine with
+    the FP32 source, and accuracy), on ONNX Runtime. Rows keep zoo's format (net, kind, variant, bits, agree, cos,
+    acc) plus the run_row record."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _product import run_row
+
+    work = Path(tempfile.mkdtemp(prefix="udfc_zoo_cli_"))
+    xte, yte = load_fashion("test")
+    test = work / f"fashion_test{n_images}.npz"
+    np.savez(test, input=xte[:n_images].numpy(), labels=yte[:n_images].numpy())
+    variants = {"rtn": ("rtn", {}), "udfc": ("udfc", {}), "udfc_v1": ("udfc", V1),
+                "udfc_paper": ("udfc", {"paper": True})}
+    rows = []
+    for net, arch in ZOO_CLI_ARCH.items():
+        src = (WEIGHTS if net == "resnet20" else ZOO_WEIGHTS / f"udfc_zoo_{net}.safetensors").relative_to(ROOT)
+        for bits in bits_list:
+            for v, (method, o) in variants.items():
+                rec = run_row(str(src), method, {**o, "bits": bits}, work / f"{net}_{v}_w{bits}", task="npz",
+                              eval_data=test, threads=threads, input_shape="1x1x28x28", arch=arch)
+                m = rec.get("metrics", {})
+                rows.append({"net": net, "kind": "quant", "variant": v, "bits": bits, "agree": m.get("top1_agreement"),
+                             "cos": m.get("cosine"), "acc": m.get("accuracy"), "fp32_acc":
+                             (rec.get("reference") or {}).get("accuracy"), "product": rec})
+                print(f"  {net:16s} {v:10s} W{bits} agree {m.get('top1_agreement')} cos {m.get('cosine')}"
+                      + (f" ERROR {rec['error']}" if "error" in rec else ""), flush=True)
+    return {"images": n_images, "rows": rows, "data_file": f"fashion_test{n_images}.npz (normalised, input + labels)"}
+
+
 def part_zoo_lite0(dev: str, n_images: int, px: int = 224) -> dict:
     """EfficientNet-Lite0 (ImageNet weights) logits on Fashion test images upsampled to px, grey -> RGB, in [-1, 1]."""
     from edgekit.models.real import load_efficientnet_lite0
@@ -571,6 +612,8 @@ def main() -> None:
         res["deploy"] = part_deploy(a.runs)
     if "zoo" in parts:
         res["zoo"] = part_zoo(a.device, a.zoo_images, not a.no_api_check)
+    if "zoo_cli" in parts:
+        res["zoo_cli"] = part_zoo_cli(a.zoo_images, a.threads)
     if "zoo_lite0" in parts:
         res["zoo_lite0"] = part_zoo_lite0(a.device, a.zoo_images, a.px)
     res.setdefault("wall_seconds", {})[a.part] = round(time.perf_counter() - t0, 1)

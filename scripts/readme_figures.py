@@ -137,8 +137,9 @@ def render_udfc_zoo(r: Results) -> str:
     out = ["| network | bits | RTN | udfc (default) | udfc before issue 21 | paper (`paper=true`) |",
            "|---|---|---|---|---|---|"]
     rows = lite["rows"]
+    cli = r("udfc")["zoo_cli"]
     for i, b in enumerate((8, 6, 4)):
-        label = "EfficientNet-Lite0 (ImageNet logits, Fashion images)" if i == 0 else ""
+        label = "EfficientNet-Lite0 (ImageNet logits, Fashion images; method level)" if i == 0 else ""
         out.append(f"| {label} | W{b} | " + " | ".join(ac(find(rows, 'efficientnet-lite0', 'quant', v, b))
                                                       for v in cols) + " |")
     out.append("| same, 30% of weights exactly 0 | W6 | " + " | ".join(
@@ -149,14 +150,20 @@ def render_udfc_zoo(r: Results) -> str:
         acc = zoo["training"][net]["test_accuracy"]
         acc_s = f"Fashion test accuracy {acc:.4f}" if k == 0 else f"{acc:.4f}"
 
+        def one(x):
+            return "refused" if x is None or x.get("agree") is None else f3(x["agree"])
+
         def pair(v):
-            a, b = find(zoo["rows"], net, "quant", v, 6), find(zoo["rows"], net, "quant", v, 4)
-            return f"{f3(a['agree'])} / {f3(b['agree'])}"
+            return f"{one(find(cli['rows'], net, 'quant', v, 6))} / {one(find(cli['rows'], net, 'quant', v, 4))}"
         out.append(f"| {label} ({acc_s}) | W6 / W4 | " + " | ".join(pair(v) for v in cols) + " |")
     prov = r("udfc")["provenance"]
+    ex = cli["rows"][0]["product"]["commands"]
     out.append("")
-    out.append(source_line(["udfc.json"], [f"{_cmd(prov['zoo'])} (`zoo`)",
-                                            f"{_cmd(prov['zoo_lite0'])} (`zoo_lite0`)"]))
+    out.append(source_line(["udfc.json"], [f"{_cmd(prov['zoo_cli'])} (`zoo_cli`: the four Fashion networks, each cell "
+                                            f"a pair like `{ex[0]}` + `{ex[1]}`, top-1 agreement with the FP32 "
+                                            f"source on {cli['images']:,} test images)",
+                                            f"{_cmd(prov['zoo_lite0'])} (`zoo_lite0`: the method's `apply` in torch, "
+                                            "method level)"]))
     return "\n".join(out)
 
 
