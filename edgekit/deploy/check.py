@@ -141,11 +141,17 @@ def fidelity(model: nn.Module, path: Path, runtime: str, inputs: list[tuple[torc
             "device": sess.device, "runtime_config": sess.info.get("config", {})}
 
 
+MIN_SECONDS = 1.0  # the deploy step's timing loop runs at least this long (module doc of interleaved below)
+
+
 def interleaved(files: dict[str, Path | tuple[Path, bool]], runtime: str, inputs: tuple[torch.Tensor, ...],
                 threads: int = 2,
-                warmup: int = 3, runs: int = 20, slower_tolerance: float = 0.05) -> dict[str, Any]:
+                warmup: int = 3, runs: int = 20, slower_tolerance: float = 0.05,
+                min_seconds: float = MIN_SECONDS) -> dict[str, Any]:
     """Latency of each file timed in one interleaved loop (edgekit.profile.interleaved: one worker, rotating order,
-    paired ratios with a bootstrap interval); ratios to the 'fp32' entry, which must come first. A file slower than
+    paired ratios with a bootstrap interval); ratios to the 'fp32' entry, which must come first. At least `runs`
+    rounds, and more (up to 20 x runs) until the loop has run `min_seconds`: a sub-millisecond model gets hundreds
+    of rounds instead of 20, whose ratio moved by 0.2 between two runs of the same files. A file slower than
     FP32 by more than `slower_tolerance` gets its per-op cause (op types whose time grew, from the runtime's profiler)
     under "slower", so a forced INT8 file that loses says why."""
     from ..errors import UnsupportedModelError
@@ -161,11 +167,12 @@ def interleaved(files: dict[str, Path | tuple[Path, bool]], runtime: str, inputs
         return {"path": str(path), "runtime": runtime, "threads": threads, "label": k, "ov_dynamic_quant": dq}
 
     res = timed([spec(k, p) for k, p in files.items()], rounds=runs, warmup=warmup, feeds=arrays,
-                with_provenance=False)
+                with_provenance=False, min_seconds=min_seconds)
     if res["status"] != "ok":
         raise UnsupportedModelError(f"timing the {runtime} files failed: {res['error']}")
     med = {f["label"]: f["timing_ms"]["p50"] for f in res["files"]}
-    out: dict[str, Any] = {"median_ms": med, "runs": res["rounds"], "warmup": warmup, "threads": threads,
+    out: dict[str, Any] = {"median_ms": med, "runs": res["rounds"], "min_seconds": min_seconds, "warmup": warmup,
+                           "threads": threads,
                            "ratio_to_fp32": {f["label"]: f["ratio"]["p50"] for f in res["files"][1:]},
                            "ratio_ci95": {f["label"]: f["ratio"]["ci95"] for f in res["files"][1:]},
                            "load": res.get("load"), "protocol": "edgekit.profile.interleaved (one worker, rotating "

@@ -42,3 +42,16 @@ def test_slower_file_gets_ratio_interval_and_per_op_cause(tmp_path: Path) -> Non
     assert res["median_ms"]["int8"] > res["median_ms"]["fp32"] > 0
     note = res["slower"]["int8"]
     assert "slower" in note["summary"] and ("MatMul" in note["summary"] or "Gemm" in note["summary"]), note
+
+
+def test_a_fast_model_is_timed_for_min_seconds_not_just_runs(tmp_path: Path) -> None:
+    """20 rounds of a sub-millisecond model give a ratio that moves between runs; the loop keeps going until it has
+    run min_seconds (up to 20 x runs rounds), so such a model gets many more rounds."""
+    torch.manual_seed(0)
+    a, b = _onnx(Small(0), tmp_path / "a.onnx"), _onnx(Small(0), tmp_path / "b.onnx")
+    res = check.interleaved({"fp32": a, "int8": b}, "onnxruntime", (torch.randn(64, 256),), threads=1, warmup=2,
+                            runs=10, min_seconds=0.3)
+    assert 10 < res["runs"] <= 200 and res["min_seconds"] == 0.3, res["runs"]
+    short = check.interleaved({"fp32": a, "int8": b}, "onnxruntime", (torch.randn(64, 256),), threads=1, warmup=2,
+                              runs=10, min_seconds=0.0)
+    assert short["runs"] == 10
