@@ -18,19 +18,24 @@ import edgekit.api
 from edgekit.api import SourceOptions, open_data, read_manifest
 
 
+def _sets(opts: dict[str, Any] | None) -> str:
+    """--set k=v pairs as a shell would take them back (non-strings as JSON, which the CLI's YAML parser reads)."""
+    return "".join(" --set " + shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}")
+                   for k, v in (opts or {}).items())
+
+
 def cli_commands(model: str, method: str, opts: dict[str, Any], art: Path, data: Path | None,
                  targets: list[str], task: str, runtime: str, eval_opts: dict[str, Any] | None,
                  limit: int | None, input_shape: str | None, arch: str | None = None,
                  eval_data: Path | None = None, deploy: str | None = None) -> list[str]:
-    sets = " ".join("--set " + shlex.quote(f"{k}={v if isinstance(v, str) else json.dumps(v)}") for k, v in opts.items())
     tg = " ".join(f"--target {t}" for t in targets)
     src = f"{model}" + (f" --arch {arch}" if arch else "")
-    comp = (f"edgekit compress {src} --method {method} {sets}" + (f" --data {shlex.quote(str(data))}" if data else "")
+    comp = (f"edgekit compress {src} --method {method}{_sets(opts)}" + (f" --data {shlex.quote(str(data))}" if data else "")
             + (f" --input-shape {input_shape}" if input_shape else "") + (f" --deploy {deploy}" if deploy else "")
             + f" {tg} -o {art}")
     ev = (f"edgekit eval {art} --task {task} --runtime {runtime}" + (f" --limit {limit}" if limit else "")
           + (f" --data {shlex.quote(str(eval_data))}" if eval_data else "") + (f" --arch {arch}" if arch else ""))
-    ev += "".join(f" --set {k}={v}" for k, v in (eval_opts or {}).items())
+    ev += _sets(eval_opts)
     return [" ".join(comp.split()), ev]
 
 

@@ -29,7 +29,8 @@ Parts (JSON merged into benchmarks/results/denseshift.json; a table is printed):
     python benchmarks/denseshift.py --part export --trained-dir OUT
     python benchmarks/denseshift.py --part train_effnet --device cuda --steps 2000 --trained-dir OUT   # on a GPU
     python benchmarks/denseshift.py --part effnet --trained-dir OUT
-    python benchmarks/on_device.py run denseshift --part cli --device cuda --steps 2000 --data-dir .xfer/fmnist
+    python3 benchmarks/denseshift.py --part cli --device cuda --steps 2000 --data-dir .xfer/fmnist --out $OUT/ds.json
+    python benchmarks/on_device.py merge .../ds.json benchmarks/results/denseshift.json cli --ran-commit SHA
 
 * cli      (GPU for the training) the fine-tuned ResNet-20 rows through the product only: the benchmark writes the
            user's two data files (the Fashion train split normalised, images + labels, which `compress --data` trains
@@ -46,7 +47,7 @@ Parts (JSON merged into benchmarks/results/denseshift.json; a table is printed):
            interleaved INT8-vs-FP32 timing from the manifest.
 * cli_deploy_profile (CPU) `edgekit profile fashion_resnet20.safetensors ART --target host --target
            intel-cpu-openvino --target rpi5-litert --rounds N` on the cli_deploy artifact: FP32 (exported by the
-           profile) and the INT8 files interleaved, more rounds than the deploy step's 20.
+           profile) and the INT8 files interleaved, with more rounds than the deploy step's own timing.
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `benchmarks.train_fashion_resnet:build` must import as --arch
+sys.path.insert(1, str(ROOT / "benchmarks"))  # the cli parts' `from _product import ...`
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import benchmarks.train_fashion_resnet as tfr  # noqa: E402
@@ -413,22 +415,13 @@ def part_effnet(trained_dir: Path, threads: int, limit: int | None) -> dict:
     return out
 
 
-def _user_npz(split: str, path: Path) -> Path:
-    """A Fashion split as the user's data file: normalised float32 images `input` + int64 `labels`."""
-    if not path.is_file():
-        x, y = tfr.load_fashion(split)
-        np.savez(path, input=x.numpy(), labels=y.numpy())
-    return path
-
-
 def part_cli(dev: str, steps: int, limit: int | None, opts: dict, scratch: bool,
              variants: list[tuple[str, int]] | None, threads: int) -> dict:
     """Fine-tuned (or from-scratch) rows through edgekit.compress + edgekit.evaluate (module doc)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from _product import run_row
 
     work = Path(tempfile.mkdtemp(prefix="denseshift_cli_"))
-    train, test = _user_npz("train", work / "fashion_train.npz"), _user_npz("test", work / "fashion_test.npz")
+    train, test = tfr.fashion_npz("train", work / "fashion_train.npz"), tfr.fashion_npz("test", work / "fashion_test.npz")
     src = tfr.WEIGHTS.relative_to(ROOT)  # the commands run from the repository root
     if scratch:
         from safetensors.torch import save_file
@@ -462,11 +455,10 @@ CONVERT_ROWS = {**{f"denseshift_noft_w{b}": ("denseshift", {"bits": b, "variant"
 
 def part_cli_convert(limit: int | None, threads: int) -> dict:
     """The data-free rows through edgekit.compress + edgekit.evaluate (module doc)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from _product import run_row
 
     work = Path(tempfile.mkdtemp(prefix="denseshift_cli_convert_"))
-    test = _user_npz("test", work / "fashion_test.npz")
+    test = tfr.fashion_npz("test", work / "fashion_test.npz")
     rows = {}
     for name, (method, o) in CONVERT_ROWS.items():
         row = run_row(str(tfr.WEIGHTS.relative_to(ROOT)), method, o, work / name, task="npz", eval_data=test,
@@ -480,13 +472,12 @@ def part_cli_convert(limit: int | None, threads: int) -> dict:
 
 def part_cli_deploy(dev: str, steps: int, limit: int | None, opts: dict, threads: int) -> dict:
     """The fine-tuned 3-bit int8-storage model through `--deploy int8` on every runtime (module doc)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     import edgekit
     from _product import run_row
     from edgekit.api import read_manifest
 
     work = Path(tempfile.mkdtemp(prefix="denseshift_cli_deploy_"))
-    train, test = _user_npz("train", work / "fashion_train.npz"), _user_npz("test", work / "fashion_test.npz")
+    train, test = tfr.fashion_npz("train", work / "fashion_train.npz"), tfr.fashion_npz("test", work / "fashion_test.npz")
     o = {"bits": 3, "storage": "int8", "train_steps": steps, "device": dev, "progress": False, **opts}
     art = work / f"denseshift_w3_int8_ft{steps}_deploy"
     row = run_row(str(tfr.WEIGHTS.relative_to(ROOT)), "denseshift", o, art, data=train, task="npz", eval_data=test,
@@ -619,7 +610,6 @@ def main() -> None:
     if "cli_deploy" in parts:
         res["cli_deploy"] = part_cli_deploy(a.device, a.steps, a.limit, dict(_option(s) for s in a.set), a.threads)
     if "cli_deploy_profile" in parts:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
         from _product import profile_vs_fp32
 
         art = Path(res["cli_deploy"]["row"]["artifact"])

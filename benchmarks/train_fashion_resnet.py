@@ -81,6 +81,15 @@ def load_fashion(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return (torch.from_numpy(x.astype(np.float32)) / 255.0 - MEAN) / STD, torch.from_numpy(y)
 
 
+def fashion_npz(split: str, path: Path, n: int | None = None) -> Path:
+    """A split (its first n images) as a user's data file: normalised float32 `input` + int64 `labels`, the layout
+    `edgekit compress --data` trains on and `edgekit eval --task npz` scores accuracy on. Written once."""
+    if not path.is_file():
+        x, y = load_fashion(split)
+        np.savez(path, input=x[:n].numpy(), labels=y[:n].numpy())
+    return path
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 500) -> float:
     """Top-1 accuracy (eval mode) on the given tensors, on the model's device."""

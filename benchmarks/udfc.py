@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # `benchmarks.train_fashion_resnet:build` must import as --arch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.train_fashion_resnet import WEIGHTS, accuracy, build, load_fashion
+from benchmarks.train_fashion_resnet import WEIGHTS, accuracy, build, fashion_npz, load_fashion
 from edgekit.methods import parse_config, udfc, rtn as baseline_rtn
 
 RESULTS = ROOT / "benchmarks" / "results" / "udfc.json"
@@ -439,15 +439,11 @@ def part_zoo_cli(n_images: int, threads: int, bits_list: tuple[int, ...] = (6, 4
     fashion_test1000.npz` (the first n_images test images with their labels: top-1 agreement and logit cosine with
     the FP32 source, and accuracy), on ONNX Runtime. Rows keep zoo's format (net, kind, variant, bits, agree, cos,
     acc) plus the run_row record."""
-    import numpy as np
-
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from _product import run_row
 
     work = Path(tempfile.mkdtemp(prefix="udfc_zoo_cli_"))
-    xte, yte = load_fashion("test")
-    test = work / f"fashion_test{n_images}.npz"
-    np.savez(test, input=xte[:n_images].numpy(), labels=yte[:n_images].numpy())
+    test = fashion_npz("test", work / f"fashion_test{n_images}.npz", n_images)
     variants = {"rtn": ("rtn", {}), "udfc": ("udfc", {}), "udfc_v1": ("udfc", V1),
                 "udfc_paper": ("udfc", {"paper": True})}
     rows = []
