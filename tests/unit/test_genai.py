@@ -349,7 +349,9 @@ def test_profile_decoder_artifacts_reports_decode_metrics(art, hf_dir, tmp_path)
     res = runner.invoke(app, ["profile", str(art), str(q), "--target", "host", "--target", "intel-cpu-openvino",
                               "--rounds", "2", "-o", str(tmp_path / "rep")])
     assert res.exit_code == 0, res.stdout + (res.stderr or "")
-    assert "decode (128-token prompt, 128 new tokens" in res.stdout and "MatMulNBits" in res.stdout
+    # the printed table shows each file's top-3 decode-step ops; which three depends on timing noise on a tiny model
+    # (and rich may shorten the cell), so MatMulNBits is checked in the JSON's full op profile below
+    assert "decode (128-token prompt, 128 new tokens" in res.stdout
     doc = json.loads((tmp_path / "rep" / "profile.json").read_text())
     assert doc["kind"] == "decode" and [r["runtime"] for r in doc["results"]] == ["onnxruntime", "openvino"]
     for r in doc["results"]:
