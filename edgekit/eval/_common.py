@@ -93,6 +93,8 @@ def artifact_predictor(art: Path, runtime: str | None, threads: int | None) -> P
     if runtime not in ARTIFACT_RUNTIMES:
         raise ConfigError(f"unknown runtime '{runtime}'; choose one of {', '.join(ARTIFACT_RUNTIMES)}")
     path = export_file(art, runtime)
+    if "decoder" in man:
+        return _decoder_predictor(art, man, path, runtime, threads)
     from ..runtimes import ov_dynamic_quant
 
     sess = open_session(path, "onnxruntime" if runtime == "onnx" else runtime, threads=threads,
@@ -111,6 +113,28 @@ def artifact_predictor(art: Path, runtime: str | None, threads: int | None) -> P
 
     return Predictor(sess.runtime if runtime != "onnx" else "onnxruntime", names, shapes, call, batch=batch,
                      info={"artifact": str(art), "file": str(path), "outputs": list(sess.output_names)})
+
+
+def _decoder_predictor(art: Path, man: dict[str, Any], path: Path, runtime: str, threads: int | None) -> Predictor:
+    """A KV-cache decoder artifact seen as a full-sequence model: input_ids (N, T) -> logits (N, T, vocab), each
+    sample fed as one prefill on an empty cache, through the decoder graph with the runtime settings its export
+    was validated with (the same loop `edgekit generate` and `edgekit profile` drive)."""
+    from ..genai.loop import OV_CONFIG, open_decoder
+
+    rt = "onnxruntime" if runtime == "onnx" else runtime
+    entry = man.get("exports", {}).get(runtime) or {}
+    cfg = (entry.get("validation") or {}).get("runtime_config") or (OV_CONFIG if rt == "openvino" else {})
+    dec = open_decoder(path, rt, man["decoder"], threads, cfg)
+
+    def call(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        outs = []
+        for row in np.asarray(feeds["input_ids"], np.int64):
+            dec.reset()
+            outs.append(np.asarray(dec.step(row.tolist(), every=True), np.float32))
+        return [np.stack(outs)]
+
+    return Predictor(rt, ["input_ids"], {"input_ids": [1, None]}, call, batch=1,
+                     info={"artifact": str(art), "file": str(path), "outputs": ["logits"], "decoder": True})
 
 
 def _np_dtype(name: Any) -> np.dtype | None:

@@ -90,6 +90,9 @@ def build_ctx(model: Any, data: Any, source: SourceOptions | None, reference: An
         specs = [InputSpec(i["name"], list(i["shape"]), i.get("dtype", "float32"),
                            {int(k): str(v) for k, v in (i.get("dynamic") or {}).items()}, i.get("high"))
                  for i in man["inputs"]]
+        if "decoder" in man:  # a KV-cache decoder is scored as a full-sequence model (eval._common, one prefill)
+            specs = [s for s in specs if s.name == "input_ids"]
+            specs[0].dynamic = {0: "batch", 1: "sequence_length"}
         return Ctx(Path(model), ref, specs, Path(data), runtime, limit, threads,
                    {"reference": ref.source, "reference_kind": ref.kind})
     if runtime not in (None, "torch"):

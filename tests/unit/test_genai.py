@@ -372,3 +372,34 @@ def test_profile_decoder_artifacts_reports_decode_metrics(art, hf_dir, tmp_path)
     bad = runner.invoke(app, ["profile", str(art), str(demo), "--target", "host"])
     text = " ".join(ln for ln in ((bad.stderr or "") + bad.stdout).splitlines() if ln.strip())
     assert bad.exit_code == 2 and text.startswith("error:") and "apart from other sources" in text, text
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_eval_scores_a_kv_cache_artifact_through_its_decoder(art, hf_dir, tmp_path, runtime):
+    """`edgekit eval ART --task perplexity-file` on a KV-cache decoder artifact (it failed with an internal error on
+    the past_key_values inputs): each window is one prefill through the decoder graph, so the FP32 decoder's
+    perplexity equals its torch source's and a perturbed decoder's does not."""
+    from tests.unit._tiny_llm import TEXT
+
+    text = tmp_path / "t.txt"
+    text.write_text(" ".join(TEXT * 6))
+    out = tmp_path / "e.json"
+    res = runner.invoke(app, ["eval", str(art), "--task", "perplexity-file", "--data", str(text), "--runtime",
+                              runtime, "--set", "window=32", "--json", str(out)])
+    assert res.exit_code == 0, res.stdout + (res.stderr or "")
+    doc = json.loads(out.read_text())
+    m = doc["metrics"]
+    assert doc["samples"] >= 3 and doc["window"] == 32
+    assert m["perplexity"] == pytest.approx(doc["reference"]["perplexity"], rel=1e-4)
+    assert m["next_token_agreement"] > 0.99
+    # the same scoring on a decoder whose weights moved (RTN int4): a different figure, the decoder's own
+    q = tmp_path / "q"
+    res = runner.invoke(app, ["compress", str(hf_dir), "--method", "rtn", "--set", "bits=4", "--kv-cache", "--target",
+                              runtime, "-o", str(q)])
+    assert res.exit_code == 0, res.stdout + (res.stderr or "")
+    res = runner.invoke(app, ["eval", str(q), "--task", "perplexity-file", "--data", str(text), "--runtime",
+                              runtime, "--set", "window=32", "--json", str(out)])
+    assert res.exit_code == 0, res.stdout + (res.stderr or "")
+    qm = json.loads(out.read_text())
+    assert qm["reference"]["perplexity"] == pytest.approx(doc["reference"]["perplexity"], rel=1e-6)
+    assert abs(qm["metrics"]["perplexity_ratio"] - 1) > 1e-3, qm["metrics"]
