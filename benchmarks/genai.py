@@ -9,6 +9,7 @@ Parts (run one at a time on a quiet box; each writes its key of benchmarks/resul
   python benchmarks/genai.py rss                   # `edgekit generate --json` per artifact/runtime/stack
   python benchmarks/genai.py match [--new-tokens 32]  # FP32 greedy tokens vs transformers' generate, per stack
   python benchmarks/genai.py profile --only rtn_w4_g32_h8 --rounds 3   # `edgekit profile` decode metrics
+  python benchmarks/genai.py cli --rounds 3        # the README's product table: compress/export, eval, profile (CLI)
 
 Variants (per runtime, FP32 first):
 - fp32: the FP32 decoder (numpy greedy loop), and the runtime's own stack (onnxruntime-genai, openvino-genai);
@@ -368,9 +369,63 @@ def profile(a: argparse.Namespace) -> None:
     save(_key("profile"), {"command": cmd, "doc": doc}, a.threads)
 
 
+CLI_DEFAULT = ["rtn_w8", "rtn_w4", "rtn_w4_g32", "rtn_w4_g32_h8"]
+
+
+def _edgekit(args: list[str]) -> tuple[str, float]:
+    """Run one `edgekit` command (the CLI, as a user types it); its command line and wall seconds."""
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True)
+    cmd = " ".join(["edgekit", *map(shlex.quote, args)])
+    if p.returncode:
+        raise SystemExit(f"{cmd} failed (exit {p.returncode}): {p.stderr.strip()[-400:]}")
+    return cmd, time.perf_counter() - t0
+
+
+def cli(a: argparse.Namespace) -> None:
+    """Every figure of the product table through the CLI: the artifacts (`edgekit compress|export ... --kv-cache`),
+    perplexity per runtime (`edgekit eval ART --task perplexity --runtime RT`, through the decoder graph) and decode
+    speed (`edgekit profile FP32 ARTS... --target host --target intel-cpu-openvino --rounds N`: TTFT of a 128-token
+    prompt, tokens/s over 128 new tokens, floor, greedy agreement, decode-step ops)."""
+    names = ["fp32", *[n for n in (ONLY or CLI_DEFAULT) if n != "fp32"]]
+    res: dict = {"artifacts": str(ARTS), "variants": {}, "commands": []}
+    for name in names:  # build (or reuse an artifact that the same command made)
+        d = ARTS / name
+        cmds = [" ".join(["edgekit", *[shlex.quote(x.format(d=d)) for x in s]]) for s in BUILD[name]]
+        row = res["variants"].setdefault(name, {"build": cmds})
+        if (d / "manifest.json").is_file():
+            row["build_reused"] = True
+            log(f"{name}: reusing {d}")
+        else:
+            row["build_s"] = round(sum(_edgekit([x.format(d=d) for x in s])[1] for s in BUILD[name]), 1)
+            log(f"{name}: built in {row['build_s']} s")
+    for name in names:
+        for rt in a.runtime:
+            with tempfile.TemporaryDirectory(prefix="genai-eval-") as tmp:
+                f = Path(tmp) / "e.json"
+                cmd, sec = _edgekit(["eval", str(ARTS / name), "--task", "perplexity", "--runtime", rt, "--threads",
+                                     str(a.threads), "--json", str(f)])
+                doc = json.loads(f.read_text())
+            res["variants"][name].setdefault("eval", {})[rt] = {"command": cmd, "seconds": round(sec, 1),
+                                                                **{k: doc[k] for k in ("metrics", "reference",
+                                                                                       "samples", "window")}}
+            log(cmd, {k: round(v, 3) for k, v in doc["metrics"].items()})
+    with tempfile.TemporaryDirectory(prefix="genai-prof-") as tmp:
+        cmd, sec = _edgekit(["profile", *[str(ARTS / n) for n in names], "--target", "host", "--target",
+                             "intel-cpu-openvino", "--rounds", str(a.rounds), "-o", str(Path(tmp) / "p")])
+        res["profile"] = {"command": cmd, "seconds": round(sec, 1),
+                          "doc": json.loads((Path(tmp) / "p" / "profile.json").read_text())}
+    log(cmd)
+    for r in res["profile"]["doc"]["results"]:
+        for f in r["files"]:
+            log(r["target"], Path(f["artifact"]).name, f"{f['decode_tokens_per_s']:.1f} tok/s",
+                f"x{f['decode_ratio']['p50']:.2f}", f"ttft {f['ttft_ms']:.0f} ms")
+    save(_key("cli"), res, a.threads)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["build", "speed", "ppl", "rss", "match", "profile"])
+    ap.add_argument("part", choices=["build", "speed", "ppl", "rss", "match", "profile", "cli"])
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=128)
@@ -386,7 +441,8 @@ def main() -> None:
         ap.error(f"unknown variant(s) {bad}; choose from {', '.join(BUILD)}")
     ONLY[:] = [n for n in a.only.split(",") if n]
     NO_PEER[0] = a.no_peer
-    {"build": build, "speed": speed, "ppl": ppl, "rss": rss, "match": match, "profile": profile}[a.part](a)
+    {"build": build, "speed": speed, "ppl": ppl, "rss": rss, "match": match, "profile": profile,
+     "cli": cli}[a.part](a)
 
 
 if __name__ == "__main__":

@@ -631,6 +631,37 @@ def render_own_model_walk(r: Results) -> str:
     return "\n".join(out)
 
 
+def render_genai_cli(r: Results) -> str:
+    """SmolLM2 decode with a KV cache through the CLI (genai.json `cli`): `edgekit eval --task perplexity` per runtime
+    and one `edgekit profile` run of every artifact, ratios to the FP32 decoder in that interleaved run."""
+    doc = r.get("genai", "cli")
+    out = ["| runtime | variant | perplexity docs / GPL-3 (`edgekit eval`) | decode tokens/s (vs FP32) | time to first "
+           "token vs FP32 | weights MB | ms/token (floor) | greedy = FP32 |", "|---|---|---|---|---|---|---|---|"]
+    for res in doc["profile"]["doc"]["results"]:
+        rt = res["runtime"]
+        for f in res["files"]:
+            name = Path(f["artifact"]).name
+            ev = doc["variants"][name]["eval"][rt]["metrics"]
+            out.append(f"| {_RT.get(rt, rt)} | {name} | {ppl(ev['perplexity_python_docs'])} / "
+                       f"{ppl(ev['perplexity_gpl3'])} | {f['decode_tokens_per_s']:.1f} ({f['decode_ratio']['p50']:.2f}x)"
+                       f" | {f['ttft_ratio']['p50']:.2f}x | {f['weights_mb']:.0f} | {f['ms_per_token']:.1f} "
+                       f"({f['floor_ms_per_token']:.1f}) | {f['greedy_tokens_equal_to_first'].split('/')[0]}/"
+                       f"{f['greedy_tokens_equal_to_first'].split('/')[1]} |")
+    v0 = next(iter(doc["variants"].values()))
+    ev0 = next(iter(v0["eval"].values()))
+    builds = [c for v in doc["variants"].values() for c in v["build"]]
+    la = doc["provenance"]["load"]["loadavg"][0]
+    d = doc["profile"]["doc"]
+    out.append("")
+    out.append(source_line(["genai.json"], [_cmd(doc["provenance"])],
+                           "section `cli`: the artifacts " + "; ".join(f"`{c}`" for c in builds)
+                           + f"; each perplexity cell `{ev0['command']}` per artifact and runtime ({ev0['samples']} "
+                           f"windows of {ev0['window']} tokens, each one prefill through the decoder graph); speed "
+                           f"`{doc['profile']['command']}` ({d['prompt_tokens']}-token prompt, {d['new_tokens']} new "
+                           f"tokens, rounds interleaved, load {la} before the run)"))
+    return "\n".join(out)
+
+
 def render_genai(r: Results) -> str:
     """SmolLM2 decode with a KV cache: every variant of genai.json's runs, each run's ratios to its own FP32."""
     doc = r("genai")
@@ -664,6 +695,7 @@ def render_genai(r: Results) -> str:
 
 RENDERERS: dict[str, Callable[[Results], str]] = {
     "genai-smollm2": render_genai,
+    "genai-smollm2-cli": render_genai_cli,
     "own-model-walk": render_own_model_walk,
     "udfc-zoo": render_udfc_zoo,
     "llm_fp4-smollm2": render_llm_fp4_smollm2,

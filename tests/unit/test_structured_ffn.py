@@ -193,7 +193,7 @@ def test_tiny_bert_and_llama_compress_first_block_dense(kind):
         assert 0.45 < rep.extra["ratio_replaced"] < 0.75
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", [*KINDS, "neurons"])
 def test_exported_parameters_match_the_report(tmp_path, monkeypatch, kind):
     from edgekit import api
     from edgekit.artifact import read_manifest
@@ -202,14 +202,22 @@ def test_exported_parameters_match_the_report(tmp_path, monkeypatch, kind):
     from edgekit.model_io import parse_input_shape
 
     monkeypatch.setitem(METHODS, "structured_ffn", "edgekit.methods.structured_ffn")
-    tiny_bert().save_pretrained(tmp_path / "src")
+
+    def bert():  # distinct biases: the export dedups equal constants (BERT's zero-initialised biases)
+        m, g = tiny_bert(), torch.Generator().manual_seed(3)
+        for mod in m.modules():
+            if isinstance(mod, nn.Linear):
+                mod.bias.data = 0.02 * torch.randn(mod.bias.shape, generator=g)
+        return m
+
+    bert().save_pretrained(tmp_path / "src")
     specs = parse_input_shape("1x16:int64,1x16:int64")
     specs[0].name, specs[1].name, specs[0].high = "input_ids", "attention_mask", 100
 
     def floats(path) -> int:
         return sum(int(np.prod(i.dims)) for i in onnx.load(str(path)).graph.initializer if i.data_type == 1)
 
-    to_onnx(LogitsOnly(tiny_bert()), tuple(s.example(torch.Generator()) for s in specs), specs, tmp_path / "d.onnx")
+    to_onnx(LogitsOnly(bert()), tuple(s.example(torch.Generator()) for s in specs), specs, tmp_path / "d.onnx")
     dense = floats(tmp_path / "d.onnx")
     art = api.compress(tmp_path / "src", "structured_ffn", {"kind": kind, "param_ratio": 0.32},
                        tmp_path / kind, input_shape="1x16:int64,1x16:int64")
@@ -237,6 +245,44 @@ def test_structured_layer_exports_as_matmuls(tmp_path, kind, r, k):
     assert init == count_params(model)
     assert {n.op_type for n in proto.graph.node} <= {"MatMul", "Reshape", "Transpose", "Add", "Gelu", "Gemm"}
     assert validate(model, spec, tmp_path / "m.onnx", "onnxruntime")["outputs"]
+
+
+def test_neuron_pruning_keeps_the_strongest_neurons_and_is_exact():
+    """kind=neurons: the pruned model equals the original with the dropped neurons' down columns zeroed (the same
+    neurons leave up, gate and down), the kept ones outrank the dropped by the weight-norm score, and the ratio is
+    kept / d_ff exactly; the dense first block stays; SGT is refused, distillation runs."""
+    for model, d_ff in [(tiny_bert(), 256), (tiny_llama(), 192)]:
+        ref = copy.deepcopy(model)
+        out, rep = sf.apply(model, sf.Config(kind="neurons", param_ratio=0.5, progress=False), None)
+        assert rep.extra["ratio_replaced"] == 0.5 and rep.layers_skipped
+        groups: dict[int, list] = {}
+        for n, lin, b in sf.find_ffn(ref, sf.DEFAULT_PATTERNS):
+            groups.setdefault(b, []).append((n, lin))
+        for b in sorted(groups)[1:]:
+            *ins, (dn, down) = groups[b]
+            kept = out.get_submodule(dn).in_features
+            assert kept == d_ff // 2 and all(out.get_submodule(n).out_features == kept for n, _ in ins)
+            score = down.weight.norm(dim=0)
+            for _, lin in ins:
+                score = score * lin.weight.norm(dim=1)
+            new_down = out.get_submodule(dn).weight
+            # which original columns survived: match each kept column to the original down weight
+            idx = [int((down.weight - new_down[:, [j]]).abs().sum(0).argmin()) for j in range(kept)]
+            assert idx == sorted(idx) and len(set(idx)) == kept
+            dropped = sorted(set(range(d_ff)) - set(idx))
+            assert score[idx].min() >= score[dropped].max()
+            with torch.no_grad():
+                down.weight[:, dropped] = 0
+        ids = torch.randint(0, 100, (2, 12))
+        with torch.no_grad():
+            torch.testing.assert_close(T.call(out, (ids,)), T.call(ref, (ids,)), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ConfigError, match="train_mode=distill"):
+        sf.apply(tiny_llama(), sf.Config(kind="neurons", train_steps=2, train_mode="sgt"), None)
+    data = torch.randint(0, 100, (64, 16), generator=torch.Generator().manual_seed(1))
+    _, rep = sf.apply(tiny_bert(), sf.Config(kind="neurons", param_ratio=0.25, train_steps=20, lr=3e-3, batch=8,
+                                             progress=False), DataSource([data]))
+    tr = rep.extra["training"]
+    assert tr["fixed_batch_loss_after"] < tr["fixed_batch_loss_before"]
 
 
 # ---------------------------------------------------------------- recovery training

@@ -11,6 +11,9 @@ How `param_ratio` maps to a structure (ratio = structured / dense parameters ove
                 multiple of lcm(round_to, K).
 * blockshuffle: K is the divisor of every layer's N and M (K ≥ 2) whose ratio Σ min(N,M)(N+M)/K / Σ N·M is
                 nearest to the target (BERT d_ff = 4d: K=2 → 62.5%, K=4 → 31.25%).
+* neurons:      structured width pruning, the baseline the paper's structures must beat: each block keeps
+                round(ratio · d_ff) intermediate neurons (rounded to `round_to`), i.e. rows of up (and gate) and
+                columns of down, as plain smaller nn.Linear layers; ratio = kept / d_ff exactly.
 `rank` / `blocks` override the choice. The report gives the achieved ratio over the replaced layers and over
 all FFN layers (the dense first block included), bias excluded.
 
@@ -19,6 +22,10 @@ layer); the "first block" is the FFN with the smallest block index (first intege
 training keeps the model in eval mode (no dropout) and updates the structured layers (and guides) only unless
 `train_scope="all"`. The SGT guide starts at the original dense W, so training starts at the dense model's
 output (spec §8.7); guides are dropped afterwards, so the exported model holds factors only.
+`neurons` ranks a block's intermediate neurons data-free, by the product of the neuron's row norms in up (and gate)
+and its column norm in down (how much weight passes through it); data-aware neuron ranking is OPTIN's job
+(`--method optin`). Its layers are plain Linears, so distillation works (`train_mode=distill`) but the dense-guide
+SGT does not (refused).
 """
 from __future__ import annotations
 
@@ -51,7 +58,8 @@ DEFAULT_PATTERNS = [r"\.intermediate\.dense$", r"(?<!attention)\.output\.dense$"
 class Config(BaseModel, extra="forbid"):
     """Options of the structured-FFN method."""
 
-    kind: Literal["lowrank", "blockdense", "blockshuffle"] = Field("lowrank", description="structure of the FFN layers")
+    kind: Literal["lowrank", "blockdense", "blockshuffle", "neurons"] = Field(
+        "lowrank", description="structure of the FFN layers (neurons: fewer intermediate neurons, plain Linears)")
     param_ratio: float = Field(0.63, gt=0.0, le=1.0, description="target structured/dense FFN parameter ratio")
     rank: int | None = Field(None, ge=1, description="explicit rank r (lowrank, blockdense); overrides param_ratio")
     blocks: int | None = Field(None, ge=1, description="explicit block count K (blockdense default 2; blockshuffle)")
@@ -135,9 +143,48 @@ def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, leaf, new)
 
 
+def _prune_neurons(group: list[tuple[str, nn.Linear]], cfg: Config) -> list[tuple[str, nn.Linear, torch.Tensor, dict]]:
+    """One block's FFN with round(ratio·d_ff) intermediate neurons kept (by weight norms): (name, new Linear,
+    original weight, report entry) per layer. The block's last linear (module order) is the down projection."""
+    *ins, (dn, down) = group
+    d_ff = down.in_features
+    if not ins or any(lin.out_features != d_ff for _, lin in ins):
+        shapes = [f"{n}: {lin.in_features}->{lin.out_features}" for n, lin in group]
+        raise ConfigError(f"kind=neurons needs each block's FFN as up (and gate) d->d_ff then down d_ff->d, in module "
+                          f"order; this block has {shapes}; fix --set patterns or use another kind")
+    keep_n = cfg.rank or _round(cfg.param_ratio * d_ff, cfg.round_to, 1, d_ff)
+    if keep_n > d_ff:
+        raise ConfigError(f"rank {keep_n} exceeds the FFN width {d_ff}; pick rank <= {d_ff}")
+    score = down.weight.detach().double().norm(dim=0)
+    for _, lin in ins:
+        score = score * lin.weight.detach().double().norm(dim=1)
+    keep = score.topk(keep_n).indices.sort().values
+    out = []
+    for n, lin in ins:
+        new = nn.Linear(lin.in_features, keep_n, bias=lin.bias is not None).to(lin.weight.dtype)
+        with torch.no_grad():
+            new.weight.copy_(lin.weight[keep])
+            if lin.bias is not None:
+                new.bias.copy_(lin.bias[keep])
+        out.append((n, new, lin.weight.detach().clone(), {"shape": [lin.out_features, lin.in_features],
+                                                          "neurons_kept": keep_n, "params_dense": lin.weight.numel(),
+                                                          "params": new.weight.numel()}))
+    new = nn.Linear(keep_n, down.out_features, bias=down.bias is not None).to(down.weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(down.weight[:, keep])
+        if down.bias is not None:
+            new.bias.copy_(down.bias)
+    out.append((dn, new, down.weight.detach().clone(), {"shape": [down.out_features, down.in_features],
+                                                        "neurons_kept": keep_n, "params_dense": down.weight.numel(),
+                                                        "params": new.weight.numel()}))
+    return out
+
+
 def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodReport]:
     """Replace the FFN linears by projected structured layers; optionally train them back toward the original."""
     t0 = time.perf_counter()
+    if cfg.kind == "neurons" and cfg.train_steps > 0 and cfg.train_mode == "sgt":
+        raise ConfigError("kind=neurons has no dense guide for self-guided training; use --set train_mode=distill")
     if cfg.train_steps > 0 and (data is None or len(data) == 0):
         raise ConfigError(f"train_steps={cfg.train_steps} needs training data; pass --data FILE (.txt text or "
                           ".npy/.npz inputs), or set train_steps=0 for projection only")
@@ -163,6 +210,15 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
             for n, lin in group:
                 rep.layers_skipped[n] = f"first block kept dense (dense_first={cfg.dense_first})"
                 kept_dense += lin.weight.numel()
+            continue
+        if cfg.kind == "neurons":
+            for n, new, w, info in _prune_neurons(group, cfg):
+                per_layer[n] = info
+                dense_total += w.numel()
+                struct_total += info["params"]
+                _set_module(model, n, new)
+                replaced.append((n, new, w))
+                rep.layers_touched.append(n)
             continue
         sizes = choose_sizes(cfg.kind, [(lin.in_features, lin.out_features) for _, lin in group], cfg)
         for (n, lin), (r, k) in zip(group, sizes):

@@ -138,7 +138,8 @@ def _recover(model: nn.Module, teacher: nn.Module, replaced: list, data: Any, cf
         for step in range(cfg.train_steps):
             a = alpha(step, T, cfg.sgt_schedule) if sgt else 0.0
             for layer in layers:
-                layer.alpha = a
+                if hasattr(layer, "alpha"):
+                    layer.alpha = a
             batch = next(it)
             with torch.no_grad():
                 target = call(teacher, batch) if kind != "lm" else None
@@ -152,8 +153,9 @@ def _recover(model: nn.Module, teacher: nn.Module, replaced: list, data: Any, cf
             losses.append(float(loss.detach()))
             bar.update(task, advance=1, description=f"recovery ({cfg.train_mode}) loss {losses[-1]:.4g}")
     for layer in layers:
-        layer.set_guide(None)
-        layer.sample_guide = False
+        if hasattr(layer, "set_guide"):  # structured layers (kind=neurons gives plain Linears)
+            layer.set_guide(None)
+            layer.sample_guide = False
     model.requires_grad_(True)
     tail = max(1, len(losses) // 10)
     return {"mode": cfg.train_mode, "loss": kind, "steps": cfg.train_steps, "sgt_steps": T, "lr": cfg.lr,
