@@ -377,7 +377,7 @@ def run_cli(args) -> None:
 
 
 def run_cli_latency(args) -> None:
-    """`edgekit profile minilm ART...` on the cli part's projection-only lowrank artifacts (ONNX Runtime on the host,
+    """`edgekit profile minilm ART...` on the cli part's projection-only lowrank (and neurons) artifacts (ONNX Runtime on the host,
     OpenVINO), interleaved with FP32 (exported by the profile itself); key cli_minilm/latency."""
     from _product import artifact_of, profile_vs_fp32
 
@@ -386,7 +386,8 @@ def run_cli_latency(args) -> None:
     if args.model == "smollm2":
         return cli_latency_smollm2(args)
     rows = json.loads(OUT.read_text())["cli_minilm"]["rows"]
-    arts = [artifact_of(rows[t]) for t in ("lowrank@0.625", "lowrank@0.3125")]
+    arts = [artifact_of(rows[t]) for t in ("lowrank@0.625", "lowrank@0.3125", "neurons@0.625", "neurons@0.3125")
+            if t in rows and "error" not in rows[t]]
     lat = profile_vs_fp32("minilm", arts, ["host", "intel-cpu-openvino"], args.runs)
     res = json.loads(OUT.read_text())
     res["cli_minilm"]["latency"] = {**lat, "provenance": provenance(threads=THREADS)}

@@ -16,6 +16,8 @@ Parts (JSON merged into benchmarks/results/udfc.json; a table is printed):
           exact-zero weights, BN re-estimated) at W8/W6; and default udfc through edgekit.api.compress (the
           recorded input spec). CPU is fine (a few minutes).
 * zoo_lite0  the same rows (W8/W6/W5/W4) for EfficientNet-Lite0's ImageNet logits on Fashion images (a GPU helps).
+* zoo_lite0_cli  zoo_lite0's W8/W6/W4 quantization rows through the product (`edgekit compress efficientnet-lite0`
+          + `edgekit eval ART --task npz` on the same upsampled images, saved without labels).
 * zoo_cli  the four Fashion networks' W6/W4 rows of `zoo` through the product only: `edgekit compress` of the
           weights file + `edgekit eval ART --task npz` on the first --zoo-images test images with their labels
           (benchmarks/_product.run_row; each row records both commands).
@@ -23,6 +25,7 @@ Parts (JSON merged into benchmarks/results/udfc.json; a table is printed):
     nice -n 10 python benchmarks/udfc.py --part zoo
     python benchmarks/udfc.py --part zoo_cli
     python benchmarks/udfc.py --part zoo_lite0 --device cuda
+    python benchmarks/udfc.py --part zoo_lite0_cli
     nice -n 10 python benchmarks/udfc.py --part deploy
     python benchmarks/udfc.py --part effnet,resnet --device cuda      # where a GPU is available
 """
@@ -462,6 +465,37 @@ def part_zoo_cli(n_images: int, threads: int, bits_list: tuple[int, ...] = (6, 4
     return {"images": n_images, "rows": rows, "data_file": f"fashion_test{n_images}.npz (normalised, input + labels)"}
 
 
+def part_zoo_lite0_cli(n_images: int, threads: int, px: int = 224, bits_list: tuple[int, ...] = (8, 6, 4)) -> dict:
+    """`zoo_lite0`'s quantization rows through the product: `edgekit compress efficientnet-lite0 --method rtn|udfc
+    --set bits=B [...]` and `edgekit eval ART --task npz --data fashion{px}_test{n}.npz` (the same images as zoo_lite0:
+    Fashion test images upsampled to px, grey -> RGB, in [-1, 1]; no labels: ImageNet logits), top-1 agreement and
+    logit cosine with the FP32 source, on ONNX Runtime."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _product import run_row
+
+    work = Path(tempfile.mkdtemp(prefix="udfc_lite0_cli_"))
+    xte = load_fashion("test")[0][:n_images]
+    x = torch.nn.functional.interpolate((xte * 0.3530 + 0.2860 - 0.5) * 2, size=(px, px), mode="bilinear")
+    test = work / f"fashion{px}_test{n_images}.npz"
+    np.savez(test, input=x.repeat(1, 3, 1, 1).numpy().astype(np.float32))
+    variants = {"rtn": ("rtn", {}), "udfc": ("udfc", {}), "udfc_v1": ("udfc", V1),
+                "udfc_paper": ("udfc", {"paper": True})}
+    rows = []
+    for bits in bits_list:
+        for v, (method, o) in variants.items():
+            rec = run_row("efficientnet-lite0", method, {**o, "bits": bits}, work / f"lite0_{v}_w{bits}", task="npz",
+                          eval_data=test, threads=threads)
+            m = rec.get("metrics", {})
+            rows.append({"net": "efficientnet-lite0", "kind": "quant", "variant": v, "bits": bits,
+                         "agree": m.get("top1_agreement"), "cos": m.get("cosine"), "product": rec})
+            print(f"  lite0 {v:10s} W{bits} agree {m.get('top1_agreement')} cos {m.get('cosine')}"
+                  + (f" ERROR {rec['error']}" if "error" in rec else ""), flush=True)
+    return {"images": n_images, "px": px, "rows": rows,
+            "data_file": f"{test.name} (Fashion test images, {px} px, grey -> RGB, [-1, 1]; no labels)"}
+
+
 def part_zoo_lite0(dev: str, n_images: int, px: int = 224) -> dict:
     """EfficientNet-Lite0 (ImageNet weights) logits on Fashion test images upsampled to px, grey -> RGB, in [-1, 1]."""
     from edgekit.models.real import load_efficientnet_lite0
@@ -612,6 +646,8 @@ def main() -> None:
         res["zoo_cli"] = part_zoo_cli(a.zoo_images, a.threads)
     if "zoo_lite0" in parts:
         res["zoo_lite0"] = part_zoo_lite0(a.device, a.zoo_images, a.px)
+    if "zoo_lite0_cli" in parts:
+        res["zoo_lite0_cli"] = part_zoo_lite0_cli(a.zoo_images, a.threads, a.px)
     res.setdefault("wall_seconds", {})[a.part] = round(time.perf_counter() - t0, 1)
     from edgekit.profile import provenance
 

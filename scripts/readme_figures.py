@@ -138,11 +138,22 @@ def render_udfc_zoo(r: Results) -> str:
            "|---|---|---|---|---|---|"]
     rows = lite["rows"]
     cli = r("udfc")["zoo_cli"]
+    lcli = r("udfc").get("zoo_lite0_cli")
+
+    def lc(x):
+        if x is None:
+            return ""
+        return "refused" if x.get("agree") is None else ac(x)
     for i, b in enumerate((8, 6, 4)):
-        label = "EfficientNet-Lite0 (ImageNet logits, Fashion images; method level)" if i == 0 else ""
-        out.append(f"| {label} | W{b} | " + " | ".join(ac(find(rows, 'efficientnet-lite0', 'quant', v, b))
-                                                      for v in cols) + " |")
-    out.append("| same, 30% of weights exactly 0 | W6 | " + " | ".join(
+        if lcli:
+            label = "EfficientNet-Lite0 (ImageNet logits, Fashion images)" if i == 0 else ""
+            out.append(f"| {label} | W{b} | " + " | ".join(lc(find(lcli["rows"], 'efficientnet-lite0', 'quant', v, b))
+                                                          for v in cols) + " |")
+        else:
+            label = "EfficientNet-Lite0 (ImageNet logits, Fashion images; method level)" if i == 0 else ""
+            out.append(f"| {label} | W{b} | " + " | ".join(ac(find(rows, 'efficientnet-lite0', 'quant', v, b))
+                                                          for v in cols) + " |")
+    out.append("| same, 30% of weights exactly 0 (method level: a script-made sparse checkpoint) | W6 | " + " | ".join(
         ac(find(rows, "efficientnet-lite0", "sparse30", v, 6)) for v in cols) + " |")
     names = {"mobilenetv2": "MobileNetV2-style", "effnet_silu_se": "EfficientNet-B-style, SiLU + SE",
              "vgg": "VGG-style", "resnet20": "ResNet-20"}
@@ -162,8 +173,13 @@ def render_udfc_zoo(r: Results) -> str:
     out.append(source_line(["udfc.json"], [f"{_cmd(prov['zoo_cli'])} (`zoo_cli`: the four Fashion networks, each cell "
                                             f"a pair like `{ex[0]}` + `{ex[1]}`, top-1 agreement with the FP32 "
                                             f"source on {cli['images']:,} test images)",
+                                            *([f"{_cmd(prov['zoo_lite0_cli'])} (`zoo_lite0_cli`: the Lite0 rows, each "
+                                               f"cell a pair like `{lcli['rows'][0]['product']['commands'][0]}` + "
+                                               f"`{lcli['rows'][0]['product']['commands'][1]}`, top-1 agreement / logit "
+                                               f"cosine with the FP32 source on {lcli['images']:,} images)"]
+                                              if lcli else []),
                                             f"{_cmd(prov['zoo_lite0'])} (`zoo_lite0`: the method's `apply` in torch, "
-                                            "method level)"]))
+                                            "method level" + ("; the sparse row only)" if lcli else ")")]))
     return "\n".join(out)
 
 
@@ -356,13 +372,12 @@ def render_structured_ffn_minilm(r: Results) -> str:
             return "refused"
         return f3(x["metrics"]["probe_accuracy"])
 
-    kinds = ("lowrank", "blockdense", "blockshuffle")
-    out = ["| FFN params | lowrank | blockdense | blockshuffle | baselines (method level): magnitude / neuron "
-           "pruning |", "|---|---|---|---|---|"]
+    kinds = ("lowrank", "blockdense", "blockshuffle", "neurons")
+    out = ["| FFN params | lowrank | blockdense | blockshuffle | baseline: neurons (`kind=neurons`) | baseline: "
+           "magnitude (method level, zeros only) |", "|---|---|---|---|---|---|"]
     for ratio, label in (("0.625", "63%"), ("0.3125", "31%")):
         out.append(f"| {label}, projection only | " + " | ".join(cell(f"{k}@{ratio}") for k in kinds) +
-                   f" | {f3(base[f'magnitude@{ratio}']['probe_accuracy'])} / "
-                   f"{f3(base[f'neurons@{ratio}']['probe_accuracy'])} |")
+                   f" | {f3(base[f'magnitude@{ratio}']['probe_accuracy'])} |")
         steps = sorted({t.split("+distill")[1] for t in rows if t.startswith(f"lowrank@{ratio}+distill")})
         for st in steps:
             tr = [rows.get(f"{k}@{ratio}+distill{st}", {}) for k in kinds]
@@ -387,8 +402,11 @@ def render_structured_ffn_minilm(r: Results) -> str:
             "per row with its options"]
     if lat:
         cmds.append(f"`{lat['command']}` (through `benchmarks/structured_ffn.py cli-latency`)")
-    out.append(source_line(["structured_ffn.json"], cmds, "baselines: the `minilm` section's script-built torch "
-                           f"models (no edgekit method), scored by `evaluate`; FP32 probe "
+    nr = [x for t, x in rows.items() if t.startswith("neurons@")]
+    if nr:
+        cmds.append(f"{_cmd(nr[0]['provenance'])} (the `neurons` rows)")
+    out.append(source_line(["structured_ffn.json"], cmds, "magnitude: the `minilm` section's script-built torch "
+                           f"models (FFN weights zeroed by magnitude to the same count), scored by `evaluate`; FP32 probe "
                            f"{f3(base['fp32']['probe_accuracy'])}, {d['setup']['eval'].split(', ')[1]}"))
     return "\n".join(out)
 
@@ -650,8 +668,8 @@ def render_genai_cli(r: Results) -> str:
     v0 = next(iter(doc["variants"].values()))
     ev0 = next(iter(v0["eval"].values()))
     builds = [c for v in doc["variants"].values() for c in v["build"]]
-    la = doc["provenance"]["load"]["loadavg"][0]
     d = doc["profile"]["doc"]
+    la = d["provenance"]["load"]["loadavg"][0]
     out.append("")
     out.append(source_line(["genai.json"], [_cmd(doc["provenance"])],
                            "section `cli`: the artifacts " + "; ".join(f"`{c}`" for c in builds)
@@ -732,9 +750,11 @@ def _sffn_fp32_ms(r: Results, runtime: str) -> float:
     return next(t for t in res if t["runtime"] == runtime)["files"][0]["timing_ms"]["p50"]
 
 
-def _gp(r: Results, target: int, file: int) -> dict:
-    """A file row of genai.json's `edgekit profile` decode run (target 0 = host/ORT, 1 = OpenVINO; file 0 = FP32)."""
-    return r.get("genai", "profile_rtn_w4_g32_h8/doc/results")[target]["files"][file]
+def _gp(r: Results, target: int, file: str) -> dict:
+    """A file row of genai.json's CLI `edgekit profile` decode run (target 0 = host/ORT, 1 = OpenVINO), by artifact
+    folder name (fp32, rtn_w4_g32_h8, ...)."""
+    files = r.get("genai", "cli/profile/doc/results")[target]["files"]
+    return next(f for f in files if Path(f["artifact"]).name == file)
 
 
 def _fp32_err(r: Results, variant: str) -> float:
@@ -856,22 +876,21 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("llm_fp4", "smollm2_cli/variants/fpq_w4a8_e8/metrics/perplexity_python_docs", f1),
       ("llm_fp4", "smollm2_cli/variants/fpq_w4a8/metrics/perplexity_python_docs", f1)]),
     # genai through `edgekit profile` (decode metrics)
-    ("RTN W4 g32 + 8-bit head decodes at {} FP32's tokens/s\non ONNX Runtime and {} on OpenVINO, {} / {} ms per token "
+    ("`edgekit profile`'s decode rows for RTN W4 g32 + 8-bit head: {} / {} ms per token on ONNX Runtime / OpenVINO\n"
      "against a {} ms floor (FP32: {} / {} ms, floor {}).",
-     [("genai", lambda r: _gp(r, 0, 1)["decode_ratio"]["p50"], x2), ("genai", lambda r: _gp(r, 1, 1)["decode_ratio"]["p50"], x2),
-      ("genai", lambda r: _gp(r, 0, 1)["ms_per_token"], f1), ("genai", lambda r: _gp(r, 1, 1)["ms_per_token"], f1),
-      ("genai", lambda r: _gp(r, 0, 1)["floor_ms_per_token"], f1),
-      ("genai", lambda r: _gp(r, 0, 0)["ms_per_token"], f1), ("genai", lambda r: _gp(r, 1, 0)["ms_per_token"], f1),
-      ("genai", lambda r: _gp(r, 0, 0)["floor_ms_per_token"], f1)]),
+     [("genai", lambda r: _gp(r, 0, "rtn_w4_g32_h8")["ms_per_token"], f1), ("genai", lambda r: _gp(r, 1, "rtn_w4_g32_h8")["ms_per_token"], f1),
+      ("genai", lambda r: _gp(r, 0, "rtn_w4_g32_h8")["floor_ms_per_token"], f1),
+      ("genai", lambda r: _gp(r, 0, "fp32")["ms_per_token"], f1), ("genai", lambda r: _gp(r, 1, "fp32")["ms_per_token"], f1),
+      ("genai", lambda r: _gp(r, 0, "fp32")["floor_ms_per_token"], f1)]),
     ("{} ms in kernels per step, of which\nMatMulNBits ({} nodes, the 4-bit weights) takes {} ms, MatMul {} ms (the float "
      "8-bit head and attention's\nscore x value products) and everything else {} ms: the {}-node graph's",
-     [("genai", lambda r: _gp(r, 0, 1)["decode_step_ops"]["total_ms"], f1),
-      ("genai", lambda r: _gp(r, 0, 1)["decode_step_ops"]["by_type"]["MatMulNBits"]["count"], str),
-      ("genai", lambda r: _gp(r, 0, 1)["decode_step_ops"]["by_type"]["MatMulNBits"]["time_ms"], f1),
-      ("genai", lambda r: _gp(r, 0, 1)["decode_step_ops"]["by_type"]["MatMul"]["time_ms"], f1),
+     [("genai", lambda r: _gp(r, 0, "rtn_w4_g32_h8")["decode_step_ops"]["total_ms"], f1),
+      ("genai", lambda r: _gp(r, 0, "rtn_w4_g32_h8")["decode_step_ops"]["by_type"]["MatMulNBits"]["count"], str),
+      ("genai", lambda r: _gp(r, 0, "rtn_w4_g32_h8")["decode_step_ops"]["by_type"]["MatMulNBits"]["time_ms"], f1),
+      ("genai", lambda r: _gp(r, 0, "rtn_w4_g32_h8")["decode_step_ops"]["by_type"]["MatMul"]["time_ms"], f1),
       ("genai", lambda r: (lambda o: o["total_ms"] - o["by_type"]["MatMulNBits"]["time_ms"]
-                           - o["by_type"]["MatMul"]["time_ms"])(_gp(r, 0, 1)["decode_step_ops"]), f1),
-      ("genai", lambda r: _gp(r, 0, 1)["decode_step_ops"]["nodes_per_step"], str)]),
+                           - o["by_type"]["MatMul"]["time_ms"])(_gp(r, 0, "rtn_w4_g32_h8")["decode_step_ops"]), f1),
+      ("genai", lambda r: _gp(r, 0, "rtn_w4_g32_h8")["decode_step_ops"]["nodes_per_step"], str)]),
     # structured_ffn
     ("docstrings, 0.8 MB; {}-{} min per compress there)",
      [("structured_ffn", lambda r: min(x["compress_s"] for x in r.get("structured_ffn", "cli_smollm2/rows").values()
@@ -961,21 +980,21 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
      [("bipft", f"export/latency_seq128_2threads/{rt}/ratio_vs_fp32/{st}", x2)
       for st, rt in (("packed", "onnxruntime"), ("packed", "openvino"), ("int8", "onnxruntime"), ("int8", "openvino"))]),
     # LLM section
-    ("Group-wise scales take RTN W4's perplexity from {} (per channel, run A) to {} (`group_size=32`, run B); NNCF\n"
-     "INT4 g128 gets {} because",
-     [("genai", "perplexity/runtimes/onnxruntime/rtn_w4/python_docs", f2),
-      ("genai", "perplexity_rtn_w4_g32/runtimes/onnxruntime/rtn_w4_g32/python_docs", f2),
+    ("group-wise scales take RTN W4's perplexity from {} (per channel) to {}",
+     [("genai", "cli/variants/rtn_w4/eval/onnxruntime/metrics/perplexity_python_docs", f2), ("genai", "cli/variants/rtn_w4_g32/eval/onnxruntime/metrics/perplexity_python_docs", f2)]),
+    ("(`group_size=32`), and `head_bits=8` to {}; NNCF INT4 g128 gets {} (script run B)",
+     [("genai", "cli/variants/rtn_w4_g32_h8/eval/onnxruntime/metrics/perplexity_python_docs", f2),
       ("genai", "perplexity_rtn_w4_g32/runtimes/openvino/nncf_int4 (peer)/python_docs", f2)]),
-    ("Decode with g32: {} FP32's tokens/s on ONNX Runtime (MatMulNBits, fp32 compute), {} with int8 activations,\n"
-     "{} / {} on OpenVINO. onnxruntime-genai's own int4 model builder decodes at {}:",
-     [("genai", f"speed_rtn_w4_g32/runtimes/{rt}/{v}/decode_vs_fp32", x2)
-      for rt, v in (("onnxruntime", "rtn_w4_g32"), ("onnxruntime", "rtn_w4_g32+a8"), ("openvino", "rtn_w4_g32"),
-                    ("openvino", "rtn_w4_g32+a8"), ("onnxruntime", "ort-genai builder int4 (peer)"))]),
-    ("`head_bits=8` (run C) brings RTN W4 g32 to {} perplexity on the Python docs, at a decode cost:",
-     [("genai", "perplexity_rtn_w4_g32_h8/runtimes/onnxruntime/rtn_w4_g32_h8/python_docs", f2)]),
-    ("so decode drops to {} on ONNX Runtime and {} on OpenVINO.",
-     [("genai", f"speed_rtn_w4_g32_h8/runtimes/{rt}/rtn_w4_g32_h8/decode_vs_fp32", x2)
-      for rt in ("onnxruntime", "openvino")]),
+    ("Decode: RTN W4 g32 runs at {} FP32's tokens/s on ONNX Runtime (MatMulNBits, fp32 compute) and {} on OpenVINO;",
+     [("genai", lambda r: _gp(r, 0, "rtn_w4_g32")["decode_ratio"]["p50"], x2), ("genai", lambda r: _gp(r, 1, "rtn_w4_g32")["decode_ratio"]["p50"], x2)]),
+    ("RTN W8 decodes at {} on ONNX Runtime (its DequantizeLinear weights are folded to float at load) and {} on OpenVINO.",
+     [("genai", lambda r: _gp(r, 0, "rtn_w8")["decode_ratio"]["p50"], x2), ("genai", lambda r: _gp(r, 1, "rtn_w8")["decode_ratio"]["p50"], x2)]),
+    ("matrix: with it decode is {} on ONNX Runtime and {} on OpenVINO.",
+     [("genai", lambda r: _gp(r, 0, "rtn_w4_g32_h8")["decode_ratio"]["p50"], x2), ("genai", lambda r: _gp(r, 1, "rtn_w4_g32_h8")["decode_ratio"]["p50"], x2)]),
+    ("take g32 to {} on ONNX Runtime, and",
+     [("genai", "speed_rtn_w4_g32/runtimes/onnxruntime/rtn_w4_g32+a8/decode_vs_fp32", x2)]),
+    ("onnxruntime-genai's own int4 model builder decodes at {} (run C)",
+     [("genai", "speed_rtn_w4_g32_h8/runtimes/onnxruntime/ort-genai builder int4 (peer)/decode_vs_fp32", x2)]),
     ("transformers' own `generate` token for token in {} of {} runs",
      [("genai", "match_transformers/identical", str), ("genai", "match_transformers/runs", str)]),
     ("exact-nonzero density is {} in float32 and {} in bfloat16 on MiniLM",
