@@ -335,7 +335,7 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
         from .genai.verbs import compressed_decoder
 
         return compressed_decoder(model, loaded, src_info, out, rts, entries, fid, precision,
-                                  overwrite, [model_src], on_step)
+                                  overwrite, [model_src], on_step, act8=deploy == "int8")
     with art.staging(out, overwrite, protect=[model_src]) as root:
         on_step("export onnx")
         t0 = time.perf_counter()

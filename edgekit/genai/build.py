@@ -79,8 +79,21 @@ def _io_specs(info: DecoderInfo) -> tuple[list[dict], list[dict]]:
     return ins, outs
 
 
+ACT8_FORMS = {"onnxruntime": "MatMulNBits accuracy_level 4 (int8 activations per block, 4- and 8-bit weights)",
+              "openvino": "OpenVINO dynamic quantization (int8 activations, groups of 32)"}
+OV_ACT8 = {**OV_CONFIG, "DYNAMIC_QUANTIZATION_GROUP_SIZE": "32"}
+
+
+def _act8_deploy(val: dict[str, Any], runtime: str) -> dict[str, Any]:
+    """The manifest's deploy record of an int8-activation decoder export (the CLI prints it)."""
+    return {"requested": "int8", "form": "int8 activations", "detail": ACT8_FORMS[runtime],
+            "why": f"teacher-forced on transformers' tokens: top-1 {val['top1_agreement']:.3f}, worst logit cosine "
+                   f"{val['cosine_min']:.4f} (floors {val['floors']['top1_agreement']} / "
+                   f"{val['floors']['cosine_min']}); time it with `edgekit profile`"}
+
+
 def export_ort(root: Path, info: DecoderInfo, tok_files: list[str], prompt: list[int], ref: Any,
-                precision: str, config: dict[str, str]) -> dict[str, Any]:
+               precision: str, config: dict[str, str], act8: bool = False) -> dict[str, Any]:
     from .stacks import ort_genai
 
     d = root / "exports" / "onnxruntime"
@@ -88,12 +101,24 @@ def export_ort(root: Path, info: DecoderInfo, tok_files: list[str], prompt: list
     write_genai_config(d, info)
     for n in tok_files:
         shutil.copy2(root / "tokenizer" / n, d / n)
-    weights, val = _ort_weights(root / "model.onnx", d / "model.onnx", info, prompt, ref, precision, config)
+    if act8:
+        from .nbits import to_matmulnbits
+
+        rep = to_matmulnbits(root / "model.onnx", d / "model.onnx", bits=(4, 8), accuracy_level=4)
+        if not rep["layers"]:
+            raise ConfigError("--deploy int8 on a decoder runs its integer weights with int8 activations, and this "
+                              "model has no 4- or 8-bit weight; compress with a weight method (e.g. --method rtn)")
+        weights = {"kind": "MatMulNBits", **rep}
+        val = check.check_act8(d / "model.onnx", "onnxruntime", info.to_dict(), prompt, ref, {})
+    else:
+        weights, val = _ort_weights(root / "model.onnx", d / "model.onnx", info, prompt, ref, precision, config)
     why = ("onnxruntime-genai cannot set session.disable_quant_qdq, so ONNX Runtime fuses DequantizeLinear + MatMul "
-           "into MatMulNBits with int8 activations" if weights.get("kind") == "DequantizeLinear" else "")
+           "into MatMulNBits with int8 activations" if weights.get("kind") == "DequantizeLinear" else
+           "the file computes with int8 activations" if act8 else "")
     stack = check.check_stack(lambda: ort_genai(d, prompt, len(ref.tokens)), ref, "onnxruntime-genai", why)
-    return {"file": "exports/onnxruntime/model.onnx", "precision": precision, "validation": val, "weights": weights,
-            "genai": {"stack": "onnxruntime-genai", "config": "exports/onnxruntime/genai_config.json", **stack}}
+    out = {"file": "exports/onnxruntime/model.onnx", "precision": precision, "validation": val, "weights": weights,
+           "genai": {"stack": "onnxruntime-genai", "config": "exports/onnxruntime/genai_config.json", **stack}}
+    return {**out, "deploy": _act8_deploy(val, "onnxruntime")} if act8 else out
 
 
 def _ort_weights(src: Path, dst: Path, info: DecoderInfo, prompt: list[int], ref: Any, precision: str,
@@ -123,19 +148,24 @@ def _ort_weights(src: Path, dst: Path, info: DecoderInfo, prompt: list[int], ref
     return rep, check.check_loop(dst, "onnxruntime", info.to_dict(), prompt, ref, precision, config)
 
 
-def export_ov(root: Path, info: DecoderInfo, prompt: list[int], ref: Any, precision: str) -> dict[str, Any]:
+def export_ov(root: Path, info: DecoderInfo, prompt: list[int], ref: Any, precision: str,
+              act8: bool = False) -> dict[str, Any]:
     from .stacks import ov_genai
 
     d = root / "exports" / "openvino"
     files = write_openvino(root / "model.onnx", d, info, root / "tokenizer")
-    val = check.check_loop(d / "openvino_model.xml", "openvino", info.to_dict(), prompt, ref, precision, OV_CONFIG)
+    if act8:
+        val = check.check_act8(d / "openvino_model.xml", "openvino", info.to_dict(), prompt, ref, OV_ACT8)
+    else:
+        val = check.check_loop(d / "openvino_model.xml", "openvino", info.to_dict(), prompt, ref, precision, OV_CONFIG)
     if isinstance(files.get("tokenizer_ir"), list):
         stack = check.check_stack(lambda: ov_genai(d, prompt, len(ref.tokens)), ref, "openvino-genai")
     else:
         stack = {"status": "unavailable", "reason": files["tokenizer_ir"]}
-    return {"file": "exports/openvino/openvino_model.xml", "precision": precision, "stateful": True,
-            "validation": val, "genai": {"stack": "openvino-genai LLMPipeline", **stack,
-                                         "tokenizer_ir": files["tokenizer_ir"]}}
+    out = {"file": "exports/openvino/openvino_model.xml", "precision": precision, "stateful": True,
+           "validation": val, "genai": {"stack": "openvino-genai LLMPipeline", **stack,
+                                        "tokenizer_ir": files["tokenizer_ir"]}}
+    return {**out, "deploy": _act8_deploy(val, "openvino")} if act8 else out
 
 
 def write_decoder_artifact(module: nn.Module, out: Path, runtimes: Sequence[str], source: dict[str, Any],
@@ -143,10 +173,11 @@ def write_decoder_artifact(module: nn.Module, out: Path, runtimes: Sequence[str]
                            codes: dict[str, WeightCode] | None = None, precision: str = "fp32",
                            overwrite: bool = False, protect: Sequence[Any] = (),
                            on_step: Callable[[str], None] = lambda s: None, prompt: str = check.PROMPT,
-                           new_tokens: int = check.NEW_TOKENS) -> Path:
+                           new_tokens: int = check.NEW_TOKENS, act8: bool = False) -> Path:
     """Export `module`'s causal LM with a KV cache into the artifact `out`, validated against transformers' greedy
     generate on every runtime (and its generation stack where installed); `extra` is merged into the manifest
-    (method entries, fidelity...)."""
+    (method entries, fidelity...). `act8` (`--deploy int8`): each runtime's export computes with int8 activations,
+    judged by check.check_act8 (the canonical model.onnx stays the validated weights-only graph)."""
     from ..export.validate import TOLERANCES
 
     rts = check_runtimes(runtimes)
@@ -163,13 +194,16 @@ def write_decoder_artifact(module: nn.Module, out: Path, runtimes: Sequence[str]
         on_step("transformers generate (reference)")
         ref = check.reference(lm, ids, new_tokens, info.eos_token_ids)
         ort_cfg = {"session.disable_quant_qdq": "1"} if res["integer_weights"].get("integer_weights") else {}
+        if act8 and not ort_cfg:
+            raise ConfigError("--deploy int8 on a decoder runs its integer weights with int8 activations, and this "
+                              "model has none; compress with a weight method (e.g. --method rtn --set bits=4)")
         on_step("validate onnx (greedy loop)")
         val = check.check_loop(root / "model.onnx", "onnxruntime", info.to_dict(), ids, ref, precision, ort_cfg)
         exports = {}
         for rt in rts:
             on_step(f"export {rt} + validate generation")
-            exports[rt] = (export_ort(root, info, tok_files, ids, ref, precision, ort_cfg) if rt == "onnxruntime"
-                           else export_ov(root, info, ids, ref, precision))
+            exports[rt] = (export_ort(root, info, tok_files, ids, ref, precision, ort_cfg, act8) if rt == "onnxruntime"
+                           else export_ov(root, info, ids, ref, precision, act8))
         ins, outs = _io_specs(info)
         man = {"kind": kind, "source": source, "model": "model.onnx", "inputs": ins, "outputs": outs,
                "decoder": info.to_dict(), "tokenizer": {"dir": "tokenizer", "files": tok_files},

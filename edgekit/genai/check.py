@@ -6,6 +6,12 @@ must also give logits within the precision's tolerance at every step (export.val
 relative to the logits' RMS, relative L2, cosine), and their decode steps must feed one token with the cache
 holding every earlier position. The runtimes' own stacks (onnxruntime-genai, openvino-genai) expose no logits; their
 tokens must match. A stack that is not installed, or fails to load, is recorded with the reason (not a mismatch).
+
+Int8 activations (`--deploy int8`: MatMulNBits accuracy_level 4 on ONNX Runtime, dynamic quantization on OpenVINO)
+change every logit a little, so greedy tokens cannot be asked to match: `check_act8` feeds transformers' own tokens
+(teacher forcing: the prompt as one prefill, then one reference token per step on the cache) and judges each step's
+logits against the reference's at task level, with stated floors (ACT8_FLOORS): next-token top-1 agreement and the
+worst logit cosine. A form below either floor is refused (no artifact).
 """
 from __future__ import annotations
 
@@ -22,6 +28,9 @@ from .loop import Greedy, greedy, open_decoder
 
 PROMPT = "The capital of France is"
 NEW_TOKENS = 20
+# int8 activations: at least 90% of the steps keep transformers' next token, and no step's logits fall below cosine
+# 0.98 (a 25%-wrong export reads far lower); measured on SmolLM2 RTN W4 g32 + 8-bit head: see the README
+ACT8_FLOORS = {"top1_agreement": 0.9, "cosine_min": 0.98}
 
 
 def reference(lm: nn.Module, prompt: Sequence[int], new_tokens: int, eos: Sequence[int]) -> Greedy:
@@ -106,3 +115,37 @@ def check_stack(run: Callable[[], Greedy], ref: Greedy, what: str, why_differ: s
     except ExportMismatchError as e:
         return {"status": "tokens differ", "reason": str(e).split("; no artifact")[0] + (f" ({why_differ})"
                                                                                          if why_differ else "")}
+
+
+def check_act8(path: Path, runtime: str, info: dict, prompt: Sequence[int], ref: Greedy,
+               config: dict[str, str] | None = None) -> dict[str, Any]:
+    """An int8-activation decoder, teacher-forced on transformers' tokens: next-token agreement and logit cosine per
+    step against the reference, above ACT8_FLOORS; the cache must be used as in check_loop."""
+    what = f"{runtime} ({Path(path).name}, int8 activations, teacher-forced)"
+    dec = open_decoder(path, runtime, info, config=config)
+    dec.reset()
+    got = [dec.step(list(prompt))]
+    for t in ref.tokens[:-1]:
+        got.append(dec.step([t]))
+    cos, top, worst_abs = [], [], 0.0
+    for k, (r, g) in enumerate(zip(ref.logits, got)):
+        check_finite(g, f"{what} logits at new token {k}")
+        f = compare(r[None], g[None])
+        cos.append(f["cosine"])
+        worst_abs = max(worst_abs, f["max_abs"])
+        top.append(int(np.argmax(r)) == int(np.argmax(g)))
+    figs = {"top1_agreement": float(np.mean(top)), "cosine_min": float(min(cos)), "cosine_mean": float(np.mean(cos))}
+    cache = _cache_use(dec.calls, len(prompt))
+    if not cache["ok"]:
+        raise ExportMismatchError(f"{what}: the loop did not use the KV cache as expected ({cache}); no artifact "
+                                  "was written")
+    low = [f"{k} {figs[k]:.4f} < {v}" for k, v in ACT8_FLOORS.items() if figs[k] < v]
+    if low:
+        raise ExportMismatchError(f"{what}: int8 activations move the logits too far from transformers' ({'; '.join(low)}"
+                                  f" over {len(top)} steps); no artifact was written. Deploy the weights-only form "
+                                  "(drop --deploy int8)")
+    return {"check": "teacher-forced on transformers' greedy tokens", "precision": "int8 activations (dynamic)",
+            "floors": dict(ACT8_FLOORS), **figs, "steps_compared": len(top), "new_tokens": len(ref.tokens),
+            "outputs": {"logits": {"max_abs": worst_abs, "cosine": figs["cosine_min"],
+                                   "top1_agreement": figs["top1_agreement"]}},
+            "cache": cache, "runtime_config": dict(config or {})}

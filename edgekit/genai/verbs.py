@@ -35,21 +35,23 @@ def is_decoder_artifact(path: Path) -> bool:
 def check_request(runtimes: Sequence[str], deploy: str | None) -> None:
     """--kv-cache options that cannot work, refused before any work."""
     check_runtimes(runtimes)
-    if deploy is not None:
-        raise ConfigError("--deploy does not apply to --kv-cache decoders yet; drop one of them")
+    if deploy not in (None, "int8"):
+        raise ConfigError(f"--deploy {deploy} does not apply to --kv-cache decoders; --deploy int8 runs their integer "
+                          "weights with int8 activations (checked against transformers), or drop --deploy")
 
 
 def compressed_decoder(model: Any, loaded: Any, source: dict[str, Any], out: Path, runtimes: Sequence[str],
                        entries: list[dict[str, Any]], fidelity: dict[str, Any] | None, precision: str,
-                       overwrite: bool, protect: Sequence[Any], on_step: Step) -> Path:
-    """`compress ... --kv-cache`: write the compressed model as a decoder artifact with the method reports."""
+                       overwrite: bool, protect: Sequence[Any], on_step: Step, act8: bool = False) -> Path:
+    """`compress ... --kv-cache [--deploy int8]`: write the compressed model as a decoder artifact with the method
+    reports (`act8`: the runtimes' exports compute with int8 activations)."""
     find_causal_lm(model)
     wbits = [b for e in entries if (b := (e.get("report") or {}).get("bits_per_weight"))]
     extra = {"method": entries[-1], "methods": entries, "fidelity": fidelity, "bits_per_weight": wbits[-1] if wbits
              else None}
     return write_decoder_artifact(model, Path(out), runtimes, source, tokenizer_dir(loaded.source), kind="compress",
                                   extra=extra, precision=precision, overwrite=overwrite, protect=protect,
-                                  on_step=on_step)
+                                  on_step=on_step, act8=act8)
 
 
 def export_kv_cache(src: str | Path, runtime: str, out: Path | None, overwrite: bool, opts: Any,

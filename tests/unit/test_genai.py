@@ -403,3 +403,54 @@ def test_eval_scores_a_kv_cache_artifact_through_its_decoder(art, hf_dir, tmp_pa
     qm = json.loads(out.read_text())
     assert qm["reference"]["perplexity"] == pytest.approx(doc["reference"]["perplexity"], rel=1e-6)
     assert abs(qm["metrics"]["perplexity_ratio"] - 1) > 1e-3, qm["metrics"]
+
+
+def test_deploy_int8_decoder_runs_int8_activations_checked_teacher_forced(hf_dir, tmp_path, monkeypatch):
+    """`compress DIR --method rtn --kv-cache --deploy int8`: the ONNX Runtime file runs every integer weight as
+    MatMulNBits with accuracy_level 4 and OpenVINO runs with dynamic quantization; both are judged teacher-forced on
+    transformers' tokens against stated floors (the logits really moved: it is not the weights-only file), the
+    canonical model.onnx keeps its weights-only greedy match; a form below the floors writes nothing; a model without
+    integer weights and --deploy auto are refused in one line."""
+    import onnx
+
+    from edgekit.errors import ExportMismatchError
+    from edgekit.genai import check
+
+    out = tmp_path / "a8"
+    res = runner.invoke(app, ["compress", str(hf_dir), "--method", "rtn", "--set", "bits=4", "--kv-cache", "--deploy",
+                              "int8", "--target", "onnxruntime", "--target", "openvino", "-o", str(out)])
+    assert res.exit_code == 0, res.stdout + (res.stderr or "")
+    assert "deploy int8 -> int8 activations" in res.stdout
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["validation"]["onnx"]["greedy_match"]
+    for rt in ("onnxruntime", "openvino"):
+        e = man["exports"][rt]
+        v = e["validation"]
+        assert e["deploy"]["form"] == "int8 activations" and v["cache"]["ok"] and v["steps_compared"] == 20
+        assert v["top1_agreement"] >= check.ACT8_FLOORS["top1_agreement"]
+        assert check.ACT8_FLOORS["cosine_min"] <= v["cosine_min"] < 1 - 1e-9, v  # moved, but within the floor
+    assert man["exports"]["openvino"]["validation"]["runtime_config"]["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "32"
+    g = onnx.load(str(out / "exports/onnxruntime/model.onnx")).graph
+    nb = [n for n in g.node if n.op_type == "MatMulNBits"]
+    assert len(nb) == 15 and all(a.i == 4 for n in nb for a in n.attribute if a.name == "accuracy_level")
+    # the eval and profile paths open the file with the recorded settings: the FP32-source perplexity check runs
+    text = tmp_path / "t.txt"
+    from tests.unit._tiny_llm import TEXT
+
+    text.write_text(" ".join(TEXT * 6))
+    r = runner.invoke(app, ["eval", str(out), "--task", "perplexity-file", "--data", str(text), "--runtime",
+                            "openvino", "--set", "window=32"])
+    assert r.exit_code == 0, r.stdout + (r.stderr or "")
+    # floors that no int8 form can meet: refused, nothing written
+    monkeypatch.setitem(check.ACT8_FLOORS, "cosine_min", 1.0)
+    with pytest.raises(ExportMismatchError, match="cosine_min"):
+        api.compress(hf_dir, "rtn", {"bits": 4}, tmp_path / "no", runtimes=["onnxruntime"], kv_cache=True,
+                     deploy="int8")
+    assert not (tmp_path / "no").exists()
+    for args, needle in [(["--method", "magnitude", "--deploy", "int8"], "integer weights"),
+                         (["--method", "rtn", "--deploy", "auto"], "--deploy int8")]:
+        r = runner.invoke(app, ["compress", str(hf_dir), *args, "--kv-cache", "--target", "onnxruntime", "-o",
+                                str(tmp_path / "bad")])
+        text_out = " ".join(ln for ln in ((r.stderr or "") + r.stdout).splitlines() if ln.strip())
+        assert r.exit_code == 2 and needle in text_out and "Traceback" not in text_out, text_out
+        assert not (tmp_path / "bad").exists()
