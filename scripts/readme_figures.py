@@ -1007,6 +1007,12 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
      [("genai", lambda r: _gp(r, 0, "rtn_w8")["decode_ratio"]["p50"], x2), ("genai", lambda r: _gp(r, 1, "rtn_w8")["decode_ratio"]["p50"], x2)]),
     ("matrix: with it decode is {} on ONNX Runtime and {} on OpenVINO.",
      [("genai", lambda r: _gp(r, 0, "rtn_w4_g32_h8")["decode_ratio"]["p50"], x2), ("genai", lambda r: _gp(r, 1, "rtn_w4_g32_h8")["decode_ratio"]["p50"], x2)]),
+    ("RTN W4 g32 + 8-bit head decodes at {} on\nONNX Runtime and {} on OpenVINO, perplexity {} / {} (ONNX Runtime / "
+     "OpenVINO); RTN W8 at {} / {}, perplexity {} / {}.",
+     [("genai", lambda r: _gp(r, 0, "rtn_w4_g32_h8_a8")["decode_ratio"]["p50"], x2), ("genai", lambda r: _gp(r, 1, "rtn_w4_g32_h8_a8")["decode_ratio"]["p50"], x2),
+      ("genai", "cli/variants/rtn_w4_g32_h8_a8/eval/onnxruntime/metrics/perplexity_python_docs", f2), ("genai", "cli/variants/rtn_w4_g32_h8_a8/eval/openvino/metrics/perplexity_python_docs", f2),
+      ("genai", lambda r: _gp(r, 0, "rtn_w8_a8")["decode_ratio"]["p50"], x2), ("genai", lambda r: _gp(r, 1, "rtn_w8_a8")["decode_ratio"]["p50"], x2),
+      ("genai", "cli/variants/rtn_w8_a8/eval/onnxruntime/metrics/perplexity_python_docs", f2), ("genai", "cli/variants/rtn_w8_a8/eval/openvino/metrics/perplexity_python_docs", f2)]),
     ("take g32 to {} on ONNX Runtime, and",
      [("genai", "speed_rtn_w4_g32/runtimes/onnxruntime/rtn_w4_g32+a8/decode_vs_fp32", x2)]),
     ("onnxruntime-genai's own int4 model builder decodes at {} (run C)",

@@ -430,6 +430,7 @@ def test_deploy_int8_decoder_runs_int8_activations_checked_teacher_forced(hf_dir
         assert v["top1_agreement"] >= check.ACT8_FLOORS["top1_agreement"]
         assert check.ACT8_FLOORS["cosine_min"] <= v["cosine_min"] < 1 - 1e-9, v  # moved, but within the floor
     assert man["exports"]["openvino"]["validation"]["runtime_config"]["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == "32"
+    assert man["exports"]["onnxruntime"]["validation"]["runtime_config"] == {"session.disable_quant_qdq": "1"}
     g = onnx.load(str(out / "exports/onnxruntime/model.onnx")).graph
     nb = [n for n in g.node if n.op_type == "MatMulNBits"]
     assert len(nb) == 15 and all(a.i == 4 for n in nb for a in n.attribute if a.name == "accuracy_level")
