@@ -102,18 +102,31 @@ def _key(part: str) -> str:
     return part if not ONLY else f"{part}_{'+'.join(n for n in _names() if n != 'fp32')}"
 
 
+def _edgekit(args: list[str]) -> tuple[str, float]:
+    """Run one `edgekit` command (the CLI, as a user types it); its command line and wall seconds."""
+    t0 = time.perf_counter()
+    p = subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True)
+    cmd = " ".join(["edgekit", *map(shlex.quote, args)])
+    if p.returncode:
+        raise SystemExit(f"{cmd} failed (exit {p.returncode}): {p.stderr.strip()[-400:]}")
+    return cmd, time.perf_counter() - t0
+
+
+def _ensure(name: str) -> tuple[list[str], float | None]:
+    """Variant `name`'s artifact under ARTS, built with its CLI command(s) unless an earlier run left it: (the
+    commands, build seconds or None when reused)."""
+    d = ARTS / name
+    cmds = [" ".join(["edgekit", *[shlex.quote(x.format(d=d)) for x in s]]) for s in BUILD[name]]
+    if (d / "manifest.json").is_file():
+        log(f"{name}: reusing {d}")
+        return cmds, None
+    sec = round(sum(_edgekit([x.format(d=d) for x in s])[1] for s in BUILD[name]), 1)
+    log(f"{name}: built in {sec} s ({'; '.join(cmds)})")
+    return cmds, sec
+
+
 def build(_: argparse.Namespace) -> None:
-    cmds = {}
-    for name, steps in ((n, BUILD[n]) for n in _names()):
-        d = ARTS / name
-        cmds[name] = [" ".join(["edgekit", *[shlex.quote(a.format(d=d)) for a in s]]) for s in steps]
-        if (d / "manifest.json").is_file():
-            log(f"{name}: exists ({d})")
-            continue
-        for s in steps:
-            t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "edgekit.cli", *[a.format(d=d) for a in s]], check=True)
-            log(f"{name}: {' '.join(s)} {time.perf_counter() - t0:.0f} s")
+    cmds = {name: _ensure(name)[0] for name in _names()}
     from edgekit.models.real import smollm2_dir
 
     peer = ARTS / "ortgenai_int4"  # the onnxruntime-genai peer: its own int4 model builder, its defaults
@@ -379,16 +392,6 @@ def profile(a: argparse.Namespace) -> None:
 CLI_DEFAULT = ["rtn_w8", "rtn_w8_a8", "rtn_w4", "rtn_w4_g32", "rtn_w4_g32_h8", "rtn_w4_g32_h8_a8"]
 
 
-def _edgekit(args: list[str]) -> tuple[str, float]:
-    """Run one `edgekit` command (the CLI, as a user types it); its command line and wall seconds."""
-    t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "edgekit.cli", *args], capture_output=True, text=True)
-    cmd = " ".join(["edgekit", *map(shlex.quote, args)])
-    if p.returncode:
-        raise SystemExit(f"{cmd} failed (exit {p.returncode}): {p.stderr.strip()[-400:]}")
-    return cmd, time.perf_counter() - t0
-
-
 def cli(a: argparse.Namespace) -> None:
     """Every figure of the product table through the CLI: the artifacts (`edgekit compress|export ... --kv-cache`),
     perplexity per runtime (`edgekit eval ART --task perplexity --runtime RT`, through the decoder graph) and decode
@@ -397,15 +400,8 @@ def cli(a: argparse.Namespace) -> None:
     names = ["fp32", *[n for n in (ONLY or CLI_DEFAULT) if n != "fp32"]]
     res: dict = {"artifacts": str(ARTS), "variants": {}, "commands": []}
     for name in names:  # build (or reuse an artifact that the same command made)
-        d = ARTS / name
-        cmds = [" ".join(["edgekit", *[shlex.quote(x.format(d=d)) for x in s]]) for s in BUILD[name]]
-        row = res["variants"].setdefault(name, {"build": cmds})
-        if (d / "manifest.json").is_file():
-            row["build_reused"] = True
-            log(f"{name}: reusing {d}")
-        else:
-            row["build_s"] = round(sum(_edgekit([x.format(d=d) for x in s])[1] for s in BUILD[name]), 1)
-            log(f"{name}: built in {row['build_s']} s")
+        cmds, sec = _ensure(name)
+        res["variants"][name] = {"build": cmds, **({"build_reused": True} if sec is None else {"build_s": sec})}
     for name in names:
         for rt in a.runtime:
             with tempfile.TemporaryDirectory(prefix="genai-eval-") as tmp:

@@ -119,12 +119,12 @@ def _decoder_predictor(art: Path, man: dict[str, Any], path: Path, runtime: str,
     """A KV-cache decoder artifact seen as a full-sequence model: input_ids (N, T) -> logits (N, T, vocab), each
     sample fed as one prefill on an empty cache, through the decoder graph with the runtime settings its export
     was validated with (the same loop `edgekit generate` and `edgekit profile` drive)."""
-    from ..genai.loop import OV_CONFIG, open_decoder
+    from ..genai.loop import open_decoder, validated_config
 
     rt = "onnxruntime" if runtime == "onnx" else runtime
-    entry = man.get("exports", {}).get(runtime) or {}
-    cfg = (entry.get("validation") or {}).get("runtime_config") or (OV_CONFIG if rt == "openvino" else {})
-    dec = open_decoder(path, rt, man["decoder"], threads, cfg)
+    val = ((man.get("validation") or {}).get("onnx") if runtime == "onnx"  # the canonical model.onnx's own record
+           else (man.get("exports", {}).get(runtime) or {}).get("validation"))
+    dec = open_decoder(path, rt, man["decoder"], threads, validated_config(val, rt))
 
     def call(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         outs = []

@@ -106,8 +106,9 @@ def export_ort(root: Path, info: DecoderInfo, tok_files: list[str], prompt: list
 
         rep = to_matmulnbits(root / "model.onnx", d / "model.onnx", bits=(4, 8), accuracy_level=4)
         if not rep["layers"]:
-            raise ConfigError("--deploy int8 on a decoder runs its integer weights with int8 activations, and this "
-                              "model has no 4- or 8-bit weight; compress with a weight method (e.g. --method rtn)")
+            why = "; ".join(sorted(set(rep["kept"].values()))) or "no integer MatMul weight"
+            raise ConfigError(f"--deploy int8: none of this decoder's integer weights can run as MatMulNBits ({why}); "
+                              "drop --deploy int8 to keep the weights-only form")
         weights = {"kind": "MatMulNBits", **rep}
         # QDQ transforms on the DequantizeLinear nodes left (the embedding's) cost ~1.5x per decode step here
         # (SmolLM2 RTN W8: 27.1 tok/s with them off, 17.7 on): off, as for the weights-only export

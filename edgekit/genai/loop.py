@@ -81,6 +81,12 @@ class OVState:
         return np.asarray(res[0])[0] if every else np.asarray(res[0])[0, -1]
 
 
+def validated_config(validation: dict | None, runtime: str) -> dict[str, str]:
+    """The runtime settings an export was validated with (its record's `runtime_config`; OpenVINO's validated
+    defaults when none is recorded): what generate, profile and eval open the file with."""
+    return dict((validation or {}).get("runtime_config") or (OV_CONFIG if runtime == "openvino" else {}))
+
+
 def open_decoder(path: Path, runtime: str, info: dict, threads: int | None = None,
                  config: dict[str, str] | None = None) -> PastIO | OVState:
     """The decoder file in its runtime: ONNX (.onnx, past in/out) in ONNX Runtime or OpenVINO, or a stateful IR

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from ..artifact import read_manifest
 from ..errors import ConfigError, MissingDependencyError
-from .loop import OV_CONFIG, Greedy, greedy, open_decoder
+from .loop import Greedy, greedy, open_decoder, validated_config
 
 STACKS = ("auto", "genai", "numpy")
 
@@ -133,7 +133,7 @@ def generate(art: Path, prompt: str, max_new_tokens: int = 32, runtime: str | No
             res, name = ov_genai(folder, ids, max_new_tokens, threads, ignore_eos=not stop_at_eos, pipe=pipe), \
                 "openvino-genai"
         else:
-            cfg = entry["validation"].get("runtime_config") or (OV_CONFIG if rt == "openvino" else {})
+            cfg = validated_config(entry["validation"], rt)
             dec = open_decoder(art / entry["file"], rt, info, threads, cfg)
             load_s = time.perf_counter() - t0
             res, name = greedy(dec, ids, max_new_tokens, eos, on_token=on_token), "numpy loop"

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..artifact import now_iso, read_manifest
 from ..errors import ConfigError
-from .loop import OV_CONFIG, PastIO, greedy, open_decoder
+from .loop import PastIO, greedy, open_decoder, validated_config
 
 PROMPT_TOKENS = 128
 NEW_TOKENS = 128
@@ -64,7 +64,7 @@ def _open(art: Path, man: dict, runtime: str, threads: int):
         raise ConfigError(f"{art} has no {runtime} export (has: {', '.join(man.get('exports', {})) or 'none'}); "
                           f"add one with `edgekit export {art} --target {runtime}`")
     path = art / entry["file"]
-    cfg = (entry.get("validation") or {}).get("runtime_config") or (OV_CONFIG if runtime == "openvino" else {})
+    cfg = validated_config(entry.get("validation"), runtime)
     return path, cfg, open_decoder(path, runtime, man["decoder"], threads, cfg)
 
 

@@ -159,25 +159,19 @@ def _prune_neurons(group: list[tuple[str, nn.Linear]], cfg: Config) -> list[tupl
     for _, lin in ins:
         score = score * lin.weight.detach().double().norm(dim=1)
     keep = score.topk(keep_n).indices.sort().values
-    out = []
-    for n, lin in ins:
-        new = nn.Linear(lin.in_features, keep_n, bias=lin.bias is not None).to(lin.weight.dtype)
+
+    def sliced(lin: nn.Linear, rows: bool) -> tuple[nn.Linear, torch.Tensor, dict]:
+        """`lin` keeping the kept neurons: its rows (up, gate) or its input columns (down; bias whole)."""
+        w = lin.weight[keep] if rows else lin.weight[:, keep]
+        new = nn.Linear(w.shape[1], w.shape[0], bias=lin.bias is not None).to(lin.weight.dtype)
         with torch.no_grad():
-            new.weight.copy_(lin.weight[keep])
+            new.weight.copy_(w)
             if lin.bias is not None:
-                new.bias.copy_(lin.bias[keep])
-        out.append((n, new, lin.weight.detach().clone(), {"shape": [lin.out_features, lin.in_features],
-                                                          "neurons_kept": keep_n, "params_dense": lin.weight.numel(),
-                                                          "params": new.weight.numel()}))
-    new = nn.Linear(keep_n, down.out_features, bias=down.bias is not None).to(down.weight.dtype)
-    with torch.no_grad():
-        new.weight.copy_(down.weight[:, keep])
-        if down.bias is not None:
-            new.bias.copy_(down.bias)
-    out.append((dn, new, down.weight.detach().clone(), {"shape": [down.out_features, down.in_features],
-                                                        "neurons_kept": keep_n, "params_dense": down.weight.numel(),
-                                                        "params": new.weight.numel()}))
-    return out
+                new.bias.copy_(lin.bias[keep] if rows else lin.bias)
+        return new, lin.weight.detach().clone(), {"shape": [lin.out_features, lin.in_features], "neurons_kept": keep_n,
+                                                  "params_dense": lin.weight.numel(), "params": new.weight.numel()}
+
+    return [(n, *sliced(lin, True)) for n, lin in ins] + [(dn, *sliced(down, False))]
 
 
 def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodReport]:
