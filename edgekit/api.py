@@ -368,14 +368,38 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
 
 
 @_locks_output
-def export(src: str | Path, target: str, out: Path | None = None, input_shape: str | None = None,
+def export(src: str | Path, target: str | Sequence[str], out: Path | None = None, input_shape: str | None = None,
            overwrite: bool = False, dynamic: list[str] | None = None, arch: str | None = None,
            allow_class: list[str] | None = None, trust_pickle: bool = False, fp16: bool = False,
            on_step: Step = _noop, arch_args: dict[str, Any] | None = None, kv_cache: bool = False) -> Path:
-    """Export a model or an artifact to one runtime (or target profile); validated; returns the artifact folder.
+    """Export a model or an artifact to one runtime (or target profile), or to several in order; each validated;
+    returns the artifact folder.
+
+    Several targets: the first export makes the artifact, the others are added to it (an artifact is its own
+    source). If a later one fails, an artifact folder this call created is removed, so no half-requested artifact
+    is left behind; an artifact that existed before keeps what it had plus the exports that passed.
 
     `kv_cache`: a causal LM as a decoder with a KV cache for generation, or one more runtime for such an artifact
     (edgekit.genai.build; a decoder artifact always takes this path)."""
+    if not isinstance(target, str):
+        targets = list(dict.fromkeys(target))
+        if not targets:
+            raise ConfigError("pass at least one --target (a runtime or a target profile; see `edgekit targets`)")
+        for t in targets:  # a misspelt later target fails now, not after the first (slow) export
+            resolve_runtime(t)
+        kw = dict(fp16=fp16, on_step=on_step, kv_cache=kv_cache)
+        dest_before = Path(out) if out is not None else Path(src)
+        existed = dest_before.exists()
+        dest = export(src, targets[0], out, input_shape, overwrite, dynamic, arch, allow_class, trust_pickle,
+                      arch_args=arch_args, **kw)
+        try:
+            for t in targets[1:]:
+                export(dest, t, **kw)
+        except BaseException:
+            if not existed:
+                shutil.rmtree(dest, ignore_errors=True)
+            raise
+        return dest
     runtime, profile = resolve_runtime(target)
     src_p = Path(src)
     if str(src).endswith(".onnx") and src_p.is_file():

@@ -172,7 +172,7 @@ def _print_deploy(man: dict) -> None:
 
 
 @app.command()
-def export(model: ModelArg, target: Annotated[str, typer.Option("--target", "-t", help="onnxruntime|openvino|tflite|PROFILE")],
+def export(model: ModelArg, target: Annotated[list[str], typer.Option("--target", "-t", help="onnxruntime|openvino|tflite|PROFILE (repeatable: each is added to the one artifact)")],
            out: Annotated[Optional[Path], typer.Option("-o", "--out", help="artifact folder (default: the input artifact)")] = None,
            input_shape: InputShape = None, dynamic: Dynamic = None, arch: Arch = None, arch_args: ArchArgsOpt = None,
            allow_class: AllowClass = None, trust_pickle: TrustPickle = False, overwrite: Overwrite = False,

@@ -121,3 +121,39 @@ def test_lean_artifact_ships_no_float_program_and_still_reexports(tmp_path):
         api.export(art, "tflite")
     with pytest.raises(ModelLoadError, match="--keep-program"):
         api.compress(art, "rtn", {"bits": 8}, tmp_path / "again")
+
+
+def test_cli_export_takes_several_targets_into_one_artifact(tmp_path, monkeypatch):
+    """`--target` is repeatable on export: every runtime lands in the one artifact, each validated; a failing later
+    target removes the folder this call created (nothing half-requested is left), and a misspelt target fails
+    before any export runs."""
+    from typer.testing import CliRunner
+
+    from edgekit import runtimes as runners
+    from edgekit.cli import app
+
+    out = tmp_path / "multi"
+    r = CliRunner().invoke(app, ["export", "demo", "--target", "onnxruntime", "--target", "openvino", "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    ex = read_manifest(out)["exports"]
+    assert set(ex) == {"onnxruntime", "openvino"}
+    assert all(max(o["max_abs"] for o in e["validation"]["outputs"].values()) <= 1e-4 for e in ex.values())
+
+    r = CliRunner().invoke(app, ["export", "demo", "-t", "onnxruntime", "-t", "nosuch", "-o", str(tmp_path / "typo")])
+    assert r.exit_code == 2 and "unknown target 'nosuch'" in r.output
+    assert not (tmp_path / "typo").exists()
+
+    real = runners.open_session
+
+    def corrupt_ov(path, runtime, *a, **k):
+        s = real(path, runtime, *a, **k)
+        if runtime == "openvino":
+            run = s.run
+            s.run = lambda feeds: [o + 0.5 for o in run(feeds)]
+        return s
+
+    monkeypatch.setattr(runners, "open_session", corrupt_ov)
+    bad = tmp_path / "bad"
+    r = CliRunner().invoke(app, ["export", "demo", "-t", "onnxruntime", "-t", "openvino", "-o", str(bad)])
+    assert r.exit_code == 2 and "differs from PyTorch" in r.output
+    assert not bad.exists()
