@@ -6,10 +6,7 @@ skipped for them and the manifest says so; edgekit's own baselines (rtn, magnitu
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
-import warnings
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,9 +19,6 @@ import torch
 from torch import nn
 
 from edgekit.artifact import write_manifest
-from edgekit.export.onnx import OPSET, save_onnx, slim
-from edgekit.export.qdq import apply_codes
-from edgekit.quant import get_codes
 from edgekit.model_io import InputSpec
 
 CALIB_N = 300
@@ -78,7 +72,7 @@ def _minilm() -> nn.Module:
 
 
 def _minilm_calib(n: int) -> list[list[np.ndarray]]:
-    """n WordNet glosses from the probe's *train* split, each tokenised to its own length."""
+    """n WordNet glosses from the probe's *train* split, each tokenised and padded to 128 tokens."""
     from edgekit.eval.wordnet import Config, load_glosses
     from edgekit.models.real import minilm_tokenizer
 
@@ -86,8 +80,8 @@ def _minilm_calib(n: int) -> list[list[np.ndarray]]:
     tok = minilm_tokenizer()
     pick = np.random.default_rng(1).choice(len(tr), n, replace=False)
     out = []
-    for i in pick:
-        e = tok([tr[i]], truncation=True, max_length=256, return_tensors="np")
+    for i in pick:  # padded to the FP32 file's static 128 tokens (mask 0 on the padding), as `edgekit eval` feeds it
+        e = tok([tr[i]], truncation=True, max_length=128, padding="max_length", return_tensors="np")
         out.append([e["input_ids"].astype(np.int64), e["attention_mask"].astype(np.int64)])
     return out
 
@@ -131,7 +125,6 @@ def _ids(vocab: int, n: int) -> np.ndarray:
 ALL = ["fp32", "nncf_ptq", "ort_static_pt", "ort_static_pc", "ort_dynamic", "nncf_wc8", "nncf_wc4", "litert_dyn8",
        "litert_static8", "rtn8", "rtn4", "mag30", "mag50", "edgekit_int8"]
 LITERT = ["litert_dyn8", "litert_static8"]
-SEQ = torch.export.Dim("seq", max=1024)
 
 
 def model_specs() -> dict[str, ModelSpec]:
@@ -144,13 +137,13 @@ def model_specs() -> dict[str, ModelSpec]:
             ALL, tflite=True),
         "minilm": ModelSpec(
             "minilm", "wordnet10", {}, None, _minilm,
-            [InputSpec("input_ids", [1, 16], "int64", high=30522), InputSpec("attention_mask", [1, 16], "int64")],
-            ["sentence_embedding"], ({0: torch.export.Dim("batch"), 1: torch.export.Dim("seq", max=512)},) * 2,
+            [InputSpec("input_ids", [1, 128], "int64", high=30522), InputSpec("attention_mask", [1, 128], "int64")],
+            ["sentence_embedding"], None,
             _minilm_calib, lambda: [_ids(30522, 128), np.ones((1, 128), np.int64)], "1x128", ALL, "transformer",
             tflite=True),
         "smollm2": ModelSpec(
             "smollm2", "perplexity", {}, None, _smollm2, [InputSpec("input_ids", [1, 128], "int64", high=49152)],
-            ["logits"], ({1: SEQ},), _smollm2_calib, lambda: [_ids(49152, 128)], "1x128 prefill",
+            ["logits"], None, _smollm2_calib, lambda: [_ids(49152, 128)], "1x128 prefill",
             [v for v in ALL if v not in LITERT], "transformer", reuse_export=True,
             skipped={v: "skipped: no LiteRT file for SmolLM2 in this table (litert-torch export of the 135M "
                         "decoder at a static 512-token window was not run here)" for v in LITERT}),
@@ -160,65 +153,10 @@ def model_specs() -> dict[str, ModelSpec]:
     }
 
 
-# ------------------------------------------------------------------ export
-@contextlib.contextmanager
-def _quiet():
-    """The exporter's chatter (warnings, progress prints) off, as edgekit's own export does."""
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        yield
-
-
-def export_onnx(spec: ModelSpec, module: nn.Module, path: Path) -> dict:
-    """Dynamo export (+ onnxslim), integer weights from recorded codes; returns the qdq report."""
-    from edgekit.model_io import example_inputs
-
-    inputs = example_inputs(spec.specs)
-    with _quiet():
-        prog = torch.onnx.export(module, inputs, dynamo=True, opset_version=OPSET, external_data=False,
-                                 input_names=[s.name for s in spec.specs], output_names=spec.out_names,
-                                 dynamic_shapes=spec.dynamic, verbose=False, report=False)
-    proto = slim(prog.model_proto)
-    report: dict = {}
-    if get_codes(module):
-        proto, report = apply_codes(proto, get_codes(module))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_onnx(proto, path)
-    return report
-
-
-def to_openvino(onnx_path: Path, out_dir: Path) -> Path:
-    from edgekit.export.openvino import convert
-
-    return convert(onnx_path, out_dir)
-
-
+# ------------------------------------------------------------------ files
 def tflite_specs(spec: ModelSpec) -> list[InputSpec]:
     """Static input specs of the LiteRT file: the latency input's shapes (LiteRT files have static shapes)."""
     return [InputSpec(s.name, list(a.shape), s.dtype, high=s.high) for s, a in zip(spec.specs, spec.latency())]
-
-
-def to_tflite(spec: ModelSpec, module: nn.Module, out_dir: Path, bits: int | None = None) -> tuple[Path, dict]:
-    """litert-torch file of `module` at the latency input's shapes; integer weights (ai-edge-quantizer) for RTN
-    variants when they reproduce the model (edgekit's own export rule), else float weights and the reason."""
-    from edgekit.errors import ExportMismatchError
-    from edgekit.export.tflite import convert, quantize_weights
-    from edgekit.export.validate import validate
-    from edgekit.model_io import example_inputs
-
-    specs = tflite_specs(spec)
-    path = convert(module, tuple(example_inputs(specs)), out_dir)
-    if not bits:
-        return path, {}
-    qpath = path.with_name("model_int.tflite")  # the rule of `edgekit export --target tflite`, public API only
-    try:
-        quantize_weights(path, bits, qpath)
-        validate(module, specs, qpath, "tflite", "fp32")
-    except (ExportMismatchError, ImportError, RuntimeError, ValueError) as e:
-        qpath.unlink(missing_ok=True)
-        return path, {"weights": "float", "reason": f"integer weights did not reproduce the model: {str(e)[:200]}"}
-    qpath.replace(path)
-    return path, {"weights": f"int{8 if bits > 4 else 4} (ai-edge-quantizer weight-only)"}
 
 
 def file_mb(path: Path) -> float:
@@ -358,19 +296,18 @@ class Context:
 
 
 def fp32_variant(spec: ModelSpec, ctx: Context, root: Path) -> dict[str, Any]:
-    onnx_p = root / "exports" / "onnxruntime" / "model.onnx"
-    if not onnx_p.is_file():  # a crash after the (slow) export keeps it
-        tmp = onnx_p.with_suffix(".tmp")
-        tmp.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(spec, ctx.module(), tmp)
-        tmp.replace(onnx_p)
-    xml = to_openvino(onnx_p, root / "exports" / "openvino")
-    files = {"onnxruntime": onnx_p, "openvino": xml}
-    info = {"tool": "torch.onnx (dynamo) + onnxslim; OpenVINO convert_model"}
-    if spec.tflite:
-        files["tflite"], _ = to_tflite(spec, ctx.module(), root / "exports" / "tflite")
-        info["tool"] += "; litert-torch at the latency input's static shapes"
-    write_art(root, spec, files, info)
+    """The FP32 reference every cell is timed against: what `edgekit export SRC --target onnxruntime --target
+    openvino [--target tflite] -o ROOT` writes (the bundled model's default static input shapes; each file validated
+    against PyTorch). The peers quantize these files."""
+    import edgekit.api
+    from edgekit.artifact import update_manifest
+
+    src = SOURCES[spec.key]
+    rts = ["onnxruntime", "openvino"] + (["tflite"] if spec.tflite else [])
+    cmd = f"edgekit export {src} " + " ".join(f"--target {rt}" for rt in rts) + f" -o {root}"
+    edgekit.api.export(src, rts, root, overwrite=True)  # the benchmark's own work folder
+    info = {"tool": "edgekit export", "command": cmd}
+    update_manifest(root, {"baseline": info})
     return info
 
 

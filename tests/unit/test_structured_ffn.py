@@ -333,3 +333,29 @@ def test_recovery_device_option():
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="no CUDA device"):
             sf.apply(tiny_bert(), cfg.model_copy(update={"device": "cuda"}), DataSource([ids]))
+
+
+def test_magnitude_ffn_scope_is_the_unstructured_baseline_at_structured_ffns_count():
+    """`magnitude --set scope=ffn`: exactly the FFN linears structured_ffn replaces (first block dense), each keeping
+    round(ratio·numel) of its largest |w|; every other weight untouched; a model without FFN patterns is refused."""
+    from edgekit.methods import magnitude
+
+    for model in (tiny_bert(), tiny_llama()):
+        ref = copy.deepcopy(model)
+        out, rep = magnitude.apply(model, parse_config(magnitude, {"sparsity": 0.375, "scope": "ffn"}))
+        ffn = {n: b for n, _, b in sf.find_ffn(ref, sf.DEFAULT_PATTERNS)}
+        assert sorted(rep.layers_touched) == sorted(n for n, b in ffn.items() if b > 0)
+        for name, p0 in ref.named_parameters():
+            p1 = out.get_parameter(name)
+            mod = name.rsplit(".", 1)[0]
+            if ffn.get(mod, 0) == 0 or not name.endswith("weight"):
+                assert torch.equal(p0, p1), name
+                continue
+            kept = p1 != 0
+            assert int(kept.sum()) == round(0.625 * p0.numel()), name
+            assert torch.equal(p1[kept], p0[kept])
+            assert p0[kept].abs().min() >= p0[~kept].abs().max()
+        assert abs(rep.extra["sparsity_achieved"] - 0.375) < 1e-3 and rep.extra["scope"] == "ffn"
+    cnn = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))
+    with pytest.raises(ConfigError, match="scope=ffn found no FFN linears"):
+        magnitude.apply(cnn, parse_config(magnitude, {"scope": "ffn"}))
