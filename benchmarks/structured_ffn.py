@@ -353,13 +353,17 @@ def run_cli(args) -> None:
     rows = [(k, r, 0) for r in args.cli_ratios for k in args.cli_kinds] if args.cli_projected else []
     rows += [(k, r, args.train_steps) for r in args.train_ratios for k in args.train_kinds]
     for kind, ratio, steps in rows:
-        opts = {"kind": kind, "param_ratio": ratio}
+        method, opts = "structured_ffn", {"kind": kind, "param_ratio": ratio}
+        if kind == "magnitude":  # the unstructured baseline at the same FFN count, through the product too
+            if steps:
+                raise SystemExit("magnitude rows take no training steps; list magnitude in --cli-kinds only")
+            method, opts = "magnitude", {"scope": "ffn", "sparsity": round(1 - ratio, 6)}
         if steps:
             opts.update(train_steps=steps, batch=args.batch, seq_len=args.seq_len, lr=args.lr)
             if args.device != "cpu":
                 opts["device"] = args.device
         tag = f"{kind}@{ratio}" + (f"+distill{steps}" if steps else "")
-        row = run_row(args.model, "structured_ffn", opts, work / tag.replace("@", "_").replace("+", "_"),
+        row = run_row(args.model, method, opts, work / tag.replace("@", "_").replace("+", "_"),
                       data=train_txt if steps else None, targets=("onnxruntime",),
                       task="perplexity" if smol else "wordnet10", limit=None if smol else args.limit,
                       threads=THREADS, input_shape="1x512" if smol else None)
@@ -460,7 +464,8 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/edgekit-sffn-cli", help="cli: artifact folder")
     ap.add_argument("--cli-projected", action="store_true", help="cli: also the projection-only rows")
     ap.add_argument("--fresh", action="store_true", help="cli-latency smollm2: re-compress existing artifacts")
-    ap.add_argument("--cli-kinds", nargs="*", default=list(KINDS), help="cli: kinds of the projection-only rows")
+    ap.add_argument("--cli-kinds", nargs="*", default=list(KINDS), help="cli: kinds of the projection-only rows "
+                    "(also neurons, and magnitude: `--method magnitude --set scope=ffn --set sparsity=1-ratio`)")
     ap.add_argument("--cli-ratios", type=float, nargs="*", default=list(RATIOS), help="cli: their ratios")
     args = ap.parse_args()
     THREADS = args.threads

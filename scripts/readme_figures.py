@@ -456,7 +456,7 @@ def render_denseshift(r: Results) -> str:
 
 def render_deft(r: Results) -> str:
     """The DEFT rows: each merged and exported here by `edgekit.compress(..., "deft", {load_peft: ...})` (held-out
-    metric and density in fp32 from the compress report), plus the H200's own held-out figures for SmolLM2."""
+    metric and density in fp32 from the compress report)."""
     d = r("deft")
     mi, sm = d["minilm"]["rows"], d["smollm2"]["rows"]
 
@@ -483,24 +483,20 @@ def render_deft(r: Results) -> str:
            f"| MiniLM PEFT / DEFT, MLP blocks {sk.replace(', ', ' and ')} removed | {mi['peft_skip']['accuracy']:.3f} / "
            f"{mi['deft_skip']['accuracy']:.3f} | {mi['peft_skip']['thr_tok']:.3f} / {mi['deft_skip']['thr_tok']:.3f} "
            f"({layers(mi['deft_skip'])} blocks) | |",
-           "| SmolLM2 PEFT (λ=0) / DEFT (λ=1) / DEFT (λ=10), on the H200 | perplexity "
-           + " / ".join(f"{sm[k]['heldout_on_gpu']['perplexity']:.2f}" for k in ("peft", "deft", "deft_l10"))
-           + " | " + " / ".join(f"{sm[k]['heldout_on_gpu']['thr_tok']:.3f}" for k in ("peft", "deft", "deft_l10"))
-           + f" | {sm['peft']['exact_tok']:.3f} |",
-           "| the same three, merged, exported and measured here (`edgekit.compress` with `load_peft`) | "
+           "| SmolLM2 PEFT (λ=0) / DEFT (λ=1) / DEFT (λ=10), merged, exported and measured here | perplexity "
            + " / ".join(f"{sm[k]['perplexity']:.2f}" for k in ("peft", "deft", "deft_l10")) + " | "
            + " / ".join(f"{sm[k]['thr_tok']:.3f}" for k in ("peft", "deft", "deft_l10"))
            + f" | {sm['deft']['exact_tok']:.3f} |",
            f"| SmolLM2 DEFT, {len(sm['deft_skip']['skipped_blocks'])} of {len(sm['deft_skip']['thr_tok_per_layer'])} "
-           f"MLP blocks removed (H200 / here) | {sm['deft_skip']['heldout_on_gpu']['perplexity']:.2f} / "
-           f"{sm['deft_skip']['perplexity']:.2f} (PEFT here: {sm['peft']['perplexity']:.2f}) | "
+           f"MLP blocks removed | {sm['deft_skip']['perplexity']:.2f} (PEFT: {sm['peft']['perplexity']:.2f}) | "
            f"{sm['deft_skip']['thr_tok']:.3f} ({layers(sm['deft_skip'])} blocks) | |",
            ""]
     out.append(source_line(["deft.json"], [_cmd(d[m]["provenance"]) for m in ("minilm", "smollm2")]
                            + [f"`{d[m]['train_command']}` (training, H200)" for m in ("minilm", "smollm2")],
-                           "the rows measured here come from the compress report of each merged artifact (the "
-                           "method's held-out evaluation in fp32), not from `edgekit eval`; the H200 cells are the "
-                           "training run's own held-out figures"))
+                           "every row is the report of an `edgekit.compress(MODEL, \"deft\", {load_peft: ...})` "
+                           "artifact made here (what `edgekit compress MODEL --method deft --set load_peft=F` runs: "
+                           "merge, export, then the method's held-out evaluation in fp32, stored in the manifest); "
+                           "the adapters were trained on the H200 by the method's `apply` with `save_peft`"))
     return "\n".join(out)
 
 
@@ -1030,7 +1026,7 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
      [("deploy_int8", lambda r, i=i: 1 / r.get("deploy_int8", f"bench_resnet20/rows/{i}/speedup"), x2)
       for i in (1, 3, 5)] +
      [("deploy_int8", f"bench_resnet20/rows/{i}/fidelity", f3) for i in (1, 3, 5)]),
-    ("exported and measured here (`edgekit.compress` with `load_peft`) | {} / {} / {} | {} / {} / {} |",
+    ("merged, exported and measured here | perplexity {} / {} / {} | {} / {} / {} |",
      [("deft", f"smollm2/rows/{v}/perplexity", f2) for v in ("peft", "deft", "deft_l10")] +
      [("deft", f"smollm2/rows/{v}/thr_tok", f3) for v in ("peft", "deft", "deft_l10")]),
     # peer baselines prose
