@@ -281,6 +281,28 @@ def export_int_w4a4(threads: int, reps: int) -> dict:
     return out
 
 
+def export_int_cli(threads: int, rounds: int, work: Path) -> dict:
+    """MiniLM W4A4 FPQ through the product, once with `--set int_matmul=true` (the default: uint8 x int8
+    MatMulInteger where the codes fit) and once with `int_matmul=false` (fake-quant graph): each an `edgekit
+    compress minilm --method llm_fp4 ... --data calib.npy` artifact scored by `edgekit eval --task wordnet10 --limit
+    200`, then one `edgekit profile minilm ART_INT ART_FQ --target host --target intel-cpu-openvino` (the FP32 export
+    made by the profile, interleaved)."""
+    import numpy as np
+
+    from _product import artifact_of, profile_vs_fp32, run_row
+
+    work.mkdir(parents=True, exist_ok=True)
+    calib = work / "calib.npy"
+    np.save(calib, minilm_calib_ids().numpy())
+    rows = {}
+    for name, im in (("w4a4_matmulinteger", True), ("w4a4_fakequant", False)):
+        rows[name] = run_row("minilm", "llm_fp4", {**W4A4, "int_matmul": im}, work / name, data=calib,
+                             task="wordnet10", limit=200, threads=threads)
+        print(name, rows[name].get("metrics") or rows[name].get("error"), flush=True)
+    arts = [artifact_of(rows[n]) for n in ("w4a4_matmulinteger", "w4a4_fakequant") if "error" not in rows[n]]
+    return {"rows": rows, "latency": profile_vs_fp32("minilm", arts, ["host", "intel-cpu-openvino"], rounds)}
+
+
 def minilm_calib_ids(n_rows: int = 16, seq_len: int = 256, seed: int = 1) -> torch.Tensor:
     """(n_rows, seq_len) int64 MiniLM token ids: WordNet *train* glosses (seeded draw, disjoint from the test split),
     each tokenised with its own [CLS] ... [SEP] and packed back to back into windows of seq_len tokens.
@@ -454,6 +476,8 @@ def main() -> None:
                                                   "'variants'/'setup' of earlier runs)")
     ap.add_argument("--export", action="store_true", help="only the MiniLM export size/latency part")
     ap.add_argument("--export-int", action="store_true", help="only MiniLM W4A4 fake-quant vs MatMulInteger export")
+    ap.add_argument("--export-int-cli", action="store_true", help="MiniLM W4A4 MatMulInteger vs fake-quant through "
+                    "edgekit compress/eval/profile (key export_int_cli; --reps profile rounds)")
     ap.add_argument("--reps", type=int, default=30, help="timed runs per model and runtime (--export-int)")
     ap.add_argument("--minilm", action="store_true", help="only the MiniLM wordnet10 comparison")
     ap.add_argument("--minilm-limit", type=int, default=None, help="test glosses (default: all 1,000)")
@@ -505,6 +529,12 @@ def main() -> None:
             res = json.loads(OUT.read_text()) if OUT.is_file() else {}
             res[key] = sec
             OUT.write_text(json.dumps(res, indent=1))
+        return
+    if args.export_int_cli:
+        res = json.loads(OUT.read_text()) if OUT.is_file() else {}
+        res["export_int_cli"] = {**export_int_cli(args.threads, args.reps, args.work),
+                                 "provenance": provenance(threads=args.threads)}
+        OUT.write_text(json.dumps(res, indent=1))
         return
     if args.export_int:
         res = json.loads(OUT.read_text()) if OUT.is_file() else {}

@@ -231,14 +231,6 @@ def render_llm_fp4_smollm2(r: Results) -> str:
     ]
     out = ["| variant | perplexity docs / GPL-3 | compress time | goal (ANCHORS) |", "|---|---|---|---|"]
     out += [f"| {a_} | {b_} | {t_} | {c_} |" for a_, b_, t_, c_ in rows]
-    # the earlier method-level runs (apply() on the torch model; 32 x 512 calibration where named _full): how far
-    # the product's cells are from them
-    pairs = {"fpq_w8a8": g["fpq_w8a8_full"], "fpq_w4a8": g["fpq_w4a8_full"], "fpq_w4a8_e8": c["fpq_w4a8_full_e8"],
-             "fpq_w4a4_e8": c["fpq_w4a4_e8"], "fpq_w4a4": g["fpq_w4a4_full"],
-             "fpq_baseline_w4a4": g["fpq_baseline_w4a4_full"], "fp4_w4_e8": c["fp4_w4_e8"],
-             "fp4_w4": g["fp4_w4_full"], "rtn_w4": g["rtn_w4"], "fp8_w8": g["fp8_w8_full"],
-             "minmax_int_w8a8": g["minmax_int_w8a8_full"]}
-    diffs = [m(k)["perplexity_python_docs"] / v["ppl_python_docs"] - 1 for k, v in pairs.items() if m(k)]
     out.append("")
     ex = cli["fpq_w8a8"]
     provs = list(dict.fromkeys(_cmd(x["provenance"]) for x in cli.values()))
@@ -247,10 +239,7 @@ def render_llm_fp4_smollm2(r: Results) -> str:
         "through `benchmarks/on_device.py run llm_fp4` on the H200 host)" if "--device cuda" in pr else "on this box)")
         for pr in provs],
         "each cell is `" + ex["commands"][0] + "` then `" + ex["commands"][1] + "` with that row's options (recorded "
-        "per row; calibration: the method's default 8 x 256 tokens of the stdlib docstrings in `--data`); "
-        f"{len(diffs)} of these cells have an earlier method-level twin (the method's `apply` on the torch model, "
-        "mostly with 32 x 512 calibration; sections `smollm2_16x512`, `smollm2_16x512_cpu`): docs perplexity "
-        f"{min(diffs) * 100:+.1f}% to {max(diffs) * 100:+.1f}% from it; FP32 "
+        "per row; calibration: the method's default 8 x 256 tokens of the stdlib docstrings in `--data`); FP32 "
         f"{ppl(fp['perplexity_python_docs'])} / {ppl(fp['perplexity_gpl3'])}"))
     return "\n".join(out)
 
@@ -360,9 +349,9 @@ def render_optin(r: Results) -> str:
 
 
 def render_structured_ffn_minilm(r: Results) -> str:
-    """MiniLM structured FFN through the product (cli_minilm) + the method-level baselines of the `minilm` run."""
+    """MiniLM structured FFN and its two baselines (neurons, magnitude), all through the product (cli_minilm)."""
     d = r("structured_ffn")["cli_minilm"]
-    rows, base = d["rows"], r("structured_ffn")["minilm"]["rows"]
+    rows = d["rows"]
 
     def cell(tag):
         x = rows.get(tag)
@@ -374,10 +363,10 @@ def render_structured_ffn_minilm(r: Results) -> str:
 
     kinds = ("lowrank", "blockdense", "blockshuffle", "neurons")
     out = ["| FFN params | lowrank | blockdense | blockshuffle | baseline: neurons (`kind=neurons`) | baseline: "
-           "magnitude (method level, zeros only) |", "|---|---|---|---|---|---|"]
+           "magnitude (`--method magnitude --set scope=ffn`, zeros only) |", "|---|---|---|---|---|---|"]
     for ratio, label in (("0.625", "63%"), ("0.3125", "31%")):
         out.append(f"| {label}, projection only | " + " | ".join(cell(f"{k}@{ratio}") for k in kinds) +
-                   f" | {f3(base[f'magnitude@{ratio}']['probe_accuracy'])} |")
+                   f" | {cell(f'magnitude@{ratio}')} |")
         steps = sorted({t.split("+distill")[1] for t in rows if t.startswith(f"lowrank@{ratio}+distill")})
         for st in steps:
             tr = [rows.get(f"{k}@{ratio}+distill{st}", {}) for k in kinds]
@@ -403,9 +392,10 @@ def render_structured_ffn_minilm(r: Results) -> str:
             f"`{ex['commands'][0]}` then `{ex['commands'][1]}`, per row with its options"]
     if lat:
         cmds.append(f"`{lat['command']}` (through `benchmarks/structured_ffn.py cli-latency`)")
-    out.append(source_line(["structured_ffn.json"], cmds, "magnitude: the `minilm` section's script-built torch "
-                           f"models (FFN weights zeroed by magnitude to the same count), scored by `evaluate`; FP32 probe "
-                           f"{f3(base['fp32']['probe_accuracy'])}, {d['setup']['eval'].split(', ')[1]}"))
+    mag = rows["magnitude@0.625"]
+    cmds.append(f"magnitude: `{mag['commands'][0]}` then `{mag['commands'][1]}`, per ratio (sparsity = 1 - ratio)")
+    out.append(source_line(["structured_ffn.json"], cmds, f"FP32 probe {f3(mag['reference']['probe_accuracy'])}, "
+                           f"{d['setup']['eval'].split(', ')[1]}"))
     return "\n".join(out)
 
 
