@@ -246,10 +246,10 @@ def render_llm_fp4_smollm2(r: Results) -> str:
 
 def render_structured_ffn_smollm2(r: Results) -> str:
     """SmolLM2 structured FFN through the product (section cli_smollm2: compress with recovery training on the H200,
-    eval on the ONNX Runtime file; latency: `edgekit profile` of projection-only artifacts here), plus the
-    script-built magnitude baseline (no edgekit method)."""
+    eval on the ONNX Runtime file; latency: `edgekit profile` of projection-only artifacts here), and the
+    unstructured baseline at the same count (`--method magnitude --set scope=ffn`, here)."""
     d = r("structured_ffn")["cli_smollm2"]
-    cli, dev = d["rows"], r("structured_ffn")["smollm2_device"]
+    cli = d["rows"]
     kinds = ("lowrank", "blockdense", "blockshuffle")
     lat: dict = {}
     for t in (d.get("latency") or {}).get("result", {}).get("results", []):
@@ -272,7 +272,7 @@ def render_structured_ffn_smollm2(r: Results) -> str:
             out.append(f"| {label}, projection only (no training; here) | " + " | ".join(
                 "" if x is None else f"{ppl(x['metrics']['perplexity_python_docs'])} / "
                 f"{ppl(x['metrics']['perplexity_gpl3'])}" for x in proj) + " | |")
-        mg = dev["rows"][f"magnitude@{ratio}"]
+        mg = cli[f"magnitude@{ratio}"]["metrics"]
         out.append(f"| {label}, perplexity docs / GPL-3 | " + " | ".join(cells) +
                    f" | {ppl(mg['perplexity_python_docs'])} / {ppl(mg['perplexity_gpl3'])} |")
         if lat:
@@ -280,18 +280,13 @@ def render_structured_ffn_smollm2(r: Results) -> str:
                   if (k, ratio) in lat else "" for k in kinds]
             out.append(f"| {label}, prefill time vs FP32, ONNX Runtime / OpenVINO (median) | " + " | ".join(tc) +
                        " | |")
-    # the earlier method-level run of the same settings (apply() + recovery on the torch model): distance to it
-    diffs = [cli[f"{k}@{ra}+distill600"]["metrics"]["perplexity_python_docs"] /
-             dev["rows"][f"{k}@{ra}+distill-600x16x256"]["perplexity_python_docs"] - 1
-             for k in kinds for ra in ("0.625", "0.3125")
-             if f"{k}@{ra}+distill600" in cli and "metrics" in cli[f"{k}@{ra}+distill600"]]
     out.append("")
-    ref = dev["reference"]
     ex = cli["lowrank@0.625+distill600"]
+    ref = ex["reference"]
     provs = list(dict.fromkeys(_cmd(x["provenance"]) for x in cli.values() if x["options"].get("train_steps")))
     cmds = [f"{'; '.join(provs)} (section `cli_smollm2`, through `benchmarks/on_device.py run structured_ffn` on the "
             f"H200 host), each cell `{ex['commands'][0]}` then `{ex['commands'][1]}` with its kind and ratio"]
-    pj = [x for x in cli.values() if not x["options"].get("train_steps")]
+    pj = [x for x in cli.values() if not x["options"].get("train_steps") and x.get("method") != "magnitude"]
     if pj:
         cmds.append(f"{_cmd(pj[0]['provenance'])} (projection-only rows, on this box): `{pj[0]['commands'][0]}` then "
                     f"`{pj[0]['commands'][1]}`, per ratio")
@@ -299,13 +294,11 @@ def render_structured_ffn_smollm2(r: Results) -> str:
         L = d["latency"]
         cmds.append(f"{_cmd(L['provenance'])} (on this box): `{L['compress_commands'][0]}` per kind and ratio "
                     f"(projection only: a recovered model has the same layers), then `{L['command']}`")
+    mag = cli["magnitude@0.625"]
+    cmds.append(f"{_cmd(mag['provenance'])} (magnitude rows, on this box): `{mag['commands'][0]}` then "
+                f"`{mag['commands'][1]}`, per ratio (sparsity = 1 - ratio)")
     out.append(source_line(["structured_ffn.json"], cmds,
-                           f"the magnitude baseline is a script-built model (FFN weights zeroed by magnitude; "
-                           "`benchmarks/structured_ffn.py smollm2`, section `smollm2_device`) scored by "
-                           "`edgekit.evaluate`; the product cells are "
-                           f"{min(diffs) * 100:+.1f}% to {max(diffs) * 100:+.1f}% (docs perplexity) from the earlier "
-                           "method-level run of the same settings (same section); FP32 "
-                           f"{ppl(ref['perplexity_python_docs'])} / {ppl(ref['perplexity_gpl3'])}"))
+                           f"FP32 {ppl(ref['perplexity_python_docs'])} / {ppl(ref['perplexity_gpl3'])}"))
     return "\n".join(out)
 
 
@@ -566,9 +559,11 @@ def render_peer_baselines(r: Results) -> str:
         bad = validation_failed(c)
         return s + (f" **(failed validation on {', '.join(_RT.get(b, b) for b in bad)})**" if bad else "")
     ref = {m: models[m]["cells"]["fp32"]["metrics"] for m in models}
+    win = (" on 128-token windows (the static input of `edgekit export smollm2`, which every cell shares)"
+           if models["smollm2"]["cells"]["fp32"].get("info", {}).get("tool") == "edgekit export" else "")
     out = [f"| variant | MiniLM probe (FP32 {f3(ref['minilm']['probe_accuracy'])}); latency vs FP32 "
            f"| EfficientNet-Lite0 probe (FP32 {f3(ref['efficientnet']['probe_accuracy'])}); latency "
-           f"| SmolLM2 perplexity docs / GPL-3 (FP32 {ppl(ref['smollm2']['perplexity_python_docs'])} / "
+           f"| SmolLM2 perplexity docs / GPL-3{win} (FP32 {ppl(ref['smollm2']['perplexity_python_docs'])} / "
            f"{ppl(ref['smollm2']['perplexity_gpl3'])}); latency |", "|---|---|---|---|"]
     for v, label in PEER_LABELS.items():
         out.append(f"| {label} | {cell('minilm', v)} | {cell('efficientnet', v)} | {cell('smollm2', v)} |")
@@ -724,7 +719,7 @@ def _w8(r: Results, kinds: tuple[str, ...], variant: str | None = None) -> list[
 def _sffn32(r: Results) -> list[float]:
     """How many times magnitude pruning's docs perplexity each trained structured FFN at 32% has (SmolLM2 through
     the product, trained on the H200)."""
-    mag = r.get("structured_ffn", "smollm2_device/rows/magnitude@0.3125/perplexity_python_docs")
+    mag = r.get("structured_ffn", "cli_smollm2/rows/magnitude@0.3125/metrics/perplexity_python_docs")
     rows = r.get("structured_ffn", "cli_smollm2/rows")
     return [mag / rows[f"{k}@0.3125+distill600"]["metrics"]["perplexity_python_docs"]
             for k in ("lowrank", "blockdense", "blockshuffle")]
