@@ -164,3 +164,20 @@ def test_builtin_task_scores_a_derived_artifact_only_when_the_caller_names_the_r
     assert res["derived_from"].startswith("demo") and res["runtime"] == "onnxruntime"
     assert res["reference"] == ref["reference"] and res["samples"] == ref["samples"]
     assert 0.9 < res["metrics"]["agreement"] <= 1.0  # small weight change + 8-bit: close to the demo, not equal
+
+
+def test_perplexity_offset_skips_whole_windows_of_python_docs_only(monkeypatch):
+    """`--set python_docs_offset=K` scores the K-th window on (a held-out split); GPL-3 stays put."""
+    import numpy as np
+
+    from edgekit.eval import perplexity as P
+
+    monkeypatch.setattr(P, "load_text", lambda name: name)
+    tok = lambda text, add_special_tokens=False: {"input_ids": list(range(100)) if text == "python_docs" else  # noqa: E731
+                                                   list(range(1000, 1100))}
+    base = P.windows(tok, "python_docs", 8, 3)
+    shifted = P.windows(tok, "python_docs", 8, 3, offset=2)
+    assert np.array_equal(shifted[0], base[2]) and shifted.shape == (3, 8) and shifted[0, 0] == 16
+    assert len(P.windows(tok, "python_docs", 8, 20, offset=10)) == 2  # the text runs out: fewer windows
+    cfg = P.Config(python_docs_offset=16)
+    assert P._offset(cfg, "python_docs") == 16 and P._offset(cfg, "gpl3") == 0
