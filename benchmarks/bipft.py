@@ -318,23 +318,27 @@ def cli(trained: Path | None, train_json: Path | None, corpus_path: Path, work: 
     sys.path.insert(0, str(Path(__file__).parent))
     from _product import artifact_of, profile_vs_fp32, run_row
 
-    rows = {n: {"what": w, **run_row("minilm", "bipft", {**o, "progress": False}, work / n, data=corpus_path,
-                                     task="wordnet10", eval_opts=WN)} for n, (w, o) in CLI_ROWS.items()}
+    rows: dict = {}
     res: dict = {"rows": rows}
+    for n, (w, o) in CLI_ROWS.items():
+        rows[n] = {"what": w, **run_row("minilm", "bipft", {**o, "progress": False}, work / n, data=corpus_path,
+                                        task="wordnet10", eval_opts=WN)}
+        print(n, rows[n].get("metrics") or rows[n].get("error"), flush=True)
+        _save("cli", res)
     if trained is not None:
         tr = json.loads(train_json.read_text()) if train_json else {}
         res["gpu_training"] = tr
-        for st in ("packed", "int8"):
+        for st in ("packed", "int8"):  # OpenVINO in the compress itself: validated against the torch model there
             rows[f"bipft_kd_gpu_{st}"] = {
                 "what": f"BiPFT + distillation trained by `{tr.get('command', '?')}` on {tr.get('gpu')}, loaded with "
                         f"load_binary, storage={st}",
                 **run_row("minilm", "bipft", {"load_binary": str(trained), "storage": st}, work / f"gpu_{st}",
-                          task="wordnet10", eval_opts=WN)}
+                          targets=("onnxruntime", "openvino"), task="wordnet10", eval_opts=WN)}
+            print(st, rows[f"bipft_kd_gpu_{st}"].get("metrics") or rows[f"bipft_kd_gpu_{st}"].get("error"), flush=True)
+            _save("cli", res)
         arts = [artifact_of(rows[f"bipft_kd_gpu_{st}"]) for st in ("packed", "int8")]
         res["latency"] = profile_vs_fp32("minilm", arts, ["host", "intel-cpu-openvino"], rounds)
-    for n, r in rows.items():
-        print(n, r.get("metrics") or r.get("error"), flush=True)
-    _save("cli", res)
+        _save("cli", res)
     return res
 
 

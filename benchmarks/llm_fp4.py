@@ -284,7 +284,8 @@ def export_int_w4a4(threads: int, reps: int) -> dict:
 def export_int_cli(threads: int, rounds: int, work: Path) -> dict:
     """MiniLM W4A4 FPQ through the product, once with `--set int_matmul=true` (the default: uint8 x int8
     MatMulInteger where the codes fit) and once with `int_matmul=false` (fake-quant graph): each an `edgekit
-    compress minilm --method llm_fp4 ... --data calib.npy` artifact scored by `edgekit eval --task wordnet10 --limit
+    compress minilm --method llm_fp4 ... --data calib.npy --target onnxruntime --target openvino` artifact (each
+    export validated against the torch model) scored by `edgekit eval --task wordnet10 --limit
     200`, then one `edgekit profile minilm ART_INT ART_FQ --target host --target intel-cpu-openvino` (the FP32 export
     made by the profile, interleaved)."""
     import numpy as np
@@ -297,7 +298,7 @@ def export_int_cli(threads: int, rounds: int, work: Path) -> dict:
     rows = {}
     for name, im in (("w4a4_matmulinteger", True), ("w4a4_fakequant", False)):
         rows[name] = run_row("minilm", "llm_fp4", {**W4A4, "int_matmul": im}, work / name, data=calib,
-                             task="wordnet10", limit=200, threads=threads)
+                             targets=("onnxruntime", "openvino"), task="wordnet10", limit=200, threads=threads)
         print(name, rows[name].get("metrics") or rows[name].get("error"), flush=True)
     arts = [artifact_of(rows[n]) for n in ("w4a4_matmulinteger", "w4a4_fakequant") if "error" not in rows[n]]
     return {"rows": rows, "latency": profile_vs_fp32("minilm", arts, ["host", "intel-cpu-openvino"], rounds)}
@@ -462,6 +463,32 @@ def smollm2_cli(names: list[str], device: str, threads: int, work: Path) -> None
         shutil.rmtree(work / name, ignore_errors=True)  # 0.5 GB each; the figures are in the JSON
 
 
+def headroom_cli(threads: int, work: Path, headrooms: list[int]) -> None:
+    """How `a_headroom`'s default was chosen, through the product: FPQ W8A8 at each headroom, `edgekit compress
+    smollm2 --method llm_fp4 --set w_bits=8 --set a_bits=8 --set a_headroom=H --data calib.txt --input-shape 1x512`,
+    scored on a held-out split (Python-docs windows 16-23, disjoint from the reported 0-15) by `edgekit eval ART
+    --task perplexity --set python_docs_offset=16 --set python_docs_windows=8 --set gpl3_windows=0`. Key
+    headroom_cli (rows merged by name)."""
+    from _product import run_row
+
+    work.mkdir(parents=True, exist_ok=True)
+    calib = work / "calib.txt"
+    calib.write_text("\n\n".join(calib_texts()), encoding="utf-8")
+    split = {"python_docs_offset": 16, "python_docs_windows": 8, "gpl3_windows": 0}
+    for h in headrooms:
+        name = f"fpq_w8a8_h{h}"
+        row = run_row("smollm2", "llm_fp4", {"w_bits": 8, "a_bits": 8, "a_headroom": h}, work / name, data=calib,
+                      task="perplexity", threads=threads, input_shape="1x512", eval_opts=split)
+        print(name, row.get("metrics") or row.get("error"), flush=True)
+        res = json.loads(OUT.read_text()) if OUT.is_file() else {}
+        sec = res.setdefault("headroom_cli", {"setup": {}, "rows": {}})
+        sec["setup"] = {"model": "smollm2 (built-in), artifact input 1x512", "split": split, "threads": threads,
+                        "calibration": "calib_texts() as paragraphs (--data), the method's default budget"}
+        sec["rows"][name] = {**row, "provenance": provenance(threads=threads)}
+        OUT.write_text(json.dumps(res, indent=1))
+        shutil.rmtree(work / name, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--windows", type=int, default=8, help="Python-docs windows of 512 tokens")
@@ -476,6 +503,8 @@ def main() -> None:
                                                   "'variants'/'setup' of earlier runs)")
     ap.add_argument("--export", action="store_true", help="only the MiniLM export size/latency part")
     ap.add_argument("--export-int", action="store_true", help="only MiniLM W4A4 fake-quant vs MatMulInteger export")
+    ap.add_argument("--headroom-cli", type=int, nargs="*", default=None, help="SmolLM2 FPQ W8A8 at these a_headroom "
+                    "values through compress/eval on the held-out windows 16-23 (key headroom_cli)")
     ap.add_argument("--export-int-cli", action="store_true", help="MiniLM W4A4 MatMulInteger vs fake-quant through "
                     "edgekit compress/eval/profile (key export_int_cli; --reps profile rounds)")
     ap.add_argument("--reps", type=int, default=30, help="timed runs per model and runtime (--export-int)")
@@ -529,6 +558,9 @@ def main() -> None:
             res = json.loads(OUT.read_text()) if OUT.is_file() else {}
             res[key] = sec
             OUT.write_text(json.dumps(res, indent=1))
+        return
+    if args.headroom_cli is not None:
+        headroom_cli(args.threads, args.work, args.headroom_cli)
         return
     if args.export_int_cli:
         res = json.loads(OUT.read_text()) if OUT.is_file() else {}
