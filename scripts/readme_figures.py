@@ -964,20 +964,26 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("deploy_int8", "resnet20/udfc0_int8_auto/runtimes/onnxruntime/ratio_to_fp32/int8", x2),
       ("deploy_int8", "resnet20/udfc0_int8_auto/runtimes/openvino/ratio_to_fp32/int8", x2)]),
     # BiPFT
-    ("(5,700 steps of 64 texts, 469 s on the H200, loaded here with `load_binary`): probe {}, cosine {}, {} with\na head "
-     "fitted on its own embeddings; naive W1A1 (no estimators, no distillation) {} (chance); estimators fitted\nwithout "
-     "distillation {}; BWN weights with FP activations {}.",
-     [("bipft", lambda r, v=v, k=k: next(x for x in r.get("bipft", "eval/rows") if x["variant"] == v)[k], f3)
-      for v, k in (("bipft_kd_gpu", "probe_accuracy"), ("bipft_kd_gpu", "cosine"), ("bipft_kd_gpu", "probe_own_head"),
-                   ("naive_w1a1", "probe_accuracy"), ("estimators_no_kd", "probe_accuracy"),
-                   ("bwn_w1a32", "probe_accuracy"))]),
-    ("keeps probe {} through ONNX Runtime; its model.onnx\nis {} MB (FP32 {} MB; 11.7 MB of it the int8 word embeddings) "
-     "and runs at {} FP32's time on ONNX Runtime and\n{} on OpenVINO (the int8 ±1 form: {} / {};",
-     [("bipft", "export/artifacts/packed/probe_onnxruntime/probe_accuracy", f3),
-      ("bipft", lambda r: r.get("bipft", "export/artifacts/packed/file_bytes")["model.onnx"] / 1e6, f1),
-      ("bipft", lambda r: r.get("bipft", "export/fp32_onnx_bytes") / 1e6, f1)] +
-     [("bipft", f"export/latency_seq128_2threads/{rt}/ratio_vs_fp32/{st}", x2)
-      for st, rt in (("packed", "onnxruntime"), ("packed", "openvino"), ("int8", "onnxruntime"), ("int8", "openvino"))]),
+    ("(413 s of training", [("bipft", "cli/gpu_training/report_extra/distillation/seconds", f0)]),
+    ("(`python benchmarks/bipft.py cli`): probe {}, cosine {} on ONNX Runtime, the same for both storage forms. BWN\n"
+     "weights with FP activations (`--set rank=0 --set binary_act=false`, no training) score {}.",
+     [("bipft", "cli/rows/bipft_kd_gpu_packed/metrics/probe_accuracy", f3),
+      ("bipft", "cli/rows/bipft_kd_gpu_packed/metrics/cosine", f3),
+      ("bipft", "cli/rows/bwn_w1a32/metrics/probe_accuracy", f3)]),
+    ("float32 itself lands {} rel L2 from the exact quantizer, ONNX Runtime {}, above the 0.25 cap), and the\n"
+     "estimators-only model lands {} from it",
+     [("bipft", lambda r: float(r.get("bipft", "cli/rows/naive_w1a1/error").split("torch float32's own ")[1].split(";")[0]), f3),
+      ("bipft", lambda r: float(r.get("bipft", "cli/rows/naive_w1a1/error").split("mean rel_l2 ")[1].split(" ")[0]), f3),
+      ("bipft", lambda r: float(r.get("bipft", "cli/rows/estimators_no_kd/error").split("mean rel_l2 ")[1].split(" ")[0]), str)]),
+    ("The packed model.onnx is {} MB (FP32 {} MB;", [
+        ("bipft", "cli/rows/bipft_kd_gpu_packed/onnx_mb", f1),
+        ("bipft", lambda r: r.get("bipft", "cli/latency/result/results")[0]["files"][0]["file_bytes"] / 1e6, f1)]),
+    ("the int8 ±1 one {} MB;", [("bipft", "cli/rows/bipft_kd_gpu_int8/onnx_mb", f1)]),
+    ("puts them at {}\n/ {} FP32's time on ONNX Runtime and {} / {} on OpenVINO",
+     [("bipft", lambda r, rt=rt, a=a: next(f["ratio"]["p50"] for t in r.get("bipft", "cli/latency/result/results")
+                                            if t["runtime"] == rt for f in t["files"] if f["artifact"].endswith(a)), x2)
+      for rt, a in (("onnxruntime", "gpu_packed"), ("onnxruntime", "gpu_int8"), ("openvino", "gpu_packed"),
+                    ("openvino", "gpu_int8"))]),
     # LLM section
     ("group-wise scales take RTN W4's perplexity from {} (per channel) to {}",
      [("genai", "cli/variants/rtn_w4/eval/onnxruntime/metrics/perplexity_python_docs", f2), ("genai", "cli/variants/rtn_w4_g32/eval/onnxruntime/metrics/perplexity_python_docs", f2)]),
