@@ -965,6 +965,13 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("deploy_int8", "resnet20/udfc0_int8_auto/runtimes/openvino/ratio_to_fp32/int8", x2)]),
     # BiPFT
     ("(413 s of training", [("bipft", "cli/gpu_training/report_extra/distillation/seconds", f0)]),
+    ("MiniLM probe {} through the product after {} s of GPU distillation (goal 0.70 met; naive W1A1 collapses, its "
+     "export refused); packed export {} FP32 on ORT, {} on OpenVINO",
+     [("bipft", "cli/rows/bipft_kd_gpu_packed/metrics/probe_accuracy", f3),
+      ("bipft", "cli/gpu_training/report_extra/distillation/seconds", f0)] +
+     [("bipft", lambda r, rt=rt: next(f["ratio"]["p50"] for t in r.get("bipft", "cli/latency/result/results")
+                                      if t["runtime"] == rt for f in t["files"] if f["artifact"].endswith("gpu_packed")),
+       x2) for rt in ("onnxruntime", "openvino")]),
     ("(`python benchmarks/bipft.py cli`): probe {}, cosine {} on ONNX Runtime, the same for both storage forms. BWN\n"
      "weights with FP activations (`--set rank=0 --set binary_act=false`, no training) score {}.",
      [("bipft", "cli/rows/bipft_kd_gpu_packed/metrics/probe_accuracy", f3),
