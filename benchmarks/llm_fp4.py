@@ -292,6 +292,8 @@ def export_int_cli(threads: int, rounds: int, work: Path) -> dict:
 
     from _product import artifact_of, profile_vs_fp32, run_row
 
+    from edgekit.api import read_manifest
+
     work.mkdir(parents=True, exist_ok=True)
     calib = work / "calib.npy"
     np.save(calib, minilm_calib_ids().numpy())
@@ -299,6 +301,9 @@ def export_int_cli(threads: int, rounds: int, work: Path) -> dict:
     for name, im in (("w4a4_matmulinteger", True), ("w4a4_fakequant", False)):
         rows[name] = run_row("minilm", "llm_fp4", {**W4A4, "int_matmul": im}, work / name, data=calib,
                              targets=("onnxruntime", "openvino"), task="wordnet10", limit=200, threads=threads)
+        if "error" not in rows[name]:  # which linears run as MatMulInteger, and why the others do not
+            im_rec = (read_manifest(work / name).get("integer_weights") or {}).get("int_matmul") or {}
+            rows[name]["int_matmul"] = {k: v for k, v in im_rec.items() if k != "rewritten"}
         print(name, rows[name].get("metrics") or rows[name].get("error"), flush=True)
     arts = [artifact_of(rows[n]) for n in ("w4a4_matmulinteger", "w4a4_fakequant") if "error" not in rows[n]]
     return {"rows": rows, "latency": profile_vs_fp32("minilm", arts, ["host", "intel-cpu-openvino"], rounds)}

@@ -991,6 +991,14 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
                                             if t["runtime"] == rt for f in t["files"] if f["artifact"].endswith(a)), x2)
       for rt, a in (("onnxruntime", "gpu_packed"), ("onnxruntime", "gpu_int8"), ("openvino", "gpu_packed"),
                     ("openvino", "gpu_int8"))]),
+    ("interleaved with FP32): W4A4 MatMulInteger {} FP32's time on ONNX Runtime and {} on OpenVINO, fake-quant\n{} / {}, "
+     "at {} / {} MB",
+     [("llm_fp4", lambda r, rt=rt, a=a: next(f["ratio"]["p50"] for t in r.get("llm_fp4", "export_int_cli/latency/"
+                                                                             "result/results")
+                                            if t["runtime"] == rt for f in t["files"] if f["artifact"].endswith(a)), x2)
+      for a, rt in (("w4a4_matmulinteger", "onnxruntime"), ("w4a4_matmulinteger", "openvino"),
+                    ("w4a4_fakequant", "onnxruntime"), ("w4a4_fakequant", "openvino"))] +
+     [("llm_fp4", f"export_int_cli/rows/{a}/onnx_mb", f1) for a in ("w4a4_matmulinteger", "w4a4_fakequant")]),
     # LLM section
     ("group-wise scales take RTN W4's perplexity from {} (per channel) to {}",
      [("genai", "cli/variants/rtn_w4/eval/onnxruntime/metrics/perplexity_python_docs", f2), ("genai", "cli/variants/rtn_w4_g32/eval/onnxruntime/metrics/perplexity_python_docs", f2)]),
