@@ -144,9 +144,11 @@ def model_specs() -> dict[str, ModelSpec]:
         "smollm2": ModelSpec(
             "smollm2", "perplexity", {}, None, _smollm2, [InputSpec("input_ids", [1, 128], "int64", high=49152)],
             ["logits"], None, _smollm2_calib, lambda: [_ids(49152, 128)], "1x128 prefill",
-            [v for v in ALL if v not in LITERT], "transformer", reuse_export=True,
-            skipped={v: "skipped: no LiteRT file for SmolLM2 in this table (litert-torch export of the 135M "
-                        "decoder at a static 512-token window was not run here)" for v in LITERT}),
+            [v for v in ALL if v not in LITERT and v != "edgekit_int8"], "transformer", reuse_export=True,
+            skipped={**{v: "skipped: no LiteRT file for SmolLM2 in this table (litert-torch export of the 135M "
+                           "decoder at a static 512-token window was not run here)" for v in LITERT},
+                     "edgekit_int8": "skipped: a decoder's int8 deploy is `edgekit compress smollm2 ... --kv-cache "
+                                     "--deploy int8` (the KV-cache table in the LLM section)"}),
         "demo": ModelSpec(
             "demo", "digits", {}, None, _demo, [InputSpec("input", [1, 1, 8, 8])], ["logits"], None, _demo_calib,
             lambda: [np.zeros((1, 1, 8, 8), np.float32)], "1x1x8x8", ALL, tflite=True),

@@ -539,6 +539,8 @@ def render_peer_baselines(r: Results) -> str:
         c = models[model]["cells"].get(v)
         if c is None:
             return "—"
+        if "skipped" in c:  # not run, with the reason
+            return c["skipped"]
         if "metrics" not in c:  # the cell's command failed: say so, with the reason
             return f"**failed**: {c.get('error', c.get('skipped', 'no result'))[:120]}"
         lite_w = c.get("info", {}).get("tflite", {}).get("weights", "")
@@ -570,7 +572,8 @@ def render_peer_baselines(r: Results) -> str:
     out.append("")
     cmds = list(dict.fromkeys(_cmd(c["provenance"]) for m in models.values() for c in m["cells"].values()
                               if c.get("provenance")))
-    old = sorted(f"{m}/{v}" for m, x in models.items() for v, c in x["cells"].items() if not c.get("provenance"))
+    old = sorted(f"{m}/{v}" for m, x in models.items() for v, c in x["cells"].items()
+                 if not c.get("provenance") and "skipped" not in c)
     out.append(source_line(["baselines.json"], cmds, f"updated {r('baselines')['meta']['updated']}; cells measured "
                            f"before commands were recorded: {', '.join(old) or 'none'}; each edgekit cell also records "
                            "its `edgekit compress` command; sizes and ms in `benchmarks/results/baselines.md`"))
@@ -1026,6 +1029,9 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
      [("deft", f"smollm2/rows/{v}/perplexity", f2) for v in ("peft", "deft", "deft_l10")] +
      [("deft", f"smollm2/rows/{v}/thr_tok", f3) for v in ("peft", "deft", "deft_l10")]),
     # peer baselines prose
+    ("SmolLM2 is scored on 128-token windows (FP32 {} / {} there,",
+     [("baselines", "models/smollm2/cells/fp32/metrics/perplexity_python_docs", f2),
+      ("baselines", "models/smollm2/cells/fp32/metrics/perplexity_gpl3", f2)]),
     ("NNCF INT8 PTQ on OpenVINO (EfficientNet {}, MiniLM {}, SmolLM2 {} at\nperplexity {} vs {})",
      [("baselines", f"models/{m}/cells/nncf_ptq/latency/openvino/latency_vs_fp32", x2)
       for m in ("efficientnet", "minilm", "smollm2")] +
