@@ -15,19 +15,14 @@ Parts (each merges its keys into benchmarks/results/bipft.json):
 * cli:     (here) the goal table through the product: `edgekit compress minilm --method bipft ...` per row (the trained
            row with --set load_binary=F from train-cli), `edgekit eval ART --task wordnet10`, and one
            `edgekit profile minilm ART...` for the latency; key `cli`.
-* export:  `edgekit compress minilm --method bipft --set load_binary=F` (packed and int8 storage) through the CLI,
-           the artifact evaluated on ONNX Runtime, sizes from the manifest, latency vs FP32 on ORT and OpenVINO
-           (interleaved, 2 threads, seq 128).
-Run:  python benchmarks/bipft.py corpus|pack|train|eval|export [options]
+Run:  python benchmarks/bipft.py corpus|pack|train|eval|train-cli|cli [options]
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -213,145 +208,9 @@ def evaluate_variants(trained: Path | None, train_json: Path | None, corpus_path
     return res
 
 
-def export(trained: Path) -> dict:
-    """CLI compress (packed / int8), artifact probe on ONNX Runtime, sizes, latency vs FP32 (module doc)."""
-    import logging
-
-    from edgekit.eval import evaluate
-    from edgekit.export.onnx import to_onnx
-    from edgekit.export.openvino import convert
-    from edgekit.model_io import InputSpec
-    from edgekit.models.real import load_minilm
-    from edgekit.profile import interleaved
-
-    logging.getLogger("onnxscript.optimizer._constant_folding").setLevel(logging.ERROR)
-    tmp = Path(tempfile.mkdtemp(prefix="bipft-bench-"))
-    res: dict = {"artifacts": {}}
-    for st in ("packed", "int8"):
-        out = tmp / f"art-{st}"
-        cmd = ["edgekit", "compress", "minilm", "--method", "bipft", "--set", f"load_binary={trained}",
-               "--set", f"storage={st}", "--target", "openvino", "-o", str(out)]
-        t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "edgekit.cli", *cmd[1:]], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise SystemExit(f"{' '.join(cmd)} failed: {r.stderr[-1500:]}")
-        man = json.loads((out / "manifest.json").read_text())
-        files = {p.relative_to(out).as_posix(): p.stat().st_size for p in out.rglob("*") if p.is_file()}
-        rec = {"command": " ".join(cmd).replace(str(trained), "TRAINED").replace(str(tmp), "TMP"),
-               "seconds": time.perf_counter() - t0, "integer_weights": man["integer_weights"],
-               "validation": {"onnx": man["validation"]["onnx"]["outputs"],
-                              "openvino": man["exports"]["openvino"].get("validation")},
-               "file_bytes": files, "method_extra": {k: man["method"]["report"]["extra"][k] for k in (
-                   "bits_per_encoder_linear_weight", "stored_bits_per_encoder_linear_weight",
-                   "bits_per_encoder_weight_with_fp_side_params", "binary_weights", "embed_bits")}}
-        if st == "packed":
-            rec["probe_onnxruntime"] = evaluate(out, "wordnet10", runtime="onnxruntime", options=WN)["metrics"]
-        res["artifacts"][st] = rec
-        print(st, rec["integer_weights"], {k: v for k, v in files.items() if k.endswith((".onnx", ".bin"))},
-              flush=True)
-    model, _ = load_minilm()
-    specs = [InputSpec("input_ids", [1, 128], "int64", high=30000), InputSpec("attention_mask", [1, 128], "int64")]
-    gen = torch.Generator().manual_seed(0)
-    inputs = (torch.randint(0, 30000, (1, 128), generator=gen), torch.ones(1, 128, dtype=torch.long))
-    to_onnx(model, inputs, specs, tmp / "fp32.onnx")
-    res["fp32_onnx_bytes"] = (tmp / "fp32.onnx").stat().st_size
-    feeds = {s.name: t.numpy() for s, t in zip(specs, inputs)}
-    paths = {"fp32": tmp / "fp32.onnx", "packed": tmp / "art-packed" / "model.onnx",
-             "int8": tmp / "art-int8" / "model.onnx"}
-    lat = {}
-    for rt in ("onnxruntime", "openvino"):
-        p = paths if rt == "onnxruntime" else {k: convert(v, tmp / f"ov-{k}") for k, v in paths.items()}
-        t = interleaved([{"path": v, "runtime": rt, "threads": 2, "label": k} for k, v in p.items()], rounds=20,
-                        warmup=3, feeds=feeds, with_provenance=False)
-        if t["status"] != "ok":
-            raise SystemExit(f"timing on {rt} failed: {t['error']}")
-        ms = {f["label"]: f["timing_ms"]["p50"] for f in t["files"]}
-        lat[rt] = {"ms_p50": ms, "ratio_vs_fp32": {k: ms[k] / ms["fp32"] for k in ms if k != "fp32"}}
-        print(rt, lat[rt], flush=True)
-    res["latency_seq128_2threads"] = lat
-    res["binary_kernel_estimate"] = _bitop_estimate(model)
-    _save("export", res)
-    return res
-
-
-CLI_ROWS = {  # name -> (what, bipft options); every row `edgekit compress minilm --method bipft ...` + `edgekit eval`
-    "naive_w1a1": ("naive binarization W1A1 (BWN weights, binary activations), no estimators, no distillation",
-                   {"rank": 0, "fit_steps": 0, "train_steps": 0}),
-    "bwn_w1a32": ("naive BWN weights only (activations FP), no distillation",
-                  {"rank": 0, "fit_steps": 0, "train_steps": 0, "binary_act": False}),
-    "estimators_no_kd": ("BiPFT estimators (rank 1) fitted to their residual, no distillation",
-                         {"rank": 1, "fit_steps": 100, "train_steps": 0}),
-}
-
-
-def train_cli(corpus_path: Path, out: Path, steps: int, device: str, batch: int, lr: float, src: str,
-              art: Path = Path("/tmp/bipft-train-art")) -> dict:
-    """(GPU host) BiPFT + distillation through the product: `edgekit compress SRC --method bipft --data CORPUS
-    --set train_steps=N ... --set save_binary=OUT/minilm_bipft.safetensors --target onnxruntime -o ART`; the
-    binary student travels back in save_binary's compact form (sign bits packed 8 a byte) for `cli` here."""
-    out.mkdir(parents=True, exist_ok=True)
-    sets = {"train_steps": steps, "batch_size": batch, "lr": lr, "device": device, "seed": 0, "progress": False,
-            "save_binary": str(out / "minilm_bipft.safetensors")}
-    argv = ["compress", src, "--method", "bipft", "--data", str(corpus_path),
-            *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")], "--target", "onnxruntime",
-            "-o", str(art), "--overwrite"]
-    import edgekit
-    from edgekit.api import open_data, read_manifest
-
-    t0 = time.perf_counter()  # what that command runs (the API, in process: the GPU host has no typer/rich)
-    edgekit.compress(src, "bipft", sets, art, data=open_data(corpus_path), runtimes=["onnxruntime"],
-                     overwrite=True)
-    man = read_manifest(art)
-    rec = {"command": "edgekit " + " ".join(argv), "seconds": time.perf_counter() - t0,
-           "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None, "torch": torch.__version__,
-           "report_extra": man["method"]["report"]["extra"]}
-    (out / "train_cli.json").write_text(json.dumps(rec, indent=1, default=str))
-    print(json.dumps({k: rec[k] for k in ("command", "seconds")}), flush=True)
-    return rec
-
-
-def cli(trained: Path | None, train_json: Path | None, corpus_path: Path, work: Path, rounds: int) -> dict:
-    """The goal table through the product (here, CPU): each row an `edgekit compress minilm --method bipft ...`
-    artifact scored by `edgekit eval ART --task wordnet10 --runtime onnxruntime --set max_len=128`; the trained row
-    loads the GPU run's student (`--set load_binary=F`, packed and int8 storage); latency of those two artifacts
-    against FP32 by one `edgekit profile minilm ART... --target host --target intel-cpu-openvino`."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    from _product import artifact_of, profile_vs_fp32, run_row
-
-    rows: dict = {}
-    res: dict = {"rows": rows}
-    for n, (w, o) in CLI_ROWS.items():
-        rows[n] = {"what": w, **run_row("minilm", "bipft", {**o, "progress": False}, work / n, data=corpus_path,
-                                        task="wordnet10", eval_opts=WN)}
-        print(n, rows[n].get("metrics") or rows[n].get("error"), flush=True)
-        _save("cli", res)
-    if trained is not None:
-        tr = json.loads(train_json.read_text()) if train_json else {}
-        res["gpu_training"] = tr
-        for st in ("packed", "int8"):  # OpenVINO in the compress itself: validated against the torch model there
-            rows[f"bipft_kd_gpu_{st}"] = {
-                "what": f"BiPFT + distillation trained by `{tr.get('command', '?')}` on {tr.get('gpu')}, loaded with "
-                        f"load_binary, storage={st}",
-                **run_row("minilm", "bipft", {"load_binary": str(trained), "storage": st}, work / f"gpu_{st}",
-                          targets=("onnxruntime", "openvino"), task="wordnet10", eval_opts=WN)}
-            print(st, rows[f"bipft_kd_gpu_{st}"].get("metrics") or rows[f"bipft_kd_gpu_{st}"].get("error"), flush=True)
-            _save("cli", res)
-        arts = [artifact_of(rows[f"bipft_kd_gpu_{st}"]) for st in ("packed", "int8")]
-        res["latency"] = profile_vs_fp32("minilm", arts, ["host", "intel-cpu-openvino"], rounds)
-        _save("cli", res)
-    return res
-
-
-def _bitop_estimate(model: torch.nn.Module) -> dict:
-    """ESTIMATE (not measured), the method's own (edgekit.methods.bipft.binary_hardware_estimate) at seq 128."""
-    from edgekit.methods.bipft import binary_hardware_estimate
-
-    return binary_hardware_estimate(model.bert.config, 128, 1)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["corpus", "pack", "train", "eval", "export", "train-cli", "cli"])
+    ap.add_argument("part", choices=["corpus", "pack", "train", "eval", "train-cli", "cli"])
     ap.add_argument("--steps", type=int, default=5700, help="train-cli: distillation steps")
     ap.add_argument("--src", default="minilm", help="train-cli: the model source edgekit compresses")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bipft-cli"), help="cli: artifact folder")
@@ -382,10 +241,8 @@ def main() -> None:
         evaluate_variants(a.trained, a.train_json, a.corpus, a.cpu_steps, [r for r in a.rows.split(",") if r], a.key)
     elif a.part == "train-cli":
         train_cli(a.corpus, a.out, a.steps, a.device, a.batch, a.lr, a.src)
-    elif a.part == "cli":
-        cli(a.trained, a.train_json, a.corpus, a.work, a.rounds)
     else:
-        export(a.trained)
+        cli(a.trained, a.train_json, a.corpus, a.work, a.rounds)
 
 
 if __name__ == "__main__":

@@ -66,15 +66,12 @@ def ffn_groups(model: nn.Module) -> dict[int, list[tuple[str, nn.Linear]]]:
 
 
 def magnitude(model: nn.Module, ratio: float) -> nn.Module:
-    """Unstructured: each replaced FFN weight keeps its round(ratio·numel) largest |w| (block 0 untouched)."""
-    groups = ffn_groups(model)
-    for b in sorted(groups)[1:]:
-        for _, lin in groups[b]:
-            w = lin.weight.data
-            k = round(ratio * w.numel())
-            thr = w.abs().flatten().kthvalue(w.numel() - k).values
-            w.mul_((w.abs() > thr).to(w.dtype))
-    return model
+    """Unstructured: each replaced FFN weight keeps its round(ratio·numel) largest |w| (block 0 untouched): the
+    product's `--method magnitude --set scope=ffn --set sparsity=1-ratio`."""
+    from edgekit.methods import get_method, parse_config
+
+    mod = get_method("magnitude")
+    return mod.apply(model, parse_config(mod, {"scope": "ffn", "sparsity": 1 - ratio}))[0]
 
 
 def neurons(model: nn.Module, ratio: float) -> nn.Module:
