@@ -27,14 +27,16 @@ def _sets(opts: dict[str, Any] | None) -> str:
 def cli_commands(model: str, method: str, opts: dict[str, Any], art: Path, data: Path | None,
                  targets: list[str], task: str, runtime: str, eval_opts: dict[str, Any] | None,
                  limit: int | None, input_shape: str | None, arch: str | None = None,
-                 eval_data: Path | None = None, deploy: str | None = None) -> list[str]:
+                 eval_data: Path | None = None, deploy: str | None = None,
+                 arch_args: dict[str, Any] | None = None) -> list[str]:
     tg = " ".join(f"--target {t}" for t in targets)
-    src = f"{model}" + (f" --arch {arch}" if arch else "")
+    aa = "".join(f" --arch-args {k}={v}" for k, v in (arch_args or {}).items())
+    src = f"{model}" + (f" --arch {arch}{aa}" if arch else "")
     comp = (f"edgekit compress {src} --method {method}{_sets(opts)}" + (f" --data {shlex.quote(str(data))}" if data else "")
             + (f" --input-shape {input_shape}" if input_shape else "") + (f" --deploy {deploy}" if deploy else "")
             + f" {tg} -o {art}")
     ev = (f"edgekit eval {art} --task {task} --runtime {runtime}" + (f" --limit {limit}" if limit else "")
-          + (f" --data {shlex.quote(str(eval_data))}" if eval_data else "") + (f" --arch {arch}" if arch else ""))
+          + (f" --data {shlex.quote(str(eval_data))}" if eval_data else "") + (f" --arch {arch}{aa}" if arch else ""))
     ev += _sets(eval_opts)
     return [" ".join(comp.split()), ev]
 
@@ -43,7 +45,8 @@ def run_row(model: str, method: str, opts: dict[str, Any], art: Path, *, data: P
             targets: tuple[str, ...] = ("onnxruntime",), task: str, runtime: str = "onnxruntime",
             eval_opts: dict[str, Any] | None = None, limit: int | None = None, threads: int = 2,
             input_shape: str | None = None, arch: str | None = None,
-            eval_data: Path | None = None, deploy: str | None = None) -> dict[str, Any]:
+            eval_data: Path | None = None, deploy: str | None = None,
+            arch_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """Compress, then evaluate the artifact; a failed compress is a result (its one-line error is recorded)."""
     if art.exists():
         shutil.rmtree(art)
@@ -51,17 +54,20 @@ def run_row(model: str, method: str, opts: dict[str, Any], art: Path, *, data: P
     info: dict[str, Any] = {"method": method, "options": dict(opts), "artifact": str(art),
                             "commands": cli_commands(model, method, opts, art, data, list(targets), task, runtime,
                                                      eval_opts, limit, input_shape, arch, eval_data,
-                                                     deploy)}
+                                                     deploy, arch_args)}
     t0 = time.perf_counter()
     try:
         edgekit.compress(model, method, dict(opts), art, data=open_data(data) if data else None,
-                         runtimes=list(targets), input_shape=input_shape, arch=arch, deploy=deploy)
+                         runtimes=list(targets), input_shape=input_shape, arch=arch, deploy=deploy,
+                         arch_args=arch_args)
     except Exception as e:  # noqa: BLE001 - a refused export is a result, recorded as such
         info.update(error=f"{type(e).__name__}: {str(e)[:400]}", compress_s=round(time.perf_counter() - t0, 1))
         return info
     man = read_manifest(art)
     rep = man["method"]["report"]
+    macs = (rep.get("macs_before"), rep.get("macs_after"))
     info.update(compress_s=round(time.perf_counter() - t0, 1), params_after=rep.get("params_after"),
+                macs_ratio=round(macs[1] / macs[0], 4) if macs[0] and macs[1] else None,
                 bits_per_weight=rep.get("bits_per_weight"),
                 onnx_mb=round((art / "model.onnx").stat().st_size / 1e6, 2),
                 validated_on=sorted(man.get("validation") or {}),
@@ -69,7 +75,7 @@ def run_row(model: str, method: str, opts: dict[str, Any], art: Path, *, data: P
                               if isinstance(v, (int, float, str, list)) and len(str(v)) < 400})
     t1 = time.perf_counter()
     res = edgekit.evaluate(art, task, runtime=runtime, limit=limit, threads=threads, options=eval_opts,
-                           data=eval_data, source=SourceOptions(arch=arch) if arch else None)
+                           data=eval_data, source=SourceOptions(arch=arch, arch_args=dict(arch_args or {})) if arch else None)
     info.update(metrics={k: round(v, 5) for k, v in res["metrics"].items()}, reference=res.get("reference"),
                 samples=res.get("samples"), runtime=res.get("runtime"), eval_s=round(time.perf_counter() - t1, 1))
     return info

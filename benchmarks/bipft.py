@@ -208,6 +208,73 @@ def evaluate_variants(trained: Path | None, train_json: Path | None, corpus_path
     return res
 
 
+CLI_ROWS = {  # name -> (what, bipft options); every row `edgekit compress minilm --method bipft ...` + `edgekit eval`
+    "naive_w1a1": ("naive binarization W1A1 (BWN weights, binary activations), no estimators, no distillation",
+                   {"rank": 0, "fit_steps": 0, "train_steps": 0}),
+    "bwn_w1a32": ("naive BWN weights only (activations FP), no distillation",
+                  {"rank": 0, "fit_steps": 0, "train_steps": 0, "binary_act": False}),
+    "estimators_no_kd": ("BiPFT estimators (rank 1) fitted to their residual, no distillation",
+                         {"rank": 1, "fit_steps": 100, "train_steps": 0}),
+}
+
+
+def train_cli(corpus_path: Path, out: Path, steps: int, device: str, batch: int, lr: float, src: str,
+              art: Path = Path("/tmp/bipft-train-art")) -> dict:
+    """(GPU host) BiPFT + distillation through the product: `edgekit compress SRC --method bipft --data CORPUS
+    --set train_steps=N ... --set save_binary=OUT/minilm_bipft.safetensors --target onnxruntime -o ART`; the
+    binary student travels back in save_binary's compact form (sign bits packed 8 a byte) for `cli` here."""
+    out.mkdir(parents=True, exist_ok=True)
+    sets = {"train_steps": steps, "batch_size": batch, "lr": lr, "device": device, "seed": 0, "progress": False,
+            "save_binary": str(out / "minilm_bipft.safetensors")}
+    argv = ["compress", src, "--method", "bipft", "--data", str(corpus_path),
+            *[x for k, v in sets.items() for x in ("--set", f"{k}={v}")], "--target", "onnxruntime",
+            "-o", str(art), "--overwrite"]
+    import edgekit
+    from edgekit.api import open_data, read_manifest
+
+    t0 = time.perf_counter()  # what that command runs (the API, in process: the GPU host has no typer/rich)
+    edgekit.compress(src, "bipft", sets, art, data=open_data(corpus_path), runtimes=["onnxruntime"],
+                     overwrite=True)
+    man = read_manifest(art)
+    rec = {"command": "edgekit " + " ".join(argv), "seconds": time.perf_counter() - t0,
+           "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None, "torch": torch.__version__,
+           "report_extra": man["method"]["report"]["extra"]}
+    (out / "train_cli.json").write_text(json.dumps(rec, indent=1, default=str))
+    print(json.dumps({k: rec[k] for k in ("command", "seconds")}), flush=True)
+    return rec
+
+
+def cli(trained: Path | None, train_json: Path | None, corpus_path: Path, work: Path, rounds: int) -> dict:
+    """The goal table through the product (here, CPU): each row an `edgekit compress minilm --method bipft ...`
+    artifact scored by `edgekit eval ART --task wordnet10 --runtime onnxruntime --set max_len=128`; the trained row
+    loads the GPU run's student (`--set load_binary=F`, packed and int8 storage); latency of those two artifacts
+    against FP32 by one `edgekit profile minilm ART... --target host --target intel-cpu-openvino`."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _product import artifact_of, profile_vs_fp32, run_row
+
+    rows: dict = {}
+    res: dict = {"rows": rows}
+    for n, (w, o) in CLI_ROWS.items():
+        rows[n] = {"what": w, **run_row("minilm", "bipft", {**o, "progress": False}, work / n, data=corpus_path,
+                                        task="wordnet10", eval_opts=WN)}
+        print(n, rows[n].get("metrics") or rows[n].get("error"), flush=True)
+        _save("cli", res)
+    if trained is not None:
+        tr = json.loads(train_json.read_text()) if train_json else {}
+        res["gpu_training"] = tr
+        for st in ("packed", "int8"):  # OpenVINO in the compress itself: validated against the torch model there
+            rows[f"bipft_kd_gpu_{st}"] = {
+                "what": f"BiPFT + distillation trained by `{tr.get('command', '?')}` on {tr.get('gpu')}, loaded with "
+                        f"load_binary, storage={st}",
+                **run_row("minilm", "bipft", {"load_binary": str(trained), "storage": st}, work / f"gpu_{st}",
+                          targets=("onnxruntime", "openvino"), task="wordnet10", eval_opts=WN)}
+            print(st, rows[f"bipft_kd_gpu_{st}"].get("metrics") or rows[f"bipft_kd_gpu_{st}"].get("error"), flush=True)
+            _save("cli", res)
+        arts = [artifact_of(rows[f"bipft_kd_gpu_{st}"]) for st in ("packed", "int8")]
+        res["latency"] = profile_vs_fp32("minilm", arts, ["host", "intel-cpu-openvino"], rounds)
+        _save("cli", res)
+    return res
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("part", choices=["corpus", "pack", "train", "eval", "train-cli", "cli"])

@@ -496,6 +496,84 @@ def part_zoo_lite0_cli(n_images: int, threads: int, px: int = 224, bits_list: tu
             "data_file": f"{test.name} (Fashion test images, {px} px, grey -> RGB, [-1, 1]; no labels)"}
 
 
+ZOO_MORE_QUANT = {"rtn": ("rtn", {}), "udfc": ("udfc", {}), "udfc_v1": ("udfc", V1), "udfc_paper": ("udfc", {"paper": True})}
+ZOO_MORE_PRUNE = {"udfc": {}, "udfc_linear": {"prune_linear": True}, "udfc_v1": V1, "nm": {"compensation": "nm"},
+                  "drop": {"compensation": "none"}}
+LITE0_ARCH, LITE0_ARGS = "benchmarks/own_model/effnet.py:build", {"num_classes": 1000}
+
+
+def _save_sparse(model: nn.Module, path: Path) -> Path:
+    """A sparse checkpoint as the user's state dict file (the model the product is then given)."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def part_zoo_more_cli(n_images: int, threads: int, px: int = 224, nets: tuple[str, ...] | None = None) -> dict:
+    """The rest of `zoo` / `zoo_lite0` through the product (what the README's prose and sparse row quote): per
+    network, W8 quantization (rtn, udfc, udfc_v1, udfc_paper; W6/W4 are `zoo_cli`), pruning at ratio=0.3 and W8
+    (udfc, prune_linear, udfc_v1, one-hot NM, drop-only), and a sparse checkpoint (30% of each output channel's
+    smallest weights set to exactly 0 by `sparsify`, BatchNorm re-estimated on test images 5,000-9,999 for the
+    Fashion nets; Lite0 as is) saved as a state dict file, then `edgekit compress SPARSE.safetensors --arch FACTORY
+    --method rtn|udfc --set bits=6|8` + `edgekit eval ART --task npz`, scored against that sparse checkpoint (its
+    own FP32 source). Each row records its two commands; the sparse files are inputs made by this script, as the
+    trained Fashion weights are."""
+    import numpy as np
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _product import run_row
+    from edgekit.models.real import load_efficientnet_lite0
+
+    work = Path(tempfile.mkdtemp(prefix="udfc_zoo_more_cli_"))
+    xte, _ = load_fashion("test")
+    recal = xte[5000:10000]
+    test28 = fashion_npz("test", work / f"fashion_test{n_images}.npz", n_images)
+    x224 = torch.nn.functional.interpolate((xte[:n_images] * 0.3530 + 0.2860 - 0.5) * 2, size=(px, px),
+                                           mode="bilinear")
+    test224 = work / f"fashion{px}_test{n_images}.npz"
+    np.savez(test224, input=x224.repeat(1, 3, 1, 1).numpy().astype(np.float32))
+    rows = []
+
+    def one(net: str, kind: str, variant: str, bits: int, src: str, method: str, o: dict, **kw) -> None:
+        rec = run_row(src, method, {**o, "bits": bits}, work / f"{net}_{kind}_{variant}_w{bits}", task="npz",
+                      threads=threads, **kw)
+        m = rec.get("metrics", {})
+        rows.append({"net": net, "kind": kind, "variant": variant, "bits": bits, "ratio": o.get("ratio", 0.0),
+                     "agree": m.get("top1_agreement"), "cos": m.get("cosine"), "acc": m.get("accuracy"),
+                     "macs_ratio": rec.get("macs_ratio"), "product": rec})
+        print(f"  {net:18s} {kind:8s} {variant:12s} W{bits} agree {m.get('top1_agreement')} cos {m.get('cosine')}"
+              + (f" ERROR {rec['error']}" if "error" in rec else ""), flush=True)
+
+    for net, arch in ZOO_CLI_ARCH.items():
+        if nets and net not in nets:
+            continue
+        src_path = WEIGHTS if net == "resnet20" else ZOO_WEIGHTS / f"udfc_zoo_{net}.safetensors"
+        kw = {"eval_data": test28, "input_shape": "1x1x28x28", "arch": arch}
+        src = str(src_path.relative_to(ROOT))
+        for v, (method, o) in ZOO_MORE_QUANT.items():
+            one(net, "quant", v, 8, src, method, o, **kw)
+        for v, o in ZOO_MORE_PRUNE.items():
+            one(net, "prune", v, 8, src, "udfc", {**o, "ratio": 0.3}, **kw)
+        base = load_resnet() if net == "resnet20" else load_zoo(net)[0]
+        sp = _save_sparse(sparsify(base.eval(), 0.3, recal), work / f"{net}_sparse30.safetensors")
+        for bits in (8, 6):
+            for v in ("rtn", "udfc", "udfc_v1"):
+                one(net, "sparse30", v, bits, str(sp), *ZOO_MORE_QUANT[v], **kw)
+    if not nets or "efficientnet-lite0" in nets:
+        kw = {"eval_data": test224}
+        for v, o in ZOO_MORE_PRUNE.items():
+            if v in ("udfc", "udfc_linear"):
+                one("efficientnet-lite0", "prune", v, 8, "efficientnet-lite0", "udfc", {**o, "ratio": 0.3}, **kw)
+        sp = _save_sparse(sparsify(load_efficientnet_lite0(), 0.3, None), work / "lite0_sparse30.safetensors")
+        for v in ("rtn", "udfc", "udfc_v1"):
+            one("efficientnet-lite0", "sparse30", v, 6, str(sp), *ZOO_MORE_QUANT[v], eval_data=test224,
+                input_shape=f"1x3x{px}x{px}", arch=LITE0_ARCH, arch_args=LITE0_ARGS)
+    return {"images": n_images, "px": px, "rows": rows,
+            "data_files": {"fashion": test28.name + " (normalised, input + labels)",
+                           "lite0": f"{test224.name} (Fashion test images, {px} px, grey -> RGB, [-1, 1]; no labels)"}}
+
+
 def part_zoo_lite0(dev: str, n_images: int, px: int = 224) -> dict:
     """EfficientNet-Lite0 (ImageNet weights) logits on Fashion test images upsampled to px, grey -> RGB, in [-1, 1]."""
     from edgekit.models.real import load_efficientnet_lite0
@@ -626,6 +704,7 @@ def main() -> None:
     ap.add_argument("--resnet-limit", type=int, default=None, help="ResNet test images (default: all 10,000)")
     ap.add_argument("--zoo-images", type=int, default=1000, help="held-out images per zoo network")
     ap.add_argument("--no-api-check", action="store_true", help="zoo: skip the edgekit.api.compress runs")
+    ap.add_argument("--nets", default=None, help="zoo_more_cli: only these networks (comma-separated)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
@@ -644,6 +723,9 @@ def main() -> None:
         res["zoo"] = part_zoo(a.device, a.zoo_images, not a.no_api_check)
     if "zoo_cli" in parts:
         res["zoo_cli"] = part_zoo_cli(a.zoo_images, a.threads)
+    if "zoo_more_cli" in parts:
+        res["zoo_more_cli"] = part_zoo_more_cli(a.zoo_images, a.threads, a.px,
+                                                tuple(a.nets.split(",")) if a.nets else None)
     if "zoo_lite0" in parts:
         res["zoo_lite0"] = part_zoo_lite0(a.device, a.zoo_images, a.px)
     if "zoo_lite0_cli" in parts:

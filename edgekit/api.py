@@ -158,7 +158,8 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
              allow_class: list[str] | None = None, trust_pickle: bool = False, on_step: Step = _noop,
              deploy: str | None = None, arch_args: dict[str, Any] | None = None,
              min_fidelity: float | None = None, kv_cache: bool = False, keep_program: bool = False,
-             fidelity_metric: str = "auto", input_range: tuple[float, float] | None = None) -> Path:
+             fidelity_metric: str = "auto", input_range: tuple[float, float] | None = None,
+             deploy_data: Any = None) -> Path:
     """Load, apply `method`, write an artifact (model.onnx validated on ONNX Runtime, exports).
 
     `keep_program`: also keep model.pt2, the compressed model as a float torch.export program (as large as the FP32
@@ -175,7 +176,9 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
     `deploy` ("int8" | "auto", edgekit.deploy.select) lowers the ONNX Runtime/OpenVINO exports to static INT8.
     `input_range` (lo, hi): the range of the model's input values as the app feeds them (e.g. (0, 1) for images
     scaled to [0, 1]); with `deploy` and no data it lets the data-free path quantize the first layer's input too
-    (LiteRT full-integer with an int8 input), which is otherwise left float.
+    (LiteRT full-integer with an int8 input), which is otherwise left float. `deploy_data` (a DataSource or a path):
+    the deploy step's calibration samples when they are not the method's `data` (e.g. a method fine-tuned on 28 px
+    images that a resize option feeds to a 224 px network, deployed with 224 px calibration images).
 
     `runtimes` may be runtime names, target profile names/paths or `TargetProfile` objects; the profiles'
     `round_to` hint (their least common multiple) fills a method's `round_to` option when the user did not set it.
@@ -183,7 +186,7 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
     return compress_chain(model_src, [(method, dict(options or {}))], out, input_shape, data, overwrite, runtimes,
                           dynamic, arch, allow_class, trust_pickle, on_step, deploy, arch_args=arch_args,
                           min_fidelity=min_fidelity, kv_cache=kv_cache, keep_program=keep_program,
-                          fidelity_metric=fidelity_metric, input_range=input_range)
+                          fidelity_metric=fidelity_metric, input_range=input_range, deploy_data=deploy_data)
 
 
 def check_input_range(input_range: Any, deploy: str | None) -> dict[str, Any]:
@@ -266,9 +269,11 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
                    allow_class: list[str] | None = None, trust_pickle: bool = False, on_step: Step = _noop,
                    deploy: str | None = None, arch_args: dict[str, Any] | None = None,
                    min_fidelity: float | None = None, kv_cache: bool = False, keep_program: bool = False,
-                   fidelity_metric: str = "auto", input_range: tuple[float, float] | None = None) -> Path:
+                   fidelity_metric: str = "auto", input_range: tuple[float, float] | None = None,
+                   deploy_data: Any = None) -> Path:
     """Apply methods in order (e.g. structured pruning, then quantization) and write one artifact (see compress for
-    `keep_program`). `data` is a DataSource (`open_data`) or the path of a file/folder, as `--data` takes it."""
+    `keep_program` and `deploy_data`). `data` is a DataSource (`open_data`) or the path of a file/folder, as `--data`
+    takes it."""
     from . import fidelity
     from .flops import count_macs, count_params
 
@@ -279,11 +284,18 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
         from .data import open_data as _open
 
         data = _open(data)
+    if deploy_data is not None and deploy is None:
+        raise ConfigError("--deploy-data is the calibration data of --deploy int8|auto; add --deploy or drop it")
+    if isinstance(deploy_data, (str, Path)):
+        from .data import open_data as _open
+
+        deploy_data = _open(deploy_data)
+    calib_data = deploy_data if deploy_data is not None else data
     plan, rts = _plan(chain, runtimes, data)
     if deploy is not None:  # before any work
         from .deploy import check_request
 
-        check_request(deploy, rts, data)
+        check_request(deploy, rts, calib_data)
     deploy_opts = check_input_range(input_range, deploy)
     if kv_cache:  # before any work
         from .genai.verbs import check_request as check_kv
@@ -299,7 +311,10 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
     _check_runs(model, inputs, specs)
     with torch.no_grad():
         fid_n = fidelity.sample_count(count_macs(model, inputs))
-    fid_inputs, fid_from, fid_text = fidelity.held_out(specs, data, fid_n, model)
+    fid_data = data  # the user's samples; the deploy data's when --data does not fit the input (a resize option)
+    if deploy_data is not None and fidelity.held_out(specs, data, 1, model)[1].endswith("does not match the input spec)"):
+        fid_data = deploy_data
+    fid_inputs, fid_from, fid_text = fidelity.held_out(specs, fid_data, fid_n, model)
     fid_role = fidelity.model_role(model, fidelity_metric)
     fid_inputs, fid_ref = fidelity.source_outputs(model, fid_inputs)  # before any method changes the module
     steps: dict[str, float] = {}
@@ -354,7 +369,7 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
         if deploy is not None:  # may replace exports/<runtime>/ files by their INT8 form; entries say which and why
             from .deploy import deploy_exports
 
-            deploy_exports(model, specs, root, exports, deploy, data, on_step, deploy_opts)
+            deploy_exports(model, specs, root, exports, deploy, calib_data, on_step, deploy_opts)
         manifest = {"kind": "compress", "source": src_info, "fidelity": fid, "model": "model.onnx",
                     "torch_program": "model.pt2" if keep_program else None, "file_roles": _file_roles(
                         exports, keep_program), "inputs": [s.to_dict() for s in specs],

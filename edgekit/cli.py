@@ -81,6 +81,9 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
              deploy: Annotated[Optional[str], typer.Option(help="int8: static INT8 (integer activations) for the "
                                                            "ORT/OpenVINO/LiteRT targets; auto: the fastest validated form "
                                                            "(FP32, default, INT8), measured")] = None,
+             deploy_data: Annotated[Optional[Path], typer.Option(
+                 help="calibration data of --deploy when it is not --data (e.g. --data trains the method on 28 px "
+                      "images, --deploy-data holds inputs of the model's own shape)")] = None,
              kv_cache: KvCache = False,
              keep_program: Annotated[bool, typer.Option(
                  "--keep-program", help="also keep model.pt2 (the compressed model as a float torch program, as "
@@ -100,7 +103,8 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
                                arch, allow_class, trust_pickle, on_step=step, deploy=deploy,
                                arch_args=parse_sets(arch_args, "--arch-args"), min_fidelity=min_fidelity,
                                kv_cache=kv_cache, keep_program=keep_program, fidelity_metric=fidelity_metric,
-                               input_range=input_range.split(",") if input_range is not None else None)
+                               input_range=input_range.split(",") if input_range is not None else None,
+                               deploy_data=api.open_data(deploy_data) if deploy_data is not None else None)
         man = api.read_manifest(art)
         rep = man["method"]["report"]
         console.print(f"[green]wrote[/green] {art}  ({method}: params {rep['params_before']:,} -> "

@@ -6,11 +6,14 @@ from __future__ import annotations
 from efficientnet_lite_pytorch import EfficientNet
 
 
-def build(num_classes: int, name: str = "efficientnet-lite0", dropout_rate: float = 0.2, features: bool = False):
+def build(num_classes: int, name: str = "efficientnet-lite0", dropout_rate: float = 0.2, features: bool = False,
+          drop_connect_rate: float = 0.2):
     """No default for num_classes: the head must match the state dict. features=true: (logits, pooled features)
     outputs, as edgekit's built-in efficientnet_lite0 exports them (state dict keys then start with `net.`), so the
-    fashion-probe task reads the features of the artifact."""
-    net = EfficientNet.from_name(name, num_classes=num_classes, dropout_rate=dropout_rate).eval()
+    fashion-probe task reads the features of the artifact. dropout_rate / drop_connect_rate only act while a method
+    fine-tunes (0 for a distillation that should see the deterministic network)."""
+    net = EfficientNet.from_name(name, num_classes=num_classes, dropout_rate=dropout_rate,
+                                 drop_connect_rate=drop_connect_rate).eval()
     if features:
         from edgekit.models.real import EfficientNetWithFeatures
 

@@ -65,7 +65,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     fallback_used = bool(sess.info.get("fallback_used", False))
     exec_devices = (list(sess.info["compiled"].get_property("EXECUTION_DEVICES"))
                     if runtime == "openvino" else [device_used])
-    del sess
+    sess = None  # release the session before the op profile opens its own
     ops = op_profile(path, runtime, threads, spec["device"], spec["fallback"], feeds, protocol.profile_runs,
                      bool(spec.get("ov_dynamic_quant")))
     batch = next((s["shape"][0] for s in specs if s["shape"] and s["shape"][0]), 1)

@@ -73,3 +73,34 @@ def test_benchmarks_use_no_private_edgekit_names():
     assert files, f"no benchmark scripts under {BENCH}"
     hits = [h for f in files for h in private_uses(f.read_text(), str(f.relative_to(BENCH.parent)))]
     assert not hits, "private edgekit uses in benchmarks/ (use or add a public function):\n" + "\n".join(hits)
+
+
+def test_no_undefined_names_in_benchmarks_scripts_or_package():
+    """Every name a benchmark script or edgekit module uses is defined (pyflakes): a script whose part calls a
+    function removed by a cleanup fails here, not months later on the GPU host."""
+    from pyflakes import api as flakes
+    from pyflakes import messages as msg
+    from pyflakes.reporter import Reporter
+
+    class Collect(Reporter):
+        def __init__(self):
+            self.found: list[str] = []
+
+        def flake(self, m):
+            if isinstance(m, (msg.UndefinedName, msg.UndefinedLocal, msg.UndefinedExport)):
+                self.found.append(str(m))
+
+        def unexpectedError(self, filename, problem):
+            self.found.append(f"{filename}: {problem}")
+
+        def syntaxError(self, filename, message, lineno, offset, text):
+            self.found.append(f"{filename}:{lineno}: {message}")
+
+    rep = Collect()
+    files = sorted(BENCH.rglob("*.py")) + sorted((BENCH.parent / "edgekit").rglob("*.py"))
+    for f in files:
+        flakes.check(f.read_text(), str(f), rep)
+    assert len(files) > 50 and not rep.found, "\n".join(rep.found)
+    bad = Collect()
+    flakes.check("def f():\n    return g()\n", "probe.py", bad)
+    assert bad.found, "the check must catch an undefined name"

@@ -481,6 +481,49 @@ def test_image_folder_and_idx_folder_feed_fine_tuning(tmp_path):
     assert torch.equal(d.tensors[0][:, 0], torch.from_numpy(imgs)) and d.tensors[1].tolist() == [1, 2, 3, 4, 5]
 
 
+def test_input_size_resizes_grey_images_into_an_rgb_network_as_the_wrapper_did():
+    """input_size: 8 px grey uint8 images feed a 3-channel network at 16 px exactly as normalise -> bilinear resize
+    -> channel repeat (the order of the old in-model wrapper); without it the images stay 8 px; and training runs."""
+    from edgekit.methods.denseshift.train import Batches
+
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy(rng.integers(0, 255, (6, 8, 8), dtype=np.uint8))
+    src = DataSource([x], source="grey")
+    c = cfg(bits=3, input_mean=[0.5], input_std=[0.25], input_size=16)
+    got = Batches(src, c, tiny_cnn()).prep(x[:4])
+    ref = F.interpolate(((x[:4].float() / 255 - 0.5) / 0.25).unsqueeze(1), size=(16, 16), mode="bilinear",
+                        align_corners=False).expand(-1, 3, -1, -1)
+    assert got.shape == (4, 3, 16, 16) and torch.allclose(got, ref, atol=1e-6)
+    assert not torch.allclose(got[:, :, :8, :8], got[:, :, 8:, 8:])  # a real resize, not a tiling
+    assert Batches(src, cfg(bits=3), tiny_cnn()).prep(x[:4]).shape == (4, 3, 8, 8)
+    _, rep = apply(tiny_cnn(), cfg(bits=3, train_steps=2, batch_size=4, progress=False, input_size=16), src)
+    assert rep.extra["training"]["loss"] == "kd" and math.isfinite(rep.extra["training"]["train_loss_last"])
+
+
+class _WithFeatures(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = tiny_cnn()
+
+    def forward(self, x):
+        return self.net(x), x.mean((2, 3))
+
+
+def test_a_model_with_logits_and_features_is_distilled_on_its_logits():
+    """(logits, features) outputs: the KD loss reads the logits; it equals the loss of the logits-only model."""
+    from edgekit.methods.denseshift.train import compute_loss
+
+    x = torch.randn(4, 3, 8, 8)
+    two, one = _WithFeatures().eval(), tiny_cnn()
+    with torch.no_grad():
+        a = compute_loss("kd", two(x), None, (two(x)[0] * 0.5, x), 2.0)
+        b = compute_loss("kd", one(x), None, one(x) * 0.5, 2.0)
+    assert float(a) > 0 and torch.allclose(a, b)
+    _, rep = apply(_WithFeatures().eval(), cfg(bits=3, train_steps=2, batch_size=4, progress=False),
+                   DataSource([torch.randn(8, 3, 8, 8)], source="x"))
+    assert math.isfinite(rep.extra["training"]["train_loss_last"])
+
+
 # ------------------------------------------------------------------ §9.7: exponent-add kernel reference
 def test_exponent_add_equals_the_product_and_masks_zero():
     from edgekit.methods.denseshift.kernel import shift_mul_fp16

@@ -284,3 +284,30 @@ def test_tiny_bert_gets_dynamic_int8_matmuls(tmp_path):
     fused = rec["ort_kernels"].get("DynamicQuantizeMatMul", 0) + rec["ort_kernels"].get("MatMulIntegerToFloat", 0)
     assert fused >= 12, rec["ort_kernels"]  # q, k, v, out, ffn in, ffn out per layer
     assert rec["weight_codes"]["exact_except_bias_widened"], rec["weight_codes"]
+
+
+def test_deploy_data_calibrates_when_data_trains_at_another_shape(tmp_path):
+    """--deploy-data: the method's --data (here 4x4 images that cannot feed the 8x8 digits CNN) is not the deploy's
+    calibration; without it the shape mismatch is a one-line error (exit 2), with it the INT8 file calibrates on it;
+    --deploy-data without --deploy is refused."""
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+    from edgekit.models.digits_cnn import digits_split
+
+    runner = CliRunner()
+    x = digits_split()[0][:12].numpy()
+    np.savez(tmp_path / "calib.npz", x=x)
+    np.savez(tmp_path / "small.npz", x=x[:, :, :4, :4])
+    base = ["compress", "demo", "--method", "rtn", "--set", "bits=8", "--target", "onnxruntime", "--deploy", "int8",
+            "--data", str(tmp_path / "small.npz")]
+    r = runner.invoke(app, base + ["-o", str(tmp_path / "a")])
+    assert r.exit_code == 2 and "does not match input" in r.output and not (tmp_path / "a").exists(), r.output
+    r = runner.invoke(app, base + ["--deploy-data", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "b")])
+    assert r.exit_code == 0, r.output
+    man = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert man["exports"]["onnxruntime"]["deploy"]["int8"]["calibration"] == {"method": "minmax", "samples": 12}
+    assert "calib.npz" in man["fidelity"]["inputs"], man["fidelity"]
+    r = runner.invoke(app, ["compress", "demo", "--method", "rtn", "--deploy-data", str(tmp_path / "calib.npz"),
+                            "-o", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "add --deploy" in r.output and not (tmp_path / "c").exists(), r.output

@@ -105,6 +105,8 @@ class Config(BaseModel, extra="forbid"):
     kd_temperature: float = Field(1.0, gt=0, description="distillation temperature")
     input_mean: list[float] | None = Field(None, description="per-channel mean subtracted from inputs (uint8 -> /255 first)")
     input_std: list[float] | None = Field(None, description="per-channel std dividing inputs")
+    input_size: int | None = Field(None, ge=1, description="resize training images (bilinear, after mean/std) to this "
+                                   "square size, e.g. 28 px Fashion-MNIST into a 224 px network (None: as given)")
     augment: Literal["none", "flip_shift"] = Field("none", description="flip_shift: random h-flip + ±2 px shift")
     bn: Literal["train", "frozen"] = Field("train", description="BatchNorm in train mode, or frozen statistics")
     latent_std: float = Field(1e-3, gt=0, description="std of the low-variance init (init=lowvar)")

@@ -49,7 +49,8 @@ class Batches:
         return torch.tensor(out)
 
     def prep(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 -> [0,1]; (N,H,W) -> (N,1,H,W); NHWC -> NCHW; then (x - mean)/std per channel if configured."""
+        """uint8 -> [0,1]; (N,H,W) -> (N,1,H,W); NHWC -> NCHW; then (x - mean)/std per channel if configured; then
+        the resize to input_size if configured, and one grey channel repeated to an RGB network's three."""
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
         if self.cin is not None and x.dim() == 3:
             x = x.unsqueeze(1)
@@ -60,6 +61,10 @@ class Batches:
             x = x - torch.tensor(c.input_mean).reshape((1, -1) + (1,) * (x.dim() - 2))
         if c.input_std is not None:
             x = x / torch.tensor(c.input_std).reshape((1, -1) + (1,) * (x.dim() - 2))
+        if c.input_size is not None and x.dim() == 4 and tuple(x.shape[-2:]) != (c.input_size, c.input_size):
+            x = F.interpolate(x, size=(c.input_size, c.input_size), mode="bilinear", align_corners=False)
+        if self.cin is not None and x.dim() == 4 and x.shape[1] == 1 and self.cin > 1:
+            x = x.expand(-1, self.cin, -1, -1)  # grey images into an RGB network: the channel repeated
         return x.contiguous()
 
     def get(self, step: int, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -82,8 +87,23 @@ def loss_kind(cfg: Any, has_labels: bool) -> str:
     return kind
 
 
-def compute_loss(kind: str, out: torch.Tensor, y: torch.Tensor | None, t_out: torch.Tensor | None, T: float):
-    """Cross-entropy, KL to the teacher's softmax at temperature T (times T²), or their sum."""
+def logits_of(out: Any) -> torch.Tensor:
+    """The logits of a model's output: the tensor, or the first tensor of a tuple/list/dict (a model that also
+    returns features, e.g. (logits, pooled features), is trained on its logits)."""
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        out = next((o for o in out if isinstance(o, torch.Tensor)), None)
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError("denseshift fine-tuning needs a model whose (first) output is a logits tensor")
+    return out
+
+
+def compute_loss(kind: str, out: Any, y: torch.Tensor | None, t_out: Any, T: float):
+    """Cross-entropy, KL to the teacher's softmax at temperature T (times T²), or their sum (on the logits: the
+    first output of a model with several)."""
+    out = logits_of(out)
+    t_out = logits_of(t_out) if t_out is not None else None
     loss = out.new_zeros(())
     if "ce" in kind:
         loss = loss + F.cross_entropy(out, y)
