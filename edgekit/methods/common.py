@@ -41,6 +41,31 @@ class MethodReport:
 
 
 
+def check_new_safetensors(path: str | None, option: str) -> Path | None:
+    """A save option's file: a .safetensors name in an existing folder that does not exist yet (edgekit never
+    overwrites a file it did not create); checked before any work."""
+    if not path:
+        return None
+    p = Path(path)
+    if p.suffix != ".safetensors":
+        raise ConfigError(f"{option} {p}: use a .safetensors file name")
+    if p.exists():
+        raise ConfigError(f"{option} {p} exists; edgekit does not overwrite it: choose a new path")
+    if not p.parent.is_dir():
+        raise ConfigError(f"{option} {p}: folder {p.parent} does not exist")
+    return p
+
+
+def save_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> int:
+    """Write atomically (a .tmp file renamed into place); returns the file's size in bytes."""
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path.stat().st_size
+
+
 def resolve_device(name: str) -> torch.device:
     """torch.device for a config's `device` option; a clear ConfigError when CUDA is asked for and absent."""
     if name == "auto":

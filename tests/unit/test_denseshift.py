@@ -540,3 +540,30 @@ def test_exponent_add_equals_the_product_and_masks_zero():
     # the unmasked trick really is wrong for x = 0 (it gives 2^(p-15)), which is why the mask exists
     raw = ((np.zeros(1, np.float16).view(np.uint16).astype(np.int32) + (3 << 10)) & 0xFFFF).astype(np.uint16)
     assert raw.view(np.float16)[0] != 0
+
+
+def test_save_weights_round_trips_exactly_and_never_overwrites(tmp_path):
+    """save_weights: the fine-tuned model's state dict under the source's keys; compressing it again with
+    train_steps=0 gives the same weights (conversion of on-grid weights is exact); an existing file is refused."""
+    import json as _json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    x = torch.randn(16, 3, 8, 8)
+    f = tmp_path / "ds.safetensors"
+    m1, rep = apply(tiny_cnn(), cfg(bits=3, train_steps=3, batch_size=4, progress=False, save_weights=str(f)),
+                    DataSource([x], source="x"))
+    sd = load_file(str(f))
+    assert set(sd) == set(tiny_cnn().state_dict()) and rep.extra["saved_weights"]["bytes"] == f.stat().st_size
+    with safe_open(str(f), "pt") as h:
+        assert _json.loads(h.metadata()["denseshift"])["train_steps"] == 3
+    src = tiny_cnn()
+    src.load_state_dict(sd)
+    m2, _ = apply(src, cfg(bits=3, train_steps=0))
+    with torch.no_grad():
+        assert torch.allclose(m1(x), m2(x), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ConfigError, match="does not overwrite"):
+        apply(tiny_cnn(), cfg(bits=3, train_steps=0, save_weights=str(f)))
+    with pytest.raises(ConfigError, match=".safetensors"):
+        apply(tiny_cnn(), cfg(bits=3, train_steps=0, save_weights=str(tmp_path / "x.pt")))

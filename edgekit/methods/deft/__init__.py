@@ -48,7 +48,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...flops import count_params
-from ..common import MethodReport, is_causal_lm, resolve_device
+from ..common import MethodReport, check_new_safetensors, is_causal_lm, resolve_device
 from . import model as M
 from .data import from_source, split
 from .density import Capture
@@ -137,14 +137,7 @@ def _save_weights(path: str, net: nn.Module, meta: dict[str, Any]) -> None:
 
 
 def _check_paths(cfg: Config) -> None:
-    if cfg.save_peft:
-        p = Path(cfg.save_peft)
-        if p.suffix != ".safetensors":
-            raise ConfigError(f"save_peft {p}: use a .safetensors file name")
-        if p.exists():
-            raise ConfigError(f"save_peft {p} exists; edgekit does not overwrite it: choose a new path")
-        if not p.parent.is_dir():
-            raise ConfigError(f"save_peft {p}: folder {p.parent} does not exist")
+    check_new_safetensors(cfg.save_peft, "save_peft")
     if cfg.eval_data and not Path(cfg.eval_data).exists():
         raise ConfigError(f"eval_data {cfg.eval_data} does not exist")
 

@@ -50,6 +50,7 @@ Decisions where the paper/spec leaves room, and why:
 from __future__ import annotations
 
 import copy
+import json
 import time
 from typing import Literal
 
@@ -59,8 +60,7 @@ from torch import nn
 
 from ...flops import count_params
 from ...quant.codes import attach_codes, clear_codes
-from ..common import resolve_device
-from ..common import MethodReport
+from ..common import MethodReport, check_new_safetensors, resolve_device, save_safetensors
 from .convert import fold_scale_into_bn, plan_layers, search_scale, set_module
 from .shift import ShiftLayer, n_magnitudes
 
@@ -115,6 +115,9 @@ class Config(BaseModel, extra="forbid"):
     checkpoint: str | None = Field(None, description="file to save/resume fine-tuning state (latents, optimizer, step)")
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoint saves")
     progress: bool = Field(True, description="progress bar on stderr while fine-tuning")
+    save_weights: str | None = Field(None, description="new .safetensors file: the converted (fine-tuned) model's "
+                                     "state dict under the source's own keys; `compress` of it with train_steps=0 "
+                                     "converts it exactly (fine-tune on a GPU host, deploy elsewhere)")
 
 
 def steps_for(cfg: Config, data) -> int:
@@ -150,6 +153,7 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
 
         raise ConfigError(f"denseshift with {steps} fine-tuning steps needs training data; pass --data (an .npz "
                           "with x[, y] or an image folder), or --set train_steps=0 for conversion only")
+    save_to = check_new_safetensors(cfg.save_weights, "save_weights")  # before any work
     zero = cfg.variant == "pot_zero"
     model.eval()
     rep = MethodReport("denseshift", params_before=count_params(model))
@@ -212,5 +216,9 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
         stored_bits_per_converted_weight=stored / max(conv_w, 1), storage_bits=storage,
         scale_folded_into_bn=folded, scale_kept=scaled, traced=plan.traced,
         conversion_rel_error=errors, train_steps=steps, training=training)
+    if save_to is not None:
+        meta = {k: getattr(cfg, k) for k in ("bits", "variant", "chain", "init", "storage")}
+        rep.extra["saved_weights"] = {"path": str(save_to), "bytes": save_safetensors(
+            save_to, model.state_dict(), {"denseshift": json.dumps({**meta, "train_steps": steps})})}
     rep.seconds = time.perf_counter() - t0
     return model, rep

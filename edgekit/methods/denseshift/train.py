@@ -23,7 +23,8 @@ from ..common import Checkpoint
 class Batches:
     """Input/label tensors of a DataSource made model-ready per batch (uint8 -> /255, mean/std, NCHW)."""
 
-    def __init__(self, data: Any, cfg: Any, model: nn.Module):
+    def __init__(self, data: Any, cfg: Any, model: nn.Module, dev: torch.device | None = None):
+        self.dev = dev  # batches are moved there before prep: a resize then runs on the training device
         ts = list(getattr(data, "tensors", []) or [])
         if not ts:
             raise ConfigError("denseshift fine-tuning needs array data (.npz with x[, y], or an image folder); "
@@ -58,9 +59,9 @@ class Batches:
             x = x.permute(0, 3, 1, 2)
         c = self.cfg
         if c.input_mean is not None:
-            x = x - torch.tensor(c.input_mean).reshape((1, -1) + (1,) * (x.dim() - 2))
+            x = x - torch.tensor(c.input_mean, device=x.device).reshape((1, -1) + (1,) * (x.dim() - 2))
         if c.input_std is not None:
-            x = x / torch.tensor(c.input_std).reshape((1, -1) + (1,) * (x.dim() - 2))
+            x = x / torch.tensor(c.input_std, device=x.device).reshape((1, -1) + (1,) * (x.dim() - 2))
         if c.input_size is not None and x.dim() == 4 and tuple(x.shape[-2:]) != (c.input_size, c.input_size):
             x = F.interpolate(x, size=(c.input_size, c.input_size), mode="bilinear", align_corners=False)
         if self.cin is not None and x.dim() == 4 and x.shape[1] == 1 and self.cin > 1:
@@ -69,11 +70,12 @@ class Batches:
 
     def get(self, step: int, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         idx = self.indices(step, b)
-        x = self.prep(self.x[idx])
+        x = self.x[idx]
+        x = self.prep(x.to(self.dev, non_blocking=True) if self.dev is not None else x)
         if self.cfg.augment == "flip_shift" and x.dim() == 4:
             g = torch.Generator().manual_seed(self.cfg.seed * 7919 + step)
             flip = torch.rand(len(x), generator=g) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(3), x)
+            x = torch.where(flip[:, None, None, None].to(x.device), x.flip(3), x)
             dy, dx = torch.randint(-2, 3, (2,), generator=g).tolist()
             x = torch.roll(x, (dy, dx), (2, 3))
         return x, (self.y[idx] if self.y is not None else None)
@@ -135,7 +137,7 @@ def _snapshot(layers: dict[str, nn.Module]) -> torch.Tensor:
 def finetune(model: nn.Module, teacher: nn.Module | None, data: Any, cfg: Any, dev: torch.device,
              layers: dict[str, nn.Module], steps: int) -> dict[str, Any]:
     """Train all parameters (latents, BN, float layers) for `steps` steps; returns loss and weight-freezing figures."""
-    batches = Batches(data, cfg, model)
+    batches = Batches(data, cfg, model, dev)
     kind = loss_kind(cfg, batches.y is not None)
     if "kd" in kind and teacher is None:
         raise ConfigError("loss with kd needs the original model as teacher (init=convert)")
