@@ -3,20 +3,22 @@ Python docs), density measured held-out in fp32, and the latency of the block-sk
 
 Parts (JSON merged into benchmarks/results/deft.json; every entry records its command):
 * pack    (CPU) the inputs of the GPU part, into the git-ignored .xfer/: WordNet-10 glosses of the eval task
-          (edgekit.eval.wordnet.load_glosses, 150 train / 100 test per class) as `label<TAB>gloss` files; MiniLM as
-          an fp16 HF folder (the device has no model packages and one transfer is capped at 64 MiB; the LoRA weights
-          trained on it are merged into the fp32 weights here, and every reported figure is measured here); the
+          (edgekit.eval.wordnet.load_glosses, 150 train / 100 test per class) as `label<TAB>gloss` files (MiniLM
+          travels as `benchmarks/bipft.py pack` packs it, fp16: the device has no model packages and one transfer is
+          capped at 64 MiB; the LoRA weights trained on it are merged into the fp32 weights here, and every reported
+          figure is measured here); the
           Python-docs text tokenised with SmolLM2's tokenizer: the first 16 x 512 tokens (the perplexity task's
           windows) held out, the rest trained on. (SmolLM2 itself travels as benchmarks/on_device.py packs it.)
-* train   (GPU) the method's public interface (edgekit.methods.get_method) with device=cuda for every variant of
+* train   (GPU) one `edgekit compress MODEL --method deft --set device=cuda --set save_peft=F` per variant of
           --model: PEFT, DEFT (density_weight 1), DEFT ReLU-ified (MiniLM), PEFT/DEFT with MLP blocks removed;
-          saves the trained weights (save_peft) and the GPU-side records to --out.
+          the trained weights (save_peft) and the GPU-side records go to --out. Run there through
+          `benchmarks/on_device.py run deft ...` (it serves the bundled models from the packed copies).
 * export  (CPU) `edgekit.compress(MODEL, "deft", {load_peft: ...})` per variant: merge, export (ONNX Runtime +
           OpenVINO, validated), held-out task metric and density in fp32 here; then the dense (merged PEFT) and the
           block-skipping exports timed interleaved on ONNX Runtime and OpenVINO (1 x 128, 2 threads).
 
     python benchmarks/deft.py --part pack && python benchmarks/on_device.py pack
-    python benchmarks/deft.py --part train --model minilm --device cuda --steps 600 --out DIR      # on a GPU
+    python benchmarks/on_device.py run deft --part train --model minilm --device cuda --steps 600 --out DIR  # GPU
     python benchmarks/deft.py --part export --model minilm --trained-dir DIR
     python benchmarks/deft.py --part dtype      # spec 9.6: density of the same model in float32 vs bfloat16
 """
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -106,20 +109,15 @@ def base_options(model: str, steps: int) -> dict:
 
 
 def part_pack() -> None:
-    import torch
-
     from edgekit.eval.perplexity import load_text
     from edgekit.eval.wordnet import Config as WC
     from edgekit.eval.wordnet import load_glosses
-    from edgekit.models.real import load_minilm, smollm2_tokenizer
+    from edgekit.models.real import smollm2_tokenizer
 
     WN.mkdir(parents=True, exist_ok=True)
     tr, ytr, te, yte = load_glosses(WC())
     (WN / "train.txt").write_text("\n".join(f"{y}\t{t}" for t, y in zip(tr, ytr)))
     (WN / "test.txt").write_text("\n".join(f"{y}\t{t}" for t, y in zip(te, yte)))
-    enc, tok = load_minilm()
-    enc.bert.to(torch.float16).save_pretrained(str(XDIR / "minilm16"))
-    tok.save_pretrained(str(XDIR / "minilm16"))
     LM.mkdir(parents=True, exist_ok=True)
     stok = smollm2_tokenizer()
     ids = stok(load_text("python_docs"), add_special_tokens=False)["input_ids"]
@@ -128,61 +126,49 @@ def part_pack() -> None:
     print("packed: glosses", len(tr), len(te), "| docs tokens held out", 16 * 512, "trained", len(ids) - 16 * 512)
 
 
-def _device_model(model: str):
-    """The model as the CPU side builds it (same module names, so saved weights load there)."""
-    import edgekit
-
-    if model == "smollm2":
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("on_device", ROOT / "benchmarks" / "on_device.py")
-        od = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(od)
-        od.setup()
-        return edgekit.load_model("smollm2").module
-    import torch
-    from transformers import AutoModel
-
-    from edgekit.models.real import MeanPooledEncoder
-
-    bert = AutoModel.from_pretrained(str(XDIR / "minilm16"), dtype=torch.float32)
-    return MeanPooledEncoder(bert).eval()
-
-
 def _files(model: str) -> tuple[Path, Path]:
     return (WN / "train.txt", WN / "test.txt") if model == "minilm" else (LM / "train.txt", LM / "eval.txt")
 
 
 def part_train(model: str, dev: str, steps: int, out: Path, only: list[str] | None) -> None:
+    """(GPU host, through benchmarks/on_device.py run deft ..., which serves the bundled `minilm`/`smollm2` there)
+    Each variant is one `edgekit compress MODEL --method deft --data train.txt --set device=cuda --set
+    save_peft=F ...` (the API in process: the GPU host has no typer/rich); the trained PEFT weights and the records
+    (command, held-out figures there, seconds) travel back for `export` here."""
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = True  # training only: the held-out figures are measured with TF32 off
 
-    from edgekit.data import open_data
-    from edgekit.methods import get_method, parse_config
+    import edgekit
+    from edgekit.api import read_manifest
 
-    mod = get_method("deft")
     train_f, eval_f = _files(model)
-    data = open_data(train_f)
     out.mkdir(parents=True, exist_ok=True)
     recs = {}
     for name, o in VARIANTS[model].items():
         if only and name not in only:
             continue
         t0 = time.perf_counter()
-        cfg = parse_config(mod, {**base_options(model, steps), **o, "device": dev, "eval_data": str(eval_f),
-                                 "save_peft": str(out / f"{model}_{name}.safetensors")})
-        _, rep = mod.apply(_device_model(model), cfg, data)
-        e = rep.extra
-        recs[name] = {"options": cfg.model_dump(), "heldout": e["heldout"], "training": e["training"],
+        opts = {**base_options(model, steps), **o, "device": dev, "eval_data": str(eval_f),
+                "save_peft": str(out / f"{model}_{name}.safetensors")}
+        art = out / f"art_{model}_{name}"
+        edgekit.compress(model, "deft", opts, art, data=str(train_f), overwrite=True)
+        man = read_manifest(art)
+        e = man["method"]["report"]["extra"]
+        sets = "".join(f" --set {k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in opts.items()
+                       if k not in ("eval_data", "save_peft"))
+        recs[name] = {"options": man["method"]["config"], "heldout": e["heldout"], "training": e["training"],
                       "skipped": e["skipped_blocks"], "seconds": time.perf_counter() - t0,
+                      "command": f"edgekit compress {model} --method deft{sets} --set eval_data={eval_f.name} "
+                                 f"--set save_peft={model}_{name}.safetensors --data {train_f.name} -o {art.name}",
                       "gpu": torch.cuda.get_device_name(0) if dev.startswith("cuda") else None,
                       "torch": torch.__version__}
+        shutil.rmtree(art)  # only the PEFT weights travel back; the artifact is rebuilt from them here
         metric = e["heldout"].get("accuracy", e["heldout"].get("perplexity"))
         print(name, "metric", round(metric, 4), "thr_tok", round(e["heldout"]["density"]["thr_tok"], 4),
               "skipped", e["skipped_blocks"], f"{recs[name]['seconds']:.0f}s", flush=True)
-    tag = "_".join(only) if only else "all"
-    (out / f"{model}_train_{tag}.json").write_text(json.dumps(recs))
+        tag = "_".join(only) if only else "all"
+        (out / f"{model}_train_{tag}.json").write_text(json.dumps(recs))
 
 
 def _goals(model: str, rows: dict, lat: dict | None) -> dict:
@@ -244,6 +230,7 @@ def part_export(model: str, trained: Path, reps: int, work: Path | None, only: l
                                           runtimes=["openvino"])
         rows[name] = {**_row(read_manifest(arts[name])), "options": opts, "seconds_here": time.perf_counter() - t0,
                       "trained_on": dev_rec["gpu"], "train_seconds": dev_rec["seconds"], "training": dev_rec["training"],
+                      "train_command": dev_rec.get("command", "the method's apply (method level)"),
                       "heldout_on_gpu": {metric: dev_rec["heldout"][metric],
                                          "thr_tok": dev_rec["heldout"]["density"]["thr_tok"]}}
         r = rows[name]
@@ -254,8 +241,9 @@ def part_export(model: str, trained: Path, reps: int, work: Path | None, only: l
             print(json.dumps({rt: v["ratio_to_first"] for rt, v in lat.items()}), flush=True)
         res = {"rows": rows, "latency": lat, "goals": _goals(model, rows, lat),
                "latency_reference": "peft = the dense merged model (the source graph, plus the task head for MiniLM)",
-               "train_command": f"python benchmarks/deft.py --part train --model {model} --device cuda "
-                                f"--steps {dev_rec['options']['train_steps']} --out DIR"}
+               "train_command": f"python benchmarks/on_device.py run deft --part train --model {model} --device cuda "
+                                f"--steps {dev_rec['options']['train_steps']} --out DIR (each variant an `edgekit "
+                                "compress ... --method deft --set save_peft=F`, its command in the row)"}
         _save(model, res)
     print(json.dumps(res["goals"], indent=1))
     return res

@@ -122,8 +122,6 @@ def _ds_seed_spread(r: Results) -> float:
 # ---------------------------------------------------------------- renderers (one per README block)
 
 def render_udfc_zoo(r: Results) -> str:
-    zoo, lite = r("udfc")["zoo"], r("udfc")["zoo_lite0"]
-
     def find(rows, net, kind, variant, bits):
         for x in rows:
             if x["net"] == net and x["kind"] == kind and x.get("variant") == variant and x.get("bits") == bits:
@@ -136,30 +134,25 @@ def render_udfc_zoo(r: Results) -> str:
     cols = ["rtn", "udfc", "udfc_v1", "udfc_paper"]
     out = ["| network | bits | RTN | udfc (default) | udfc before issue 21 | paper (`paper=true`) |",
            "|---|---|---|---|---|---|"]
-    rows = lite["rows"]
     cli = r("udfc")["zoo_cli"]
-    lcli = r("udfc").get("zoo_lite0_cli")
+    lcli = r("udfc")["zoo_lite0_cli"]
 
     def lc(x):
         if x is None:
             return ""
         return "refused" if x.get("agree") is None else ac(x)
     for i, b in enumerate((8, 6, 4)):
-        if lcli:
-            label = "EfficientNet-Lite0 (ImageNet logits, Fashion images)" if i == 0 else ""
-            out.append(f"| {label} | W{b} | " + " | ".join(lc(find(lcli["rows"], 'efficientnet-lite0', 'quant', v, b))
-                                                          for v in cols) + " |")
-        else:
-            label = "EfficientNet-Lite0 (ImageNet logits, Fashion images; method level)" if i == 0 else ""
-            out.append(f"| {label} | W{b} | " + " | ".join(ac(find(rows, 'efficientnet-lite0', 'quant', v, b))
-                                                          for v in cols) + " |")
-    out.append("| same, 30% of weights exactly 0 (method level: a script-made sparse checkpoint) | W6 | " + " | ".join(
-        ac(find(rows, "efficientnet-lite0", "sparse30", v, 6)) for v in cols) + " |")
+        label = "EfficientNet-Lite0 (ImageNet logits, Fashion images)" if i == 0 else ""
+        out.append(f"| {label} | W{b} | " + " | ".join(lc(find(lcli["rows"], 'efficientnet-lite0', 'quant', v, b))
+                                                      for v in cols) + " |")
+    more = r("udfc")["zoo_more_cli"]
+    out.append("| same, a sparse checkpoint: 30% of each channel's weights exactly 0 | W6 | " + " | ".join(
+        lc(find(more["rows"], "efficientnet-lite0", "sparse30", v, 6)) for v in cols) + " |")
     names = {"mobilenetv2": "MobileNetV2-style", "effnet_silu_se": "EfficientNet-B-style, SiLU + SE",
              "vgg": "VGG-style", "resnet20": "ResNet-20"}
     for k, (net, label) in enumerate(names.items()):
-        acc = zoo["training"][net]["test_accuracy"]
-        acc_s = f"Fashion test accuracy {acc:.4f}" if k == 0 else f"{acc:.4f}"
+        acc = next(x["fp32_acc"] for x in cli["rows"] if x["net"] == net and x.get("fp32_acc") is not None)
+        acc_s = f"FP32 accuracy {acc:.3f} on those images" if k == 0 else f"{acc:.3f}"
 
         def one(x):
             return "refused" if x is None or x.get("agree") is None else f3(x["agree"])
@@ -178,9 +171,18 @@ def render_udfc_zoo(r: Results) -> str:
                                                f"`{lcli['rows'][0]['product']['commands'][1]}`, top-1 agreement / logit "
                                                f"cosine with the FP32 source on {lcli['images']:,} images)"]
                                               if lcli else []),
-                                            f"{_cmd(prov['zoo_lite0'])} (`zoo_lite0`: the method's `apply` in torch, "
-                                            "method level" + ("; the sparse row only)" if lcli else ")")]))
+                                            f"{_cmd(prov['zoo_more_cli'])} (`zoo_more_cli`: the sparse row, each cell a "
+                                            f"pair like `{_sparse_cmds(more)[0]}` + `{_sparse_cmds(more)[1]}`, against "
+                                            "that sparse checkpoint, a state dict file the script writes; and the W8, "
+                                            "pruning and sparse-checkpoint figures the prose quotes)"]))
     return "\n".join(out)
+
+
+def _sparse_cmds(more: dict) -> list[str]:
+    """The compress/eval commands of zoo_more_cli's Lite0 sparse-checkpoint udfc W6 cell."""
+    row = next(x for x in more["rows"] if (x["net"], x["kind"], x["variant"], x["bits"])
+               == ("efficientnet-lite0", "sparse30", "udfc", 6))
+    return row["product"]["commands"]
 
 
 def render_llm_fp4_smollm2(r: Results) -> str:
@@ -713,9 +715,15 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
 
 # ---------------------------------------------------------------- figures quoted in prose
 
+def _zoo_rows(r: Results) -> list[dict]:
+    """udfc.json's zoo rows made through the product: zoo_cli (Fashion nets W6/W4), zoo_lite0_cli (Lite0
+    quantization), zoo_more_cli (W8, pruning, sparse checkpoints)."""
+    return [x for k in ("zoo_cli", "zoo_lite0_cli", "zoo_more_cli") for x in r.get("udfc", f"{k}/rows")]
+
+
 def _w8(r: Results, kinds: tuple[str, ...], variant: str | None = None) -> list[dict]:
-    """udfc.json zoo rows at W8 of the given kinds (and variant), over the four Fashion nets."""
-    return [x for x in r.get("udfc", "zoo/rows") if x.get("bits") == 8 and x["kind"] in kinds
+    """udfc.json zoo rows (through the product) at W8 of the given kinds (and variant), over the four Fashion nets."""
+    return [x for x in _zoo_rows(r) if x.get("bits") == 8 and x["kind"] in kinds and x["net"] != "efficientnet-lite0"
             and (variant is None or x.get("variant") == variant)]
 
 
@@ -758,9 +766,9 @@ def _fp32_err(r: Results, variant: str) -> float:
 
 
 def zoo(net: str, kind: str, variant: str, bits: int, key: str, fmt: Callable[[Any], str]) -> tuple:
-    """A figure from udfc.json's zoo rows (Lite0 rows live in `zoo_lite0`), as a CLAIMS entry."""
+    """A figure from udfc.json's zoo rows made through the product (`_zoo_rows`), as a CLAIMS entry."""
     def get(r: Results) -> Any:
-        rows = r.get("udfc", "zoo_lite0/rows" if net == "efficientnet-lite0" else "zoo/rows")
+        rows = _zoo_rows(r)
         hit = [x for x in rows if (x["net"], x["kind"], x.get("variant"), x.get("bits")) == (net, kind, variant, bits)]
         if len(hit) != 1:
             raise KeyError(f"udfc.json: {len(hit)} rows for {net} {kind} {variant} W{bits}")
