@@ -65,23 +65,22 @@ def _row(man: dict) -> dict:
     return row
 
 
-def _ov_file(art: Path) -> Path:
-    return next((art / "exports" / "openvino").glob("*.xml"))
+def _latency(arts: dict[str, Path], names: list[str], reps: int) -> dict:
+    """`edgekit profile ART... --target host --target intel-cpu-openvino --rounds N`: the artifacts interleaved on
+    ONNX Runtime and OpenVINO, p50 ms and the ratio to the first (the dense merged PEFT model)."""
+    import edgekit.api
 
-
-def _latency(arts: dict[str, Path], names: list[str], feeds: dict, reps: int) -> dict:
-    """p50 ms and ratio to the first artifact, ONNX Runtime (model.onnx) and OpenVINO, interleaved, 2 threads."""
-    from edgekit.profile import interleaved
-
-    out = {}
-    for rt in ("onnxruntime", "openvino"):
-        files = [{"path": arts[n] / "model.onnx" if rt == "onnxruntime" else _ov_file(arts[n]), "runtime": rt,
-                  "threads": 2, "label": n} for n in names]
-        res = interleaved(files, rounds=reps, warmup=3, feeds=feeds, with_provenance=False)
+    cmd = (f"edgekit profile {' '.join(str(arts[n]) for n in names)} --target host --target intel-cpu-openvino "
+           f"--rounds {reps}")
+    doc = edgekit.api.profile([str(arts[n]) for n in names], ["host", "intel-cpu-openvino"], rounds=reps)
+    out: dict = {"command": cmd}
+    for res in doc["results"]:
         if res["status"] != "ok":
-            raise RuntimeError(f"interleaved timing on {rt} failed: {res.get('error')}")
-        p50 = {f["label"]: f["timing_ms"]["p50"] for f in res["files"]}
-        out[rt] = {"p50_ms": p50, "ratio_to_first": {n: p50[n] / p50[names[0]] for n in names}}
+            raise RuntimeError(f"edgekit profile on {res['target']} failed: {res.get('error')}")
+        p50 = {n: f["timing_ms"]["p50"] for n, f in zip(names, res["files"])}
+        out[res["runtime"]] = {"p50_ms": p50, "ratio_to_first": {n: p50[n] / p50[names[0]] for n in names},
+                               "ratio_ci": {n: (f.get("ratio") or {}).get("ci95") for n, f in zip(names, res["files"])},
+                               "target": res["target"], "rounds": res.get("rounds")}
     return out
 
 
@@ -192,8 +191,6 @@ def _goals(model: str, rows: dict, lat: dict | None) -> dict:
 def part_export(model: str, trained: Path, reps: int, work: Path | None, only: list[str] | None) -> dict:
     """Compress every trained variant here (an artifact already in `work` made from the same weights is reused),
     saving after each; the latency pair is timed as soon as both of its artifacts exist."""
-    import numpy as np
-
     import edgekit
     from edgekit.artifact import read_manifest
     from edgekit.data import open_data
@@ -208,14 +205,7 @@ def part_export(model: str, trained: Path, reps: int, work: Path | None, only: l
     rows, arts, lat = dict(old.get("rows", {})), {}, old.get("latency")
     shape = "1x128:int64,1x128:int64" if model == "minilm" else None
     metric = "accuracy" if model == "minilm" else "perplexity"
-    if model == "minilm":
-        ids = np.zeros((1, 128), np.int64)
-        ids[0, :24] = np.random.default_rng(0).integers(1000, 20000, 24)
-        feeds = {"input_ids": ids, "attention_mask": np.ones((1, 128), np.int64)}
-        timed = ["peft", "peft_skip", "deft_skip"]
-    else:
-        feeds = {"input_ids": np.random.default_rng(0).integers(0, 49152, (1, 128)).astype(np.int64)}
-        timed = ["peft", "deft_skip"]
+    timed = ["peft", "peft_skip", "deft_skip"] if model == "minilm" else ["peft", "deft_skip"]
     names = [v for v in (only or VARIANTS[model]) if v in recs]
     for name in names:
         dev_rec = recs[name]
@@ -237,7 +227,7 @@ def part_export(model: str, trained: Path, reps: int, work: Path | None, only: l
         print(f"{name:10s} {metric} {r[metric]:.4f} thr_tok {r['thr_tok']:.4f} exact_tok {r['exact_tok']:.4f} "
               f"thr(all positions) {r['thr']:.4f} skipped {r['skipped_blocks']}", flush=True)
         if all(t in arts for t in timed) and (lat is None or name in timed):
-            lat = _latency(arts, timed, feeds, reps)
+            lat = _latency(arts, timed, reps)
             print(json.dumps({rt: v["ratio_to_first"] for rt, v in lat.items()}), flush=True)
         res = {"rows": rows, "latency": lat, "goals": _goals(model, rows, lat),
                "latency_reference": "peft = the dense merged model (the source graph, plus the task head for MiniLM)",

@@ -413,6 +413,9 @@ def minilm_cli(names: list[str], limit: int | None, threads: int, work: Path):
         info.update(compress_s=round(time.perf_counter() - t0, 1), bits_per_weight=round(rep["bits_per_weight"], 3),
                     precision=ex.get("precision"), validation_rule=(ex.get("validation") or {}).get("tolerance"),
                     validation_inputs=(ex.get("validation") or {}).get("inputs"),
+                    torch_float32_rel_l2=max((o.get("torch_float32_rel_l2") for o in
+                                              ((ex.get("validation") or {}).get("outputs") or {}).values()
+                                              if o.get("torch_float32_rel_l2") is not None), default=None),
                     onnx_mb=round((art / "model.onnx").stat().st_size / 1e6, 1))
         res = evaluate(art, "wordnet10", runtime="onnxruntime", limit=limit, threads=threads)
         info.update({k: round(v, 4) for k, v in res["metrics"].items()}, samples=res["samples"],
