@@ -5,28 +5,23 @@ Parts (each merges its keys into benchmarks/results/bipft.json):
            glosses, stdlib module/class/function docstrings (not pydoc topics: those are the retrieval set), and the
            licence texts in /usr/share/common-licenses. Written to --corpus.
 * pack:    MiniLM as an fp16 HF folder + the corpus into --dir, for the GPU machine (its files travel in 64 MiB).
-* train:   (GPU) times 40 steps, then distils for as many steps as fit --budget-s through the public method
-           (edgekit.methods.bipft.apply, device=cuda), writing the trained student compactly (save_binary) to --out.
-* eval:    (here, CPU) FP32; naive W1A1 (rank=0, no fit, no distillation); BWN weights only (binary_act=false);
-           estimators fitted without distillation; BiPFT + distillation loaded from --trained (load_binary), probed
-           with the FP32 head and with a head fitted on its own embeddings; a CPU-budget distillation.
-* train-cli: (GPU) the same distillation through the product, `edgekit compress minilm --method bipft --data CORPUS
-           --set train_steps=N --set device=cuda --set save_binary=F ...` (benchmarks/on_device.py run bipft ...).
-* cli:     (here) the goal table through the product: `edgekit compress minilm --method bipft ...` per row (the trained
-           row with --set load_binary=F from train-cli), `edgekit eval ART --task wordnet10`, and one
-           `edgekit profile minilm ART...` for the latency; key `cli`.
-Run:  python benchmarks/bipft.py corpus|pack|train|eval|train-cli|cli [options]
+* train-cli: (GPU) BiPFT + distillation through the product, `edgekit compress minilm --method bipft --data CORPUS
+           --set train_steps=N --set device=cuda --set save_binary=F ...` (benchmarks/on_device.py run bipft ...),
+           writing the trained student compactly (save_binary) to --out.
+* cli:     (here, CPU) the goal table through the product: `edgekit compress minilm --method bipft ...` per row
+           (naive W1A1: rank=0, no fit, no distillation; BWN weights only: binary_act=false; estimators fitted
+           without distillation; the trained row with --set load_binary=F from train-cli, packed and int8 storage),
+           `edgekit eval ART --task wordnet10`, and one `edgekit profile minilm ART...` for the latency; key `cli`.
+Run:  python benchmarks/bipft.py corpus|pack|train-cli|cli [options]
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 OUT = Path(__file__).parent / "results" / "bipft.json"
@@ -88,124 +83,6 @@ def pack(folder: Path) -> None:
     model.bert.half().save_pretrained(folder / "minilm")
     tok.save_pretrained(folder / "minilm")
     print(corpus(folder / "corpus.txt"), "paragraphs;", minilm_dir())
-
-
-def _student_opts(**kw) -> dict:
-    return {"progress": False, **kw}
-
-
-def train(model_dir: Path, corpus_path: Path, out: Path, budget_s: float, device: str, batch: int, lr: float,
-          attn_weight: float) -> None:
-    """Distil on the GPU for as many steps as fit the budget (module doc)."""
-    import transformers
-
-    from edgekit.data import open_data
-    from edgekit.methods import bipft
-    from edgekit.models.real import MeanPooledEncoder
-
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    bert = transformers.AutoModel.from_pretrained(str(model_dir), dtype=torch.float32)
-    model = MeanPooledEncoder(bert).eval()
-    data = open_data(corpus_path)
-    base = {"device": device, "batch_size": batch, "lr": lr, "attn_weight": attn_weight, "seed": 0}
-    t0 = time.perf_counter()
-    bipft.apply(copy.deepcopy(model), bipft.Config(**_student_opts(train_steps=40, fit_steps=0, **base)), data)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    per_step = (time.perf_counter() - t0) / 40  # includes α init and teacher copy: an upper bound
-    steps = int(max(100, min(20000, budget_s / per_step)) // 100 * 100)
-    print(f"{per_step * 1000:.1f} ms/step (upper bound) -> {steps} steps", flush=True)
-    opts = _student_opts(train_steps=steps, save_binary=str(out / "minilm_bipft.safetensors"), progress=True, **base)
-    t0 = time.perf_counter()
-    _, rep = bipft.apply(model, bipft.Config(**opts), data)
-    rec = {"options": opts, "corpus_paragraphs": len(data), "train_seconds": time.perf_counter() - t0,
-           "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None, "torch": torch.__version__,
-           "ms_per_step_estimate": per_step * 1000, "report_extra": rep.extra,
-           "command": f"python benchmarks/bipft.py train --model-dir {model_dir} --corpus {corpus_path} --out OUT "
-                      f"--budget-s {budget_s} --device {device} --batch {batch} --lr {lr} --attn-weight {attn_weight}"}
-    (out / "train.json").write_text(json.dumps(rec, indent=1, default=str))
-    print(json.dumps({k: rec[k] for k in ("train_seconds", "corpus_paragraphs")}), rep.extra.get("distillation"))
-
-
-def _own_head(model: torch.nn.Module) -> float:
-    """Probe accuracy with a head fitted on the model's own train embeddings (unit length, logistic regression C=1,
-    the same recipe edgekit.eval.wordnet uses for the FP32 head)."""
-    from sklearn.linear_model import LogisticRegression
-
-    from edgekit.eval.wordnet import Config as WC
-    from edgekit.eval.wordnet import load_glosses
-    from edgekit.models.real import minilm_tokenizer
-
-    tok = minilm_tokenizer()
-    tr, ytr, te, yte = load_glosses(WC(**WN))
-
-    def emb(texts: list[str]) -> np.ndarray:
-        out = []
-        with torch.no_grad():
-            for i in range(0, len(texts), 32):
-                enc = tok(texts[i:i + 32], truncation=True, max_length=128, padding=True, return_tensors="pt")
-                out.append(model(enc["input_ids"], enc["attention_mask"]).numpy())
-        e = np.concatenate(out)
-        return e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)
-
-    head = LogisticRegression(C=1.0, max_iter=3000).fit(emb(tr), ytr)
-    return float((head.predict(emb(te)) == yte).mean())
-
-
-def evaluate_variants(trained: Path | None, train_json: Path | None, corpus_path: Path, cpu_steps: int,
-                      rows: list[str] | None = None, key: str = "eval") -> dict:
-    """The goal table's rows through the public API (module doc)."""
-    from edgekit.data import open_data
-    from edgekit.eval import evaluate
-    from edgekit.methods import bipft
-    from edgekit.models.real import load_minilm
-
-    torch.manual_seed(0)
-    model, _ = load_minilm()
-    data = open_data(corpus_path)
-    fp = evaluate(model, "wordnet10", options=WN)["metrics"]
-    res = {"fp32": fp, "rows": []}
-    print(f"FP32 probe {fp['probe_accuracy']:.3f}", flush=True)
-    variants = [
-        ("naive_w1a1", "naive binarization W1A1 (BWN weights, binary activations), no estimators, no distillation",
-         {"rank": 0, "fit_steps": 0, "train_steps": 0}),
-        ("bwn_w1a32", "naive BWN weights only (activations FP), no distillation",
-         {"rank": 0, "fit_steps": 0, "train_steps": 0, "binary_act": False}),
-        ("estimators_no_kd", "BiPFT estimators (rank 1) fitted to their residual, no distillation",
-         {"rank": 1, "fit_steps": 100, "train_steps": 0}),
-        (f"bipft_kd_cpu{cpu_steps}", f"BiPFT + distillation, CPU smoke budget ({cpu_steps} steps x 16 texts)",
-         {"rank": 1, "fit_steps": 50, "train_steps": cpu_steps}),
-    ]
-    if trained is not None:
-        tr = json.loads(train_json.read_text()) if train_json else {}
-        d = tr.get("report_extra", {}).get("distillation", {})
-        variants.append(("bipft_kd_gpu", f"BiPFT + distillation on {tr.get('gpu')} ({d.get('steps')} steps x "
-                         f"{d.get('batch_size')} texts, {d.get('seconds', 0):.0f} s), loaded with load_binary",
-                         {"load_binary": str(trained)}))
-        res["gpu_training"] = tr
-    if rows:
-        variants = [v for v in variants if v[0] in rows]
-    order = ["bipft_kd_gpu", "naive_w1a1", "estimators_no_kd", "bwn_w1a32"]  # the goal table's rows first
-    variants.sort(key=lambda v: order.index(v[0]) if v[0] in order else len(order))
-    for name, what, opts in variants:
-        t0 = time.perf_counter()
-        m, rep = bipft.apply(copy.deepcopy(model), bipft.Config(progress=False, **opts), data)
-        r = evaluate(m.eval(), "wordnet10", options=WN)["metrics"]
-        row = {"variant": name, "what": what, "options": opts, "probe_accuracy": r["probe_accuracy"],
-               "cosine": r["cosine"], "retrieval_top1": r["retrieval_top1"],
-               "bits_per_encoder_linear_weight": rep.extra["bits_per_encoder_linear_weight"],
-               "bits_per_encoder_weight_with_fp_side_params": rep.extra["bits_per_encoder_weight_with_fp_side_params"],
-               "distillation": rep.extra.get("distillation"), "estimator_fit": rep.extra.get("estimator_fit"),
-               "seconds": time.perf_counter() - t0}
-        if name == "bipft_kd_gpu":
-            row["probe_own_head"] = _own_head(m)
-            res["fp32"]["probe_own_head"] = _own_head(model)
-        res["rows"].append(row)
-        print(f"{name:18s} probe {row['probe_accuracy']:.3f} cos {row['cosine']:.3f} "
-              f"own-head {row.get('probe_own_head', float('nan')):.3f}", flush=True)
-        _save(key, res)
-    return res
 
 
 CLI_ROWS = {  # name -> (what, bipft options); every row `edgekit compress minilm --method bipft ...` + `edgekit eval`
@@ -275,37 +152,27 @@ def cli(trained: Path | None, train_json: Path | None, corpus_path: Path, work: 
         _save("cli", res)
     return res
 
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=["corpus", "pack", "train", "eval", "train-cli", "cli"])
+    ap.add_argument("part", choices=["corpus", "pack", "train-cli", "cli"])
     ap.add_argument("--steps", type=int, default=5700, help="train-cli: distillation steps")
     ap.add_argument("--src", default="minilm", help="train-cli: the model source edgekit compresses")
     ap.add_argument("--work", type=Path, default=Path("/tmp/bipft-cli"), help="cli: artifact folder")
     ap.add_argument("--rounds", type=int, default=20, help="cli: interleaved profile rounds")
     ap.add_argument("--corpus", type=Path, default=Path(".xfer/bipft/corpus.txt"))
     ap.add_argument("--dir", type=Path, default=Path(".xfer/bipft"))
-    ap.add_argument("--model-dir", type=Path, default=Path(".xfer/bipft/minilm"))
     ap.add_argument("--out", type=Path, default=Path(".xfer/bipft/out"))
-    ap.add_argument("--trained", type=Path, default=None)
-    ap.add_argument("--train-json", type=Path, default=None)
-    ap.add_argument("--budget-s", type=float, default=300)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--attn-weight", type=float, default=0.0)
-    ap.add_argument("--cpu-steps", type=int, default=100)
-    ap.add_argument("--rows", default="", help="eval: only these variants (comma-separated keys)")
-    ap.add_argument("--key", default="eval", help="eval: results key (default eval)")
+    ap.add_argument("--trained", type=Path, default=None, help="cli: train-cli's save_binary file")
+    ap.add_argument("--train-json", type=Path, default=None, help="cli: train-cli's train_cli.json")
+    ap.add_argument("--device", default="cpu", help="train-cli: training device")
+    ap.add_argument("--batch", type=int, default=64, help="train-cli: distillation batch size")
+    ap.add_argument("--lr", type=float, default=2e-4, help="train-cli: learning rate")
     a = ap.parse_args()
     if a.part == "corpus":
         print(corpus(a.corpus), "paragraphs")
     elif a.part == "pack":
         pack(a.dir)
-    elif a.part == "train":
-        a.out.mkdir(parents=True, exist_ok=True)
-        train(a.model_dir, a.corpus, a.out, a.budget_s, a.device, a.batch, a.lr, a.attn_weight)
-    elif a.part == "eval":
-        evaluate_variants(a.trained, a.train_json, a.corpus, a.cpu_steps, [r for r in a.rows.split(",") if r], a.key)
     elif a.part == "train-cli":
         train_cli(a.corpus, a.out, a.steps, a.device, a.batch, a.lr, a.src)
     else:

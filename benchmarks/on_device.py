@@ -7,7 +7,7 @@ docstrings and pydoc topics than ours (3.11), so the evaluation and calibration 
            -> .xfer/ (git-ignored): the SmolLM2 GGUF in two parts (one transfer is capped at 64 MiB), wheels of the
               pure-Python deps missing there, and the texts as this machine builds them (Python-docs topics, GPL-3,
               the benchmarks' calibration / training docstrings)
-  there:   python benchmarks/on_device.py run structured_ffn smollm2 --device cuda ...
+  there:   python benchmarks/on_device.py run structured_ffn cli --model smollm2 --device cuda ...
            -> joins the GGUF (sha256 checked), points EDGEKIT_CACHE at .xfer/cache, makes edgekit.eval.perplexity
               and the benchmark read the packed texts, then runs the benchmark's main() with the given arguments.
 Results land in benchmarks/results/*.json there; the caller copies them back, and merges a device results file

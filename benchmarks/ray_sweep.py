@@ -3,8 +3,7 @@ slots, and the local executor for the Ray overhead per task. Public CLI only (`e
 run; every run's exact command, wall-clock seconds and the host's load average before/after are recorded in
 benchmarks/results/ray_sweep.json with edgekit's provenance.
 
-    python benchmarks/ray_sweep.py [--repeats 1]              # the sweep (top-level keys of the JSON)
-    python benchmarks/ray_sweep.py optin --workers 1,2         # OPTIN scoring fan-out (key "optin_scoring")
+    python benchmarks/ray_sweep.py [--repeats 1]
 
 Variants: fp32 + rtn, magnitude, udfc, denseshift (data-free) and llm_fp4 (calibration: a seeded random .npy of the
 model's input shape). Targets: x86-avx2-ort and intel-cpu-openvino with a shortened measuring protocol (written as
@@ -15,15 +14,6 @@ buys, and (wall(ray, 1 worker) - wall(local)) / 6 is Ray's overhead per task (st
 included). bench.json's executor.seconds splits each Ray run into start / build / profiles / stop, so the build
 phase (the part Ray spreads) has its own 1-vs-2 ratio. On a 2-core shared box the 2-worker figure is bounded by the cores other jobs leave; the load average
 is recorded with every run.
-
-`optin`: OPTIN scoring of all-MiniLM-L6-v2 (calibration: `--samples` WordNet train glosses, as benchmarks/optin.py)
-through the method's public interface (get_method("optin"), parse_config, apply; cache off, so every run scores),
-once with executor=local (torch's default threads) and once per `--workers N` with executor=ray (a local Ray
-instance of N CPU slots started and stopped inside apply, its start counted in the wall time; each task runs torch
-with 1 thread). Recorded per run: wall-clock seconds of apply, the report's scoring seconds, the fan-out report
-(tasks, nodes, worker pids), the load average around it, and the equality check against the local run: the raw
-scores' sha256 (report `raw_scores_sha256`), the chosen units/neurons per layer and every tensor of the slimmed
-model (torch.equal). Merged into benchmarks/results/ray_sweep.json under "optin_scoring" (the sweep keeps it).
 """
 from __future__ import annotations
 
@@ -94,82 +84,10 @@ def _write(res: dict) -> None:
     tmpf.replace(RESULTS)
 
 
-def _old() -> dict:
-    return json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-
-
-def optin_part(workers: list[int], samples: int, repeats: int) -> dict:
-    """OPTIN scoring of MiniLM: local vs Ray with each worker count; wall-clock and the equality check."""
-    import copy
-
-    import torch
-
-    from edgekit.data import DataSource
-    from edgekit.eval.wordnet import Config as WC
-    from edgekit.eval.wordnet import load_glosses
-    from edgekit.methods import get_method, parse_config
-    from edgekit.models.real import load_minilm
-    from edgekit.profile import provenance
-
-    method = get_method("optin")
-    model, _ = load_minilm()
-    data = DataSource(texts=load_glosses(WC())[0])
-    base = {"samples": samples, "cache": False, "progress": False}
-    plans = [("local", base)] + [(f"ray_{n}_worker{'s' if n > 1 else ''}", {**base, "executor": "ray", "workers": n})
-                                 for n in workers]
-    runs: dict[str, list] = {k: [] for k, _ in plans}
-    ref: dict = {}
-    for i in range(repeats):
-        for key, opts in plans:
-            cfg = parse_config(method, opts)
-            la0, t0 = os.getloadavg(), time.perf_counter()
-            m, rep = method.apply(copy.deepcopy(model), cfg, data)
-            wall = time.perf_counter() - t0
-            ex = rep.extra
-            sd = {k: v.detach().clone() for k, v in m.state_dict().items()}
-            got = {"sha": ex["raw_scores_sha256"], "units": ex["units_per_layer"], "neurons": ex["neurons_per_layer"]}
-            if key == "local" and not ref:
-                ref = {**got, "sd": sd}
-            same_model = sd.keys() == ref["sd"].keys() and all(torch.equal(sd[k], ref["sd"][k]) for k in sd)
-            runs[key].append({
-                "options": {k: v for k, v in opts.items()}, "wall_s": round(wall, 2),
-                "scoring_seconds": ex["scoring_seconds"], "loadavg_before": la0, "loadavg_after": os.getloadavg(),
-                "fan_out": ex["fan_out"], "raw_scores_sha256": got["sha"],
-                "equal_to_local": {"raw_scores_bitwise": got["sha"] == ref["sha"],
-                                   "units_and_neurons": (got["units"], got["neurons"]) == (ref["units"],
-                                                                                          ref["neurons"]),
-                                   "slimmed_model_bitwise": same_model}})
-            print(f"{key}: {wall:.1f} s (scoring {ex['scoring_seconds']} s, load {la0[0]:.1f}) equal to local: "
-                  f"{runs[key][-1]['equal_to_local']}", flush=True)
-    best = {k: min(r["wall_s"] for r in v) for k, v in runs.items()}
-    ray_keys = [k for k, _ in plans if k != "local"]
-    res = {"what": "OPTIN trajectory scoring of all-MiniLM-L6-v2 through get_method('optin').apply: executor=local "
-                   "vs executor=ray on a local Ray instance with each worker count (instance start/stop included)",
-           "model": "all-MiniLM-L6-v2", "calibration": f"{samples} WordNet train glosses", "workers": workers,
-           "local_torch_threads": torch.get_num_threads(), "runs": runs, "best_wall_s": best,
-           "all_equal_to_local": all(all(r["equal_to_local"].values()) for v in runs.values() for r in v),
-           "cores": os.cpu_count(), "provenance": provenance()}
-    if len(ray_keys) > 1:
-        res["ratio_first_over_last_workers"] = round(best[ray_keys[0]] / best[ray_keys[-1]], 3)
-    return res
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=1)
-    sub = ap.add_subparsers(dest="part")
-    op = sub.add_parser("optin", help="OPTIN scoring of MiniLM: executor=local vs executor=ray with N workers")
-    op.add_argument("--workers", default="1,2", help="comma-separated Ray worker counts (default 1,2)")
-    op.add_argument("--samples", type=int, default=16, help="calibration glosses (OPTIN's default 16)")
-    op.add_argument("--repeats", type=int, default=1, dest="optin_repeats")
     a = ap.parse_args()
-    if a.part == "optin":
-        res = optin_part([int(x) for x in a.workers.split(",") if x.strip()], a.samples, a.optin_repeats)
-        doc = _old()
-        doc["optin_scoring"] = res
-        _write(doc)
-        print(json.dumps({k: res[k] for k in ("best_wall_s", "all_equal_to_local")}))
-        return
     from edgekit.profile import provenance
 
     exe = str(Path(sys.executable).with_name("edgekit"))
@@ -199,8 +117,6 @@ def main() -> None:
            "build_phase_ratio_1_over_2_workers": round(min(p["build"] for p in phases["ray_1_worker"]) / min(
                p["build"] for p in phases["ray_2_workers"]), 3), "cores": os.cpu_count(),
            "provenance": provenance(threads=1)}
-    if "optin_scoring" in (old := _old()):  # the other part's record stays
-        res["optin_scoring"] = old["optin_scoring"]
     _write(res)
     print(json.dumps({k: res[k] for k in ("best_wall_s", "ratio_1_over_2_workers", "build_phase_ratio_1_over_2_workers",
                                           "ray_overhead_per_task_s", "ray_phase_seconds")}))

@@ -173,8 +173,8 @@ def calibrate(m: nn.Module, batches: int = 4) -> nn.Module:
 
 def family_net(cls, seed: int = 0) -> nn.Module:
     """Random conv weights, random BN affine (γ in [0.5, 1.5], β in [-0.5, 0.5]), BN statistics measured on the
-    synthetic task: every layer's statistics describe the data it sees (training was measured in
-    benchmarks/udfc.py `zoo`; here it would cost tens of seconds)."""
+    synthetic task: every layer's statistics describe the data it sees (training the Fashion networks of
+    benchmarks/udfc.py would cost tens of seconds here)."""
     torch.manual_seed(seed)
     m = cls()
     g = torch.Generator().manual_seed(seed)
