@@ -20,7 +20,6 @@ Parts (JSON merged into benchmarks/results/deft.json; every entry records its co
     python benchmarks/deft.py --part pack && python benchmarks/on_device.py pack
     python benchmarks/on_device.py run deft --part train --model minilm --device cuda --steps 600 --out DIR  # GPU
     python benchmarks/deft.py --part export --model minilm --trained-dir DIR
-    python benchmarks/deft.py --part dtype      # spec 9.6: density of the same model in float32 vs bfloat16
 """
 from __future__ import annotations
 
@@ -228,7 +227,7 @@ def part_export(model: str, trained: Path, reps: int, work: Path | None, only: l
               f"thr(all positions) {r['thr']:.4f} skipped {r['skipped_blocks']}", flush=True)
         if all(t in arts for t in timed) and (lat is None or name in timed):
             lat = _latency(arts, timed, reps)
-            print(json.dumps({rt: v["ratio_to_first"] for rt, v in lat.items()}), flush=True)
+            print(json.dumps({rt: v["ratio_to_first"] for rt, v in lat.items() if isinstance(v, dict)}), flush=True)
         res = {"rows": rows, "latency": lat, "goals": _goals(model, rows, lat),
                "latency_reference": "peft = the dense merged model (the source graph, plus the task head for MiniLM)",
                "train_command": f"python benchmarks/on_device.py run deft --part train --model {model} --device cuda "
@@ -239,53 +238,9 @@ def part_export(model: str, trained: Path, reps: int, work: Path | None, only: l
     return res
 
 
-def part_dtype(limit: int = 200, windows: int = 4) -> dict:
-    """Spec §9.6: exact-zero and thresholded (|a| > 1e-3) MLP activation density of the same model in float32 and
-    bfloat16, on held-out data (MiniLM: WordNet-10 test glosses; SmolLM2: the perplexity task's Python-docs windows),
-    measured with the method's own Capture/DensityMeter (every MLP activation output, real tokens)."""
-    import torch
-
-    from edgekit.eval.perplexity import windows as ppl_windows
-    from edgekit.eval.wordnet import Config as WC
-    from edgekit.eval.wordnet import load_glosses
-    from edgekit.methods.deft.density import Capture, DensityMeter
-    from edgekit.methods.deft.model import find_blocks
-    from edgekit.models.real import load_minilm, load_smollm2
-
-    res: dict = {"tau": 1e-3, "note": "the untrained (FP32 base) models; DEFT's density loss is not involved"}
-    enc, tok = load_minilm()
-    texts = load_glosses(WC())[2][:limit]
-    batches = [tok(texts[i:i + 16], truncation=True, max_length=128, padding=True, return_tensors="pt")
-               for i in range(0, len(texts), 16)]
-    lm, stok = load_smollm2()
-    wins = torch.from_numpy(ppl_windows(stok, "python_docs", 512, windows))
-    cases = [("minilm (GELU)", enc, [(b["input_ids"], b["attention_mask"]) for b in batches], f"{limit} test glosses"),
-             ("smollm2 (SiLU gate)", lm, [(w[None], torch.ones(1, 512, dtype=torch.long)) for w in wins],
-              f"{windows} x 512 Python-docs tokens")]
-    for name, model, data, what in cases:
-        row = {"data": what}
-        for dt in (torch.float32, torch.bfloat16):
-            m = model.to(dt).eval()
-            cap = Capture([b.act for b in find_blocks(m)])
-            meter = DensityMeter(len(cap.handles), 1e-3)
-            with torch.no_grad():
-                for ids, mask in data:
-                    cap.clear()
-                    m(input_ids=ids, attention_mask=mask) if "smollm2" in name else m(ids, mask)
-                    meter.add(cap.acts, cap.which, mask)
-            cap.remove()
-            r = meter.result()
-            row[str(dt).split(".")[1]] = {k: r[k] for k in ("exact_tok", "thr_tok", "exact_tok_per_layer")}
-            print(name, dt, f"exact-nonzero {r['exact_tok']:.6f}  |a|>tau {r['thr_tok']:.4f}", flush=True)
-        model.to(torch.float32)
-        res[name] = row
-    _save("dtype_check", res)
-    return res
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", required=True, choices=["pack", "train", "export", "dtype"])
+    ap.add_argument("--part", required=True, choices=["pack", "train", "export"])
     ap.add_argument("--model", choices=["minilm", "smollm2"], default="minilm")
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--device", default="cpu")
@@ -297,8 +252,6 @@ def main() -> None:
     a = ap.parse_args()
     if a.part == "pack":
         part_pack()
-    elif a.part == "dtype":
-        part_dtype()
     elif a.part == "train":
         part_train(a.model, a.device, a.steps, a.out, [v for v in a.variants.split(",") if v])
     else:

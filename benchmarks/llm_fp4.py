@@ -5,9 +5,6 @@ computed in torch for every variant, FP32 included, in the same run. Calibration
 modules (disjoint from the evaluation text). Results merge into benchmarks/results/llm_fp4.json.
 
     nice python benchmarks/llm_fp4.py --windows 8 --variants fp32,rtn_w4,fp4_w4 --threads 1
-    nice python benchmarks/llm_fp4.py --export        # file size + ORT/OpenVINO p50 of the weight-only export
-    nice python benchmarks/llm_fp4.py --export-int    # MiniLM W4A4: FP32 vs fake-quant vs MatMulInteger export
-    nice python benchmarks/llm_fp4.py --minilm --minilm-limit 1000 --threads 2   # MiniLM wordnet10 comparison
     nice python benchmarks/llm_fp4.py --minilm-cli --threads 2   # the same variants as a user runs them: the CLI's
         `edgekit compress minilm --method llm_fp4 --set ... --data calib.npy` (public API), scored through the
         artifact's ONNX Runtime file (`edgekit eval ART --task wordnet10 --runtime onnxruntime`)
@@ -30,7 +27,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from edgekit.data import DataSource
-from edgekit.errors import ExportMismatchError
 from edgekit.methods import llm_fp4, rtn as baseline_rtn
 from edgekit.profile import provenance
 
@@ -81,10 +77,8 @@ VARIANTS["fpq_w4a4_e8"] = ("fp4", {"w_bits": 4, "a_bits": 4, "variant": "fpq", "
 VARIANTS["fpq_w8a8_dflt"] = ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "fpq"})
 VARIANTS["fpq_baseline_w8a8_full"] = ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "fpq_baseline", **FULL})
 
-# MiniLM (wordnet10) comparison: the SmolLM2 settings by name (same options, FAST budget where SmolLM2 uses it),
+# MiniLM (wordnet10, --minilm-cli): the SmolLM2 settings by name (same options, FAST budget where SmolLM2 uses it),
 # plus weight-only FP8 at the default budget
-MINILM_VARIANTS = ["fp32", "minmax_int_w4a4", "minmax_fp_w4a4", "fpq_baseline_w4a4", "fpq_w4a4", "fpq_w4a8",
-                   "fpq_w8a8", "fp4_w4", "fp8_w8"]  # also runnable: fpq_w8a8_default, fp4_w4_fast
 VARIANTS["fp8_w8"] = ("fp4", {"w_bits": 8, "a_bits": None})
 
 
@@ -146,141 +140,6 @@ def run_variant(name: str, base: torch.nn.Module, data: DataSource, tok_dir: str
     return m, info
 
 
-def export_latency(threads: int, reps: int) -> dict:
-    """MiniLM (1x128): FP32 vs weight-only FP4 (mixed formats -> int8 codes; E1M2 -> int4) ONNX size and p50."""
-    import tempfile
-
-    from edgekit.export.onnx import to_onnx
-    from edgekit.export.validate import validate
-    from edgekit.quant import get_codes
-    from edgekit.model_io import InputSpec, example_inputs
-    from edgekit.models.real import load_minilm, minilm_dir
-
-    enc, tok = load_minilm()
-    specs = [InputSpec("input_ids", [1, 128], "int64", high=tok.vocab_size), InputSpec("attention_mask", [1, 128], "int64")]
-    inputs = example_inputs(specs)
-    data = DataSource(texts=calib_texts())
-    out, tmp = {}, Path(tempfile.mkdtemp(prefix="llm_fp4_"))
-    models = {"fp32": (enc, {})}
-    for name, opts in (("fp4_w4", {"a_bits": None}), ("fp4_w4_e1m2_int4", {"a_bits": None, "w_formats": ["E1M2"]}),
-                       ("fpq_w4a4_fakequant", {}), ("fpq_w4a4_matmulinteger", {})):
-        cfg = llm_fp4.Config(tokenizer=str(minilm_dir()), progress=False, **opts)
-        models[name] = llm_fp4.apply(copy.deepcopy(enc), cfg, data)
-    paths = {}
-    for name, (m, rep) in models.items():
-        p = tmp / f"{name}.onnx"
-        qdq = to_onnx(m, inputs, specs, p, get_codes(m) if rep else None, int_matmul=name.endswith("matmulinteger"))
-        try:
-            val = validate(m, specs, p, "onnxruntime", rep.export_precision if rep else "fp32")
-            err = max(o["rel_l2"] for o in val["outputs"].values())
-        except ExportMismatchError as e:  # record, keep measuring the others
-            err = str(e)[:300]
-        paths[name] = p
-        out[name] = {"file_mb": round(p.stat().st_size / 1e6, 2), "qdq": qdq, "onnx_vs_torch_rel_l2": err,
-                     "bits_per_weight": round(rep.bits_per_weight, 2) if rep else 32.0}
-    feeds = {s.name: t.numpy() for s, t in zip(specs, inputs)}
-    for rt in ("onnxruntime", "openvino"):
-        p50 = _interleaved_p50(paths, feeds, rt, threads, reps)  # interleaved so drift hits every variant alike
-        for n, v in p50.items():
-            out[n][f"p50_ms_{rt}"] = round(1e3 * v, 2)
-            out[n][f"latency_vs_fp32_{rt}"] = round(v / p50["fp32"], 3)
-    return out
-
-
-def wordnet_glosses(n: int = 16) -> list[str]:
-    """n WordNet noun glosses, evenly spaced over the wordnet10 training split (the eval's own sampling)."""
-    from edgekit.eval.wordnet import Config as WordNetConfig
-    from edgekit.eval.wordnet import load_glosses
-
-    tr = load_glosses(WordNetConfig())[0]
-    return tr[:: len(tr) // n][:n]
-
-
-def _interleaved_p50(paths: dict[str, Path], feeds: dict, runtime: str, threads: int, reps: int) -> dict[str, float]:
-    """p50 seconds per model, the models timed in one interleaved loop in a worker (edgekit.profile.interleaved)
-    so load drift hits all alike; `paths` must start with the reference."""
-    from edgekit.profile import interleaved
-
-    res = interleaved([{"path": p, "runtime": runtime, "threads": threads, "label": n} for n, p in paths.items()],
-                      rounds=reps, warmup=3, feeds=feeds, with_provenance=False)
-    if res["status"] != "ok":
-        raise RuntimeError(f"interleaved timing on {runtime} failed: {res['error']}")
-    return {f["label"]: f["timing_ms"]["p50"] / 1e3 for f in res["files"]}
-
-
-def export_int_w4a4(threads: int, reps: int) -> dict:
-    """MiniLM 1x128, W4A4 FPQ (16 WordNet glosses, reduced search): FP32 vs fake-quant vs MatMulInteger export.
-
-    One quantized model, exported twice (int_matmul off/on), so both files hold the same codes; the int graph is also
-    written with int8 instead of uint8+zero-point activation codes (s8s8 vs u8s8 MatMulInteger). Each export is
-    compared with the torch fake-quant model on ONNX Runtime and OpenVINO (4 inputs, as edgekit's validation), and
-    with the torch model's own float32-vs-float64 difference, the noise floor of a 4-bit-activation model.
-    """
-    import tempfile
-
-    import numpy as np
-
-    from edgekit.export.onnx import to_onnx
-    from edgekit.quant import get_codes
-    from edgekit.model_io import InputSpec, example_inputs
-    from edgekit.models.real import load_minilm, minilm_dir
-    from edgekit.runtimes import open_session
-
-    enc, tok = load_minilm()
-    specs = [InputSpec("input_ids", [1, 128], "int64", high=tok.vocab_size),
-             InputSpec("attention_mask", [1, 128], "int64")]
-    inputs = example_inputs(specs)
-    t0 = time.perf_counter()
-    cfg = llm_fp4.Config(tokenizer=str(minilm_dir()), progress=False, seq_len=128, n_seqs=4, search_tokens=128,
-                         n_candidates=8, rounds=1)
-    q, rep = llm_fp4.apply(copy.deepcopy(enc), cfg, DataSource(texts=wordnet_glosses(16)))
-    out: dict = {"setup": {"model": "all-MiniLM-L6-v2 + mean pooling, 1x128", "threads": threads, "reps": reps,
-                           "calibration": "16 WordNet glosses, 4x128 tokens, 128 in the MSE, 8 candidates, 1 round",
-                           "formats": rep.extra["formats"], "calibration_s": round(time.perf_counter() - t0, 1)}}
-    tmp = Path(tempfile.mkdtemp(prefix="llm_fp4_int_"))
-    paths = {"fp32": tmp / "fp32.onnx", "w4a4_fakequant": tmp / "fq.onnx", "w4a4_matmulinteger": tmp / "int.onnx"}
-    to_onnx(enc, inputs, specs, paths["fp32"])
-    to_onnx(q, inputs, specs, paths["w4a4_fakequant"], get_codes(q), int_matmul=False)
-    info = to_onnx(q, inputs, specs, paths["w4a4_matmulinteger"], get_codes(q), int_matmul=True)["int_matmul"]
-    out["int_matmul"] = info
-    import onnx  # the same rewrite with int8 (s8s8) codes instead of uint8 + zero point (u8s8), for comparison
-
-    from edgekit.export.fp4_matmul import rewrite
-    from edgekit.quant import act_records
-
-    paths["w4a4_matmulinteger_s8s8"] = tmp / "int_s8.onnx"
-    proto, _ = rewrite(onnx.load(str(paths["w4a4_fakequant"])), get_codes(q), act_records(q), uint8=False)
-    onnx.save(proto, str(paths["w4a4_matmulinteger_s8s8"]))
-    q64 = copy.deepcopy(q).double()
-    for name, p in paths.items():
-        ref_model = enc if name == "fp32" else q
-        e: dict = {"file_mb": round(p.stat().st_size / 1e6, 2)}
-        for rt in ("onnxruntime", "openvino"):
-            s = open_session(p, rt, threads=threads)
-            errs, floor = [], []
-            for seed in range(4):
-                x = example_inputs(specs, seed=seed)
-                with torch.no_grad():
-                    r = ref_model(*x).numpy()
-                    r64 = q64(*x).numpy() if name != "fp32" else r
-                got = s.run({n: t.numpy() for n, t in zip(s.input_names, x)})[0]
-                errs.append(float(np.linalg.norm(got - r) / np.linalg.norm(r)))
-                floor.append(float(np.linalg.norm(r64 - r) / np.linalg.norm(r64)))
-            e[f"rel_l2_vs_torch_{rt}"] = [round(v, 7) for v in errs]
-            if name != "fp32":
-                e["torch_fp32_vs_fp64_rel_l2"] = [round(v, 7) for v in floor]
-        out[name] = e
-    feeds = {s.name: t.numpy() for s, t in zip(specs, inputs)}
-    for rt in ("onnxruntime", "openvino"):
-        p50 = _interleaved_p50(paths, feeds, rt, threads, reps)
-        for n, v in p50.items():
-            out[n][f"p50_ms_{rt}"] = round(1e3 * v, 2)
-            out[n][f"latency_vs_fp32_{rt}"] = round(v / p50["fp32"], 3)
-        for n in ("w4a4_matmulinteger", "w4a4_matmulinteger_s8s8"):
-            out[n][f"latency_vs_fakequant_{rt}"] = round(p50[n] / p50["w4a4_fakequant"], 3)
-    return out
-
-
 def export_int_cli(threads: int, rounds: int, work: Path) -> dict:
     """MiniLM W4A4 FPQ through the product, once with `--set int_matmul=true` (the default: uint8 x int8
     MatMulInteger where the codes fit) and once with `int_matmul=false` (fake-quant graph): each an `edgekit
@@ -331,41 +190,6 @@ def minilm_calib_ids(n_rows: int = 16, seq_len: int = 256, seed: int = 1) -> tor
         if len(stream) >= n_rows * seq_len:
             break
     return torch.tensor(stream[: n_rows * seq_len], dtype=torch.int64).reshape(n_rows, seq_len)
-
-
-def _budget(opts: dict) -> str:
-    return "FAST (4x256 calib tokens, 128 in MSE, 8 candidates, 1 round, embeddings float)" \
-        if all(opts.get(k) == v for k, v in FAST.items()) else \
-        "default (8x256 calib tokens, 256 in MSE, 16 candidates, 2 rounds (1 when weight-only); embeddings at w_bits)"
-
-
-def minilm_compare(names: list[str], limit: int | None, threads: int):
-    """MiniLM wordnet10 (torch) for FP32 and each llm_fp4 variant; calibration on packed WordNet train glosses."""
-    from edgekit.eval import evaluate
-    from edgekit.models.real import load_minilm
-
-    base, _ = load_minilm()
-    ids = minilm_calib_ids()
-    data = DataSource(tensors=[ids])
-    for name in names:
-        kind, opts = VARIANTS[name]
-        m, info = base, {"options": opts}
-        if kind == "fp4":
-            m = copy.deepcopy(base)
-            t0 = time.perf_counter()
-            m, rep = llm_fp4.apply(m, llm_fp4.Config(**opts, progress=False), data)
-            info.update(calibration_s=round(time.perf_counter() - t0, 1), budget=_budget(opts),
-                        bits_per_weight=round(rep.bits_per_weight, 3), formats=rep.extra["formats"],
-                        calibration_tokens=rep.extra["calibration_tokens"], a_headroom=rep.extra["a_headroom"],
-                        never_worse_than_minmax=f"{rep.extra['layers_never_worse_than_minmax']}/"
-                                                f"{sum('mse_minmax' in i for i in rep.extra['layers'].values())}")
-        elif kind != "none":
-            raise ValueError(f"{name}: only llm_fp4 variants run on MiniLM")
-        res = evaluate(m, "wordnet10", limit=limit, threads=threads)
-        info.update({k: round(v, 4) for k, v in res["metrics"].items()}, samples=res["samples"],
-                    eval_s=res["seconds"], fp32_reference=res["reference"])
-        print(name, json.dumps({k: v for k, v in info.items() if k not in ("options", "formats")}), flush=True)
-        yield name, info
 
 
 CLI_VARIANTS = ["fpq_w8a8", "fpq_w4a8", "fp4_w4", "fpq_w4a4"]
@@ -509,16 +333,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="calibration and evaluation device (cpu, cuda, auto)")
     ap.add_argument("--section", default="", help="results key for SmolLM2 rows (default: the top-level "
                                                   "'variants'/'setup' of earlier runs)")
-    ap.add_argument("--export", action="store_true", help="only the MiniLM export size/latency part")
-    ap.add_argument("--export-int", action="store_true", help="only MiniLM W4A4 fake-quant vs MatMulInteger export")
     ap.add_argument("--headroom-cli", type=int, nargs="*", default=None, help="SmolLM2 FPQ W8A8 at these a_headroom "
                     "values through compress/eval on the held-out windows 16-23 (key headroom_cli)")
     ap.add_argument("--export-int-cli", action="store_true", help="MiniLM W4A4 MatMulInteger vs fake-quant through "
                     "edgekit compress/eval/profile (key export_int_cli; --reps profile rounds)")
-    ap.add_argument("--reps", type=int, default=30, help="timed runs per model and runtime (--export-int)")
-    ap.add_argument("--minilm", action="store_true", help="only the MiniLM wordnet10 comparison")
+    ap.add_argument("--reps", type=int, default=30, help="edgekit profile rounds (--export-int-cli)")
     ap.add_argument("--minilm-limit", type=int, default=None, help="test glosses (default: all 1,000)")
-    ap.add_argument("--minilm-variants", default=",".join(MINILM_VARIANTS))
     ap.add_argument("--minilm-cli", action="store_true", help="MiniLM variants through edgekit.compress + the "
                     "artifact's ONNX Runtime file (key minilm_wordnet10_cli)")
     ap.add_argument("--cli-variants", default=",".join(CLI_VARIANTS))
@@ -538,30 +358,9 @@ def main() -> None:
         sec = res.get(key, {})
         sec["setup"] = {"model": "minilm (built-in)", "task": "wordnet10", "runtime": "onnxruntime",
                         "test_glosses": args.minilm_limit or 1000, "threads": args.threads,
-                        "calibration": "the --minilm part's ids (minilm_calib_ids) saved as calib.npy for --data"}
+                        "calibration": "minilm_calib_ids() saved as calib.npy for --data"}
         sec.setdefault("variants", {})
         for name, info in minilm_cli(args.cli_variants.split(","), args.minilm_limit, args.threads, args.work):
-            sec["variants"][name] = {**info, "provenance": provenance(threads=args.threads)}
-            res = json.loads(OUT.read_text()) if OUT.is_file() else {}
-            res[key] = sec
-            OUT.write_text(json.dumps(res, indent=1))
-        return
-    if args.minilm:
-        key = "minilm_wordnet10"
-        res = json.loads(OUT.read_text()) if OUT.is_file() else {}
-        sec = res.get(key, {})
-        sec["setup"] = {"model": "all-MiniLM-L6-v2 + mean pooling (torch)", "task": "wordnet10",
-                        "test_glosses": args.minilm_limit or 1000, "threads": args.threads,
-                        "calibration": "WordNet-10 train glosses (seed-1 draw, disjoint from the test split), each "
-                                       "[CLS] gloss [SEP], packed into 256-token windows; FAST variants use 4 of "
-                                       "them, default-budget ones 8",
-                        "probe": "head fitted on FP32 train embeddings (eval's cached reference)",
-                        "anchors": {"fp32_probe": 0.825, "nncf_int8_ptq": {"probe": 0.827, "cosine": 0.996},
-                                    "nncf_int4_weights": {"probe": 0.827, "cosine": 0.958},
-                                    "ort_dynamic_int8": {"probe": 0.813, "cosine": 0.966}}}
-        sec.setdefault("variants", {})
-        names = ["fp32"] + [v for v in args.minilm_variants.split(",") if v != "fp32"]
-        for name, info in minilm_compare(names, args.minilm_limit, args.threads):
             sec["variants"][name] = {**info, "provenance": provenance(threads=args.threads)}
             res = json.loads(OUT.read_text()) if OUT.is_file() else {}
             res[key] = sec
@@ -574,18 +373,6 @@ def main() -> None:
         res = json.loads(OUT.read_text()) if OUT.is_file() else {}
         res["export_int_cli"] = {**export_int_cli(args.threads, args.reps, args.work),
                                  "provenance": provenance(threads=args.threads)}
-        OUT.write_text(json.dumps(res, indent=1))
-        return
-    if args.export_int:
-        res = json.loads(OUT.read_text()) if OUT.is_file() else {}
-        res["export_int_w4a4_minilm_1x128"] = {**export_int_w4a4(2, args.reps), "provenance": provenance(threads=2)}
-        print(json.dumps(res["export_int_w4a4_minilm_1x128"], indent=1))
-        OUT.write_text(json.dumps(res, indent=1))
-        return
-    if args.export:
-        res = json.loads(OUT.read_text()) if OUT.is_file() else {}
-        res["export_minilm_1x128"] = {**export_latency(2, 30), "provenance": provenance(threads=2)}
-        print(json.dumps(res["export_minilm_1x128"], indent=1))
         OUT.write_text(json.dumps(res, indent=1))
         return
     from edgekit.eval.perplexity import windows

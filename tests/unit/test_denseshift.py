@@ -567,3 +567,18 @@ def test_save_weights_round_trips_exactly_and_never_overwrites(tmp_path):
         apply(tiny_cnn(), cfg(bits=3, train_steps=0, save_weights=str(f)))
     with pytest.raises(ConfigError, match=".safetensors"):
         apply(tiny_cnn(), cfg(bits=3, train_steps=0, save_weights=str(tmp_path / "x.pt")))
+
+
+def test_shift_accelerator_estimate_is_amdahl_on_the_converted_macs():
+    """The report's labelled estimate: f = converted layers' share of Conv/Linear MACs (counted by hand here),
+    speed-up 1/((1-f) + f/1.6); the first conv and last linear (kept float) are outside f."""
+    x = torch.randn(1, 3, 8, 8)
+    _, rep = apply(tiny_cnn(), cfg(bits=3, train_steps=0), example_inputs=(x,))
+    # TinyCNN on 8x8: stem 3->8 3x3 (8x8 out), conv1 8->16 s2 (4x4), conv2 16->16 (4x4), hidden 16->12, fc 12->5
+    stem, conv1, conv2, hidden, fc = 64 * 8 * 27, 16 * 16 * 72, 16 * 16 * 144, 12 * 16, 5 * 12
+    f = (conv1 + conv2 + hidden) / (stem + conv1 + conv2 + hidden + fc)
+    assert set(rep.layers_touched) == {"conv1", "conv2", "hidden"}
+    assert rep.extra["shift_estimate_mac_fraction"] == pytest.approx(f, abs=1e-4)
+    assert rep.extra["shift_estimate_speedup"] == pytest.approx(1 / ((1 - f) + f / 1.6), abs=1e-3)
+    assert "ESTIMATE" in rep.extra["shift_estimate_label"]
+    assert "shift_estimate_speedup" not in apply(tiny_cnn(), cfg(bits=3, train_steps=0))[1].extra
