@@ -231,8 +231,7 @@ def part_export(model: str, trained: Path, reps: int, work: Path | None, only: l
         res = {"rows": rows, "latency": lat, "goals": _goals(model, rows, lat),
                "latency_reference": "peft = the dense merged model (the source graph, plus the task head for MiniLM)",
                "train_command": f"python benchmarks/on_device.py run deft --part train --model {model} --device cuda "
-                                f"--steps {dev_rec['options']['train_steps']} --out DIR (each variant an `edgekit "
-                                "compress ... --method deft --set save_peft=F`, its command in the row)"}
+                                f"--steps {dev_rec['options']['train_steps']} --out DIR"}
         _save(model, res)
     print(json.dumps(res["goals"], indent=1))
     return res

@@ -473,12 +473,13 @@ def render_deft(r: Results) -> str:
            f"{sm['deft_skip']['thr_tok']:.3f} ({layers(sm['deft_skip'])} blocks) | |",
            ""]
     out.append(source_line(["deft.json"], [_cmd(d[m]["provenance"]) for m in ("minilm", "smollm2")]
-                           + [f"`{d[m]['train_command']}` (training, H200)" for m in ("minilm", "smollm2")],
+                           + [f"`{d[m]['train_command'].split(' (')[0]}` (training on the H200; each variant an "
+                              f"`edgekit compress` like `{d[m]['rows']['deft']['train_command']}`)"
+                              for m in ("minilm", "smollm2")],
                            "every row is the report of an `edgekit.compress(MODEL, \"deft\", {load_peft: ...})` "
                            "artifact made here (what `edgekit compress MODEL --method deft --set load_peft=F` runs: "
                            "merge, export, then the method's held-out evaluation in fp32, stored in the manifest); "
-                           "the adapters were trained on the H200, each by the `edgekit compress ... --set "
-                           "save_peft=F` recorded as the row's `train_command`"))
+                           "each row records its training command as `train_command`"))
     return "\n".join(out)
 
 

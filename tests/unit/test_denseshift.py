@@ -581,4 +581,8 @@ def test_shift_accelerator_estimate_is_amdahl_on_the_converted_macs():
     assert rep.extra["shift_estimate_mac_fraction"] == pytest.approx(f, abs=1e-4)
     assert rep.extra["shift_estimate_speedup"] == pytest.approx(1 / ((1 - f) + f / 1.6), abs=1e-3)
     assert "ESTIMATE" in rep.extra["shift_estimate_label"]
+    from edgekit.profile import hardware_estimates  # reaches the profile report, labelled as an estimate
+
+    hw = hardware_estimates({"method": {"name": "denseshift", "report": {"extra": rep.extra}}})
+    assert len(hw) == 1 and hw[0]["method"] == "denseshift" and hw[0]["speedup"] == rep.extra["shift_estimate_speedup"]
     assert "shift_estimate_speedup" not in apply(tiny_cnn(), cfg(bits=3, train_steps=0))[1].extra

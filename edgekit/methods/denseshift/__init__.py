@@ -251,6 +251,12 @@ def apply(model: nn.Module, cfg: Config, data=None, example_inputs=None) -> tupl
                                               "dot product on the converted layers' MACs",
                          shift_estimate_mac_fraction=round(share, 4),
                          shift_estimate_speedup=round(1 / ((1 - share) + share / SHIFT_DOT_SPEEDUP), 3))
+        rep.extra["hardware_estimate"] = {  # what `edgekit profile` reports for hardware this host does not have
+            "label": "estimate (not measured): a shift-capable accelerator (exponent-add instead of multiply, the "
+                     "paper's 1.6x FP16 dot product) on the converted layers only, Amdahl's law",
+            "summary": f"{share * 100:.1f}% of the MACs are in converted layers: ~"
+                       f"{rep.extra['shift_estimate_speedup']:.2f}x on such hardware",
+            "speedup": rep.extra["shift_estimate_speedup"], "converted_mac_fraction": round(share, 4)}
     if save_to is not None:
         meta = {k: getattr(cfg, k) for k in ("bits", "variant", "chain", "init", "storage")}
         rep.extra["saved_weights"] = {"path": str(save_to), "bytes": save_safetensors(
