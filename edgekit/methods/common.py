@@ -57,11 +57,13 @@ def check_new_safetensors(path: str | None, option: str) -> Path | None:
 
 
 def save_safetensors(path: Path, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> int:
-    """Write atomically (a .tmp file renamed into place); returns the file's size in bytes."""
+    """Write atomically (a .tmp file renamed into place); returns the file's size in bytes. Tensors are cloned, so
+    tied weights (one storage under two keys, which safetensors refuses) are written twice instead of failing
+    after the training that produced them."""
     from safetensors.torch import save_file
 
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp), metadata=metadata)
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in state.items()}, str(tmp), metadata=metadata)
     tmp.replace(path)
     return path.stat().st_size
 
