@@ -306,8 +306,9 @@ def main() -> None:
     info.update(model=MODEL, deploy="data-free INT8 (BatchNorm ranges, k=6)", commands=log, variants=variants,
                 host_after=host(), date=time.strftime("%Y-%m-%d %H:%M"))
     prev = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    if "litert" in prev:  # the LiteRT part's key is kept
-        info["litert"] = prev["litert"]
+    for key in ("litert", "resnet20", "bench_resnet20"):  # the other parts' sections are kept
+        if key in prev:
+            info[key] = prev[key]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(info, indent=2, default=str))
     print(f"\nhost: {info['host_before']['cpu']}, AVX-512 VNNI: {info['host_before']['avx512_vnni']}, "
