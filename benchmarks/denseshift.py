@@ -137,15 +137,21 @@ def _effnet_row(src: Path, opts: dict, out: Path, limit: int | None, threads: in
     return row
 
 
-def part_effnet(trained_dir: Path, threads: int, limit: int | None) -> dict:
-    """EfficientNet-Lite0 rows (module doc)."""
+def _effnet_fp32(path: Path) -> Path:
+    """The user's FP32 source: EfficientNet-Lite0's ImageNet weights as a state dict under `net.` (the keys of
+    --arch ... features=true)."""
     from safetensors.torch import save_file
 
     from edgekit.models.real import load_efficientnet_lite0
 
+    save_file({f"net.{k}": v.contiguous() for k, v in load_efficientnet_lite0().state_dict().items()}, str(path))
+    return path
+
+
+def part_effnet(trained_dir: Path, threads: int, limit: int | None) -> dict:
+    """EfficientNet-Lite0 rows (module doc)."""
     tmp = Path(tempfile.mkdtemp(prefix="denseshift_effnet_"))
-    src = tmp / "effnet_fp32.safetensors"
-    save_file({f"net.{k}": v.contiguous() for k, v in load_efficientnet_lite0().state_dict().items()}, str(src))
+    src = _effnet_fp32(tmp / "effnet_fp32.safetensors")
     rows = {"denseshift_noft_w4": _effnet_row(src, {"bits": 4, "variant": "pot_nozero_noft"}, tmp / "art_ds_noft_w4",
                                               limit, threads),
             "rtn_w4": _effnet_row(src, {"method": "rtn", "bits": 4, "skip": ["_conv_stem$", "_fc$"]},
@@ -179,15 +185,11 @@ def part_cli_effnet_train(dev: str, steps: int, work: Path, opts: dict) -> dict:
     (uint8, --data) that `input_size=224` resizes as fashion-probe does; `save_weights` writes the converted model's
     state dict (effnet_denseshift_w4.safetensors, 19 MB) for `--part effnet` here, which compresses it with
     train_steps=0 (exact) and deploys it. Also writes effnet_trained.json (command, seconds, GPU, training record)."""
-    from safetensors.torch import save_file
-
     import edgekit
     from edgekit.api import read_manifest
-    from edgekit.models.real import load_efficientnet_lite0
 
     work.mkdir(parents=True, exist_ok=True)
-    src = work / "effnet_fp32.safetensors"
-    save_file({f"net.{k}": v.contiguous() for k, v in load_efficientnet_lite0().state_dict().items()}, str(src))
+    src = _effnet_fp32(work / "effnet_fp32.safetensors")
     train = work / "fashion_train_u8.npz"
     np.savez(train, x=_raw("train-images-idx3-ubyte.gz", 16).reshape(-1, 28, 28))
     o = {"bits": 4, "variant": "denseshift", "train_steps": steps, "device": dev, "progress": False, "loss": "kd",

@@ -252,21 +252,25 @@ def part_zoo_cli(n_images: int, threads: int, bits_list: tuple[int, ...] = (6, 4
     return {"images": n_images, "rows": rows, "data_file": f"fashion_test{n_images}.npz (normalised, input + labels)"}
 
 
+def lite0_npz(xte: torch.Tensor, path: Path, px: int) -> Path:
+    """Normalised Fashion images as EfficientNet-Lite0's `--data` file: upsampled to px, grey -> RGB, in [-1, 1]."""
+    import numpy as np
+
+    x = torch.nn.functional.interpolate((xte * 0.3530 + 0.2860 - 0.5) * 2, size=(px, px), mode="bilinear")
+    np.savez(path, input=x.repeat(1, 3, 1, 1).numpy().astype(np.float32))
+    return path
+
+
 def part_zoo_lite0_cli(n_images: int, threads: int, px: int = 224, bits_list: tuple[int, ...] = (8, 6, 4)) -> dict:
     """EfficientNet-Lite0's quantization rows through the product: `edgekit compress efficientnet-lite0 --method
     rtn|udfc --set bits=B [...]` and `edgekit eval ART --task npz --data fashion{px}_test{n}.npz` (Fashion test images
     upsampled to px, grey -> RGB, in [-1, 1]; no labels: ImageNet logits), top-1 agreement and logit cosine with the
     FP32 source, on ONNX Runtime."""
-    import numpy as np
-
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from _product import run_row
 
     work = Path(tempfile.mkdtemp(prefix="udfc_lite0_cli_"))
-    xte = load_fashion("test")[0][:n_images]
-    x = torch.nn.functional.interpolate((xte * 0.3530 + 0.2860 - 0.5) * 2, size=(px, px), mode="bilinear")
-    test = work / f"fashion{px}_test{n_images}.npz"
-    np.savez(test, input=x.repeat(1, 3, 1, 1).numpy().astype(np.float32))
+    test = lite0_npz(load_fashion("test")[0][:n_images], work / f"fashion{px}_test{n_images}.npz", px)
     variants = {"rtn": ("rtn", {}), "udfc": ("udfc", {}), "udfc_v1": ("udfc", V1),
                 "udfc_paper": ("udfc", {"paper": True})}
     rows = []
@@ -306,8 +310,6 @@ def part_zoo_more_cli(n_images: int, threads: int, px: int = 224, nets: tuple[st
     --method rtn|udfc --set bits=6|8` + `edgekit eval ART --task npz`, scored against that sparse checkpoint (its
     own FP32 source). Each row records its two commands; the sparse files are inputs made by this script, as the
     trained Fashion weights are."""
-    import numpy as np
-
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from _product import run_row
     from edgekit.models.real import load_efficientnet_lite0
@@ -316,10 +318,7 @@ def part_zoo_more_cli(n_images: int, threads: int, px: int = 224, nets: tuple[st
     xte, _ = load_fashion("test")
     recal = xte[5000:10000]
     test28 = fashion_npz("test", work / f"fashion_test{n_images}.npz", n_images)
-    x224 = torch.nn.functional.interpolate((xte[:n_images] * 0.3530 + 0.2860 - 0.5) * 2, size=(px, px),
-                                           mode="bilinear")
-    test224 = work / f"fashion{px}_test{n_images}.npz"
-    np.savez(test224, input=x224.repeat(1, 3, 1, 1).numpy().astype(np.float32))
+    test224 = lite0_npz(xte[:n_images], work / f"fashion{px}_test{n_images}.npz", px)
     rows = []
 
     def one(net: str, kind: str, variant: str, bits: int, src: str, method: str, o: dict, **kw) -> None:

@@ -287,9 +287,7 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
     if deploy_data is not None and deploy is None:
         raise ConfigError("--deploy-data is the calibration data of --deploy int8|auto; add --deploy or drop it")
     if isinstance(deploy_data, (str, Path)):
-        from .data import open_data as _open
-
-        deploy_data = _open(deploy_data)
+        deploy_data = open_data(deploy_data)
     calib_data = deploy_data if deploy_data is not None else data
     plan, rts = _plan(chain, runtimes, data)
     if deploy is not None:  # before any work
@@ -312,7 +310,7 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
     with torch.no_grad():
         fid_n = fidelity.sample_count(count_macs(model, inputs))
     fid_data = data  # the user's samples; the deploy data's when --data does not fit the input (a resize option)
-    if deploy_data is not None and fidelity.held_out(specs, data, 1, model)[1].endswith("does not match the input spec)"):
+    if deploy_data is not None and getattr(data, "tensors", None) and not fidelity.fits(specs, data):
         fid_data = deploy_data
     fid_inputs, fid_from, fid_text = fidelity.held_out(specs, fid_data, fid_n, model)
     fid_role = fidelity.model_role(model, fidelity_metric)

@@ -127,6 +127,11 @@ def _from_texts(specs: Sequence[Any], data: Any, n: int, model: nn.Module | None
     return [tuple(r if nm == "input_ids" else torch.ones_like(r) for nm in names) for r in ids_t]
 
 
+def fits(specs: Sequence[Any], data: Any) -> bool:
+    """Whether a tensor data source's arrays can feed the model as they are (one sample per spec-shaped batch)."""
+    return _from_data(specs, data, 1) is not None
+
+
 def held_out(specs: Sequence[Any], data: Any = None, n: int = MIN_SAMPLES,
              model: nn.Module | None = None) -> tuple[list[Inputs], str, bool]:
     """(inputs, where they came from, whether they are the user's text): the user's --data samples that fit the spec

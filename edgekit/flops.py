@@ -23,3 +23,15 @@ def count_macs(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> int:
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model(*example_inputs)
     return int(fc.get_total_flops() // 2)
+
+
+def macs_by_module(model: nn.Module, example_inputs: Sequence[torch.Tensor]) -> tuple[int, dict[str, int]]:
+    """(total MACs, MACs per module qualified name) of one forward pass, by the same FlopCounterMode; a module's
+    figure includes its children's."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(*example_inputs)
+    root = type(model).__name__ + "."
+    per = {k[len(root):]: int(sum(v.values()) // 2) for k, v in fc.get_flop_counts().items() if k.startswith(root)}
+    return int(fc.get_total_flops() // 2), per

@@ -62,7 +62,7 @@ import torch
 from pydantic import BaseModel, Field
 from torch import nn
 
-from ...flops import count_params
+from ...flops import count_params, macs_by_module
 from ...quant.codes import attach_codes, clear_codes
 from ..common import MethodReport, check_new_safetensors, resolve_device, save_safetensors
 from .convert import fold_scale_into_bn, plan_layers, search_scale, set_module
@@ -152,25 +152,12 @@ SHIFT_DOT_SPEEDUP = 1.6  # the paper's exponent-add FP16 dot product vs multiply
 
 
 def _mac_share(model: nn.Module, names: set[str], example_inputs) -> float | None:
-    """Share of Conv/Linear MACs (one forward pass on the example inputs) in the named modules."""
-    macs: dict[str, int] = {}
-    hooks = []
-    for n, m in model.named_modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
-            def hook(mod, inp, out, n=n):
-                o = out[0] if isinstance(out, (tuple, list)) else out
-                macs[n] = macs.get(n, 0) + int(o.numel() // max(o.shape[0], 1)) * mod.weight[0].numel()
-            hooks.append(m.register_forward_hook(hook))
+    """Share of the model's MACs (one forward pass on the example inputs, edgekit.flops) in the named modules."""
     try:
-        with torch.no_grad():
-            model(*example_inputs)
+        total, per = macs_by_module(model, example_inputs)
     except Exception:  # noqa: BLE001 - the estimate is optional; a model that fails here just gets none
         return None
-    finally:
-        for h in hooks:
-            h.remove()
-    total = sum(macs.values())
-    return sum(v for n, v in macs.items() if n in names) / total if total else None
+    return sum(per.get(n, 0) for n in names) / total if total else None
 
 
 def apply(model: nn.Module, cfg: Config, data=None, example_inputs=None) -> tuple[nn.Module, MethodReport]:
