@@ -295,12 +295,12 @@ def smollm2_cli(names: list[str], device: str, threads: int, work: Path) -> None
         shutil.rmtree(work / name, ignore_errors=True)  # 0.5 GB each; the figures are in the JSON
 
 
-def headroom_cli(threads: int, work: Path, headrooms: list[int]) -> None:
+def headroom_cli(threads: int, work: Path, headrooms: list[int], device: str = "cpu") -> None:
     """How `a_headroom`'s default was chosen, through the product: FPQ W8A8 at each headroom, `edgekit compress
     smollm2 --method llm_fp4 --set w_bits=8 --set a_bits=8 --set a_headroom=H --data calib.txt --input-shape 1x512`,
     scored on a held-out split (Python-docs windows 16-23, disjoint from the reported 0-15) by `edgekit eval ART
     --task perplexity --set python_docs_offset=16 --set python_docs_windows=8 --set gpl3_windows=0`. Key
-    headroom_cli (rows merged by name)."""
+    headroom_cli (rows merged by name); --device cuda adds `--set device=cuda` (calibration on the GPU)."""
     from _product import run_row
 
     work.mkdir(parents=True, exist_ok=True)
@@ -309,7 +309,8 @@ def headroom_cli(threads: int, work: Path, headrooms: list[int]) -> None:
     split = {"python_docs_offset": 16, "python_docs_windows": 8, "gpl3_windows": 0}
     for h in headrooms:
         name = f"fpq_w8a8_h{h}"
-        row = run_row("smollm2", "llm_fp4", {"w_bits": 8, "a_bits": 8, "a_headroom": h}, work / name, data=calib,
+        opts = {"w_bits": 8, "a_bits": 8, "a_headroom": h, **({"device": device} if device != "cpu" else {})}
+        row = run_row("smollm2", "llm_fp4", opts, work / name, data=calib,
                       task="perplexity", threads=threads, input_shape="1x512", eval_opts=split)
         print(name, row.get("metrics") or row.get("error"), flush=True)
         res = json.loads(OUT.read_text()) if OUT.is_file() else {}
@@ -367,7 +368,7 @@ def main() -> None:
             OUT.write_text(json.dumps(res, indent=1))
         return
     if args.headroom_cli is not None:
-        headroom_cli(args.threads, args.work, args.headroom_cli)
+        headroom_cli(args.threads, args.work, args.headroom_cli, args.device)
         return
     if args.export_int_cli:
         res = json.loads(OUT.read_text()) if OUT.is_file() else {}

@@ -159,14 +159,16 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
              deploy: str | None = None, arch_args: dict[str, Any] | None = None,
              min_fidelity: float | None = None, kv_cache: bool = False, keep_program: bool = False,
              fidelity_metric: str = "auto", input_range: tuple[float, float] | None = None,
-             deploy_data: Any = None) -> Path:
+             deploy_data: Any = None, fused_decoder: bool = False) -> Path:
     """Load, apply `method`, write an artifact (model.onnx validated on ONNX Runtime, exports).
 
     `keep_program`: also keep model.pt2, the compressed model as a float torch.export program (as large as the FP32
     model), which a later `edgekit export ART --target tflite` or a chained compress needs. Off by default: the
     artifact ships what the runtimes run; ONNX Runtime/OpenVINO exports can still be added later from model.onnx.
 
-    `kv_cache`: a causal LM is exported as a decoder with a KV cache for generation (edgekit.genai.build).
+    `kv_cache`: a causal LM is exported as a decoder with a KV cache for generation (edgekit.genai.build);
+    `fused_decoder` lays its ONNX Runtime export out with onnxruntime-genai's model builder (fused attention,
+    rotary and norms) holding the method's exact codes (edgekit.genai.fused).
 
     `arch_args` are the keyword arguments of the `arch` factory. The manifest's `fidelity` entry compares the
     compressed model with the source on held-out inputs (edgekit.fidelity); with `min_fidelity` it records
@@ -186,7 +188,8 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
     return compress_chain(model_src, [(method, dict(options or {}))], out, input_shape, data, overwrite, runtimes,
                           dynamic, arch, allow_class, trust_pickle, on_step, deploy, arch_args=arch_args,
                           min_fidelity=min_fidelity, kv_cache=kv_cache, keep_program=keep_program,
-                          fidelity_metric=fidelity_metric, input_range=input_range, deploy_data=deploy_data)
+                          fidelity_metric=fidelity_metric, input_range=input_range, deploy_data=deploy_data,
+                          fused_decoder=fused_decoder)
 
 
 def check_input_range(input_range: Any, deploy: str | None) -> dict[str, Any]:
@@ -270,7 +273,7 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
                    deploy: str | None = None, arch_args: dict[str, Any] | None = None,
                    min_fidelity: float | None = None, kv_cache: bool = False, keep_program: bool = False,
                    fidelity_metric: str = "auto", input_range: tuple[float, float] | None = None,
-                   deploy_data: Any = None) -> Path:
+                   deploy_data: Any = None, fused_decoder: bool = False) -> Path:
     """Apply methods in order (e.g. structured pruning, then quantization) and write one artifact (see compress for
     `keep_program` and `deploy_data`). `data` is a DataSource (`open_data`) or the path of a file/folder, as `--data`
     takes it."""
@@ -295,6 +298,8 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
 
         check_request(deploy, rts, calib_data)
     deploy_opts = check_input_range(input_range, deploy)
+    if fused_decoder and not kv_cache:
+        raise ConfigError(FUSED_NEEDS_KV)
     if kv_cache:  # before any work
         from .genai.verbs import check_request as check_kv
 
@@ -348,7 +353,7 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
         from .genai.verbs import compressed_decoder
 
         return compressed_decoder(model, loaded, src_info, out, rts, entries, fid, precision,
-                                  overwrite, [model_src], on_step, act8=deploy == "int8")
+                                  overwrite, [model_src], on_step, act8=deploy == "int8", fused=fused_decoder)
     with art.staging(out, overwrite, protect=[model_src]) as root:
         on_step("export onnx")
         t0 = time.perf_counter()
@@ -380,11 +385,15 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
     return Path(out)
 
 
+FUSED_NEEDS_KV = "--fused-decoder lays out a KV-cache decoder; add --kv-cache (a causal LM) or drop --fused-decoder"
+
+
 @_locks_output
 def export(src: str | Path, target: str | Sequence[str], out: Path | None = None, input_shape: str | None = None,
            overwrite: bool = False, dynamic: list[str] | None = None, arch: str | None = None,
            allow_class: list[str] | None = None, trust_pickle: bool = False, fp16: bool = False,
-           on_step: Step = _noop, arch_args: dict[str, Any] | None = None, kv_cache: bool = False) -> Path:
+           on_step: Step = _noop, arch_args: dict[str, Any] | None = None, kv_cache: bool = False,
+           fused_decoder: bool = False) -> Path:
     """Export a model or an artifact to one runtime (or target profile), or to several in order; each validated;
     returns the artifact folder.
 
@@ -394,13 +403,15 @@ def export(src: str | Path, target: str | Sequence[str], out: Path | None = None
 
     `kv_cache`: a causal LM as a decoder with a KV cache for generation, or one more runtime for such an artifact
     (edgekit.genai.build; a decoder artifact always takes this path)."""
+    if fused_decoder and not kv_cache:
+        raise ConfigError(FUSED_NEEDS_KV)
     if not isinstance(target, str):
         targets = list(dict.fromkeys(target))
         if not targets:
             raise ConfigError("pass at least one --target (a runtime or a target profile; see `edgekit targets`)")
         for t in targets:  # a misspelt later target fails now, not after the first (slow) export
             resolve_runtime(t)
-        kw = dict(fp16=fp16, on_step=on_step, kv_cache=kv_cache)
+        kw = dict(fp16=fp16, on_step=on_step, kv_cache=kv_cache, fused_decoder=fused_decoder)
         dest_before = Path(out) if out is not None else Path(src)
         existed = dest_before.exists()
         dest = export(src, targets[0], out, input_shape, overwrite, dynamic, arch, allow_class, trust_pickle,
@@ -424,7 +435,7 @@ def export(src: str | Path, target: str | Sequence[str], out: Path | None = None
     from .genai.verbs import export_kv_cache, is_decoder_artifact
 
     if kv_cache or is_decoder_artifact(src_p):
-        return export_kv_cache(src, runtime, out, overwrite, opts, on_step)
+        return export_kv_cache(src, runtime, out, overwrite, opts, on_step, fused_decoder)
     if art.is_artifact(src_p) and not art.read_manifest(src_p).get("torch_program"):
         from .export.onnx_source import export_lean_artifact
 

@@ -24,6 +24,9 @@ Dynamic = Annotated[Optional[list[str]], typer.Option(help="dynamic axes; only '
 Overwrite = Annotated[bool, typer.Option(help="replace an existing output folder")]
 KvCache = Annotated[bool, typer.Option("--kv-cache", help="causal LM: export a decoder with a KV cache for "
                                                            "`edgekit generate` (onnxruntime/openvino)")]
+FusedDecoder = Annotated[bool, typer.Option("--fused-decoder", help="with --kv-cache: lay the onnxruntime export out "
+                                            "with onnxruntime-genai's model builder (fused attention, rotary, norms), "
+                                            "holding the method's exact codes")]
 
 
 def _version(value: bool) -> None:
@@ -84,7 +87,7 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
              deploy_data: Annotated[Optional[Path], typer.Option(
                  help="calibration data of --deploy when it is not --data (e.g. --data trains the method on 28 px "
                       "images, --deploy-data holds inputs of the model's own shape)")] = None,
-             kv_cache: KvCache = False,
+             kv_cache: KvCache = False, fused_decoder: FusedDecoder = False,
              keep_program: Annotated[bool, typer.Option(
                  "--keep-program", help="also keep model.pt2 (the compressed model as a float torch program, as "
                  "large as FP32) for a later LiteRT export or chained compress")] = False,
@@ -104,7 +107,8 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
                                arch_args=parse_sets(arch_args, "--arch-args"), min_fidelity=min_fidelity,
                                kv_cache=kv_cache, keep_program=keep_program, fidelity_metric=fidelity_metric,
                                input_range=input_range.split(",") if input_range is not None else None,
-                               deploy_data=api.open_data(deploy_data) if deploy_data is not None else None)
+                               deploy_data=api.open_data(deploy_data) if deploy_data is not None else None,
+                               fused_decoder=fused_decoder)
         man = api.read_manifest(art)
         rep = man["method"]["report"]
         console.print(f"[green]wrote[/green] {art}  ({method}: params {rep['params_before']:,} -> "
@@ -181,7 +185,7 @@ def export(model: ModelArg, target: Annotated[list[str], typer.Option("--target"
            input_shape: InputShape = None, dynamic: Dynamic = None, arch: Arch = None, arch_args: ArchArgsOpt = None,
            allow_class: AllowClass = None, trust_pickle: TrustPickle = False, overwrite: Overwrite = False,
            fp16: Annotated[bool, typer.Option(help="store OpenVINO weights as fp16")] = False,
-           kv_cache: KvCache = False) -> None:
+           kv_cache: KvCache = False, fused_decoder: FusedDecoder = False) -> None:
     """Export a model or artifact to a runtime and validate it against PyTorch (fails closed)."""
     from . import api
 
@@ -189,7 +193,8 @@ def export(model: ModelArg, target: Annotated[list[str], typer.Option("--target"
         status, step = _steps()
         with status:
             art = api.export(model, target, out, input_shape, overwrite, dynamic, arch, allow_class, trust_pickle,
-                             fp16, on_step=step, arch_args=parse_sets(arch_args, "--arch-args"), kv_cache=kv_cache)
+                             fp16, on_step=step, arch_args=parse_sets(arch_args, "--arch-args"), kv_cache=kv_cache,
+                             fused_decoder=fused_decoder)
         console.print(f"[green]wrote[/green] {art}")
         man = api.read_manifest(art)
         console.print(_validation_table(man))

@@ -93,11 +93,28 @@ def _act8_deploy(val: dict[str, Any], runtime: str) -> dict[str, Any]:
 
 
 def export_ort(root: Path, info: DecoderInfo, tok_files: list[str], prompt: list[int], ref: Any,
-               precision: str, config: dict[str, str], act8: bool = False) -> dict[str, Any]:
+               precision: str, config: dict[str, str], act8: bool = False,
+               fused: tuple[nn.Module, dict[str, WeightCode], Path] | None = None) -> dict[str, Any]:
+    """exports/onnxruntime/: the canonical graph (4-bit weights as MatMulNBits where exact), or with `fused`
+    ((causal LM, its codes, tokenizer folder): `--fused-decoder`) onnxruntime-genai's builder layout holding the
+    method's codes (genai.fused); validated by the greedy loop and onnxruntime-genai's own generation."""
     from .stacks import ort_genai
 
     d = root / "exports" / "onnxruntime"
     d.mkdir(parents=True)
+    if fused is not None:
+        from . import fused as fz
+
+        weights = fz.build(*fused, d, act8=act8)
+        for n in tok_files:  # the artifact's tokenizer files win over the builder's copies
+            shutil.copy2(root / "tokenizer" / n, d / n)
+        val = (check.check_act8(d / "model.onnx", "onnxruntime", info.to_dict(), prompt, ref, {}) if act8 else
+               check.check_loop(d / "model.onnx", "onnxruntime", info.to_dict(), prompt, ref, precision, {}))
+        stack = check.check_stack(lambda: ort_genai(d, prompt, len(ref.tokens)), ref, "onnxruntime-genai",
+                                  "the file computes with int8 activations" if act8 else "")
+        out = {"file": "exports/onnxruntime/model.onnx", "precision": precision, "validation": val, "weights": weights,
+               "genai": {"stack": "onnxruntime-genai", "config": "exports/onnxruntime/genai_config.json", **stack}}
+        return {**out, "deploy": _act8_deploy(val, "onnxruntime")} if act8 else out
     write_genai_config(d, info)
     for n in tok_files:
         shutil.copy2(root / "tokenizer" / n, d / n)
@@ -177,17 +194,27 @@ def write_decoder_artifact(module: nn.Module, out: Path, runtimes: Sequence[str]
                            codes: dict[str, WeightCode] | None = None, precision: str = "fp32",
                            overwrite: bool = False, protect: Sequence[Any] = (),
                            on_step: Callable[[str], None] = lambda s: None, prompt: str = check.PROMPT,
-                           new_tokens: int = check.NEW_TOKENS, act8: bool = False) -> Path:
+                           new_tokens: int = check.NEW_TOKENS, act8: bool = False, fused: bool = False) -> Path:
     """Export `module`'s causal LM with a KV cache into the artifact `out`, validated against transformers' greedy
     generate on every runtime (and its generation stack where installed); `extra` is merged into the manifest
     (method entries, fidelity...). `act8` (`--deploy int8`): each runtime's export computes with int8 activations,
-    judged by check.check_act8 (the canonical model.onnx stays the validated weights-only graph)."""
+    judged by check.check_act8 (the canonical model.onnx stays the validated weights-only graph). `fused`
+    (`--fused-decoder`): the ONNX Runtime export is onnxruntime-genai's builder layout with the method's codes
+    (genai.fused); the canonical model.onnx and the OpenVINO export are unchanged."""
     from ..export.validate import TOLERANCES
 
     rts = check_runtimes(runtimes)
     lm = find_causal_lm(module)
     codes = get_codes(module) if codes is None else codes
     precision = precision if precision in TOLERANCES and precision != "act_quant" else "int"
+    if fused:
+        from .fused import available, plan
+
+        why = available() or ("" if "onnxruntime" in rts else "it lays out the onnxruntime export; add --target "
+                                                              "onnxruntime")
+        if why:
+            raise ConfigError(f"--fused-decoder: {why}")
+        plan(codes)  # codes it cannot hold are refused before any work
     art.check_output(out, overwrite, protect=protect)
     with art.staging(out, overwrite, protect=protect) as root:
         on_step("export onnx (KV cache)")
@@ -206,7 +233,8 @@ def write_decoder_artifact(module: nn.Module, out: Path, runtimes: Sequence[str]
         exports = {}
         for rt in rts:
             on_step(f"export {rt} + validate generation")
-            exports[rt] = (export_ort(root, info, tok_files, ids, ref, precision, ort_cfg, act8) if rt == "onnxruntime"
+            exports[rt] = (export_ort(root, info, tok_files, ids, ref, precision, ort_cfg, act8,
+                                      (lm, codes, tok_dir) if fused else None) if rt == "onnxruntime"
                            else export_ov(root, info, ids, ref, precision, act8))
         ins, outs = _io_specs(info)
         man = {"kind": kind, "source": source, "model": "model.onnx", "inputs": ins, "outputs": outs,

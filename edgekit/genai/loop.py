@@ -87,6 +87,17 @@ def validated_config(validation: dict | None, runtime: str) -> dict[str, str]:
     return dict((validation or {}).get("runtime_config") or (OV_CONFIG if runtime == "openvino" else {}))
 
 
+def ort_runner(sess: Any, layers: int) -> Callable[[dict[str, np.ndarray]], list[np.ndarray]]:
+    """`feeds -> [logits, present.0.key, present.0.value, ...]` for an ONNX Runtime session of a KV-cache decoder.
+    A fused graph (genai.fused, onnxruntime-genai's builder layout) derives positions from the attention mask and
+    lists all present keys before the values: only the inputs the graph has are fed, and the outputs are fetched by
+    name in PastIO's order."""
+    names = {i.name for i in sess.get_inputs()}
+    outs = ["logits"] + [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+    fetch = outs if set(outs) <= {o.name for o in sess.get_outputs()} else None
+    return lambda feeds: sess.run(fetch, {k: v for k, v in feeds.items() if k in names})
+
+
 def open_decoder(path: Path, runtime: str, info: dict, threads: int | None = None,
                  config: dict[str, str] | None = None) -> PastIO | OVState:
     """The decoder file in its runtime: ONNX (.onnx, past in/out) in ONNX Runtime or OpenVINO, or a stateful IR
@@ -102,7 +113,7 @@ def open_decoder(path: Path, runtime: str, info: dict, threads: int | None = Non
             so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         so.log_severity_level = 3
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        return PastIO(lambda feeds: sess.run(None, feeds), info["layers"], info["kv_heads"], info["head_dim"])
+        return PastIO(ort_runner(sess, info["layers"]), info["layers"], info["kv_heads"], info["head_dim"])
     if runtime == "openvino":
         import openvino as ov
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..artifact import now_iso, read_manifest
 from ..errors import ConfigError
-from .loop import PastIO, greedy, open_decoder, validated_config
+from .loop import PastIO, greedy, open_decoder, ort_runner, validated_config
 
 PROMPT_TOKENS = 128
 NEW_TOKENS = 128
@@ -81,7 +81,7 @@ def decode_step_ops(path: Path, man: dict, cfg: dict, threads: int, prompt: list
     so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    dec = PastIO(lambda f: sess.run(None, f), info["layers"], info["kv_heads"], info["head_dim"])
+    dec = PastIO(ort_runner(sess, info["layers"]), info["layers"], info["kv_heads"], info["head_dim"])
     dec.step(prompt)  # the cache of the prompt, computed unprofiled
     past, length = dec.past, dec.length
     with tempfile.TemporaryDirectory(prefix="edgekit-decode-ops-") as tmp:
@@ -92,8 +92,9 @@ def decode_step_ops(path: Path, man: dict, cfg: dict, threads: int, prompt: list
                  "position_ids": np.asarray([[length]], np.int64)}
         for i in range(info["layers"]):
             feeds[f"past_key_values.{i}.key"], feeds[f"past_key_values.{i}.value"] = past[2 * i], past[2 * i + 1]
+        run = ort_runner(prof_sess, info["layers"])
         for _ in range(runs + 1):
-            prof_sess.run(None, feeds)
+            run(feeds)
         events = json.loads(Path(prof_sess.end_profiling()).read_text())
     out = ort_events_summary(events, runs)
     out["nodes_per_step"] = sum(v["count"] for v in out["by_type"].values())

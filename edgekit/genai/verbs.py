@@ -42,7 +42,8 @@ def check_request(runtimes: Sequence[str], deploy: str | None) -> None:
 
 def compressed_decoder(model: Any, loaded: Any, source: dict[str, Any], out: Path, runtimes: Sequence[str],
                        entries: list[dict[str, Any]], fidelity: dict[str, Any] | None, precision: str,
-                       overwrite: bool, protect: Sequence[Any], on_step: Step, act8: bool = False) -> Path:
+                       overwrite: bool, protect: Sequence[Any], on_step: Step, act8: bool = False,
+                       fused: bool = False) -> Path:
     """`compress ... --kv-cache [--deploy int8]`: write the compressed model as a decoder artifact with the method
     reports (`act8`: the runtimes' exports compute with int8 activations)."""
     find_causal_lm(model)
@@ -51,16 +52,19 @@ def compressed_decoder(model: Any, loaded: Any, source: dict[str, Any], out: Pat
              else None}
     return write_decoder_artifact(model, Path(out), runtimes, source, tokenizer_dir(loaded.source), kind="compress",
                                   extra=extra, precision=precision, overwrite=overwrite, protect=protect,
-                                  on_step=on_step, act8=act8)
+                                  on_step=on_step, act8=act8, fused=fused)
 
 
 def export_kv_cache(src: str | Path, runtime: str, out: Path | None, overwrite: bool, opts: Any,
-                    on_step: Step) -> Path:
+                    on_step: Step, fused: bool = False) -> Path:
     """`export --kv-cache`: a new decoder artifact from a model source, or one more runtime for a decoder artifact."""
     from ..source import source_info
 
     check_runtimes([runtime])
     if is_decoder_artifact(Path(src)):
+        if fused:
+            raise ConfigError("--fused-decoder needs the model's weights (the builder reads them); export the original "
+                              "model with --kv-cache --fused-decoder, or compress it with --fused-decoder")
         return add_runtime(Path(src), runtime, Path(out) if out else None, overwrite, on_step)
     if art.is_artifact(Path(src)):
         raise ConfigError(f"{src} is an artifact without a KV cache (its graph takes input_ids only); export the "
@@ -72,7 +76,8 @@ def export_kv_cache(src: str | Path, runtime: str, out: Path | None, overwrite: 
     loaded = opts.load(src)
     find_causal_lm(loaded.module)  # a clear error before looking for a tokenizer
     return write_decoder_artifact(loaded.module, Path(out), [runtime], source_info(loaded, opts),
-                                  tokenizer_dir(loaded.source), overwrite=overwrite, protect=[src], on_step=on_step)
+                                  tokenizer_dir(loaded.source), overwrite=overwrite, protect=[src], on_step=on_step,
+                                  fused=fused)
 
 
 def add_runtime(src: Path, runtime: str, out: Path | None, overwrite: bool, on_step: Step) -> Path:
