@@ -23,8 +23,8 @@ same JSON under "litert" (the ORT/OpenVINO part is kept as it was).
 `edgekit compress --method udfc --set ratio=0.3 --set bits=8 --deploy auto --target onnxruntime --target openvino
 --target tflite --input-range LO,HI` (LO/HI: the normalised pixel range, so the data-free LiteRT file is full
 integer) and once with ratio=0 (no pruning); per runtime the form `auto` kept and its own interleaved ratio to FP32,
-and the top-1 accuracy of the file the artifact ships for that runtime on the 10k Fashion-MNIST test images (opened
-as the manifest says, through edgekit.runtimes), next to FP32's. Merged under "resnet20".
+and the top-1 accuracy of the file the artifact ships for that runtime on the 10k Fashion-MNIST test images
+(`edgekit eval ART --task npz --data r20_test.npz --runtime RT`), next to FP32's. Merged under "resnet20".
 
     python benchmarks/deploy_int8.py [--part ort-ov|litert|resnet20] [--limit N] [--skip-eval] [--work DIR]
 """
@@ -174,23 +174,21 @@ def litert_part(ek: list[str], args: argparse.Namespace) -> None:
     print(f"wrote {RESULTS} (key 'litert')")
 
 
-def _accuracy(art: Path, rt: str, entry: dict, x, y, limit: int | None) -> float:
-    """Top-1 accuracy of the artifact's file for `rt` (batch 1, as exported), opened as the manifest says."""
-    import numpy as np
-
-    from edgekit.runtimes import open_session, ov_dynamic_quant
-
-    sess = open_session(art / entry["file"], rt, threads=2, ov_dynamic_quant=ov_dynamic_quant(entry))
-    name = sess.input_names[0]
-    n = len(x) if limit is None else min(limit, len(x))
-    xs = x[:n].numpy()
-    hits = sum(int(np.asarray(sess.run({name: xs[i:i + 1]})[0]).argmax()) == int(y[i]) for i in range(n))
-    return hits / n
+def _accuracy(ek: list[str], art: Path, rt: str, test: Path, log: list[dict]) -> float:
+    """Top-1 accuracy of the artifact's `rt` file on the test images: `edgekit eval ART --task npz --data TEST.npz
+    --runtime RT --json F` (the file opened with the settings its export was validated with)."""
+    out = art.parent / f"{art.name}-{rt}-eval.json"
+    sh(ek + ["eval", str(art), "--task", "npz", "--data", str(test), "--runtime", rt, "--json", str(out)], log)
+    acc = json.loads(out.read_text())["metrics"]["accuracy"]
+    out.unlink()
+    return acc
 
 
 def resnet20_part(ek: list[str], args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT))
     import benchmarks.train_fashion_resnet as tfr
+
+    import numpy as np
 
     x, y = tfr.load_fashion("test")
     lo, hi = (0.0 - tfr.MEAN) / tfr.STD, (1.0 - tfr.MEAN) / tfr.STD
@@ -198,13 +196,15 @@ def resnet20_part(ek: list[str], args: argparse.Namespace) -> None:
     log: list[dict] = []
     res: dict = {"host_before": host(), "git": git_commit(), "model": src, "test_images": args.limit or len(x)}
     args.work.mkdir(parents=True, exist_ok=True)
+    n = len(x) if args.limit is None else min(args.limit, len(x))
+    test = args.work / "r20_test.npz"  # the normalised test images and their labels, as `edgekit eval --task npz` reads
+    np.savez(test, x=x[:n].numpy(), labels=y[:n].numpy().astype(np.int64))
     res["fp32_accuracy"] = {}
     for rt in ("onnxruntime", "openvino", "tflite"):  # one FP32 artifact per runtime, straight from the source
         fp32 = args.work / f"r20-fp32-{rt}"
         sh(ek + ["export", src, "--arch", "benchmarks/train_fashion_resnet.py:build", "--input-shape", "1x1x28x28",
                  "--target", rt, "-o", str(fp32), "--overwrite"], log)
-        man = json.loads((fp32 / "manifest.json").read_text())
-        res["fp32_accuracy"][rt] = round(_accuracy(fp32, rt, man["exports"][rt], x, y, args.limit), 4)
+        res["fp32_accuracy"][rt] = round(_accuracy(ek, fp32, rt, test, log), 4)
     print("fp32", res["fp32_accuracy"], flush=True)
     for ratio in (0.3, 0.0):
         art = args.work / f"r20-udfc{int(ratio * 100)}"
@@ -222,7 +222,7 @@ def resnet20_part(ek: list[str], args: argparse.Namespace) -> None:
             d = e.get("deploy") or {}
             rows[rt] = {"form": d.get("form"), "why": d.get("why"), "precision": e.get("precision"),
                         "ratio_to_fp32": ((d.get("speed") or {}).get("ratio_to_fp32") or {}),
-                        "accuracy": round(_accuracy(art, rt, e, x, y, args.limit), 4)}
+                        "accuracy": round(_accuracy(ek, art, rt, test, log), 4)}
             print(key, rt, rows[rt], flush=True)
         rep = man["method"]["report"]
         res[key] = {"status": "written", "runtimes": rows, "params_ratio": round(rep["params_after"] /

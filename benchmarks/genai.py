@@ -68,6 +68,18 @@ BUILD = {
     "rtn_w4_g32_h8_a8": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--set", "group_size=32",
                           "--set", "head_bits=8", "--kv-cache", "--deploy", "int8", "--target", "onnxruntime",
                           "--target", "openvino", "-o", "{d}"]],
+    # --fused-decoder: onnxruntime-genai's model builder lays out the ORT decoder (fused attention, rotary, norms) and
+    # edgekit puts the method's exact codes in (edgekit.genai.fused); ONNX Runtime only
+    "fp32_fused": [["export", "smollm2", "--target", "onnxruntime", "--kv-cache", "--fused-decoder", "-o", "{d}"]],
+    "rtn_w4_g32_h8_fused": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--set", "group_size=32",
+                             "--set", "head_bits=8", "--kv-cache", "--fused-decoder", "--target", "onnxruntime",
+                             "-o", "{d}"]],
+    "rtn_w4_g32_h8_a8_fused": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--set", "group_size=32",
+                                "--set", "head_bits=8", "--kv-cache", "--deploy", "int8", "--fused-decoder",
+                                "--target", "onnxruntime", "-o", "{d}"]],
+    "rtn_w4_g32_a8_fused": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--set", "group_size=32",
+                             "--kv-cache", "--deploy", "int8", "--fused-decoder", "--target", "onnxruntime", "-o",
+                             "{d}"]],
 }
 NO_PEER = [False]
 ONLY: list[str] = []  # --only: these variants (+ fp32) instead of all; results go to "<part>_<names>" keys
@@ -95,7 +107,8 @@ def manifest(name: str) -> dict:
 
 
 def _names() -> list[str]:
-    return ["fp32", *[n for n in BUILD if n in ONLY and n != "fp32"]] if ONLY else list(BUILD)
+    return ["fp32", *[n for n in BUILD if n in ONLY and n != "fp32"]] if ONLY else \
+        [n for n in BUILD if not n.endswith("_fused")]  # fused ones are ONNX Runtime only: by --only
 
 
 def _key(part: str) -> str:
@@ -414,8 +427,9 @@ def cli(a: argparse.Namespace) -> None:
                                                                                        "samples", "window")}}
             log(cmd, {k: round(v, 3) for k, v in doc["metrics"].items()})
     with tempfile.TemporaryDirectory(prefix="genai-prof-") as tmp:
-        cmd, sec = _edgekit(["profile", *[str(ARTS / n) for n in names], "--target", "host", "--target",
-                             "intel-cpu-openvino", "--rounds", str(a.rounds), "-o", str(Path(tmp) / "p")])
+        tgts = [x for rt in a.runtime for x in ("--target", {"onnxruntime": "host", "openvino": "intel-cpu-openvino"}[rt])]
+        cmd, sec = _edgekit(["profile", *[str(ARTS / n) for n in names], *tgts, "--rounds", str(a.rounds), "-o",
+                             str(Path(tmp) / "p")])
         res["profile"] = {"command": cmd, "seconds": round(sec, 1),
                           "doc": json.loads((Path(tmp) / "p" / "profile.json").read_text())}
     log(cmd)
