@@ -631,10 +631,15 @@ def render_own_model_walk(r: Results) -> str:
     return "\n".join(out)
 
 
-def render_genai_cli(r: Results) -> str:
+def _fused_key(r: Results) -> str:
+    """genai.json's key of the `--fused-decoder` CLI run (`genai.py cli --only ...,*_fused`)."""
+    return next(k for k in sorted(r("genai")) if k.startswith("cli_") and "fused" in k)
+
+
+def render_genai_cli(r: Results, key: str = "cli") -> str:
     """SmolLM2 decode with a KV cache through the CLI (genai.json `cli`): `edgekit eval --task perplexity` per runtime
     and one `edgekit profile` run of every artifact, ratios to the FP32 decoder in that interleaved run."""
-    doc = r.get("genai", "cli")
+    doc = r.get("genai", key)
     out = ["| runtime | variant | perplexity docs / GPL-3 (`edgekit eval`) | decode tokens/s (vs FP32) | time to first "
            "token vs FP32 | weights MB | ms/token (floor) | greedy = FP32 |", "|---|---|---|---|---|---|---|---|"]
     for res in doc["profile"]["doc"]["results"]:
@@ -654,7 +659,7 @@ def render_genai_cli(r: Results) -> str:
     la = d["provenance"]["load"]["loadavg"][0]
     out.append("")
     out.append(source_line(["genai.json"], [_cmd(doc["provenance"])],
-                           "section `cli`: the artifacts " + "; ".join(f"`{c}`" for c in builds)
+                           f"section `{key}`: the artifacts " + "; ".join(f"`{c}`" for c in builds)
                            + f"; each perplexity cell `{ev0['command']}` per artifact and runtime ({ev0['samples']} "
                            f"windows of {ev0['window']} tokens, each one prefill through the decoder graph); speed "
                            f"`{doc['profile']['command']}` ({d['prompt_tokens']}-token prompt, {d['new_tokens']} new "
@@ -698,6 +703,7 @@ def render_genai(r: Results) -> str:
 RENDERERS: dict[str, Callable[[Results], str]] = {
     "genai-smollm2": render_genai,
     "genai-smollm2-cli": render_genai_cli,
+    "genai-smollm2-fused": lambda r: render_genai_cli(r, _fused_key(r)),
     "own-model-walk": render_own_model_walk,
     "udfc-zoo": render_udfc_zoo,
     "llm_fp4-smollm2": render_llm_fp4_smollm2,
@@ -777,6 +783,17 @@ def _sffn_fp32_ms(r: Results, runtime: str) -> float:
     """SmolLM2 FP32 prefill p50 (ms) in the structured-FFN `edgekit profile` run (the first file is FP32)."""
     res = r.get("structured_ffn", "cli_smollm2/latency/result/results")
     return next(t for t in res if t["runtime"] == runtime)["files"][0]["timing_ms"]["p50"]
+
+
+def _gf(r: Results, file: str) -> dict:
+    """A file row of the `--fused-decoder` CLI run's `edgekit profile` (ONNX Runtime), by artifact folder name."""
+    files = r.get("genai", _fused_key(r) + "/profile/doc/results")[0]["files"]
+    return next(f for f in files if Path(f["artifact"]).name == file)
+
+
+def _fev(r: Results, name: str) -> float:
+    """Python-docs perplexity of an artifact in the `--fused-decoder` CLI run (`edgekit eval`, ONNX Runtime)."""
+    return r.get("genai", _fused_key(r) + f"/variants/{name}/eval/onnxruntime/metrics/perplexity_python_docs")
 
 
 def _gp(r: Results, target: int, file: str) -> dict:
@@ -1060,6 +1077,35 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("genai", "cli/variants/rtn_w8_a8/eval/onnxruntime/metrics/perplexity_python_docs", f2), ("genai", "cli/variants/rtn_w8_a8/eval/openvino/metrics/perplexity_python_docs", f2)]),
     ("onnxruntime-genai's own int4 model builder decodes at {} (peer table, run C)",
      [("genai", "speed_rtn_w4_g32_h8/runtimes/onnxruntime/ort-genai builder int4 (peer)/decode_vs_fp32", x2)]),
+    # --fused-decoder (genai.json cli_...fused...: one `edgekit profile` run with the plain rows)
+    ("scores perplexity {} in `edgekit eval`, the same as the plain graph's {}, and fused FP32 scores {}, the same as "
+     "plain FP32",
+     [("genai", lambda r: _fev(r, "rtn_w4_g32_h8_fused"), f2), ("genai", lambda r: _fev(r, "rtn_w4_g32_h8"), f2),
+      ("genai", lambda r: _fev(r, "fp32_fused"), f2)]),
+    ("fused W4 weights-only: {} (plain graph: {})",
+     [("genai", lambda r: _gf(r, "rtn_w4_g32_h8_fused")["decode_ratio"]["p50"], x2),
+      ("genai", lambda r: _gf(r, "rtn_w4_g32_h8")["decode_ratio"]["p50"], x2)]),
+    ("fused W4A8 (`--deploy int8`): {}, at perplexity {} (plain graph: {})",
+     [("genai", lambda r: _gf(r, "rtn_w4_g32_h8_a8_fused")["decode_ratio"]["p50"], x2),
+      ("genai", lambda r: _fev(r, "rtn_w4_g32_h8_a8_fused"), f2),
+      ("genai", lambda r: _gf(r, "rtn_w4_g32_h8_a8")["decode_ratio"]["p50"], x2)]),
+    ("fused W4A8 with a 4-bit head: {}, at perplexity {}",
+     [("genai", lambda r: _gf(r, "rtn_w4_g32_a8_fused")["decode_ratio"]["p50"], x2),
+      ("genai", lambda r: _fev(r, "rtn_w4_g32_a8_fused"), f2)]),
+    ("A fused decode step spends {} ms in kernels over {} nodes; the plain W4A8 graph spends {} ms over {}",
+     [("genai", lambda r: _gf(r, "rtn_w4_g32_h8_a8_fused")["decode_step_ops"]["total_ms"], f1),
+      ("genai", lambda r: _gf(r, "rtn_w4_g32_h8_a8_fused")["decode_step_ops"]["nodes_per_step"], str),
+      ("genai", lambda r: _gf(r, "rtn_w4_g32_h8_a8")["decode_step_ops"]["total_ms"], f1),
+      ("genai", lambda r: _gf(r, "rtn_w4_g32_h8_a8")["decode_step_ops"]["nodes_per_step"], str)]),
+    ("W4A8 decode >= 3.0x: met ({}, range {}-{}x over the rounds). Its perplexity, {}, misses",
+     [("genai", lambda r: _gf(r, "rtn_w4_g32_h8_a8_fused")["decode_ratio"]["p50"], x2),
+      ("genai", lambda r: _gf(r, "rtn_w4_g32_h8_a8_fused")["decode_ratio"]["range"][0], f2),
+      ("genai", lambda r: _gf(r, "rtn_w4_g32_h8_a8_fused")["decode_ratio"]["range"][1], f2),
+      ("genai", lambda r: _fev(r, "rtn_w4_g32_h8_a8_fused"), f2)]),
+    ("W4 weights-only >= 3.0x: missed ({})",
+     [("genai", lambda r: _gf(r, "rtn_w4_g32_h8_fused")["decode_ratio"]["p50"], x2)]),
+    ("time to first token is {} FP32's",
+     [("genai", lambda r: _gf(r, "rtn_w4_g32_h8_a8_fused")["ttft_ratio"]["p50"], x2)]),
     ("transformers' own `generate` token for token in {} of {} runs",
      [("genai", "match_transformers/identical", str), ("genai", "match_transformers/runs", str)]),
     ("full int8 kept, at {} / {} / {} FP32's time (variants timed back to back, not interleaved), top-1\n"
