@@ -110,8 +110,8 @@ def export_ort(root: Path, info: DecoderInfo, tok_files: list[str], prompt: list
             shutil.copy2(root / "tokenizer" / n, d / n)
         val = (check.check_act8(d / "model.onnx", "onnxruntime", info.to_dict(), prompt, ref, {}) if act8 else
                check.check_loop(d / "model.onnx", "onnxruntime", info.to_dict(), prompt, ref, precision, {}))
-        stack = check.check_stack(lambda: ort_genai(d, prompt, len(ref.tokens)), ref, "onnxruntime-genai",
-                                  "the file computes with int8 activations" if act8 else "")
+        sref, against = _stack_ref(d, info, prompt, ref, {}, act8)
+        stack = check.check_stack(lambda: ort_genai(d, prompt, len(ref.tokens)), sref, "onnxruntime-genai", "", against)
         out = {"file": "exports/onnxruntime/model.onnx", "precision": precision, "validation": val, "weights": weights,
                "genai": {"stack": "onnxruntime-genai", "config": "exports/onnxruntime/genai_config.json", **stack}}
         return {**out, "deploy": _act8_deploy(val, "onnxruntime")} if act8 else out
@@ -134,12 +134,26 @@ def export_ort(root: Path, info: DecoderInfo, tok_files: list[str], prompt: list
     else:
         weights, val = _ort_weights(root / "model.onnx", d / "model.onnx", info, prompt, ref, precision, config)
     why = ("onnxruntime-genai cannot set session.disable_quant_qdq, so ONNX Runtime fuses DequantizeLinear + MatMul "
-           "into MatMulNBits with int8 activations" if weights.get("kind") == "DequantizeLinear" else
-           "the file computes with int8 activations" if act8 else "")
-    stack = check.check_stack(lambda: ort_genai(d, prompt, len(ref.tokens)), ref, "onnxruntime-genai", why)
+           "into MatMulNBits with int8 activations" if weights.get("kind") == "DequantizeLinear" else "")
+    sref, against = _stack_ref(d, info, prompt, ref, {"session.disable_quant_qdq": "1"}, act8)
+    stack = check.check_stack(lambda: ort_genai(d, prompt, len(ref.tokens)), sref, "onnxruntime-genai", why, against)
     out = {"file": "exports/onnxruntime/model.onnx", "precision": precision, "validation": val, "weights": weights,
            "genai": {"stack": "onnxruntime-genai", "config": "exports/onnxruntime/genai_config.json", **stack}}
     return {**out, "deploy": _act8_deploy(val, "onnxruntime")} if act8 else out
+
+
+def _stack_ref(d: Path, info: DecoderInfo, prompt: list[int], ref: Any, config: dict[str, str],
+               act8: bool) -> tuple[Any, str]:
+    """What onnxruntime-genai's tokens must equal: transformers' greedy tokens, or for an int8-activation file (whose
+    logits check_act8 allowed to move) the numpy loop's greedy tokens on that same file, so the stack is checked to
+    run the validated file as the loop does."""
+    if not act8:
+        return ref, "transformers' generate"
+    from .loop import greedy, open_decoder
+
+    dec = open_decoder(d / "model.onnx", "onnxruntime", info.to_dict(), config=config)
+    own = greedy(dec, prompt, len(ref.tokens), eos=info.eos_token_ids)
+    return own, "the numpy loop on this int8-activation file"
 
 
 def _ort_weights(src: Path, dst: Path, info: DecoderInfo, prompt: list[int], ref: Any, precision: str,

@@ -50,13 +50,13 @@ def _first_diff(a: Sequence[int], b: Sequence[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def match_tokens(ref: Greedy, got: Greedy, what: str) -> dict[str, Any]:
+def match_tokens(ref: Greedy, got: Greedy, what: str, against: str = "transformers' generate") -> dict[str, Any]:
     """Token-for-token equality with the reference, or ExportMismatchError naming the first differing step."""
     if got.tokens != ref.tokens:
         i = _first_diff(ref.tokens, got.tokens)
-        raise ExportMismatchError(f"{what}: greedy tokens differ from transformers' generate at new token {i} "
-                                  f"(transformers {ref.tokens[i:i + 3]}, {what} {got.tokens[i:i + 3]}); no artifact "
-                                  "was written")
+        raise ExportMismatchError(f"{what}: greedy tokens differ from {against} at new token {i} "
+                                  f"({against.split()[0]} {ref.tokens[i:i + 3]}, {what} {got.tokens[i:i + 3]}); no "
+                                  "artifact was written")
     return {"greedy_match": True, "new_tokens": len(got.tokens), "stopped_at_eos": ref.stopped_at_eos}
 
 
@@ -98,8 +98,10 @@ def check_loop(path: Path, runtime: str, info: dict, prompt: Sequence[int], ref:
             len(got.logits), "cache": cache, "runtime_config": dict(config or {})}
 
 
-def check_stack(run: Callable[[], Greedy], ref: Greedy, what: str, why_differ: str = "") -> dict[str, Any]:
-    """A runtime's own generation stack: status "ok" when its tokens equal transformers'; else the status says why
+def check_stack(run: Callable[[], Greedy], ref: Greedy, what: str, why_differ: str = "",
+                against: str = "transformers' generate") -> dict[str, Any]:
+    """A runtime's own generation stack: status "ok" when its tokens equal the reference's (transformers', or for an
+    int8-activation file the numpy loop's on the same file: `against` names it); else the status says why
     (package missing, files it cannot load, tokens that differ) and `edgekit generate` uses the validated numpy loop
     instead. The artifact stays valid: its files passed the numpy loop's token and logit checks."""
     from ..errors import MissingDependencyError
@@ -111,7 +113,7 @@ def check_stack(run: Callable[[], Greedy], ref: Greedy, what: str, why_differ: s
     except Exception as e:  # a stack that cannot load our files: recorded, generation falls back to the numpy loop
         return {"status": "failed to run", "reason": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"}
     try:
-        return {"status": "ok", **match_tokens(ref, got, what)}
+        return {"status": "ok", "reference": against, **match_tokens(ref, got, what, against)}
     except ExportMismatchError as e:
         return {"status": "tokens differ", "reason": str(e).split("; no artifact")[0] + (f" ({why_differ})"
                                                                                          if why_differ else "")}

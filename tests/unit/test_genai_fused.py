@@ -67,6 +67,9 @@ def test_fused_decoder_holds_the_methods_codes_and_generates_like_torch(hf_dir, 
     assert (w["kind"], w["weights"], w["block_size"]) == ("fused", "edgekit codes", 32), w
     assert w["accuracy_level"] == (4 if deploy else 0)
     assert ex["genai"]["stack"] == "onnxruntime-genai" and ex["genai"]["status"] == "ok", ex["genai"]
+    # int8 activations move the logits: the stack must reproduce the numpy loop on the same file, not transformers
+    assert ex["genai"]["reference"] == ("the numpy loop on this int8-activation file" if deploy else
+                                        "transformers' generate")
     g = onnx.load(str(out / ex["file"])).graph
     ops = [n.op_type for n in g.node]
     assert ops.count("GroupQueryAttention") == 2 and "MatMulNBits" in ops
