@@ -1,33 +1,31 @@
-"""LLM-FP4 on SmolLM2-135M: perplexity of FP/INT 4-bit and 8-bit variants against FP32, measured in one run.
+"""LLM-FP4 through the product: every row is an `edgekit compress ... --method llm_fp4` artifact scored by `edgekit eval`.
 
-Perplexity: the first N windows of 512 tokens of the Python docs (edgekit.eval.perplexity's text and windowing),
-computed in torch for every variant, FP32 included, in the same run. Calibration text: docstrings of stdlib
-modules (disjoint from the evaluation text). Results merge into benchmarks/results/llm_fp4.json.
+    python benchmarks/llm_fp4.py --smollm2-cli --smol-variants fpq_w8a8,fpq_w4a8_e8 [--device cuda]
+        SmolLM2 (`--data calib.txt --input-shape 1x512`), perplexity on 16 + 8 windows (key smollm2_cli)
+    python benchmarks/llm_fp4.py --headroom-cli 0 1 2 3 [--device cuda]
+        how a_headroom's default was chosen: FPQ W8A8 at each headroom on held-out windows 16-23 (key headroom_cli)
+    python benchmarks/llm_fp4.py --minilm-cli --cli-variants fpq_w8a8,...
+        MiniLM on WordNet-10 through the artifact's ONNX Runtime file (key minilm_wordnet10_cli)
+    python benchmarks/llm_fp4.py --export-int-cli
+        MiniLM W4A4 MatMulInteger vs fake-quant graphs, with `edgekit profile` (key export_int_cli)
 
-    nice python benchmarks/llm_fp4.py --windows 8 --variants fp32,rtn_w4,fp4_w4 --threads 1
-    nice python benchmarks/llm_fp4.py --minilm-cli --threads 2   # the same variants as a user runs them: the CLI's
-        `edgekit compress minilm --method llm_fp4 --set ... --data calib.npy` (public API), scored through the
-        artifact's ONNX Runtime file (`edgekit eval ART --task wordnet10 --runtime onnxruntime`)
+Calibration text: docstrings of stdlib modules (calib_texts, disjoint from the evaluation text); results merge into
+benchmarks/results/llm_fp4.json.
 """
 from __future__ import annotations
 
 import argparse
-import copy
 import importlib
 import inspect
 import json
-import math
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
-from edgekit.data import DataSource
-from edgekit.methods import llm_fp4, rtn as baseline_rtn
 from edgekit.profile import provenance
 
 OUT = Path(__file__).parent / "results" / "llm_fp4.json"
@@ -38,48 +36,17 @@ CALIB_MODULES = ["os", "re", "json", "collections", "itertools", "functools", "t
 # float, 4x256 calibration tokens, 128 of them in the MSE, 8 candidates, 1 round
 FAST = {"e_bits": 16, "n_seqs": 4, "search_tokens": 128, "n_candidates": 8, "rounds": 1}
 W4A4 = {"w_bits": 4, "a_bits": 4, **FAST}
+# MiniLM rows (--minilm-cli) by name: W4A4 at a reduced search budget (FAST), W8A8/W4A8 likewise, weight-only FP4
 VARIANTS: dict[str, tuple[str, dict]] = {
-    "fp32": ("none", {}),
-    "rtn_w4": ("rtn", {"bits": 4}),
     "fp4_w4": ("fp4", {"w_bits": 4, "a_bits": None}),
-    "fp4_w4_e1m2": ("fp4", {"w_bits": 4, "a_bits": None, "w_formats": ["E1M2"]}),
     "minmax_int_w4a4": ("fp4", dict(W4A4, variant="minmax_int")),
     "minmax_fp_w4a4": ("fp4", dict(W4A4, variant="minmax")),
     "fpq_baseline_w4a4": ("fp4", dict(W4A4, variant="fpq_baseline")),
     "fpq_w4a4": ("fp4", dict(W4A4, variant="fpq")),
     "fpq_w4a8": ("fp4", {"w_bits": 4, "a_bits": 8, "variant": "fpq", **FAST}),
-    "fp4_w4_fast": ("fp4", {"w_bits": 4, "a_bits": None, **FAST}),
-    "fp4_w4_e8": ("fp4", {"w_bits": 4, "a_bits": None, "e_bits": 8}),
-    "fpq_w4a8_e8": ("fp4", {"w_bits": 4, "a_bits": 8, "e_bits": 8, "variant": "fpq"}),
     "fpq_w8a8": ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "fpq", **FAST}),
-    "fpq_w8a8_default": ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "fpq", "e_bits": 16}),  # default search budget
-    "minmax_fp_w8a8": ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "minmax", **FAST}),
-    "minmax_int_w8a8": ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "minmax_int", **FAST}),
+    "fp8_w8": ("fp4", {"w_bits": 8, "a_bits": None}),
 }
-
-
-# the issue's calibration budget (32 windows of 512 tokens), the default search otherwise, embeddings quantized
-FULL = {"n_seqs": 32, "seq_len": 512, "search_tokens": 512, "cache_mb": 4096}
-for _name, (_kind, _opts) in list(VARIANTS.items()):
-    if _kind == "fp4" and _name in ("fp4_w4", "minmax_int_w4a4", "minmax_fp_w4a4", "fpq_baseline_w4a4", "fpq_w4a4",
-                                    "fpq_w4a8", "fpq_w8a8", "minmax_int_w8a8", "fp8_w8"):
-        _o = {k: v for k, v in _opts.items() if k not in FAST}
-        VARIANTS[f"{_name}_full"] = ("fp4", {**_o, **FULL})
-VARIANTS["fp8_w8_full"] = ("fp4", {"w_bits": 8, "a_bits": None, **FULL})
-# W8A8 clipping study: FPQ shifts lowered by h binades (a_headroom), default vs the full calibration budget
-for _h in (1, 2, 3):
-    VARIANTS[f"fpq_w8a8_h{_h}"] = ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "fpq", "a_headroom": _h})
-    VARIANTS[f"fpq_w8a8_full_h{_h}"] = ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "fpq", "a_headroom": _h, **FULL})
-    VARIANTS[f"fpq_w4a8_full_h{_h}"] = ("fp4", {"w_bits": 4, "a_bits": 8, "variant": "fpq", "a_headroom": _h, **FULL})
-VARIANTS["fpq_w4a8_full_e8"] = ("fp4", {"w_bits": 4, "a_bits": 8, "variant": "fpq", "e_bits": 8, **FULL})
-VARIANTS["fp4_w4_full_e8"] = ("fp4", {"w_bits": 4, "a_bits": None, "e_bits": 8, **FULL})
-VARIANTS["fpq_w4a4_e8"] = ("fp4", {"w_bits": 4, "a_bits": 4, "variant": "fpq", "e_bits": 8})
-VARIANTS["fpq_w8a8_dflt"] = ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "fpq"})
-VARIANTS["fpq_baseline_w8a8_full"] = ("fp4", {"w_bits": 8, "a_bits": 8, "variant": "fpq_baseline", **FULL})
-
-# MiniLM (wordnet10, --minilm-cli): the SmolLM2 settings by name (same options, FAST budget where SmolLM2 uses it),
-# plus weight-only FP8 at the default budget
-VARIANTS["fp8_w8"] = ("fp4", {"w_bits": 8, "a_bits": None})
 
 
 def calib_texts() -> list[str]:
@@ -95,49 +62,6 @@ def calib_texts() -> list[str]:
                 if doc and len(doc) > 80:
                     out.append(doc)
     return [t for t in out if t]
-
-
-def perplexity(model: torch.nn.Module, ids: torch.Tensor) -> float:
-    """exp(mean NLL) over windows, each scored on its own (on the model's device)."""
-    nll, n = 0.0, 0
-    dev = next(model.parameters()).device
-    with torch.no_grad():
-        for w in ids:
-            w = w.to(dev)
-            logits = model(input_ids=w[None], use_cache=False).logits[0, :-1].float()
-            nll -= float(torch.log_softmax(logits, -1).gather(1, w[1:, None]).sum())
-            n += len(w) - 1
-    return math.exp(nll / n)
-
-
-def run_variant(name: str, base: torch.nn.Module, data: DataSource, tok_dir: str,
-                device: str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Compress a copy of the FP32 model; returns (model, info)."""
-    kind, opts = VARIANTS[name]
-    if kind == "fp4":
-        opts = {**opts, "device": device}
-    m = copy.deepcopy(base)
-    t0, c0 = time.perf_counter(), time.process_time()
-    info: dict = {"options": opts}
-    if kind == "rtn":
-        m, rep = baseline_rtn.apply(m, baseline_rtn.Config(**opts), None)
-        info["bits_per_weight"] = rep.bits_per_weight
-    elif kind == "fp4":
-        cfg = llm_fp4.Config(**opts, tokenizer=tok_dir, progress=sys.stderr.isatty())
-        m, rep = llm_fp4.apply(m, cfg, data)
-        ex = rep.extra
-        info.update(bits_per_weight=round(rep.bits_per_weight, 3), formats=ex["formats"],
-                    calibration_tokens=ex["calibration_tokens"],
-                    never_worse_than_minmax=f"{ex['layers_never_worse_than_minmax']}/"
-                                            f"{sum('mse_minmax' in i for i in ex['layers'].values())}")
-        mses = [(i["mse"], i["mse_minmax"]) for i in ex["layers"].values() if "mse_minmax" in i]
-        info["mean_layer_mse_ratio_vs_minmax"] = round(sum(a / max(b, 1e-30) for a, b in mses) / len(mses), 4)
-        info["options"] = {k: v for k, v in opts.items() if k != "device"}
-        info["device"] = device
-        info["a_headroom"] = ex["a_headroom"]
-    info["calibration_s"] = round(time.perf_counter() - t0, 1)
-    info["calibration_cpu_s"] = round(time.process_time() - c0, 1)  # all threads: bounds wall time on idle cores
-    return m, info
 
 
 def export_int_cli(threads: int, rounds: int, work: Path) -> dict:
@@ -324,16 +248,8 @@ def headroom_cli(threads: int, work: Path, headrooms: list[int], device: str = "
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--windows", type=int, default=8, help="Python-docs windows of 512 tokens")
-    ap.add_argument("--variants", default="fp32,rtn_w4,fp4_w4")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--gpl3", action="store_true", help="also score the GPL-3 text (--gpl3-windows windows)")
-    ap.add_argument("--gpl3-windows", type=int, default=4)
-    ap.add_argument("--offset", type=int, default=0, help="skip this many Python-docs windows (a validation split: "
-                                                          "e.g. 16 = the windows after the evaluation's 16)")
-    ap.add_argument("--device", default="cpu", help="calibration and evaluation device (cpu, cuda, auto)")
-    ap.add_argument("--section", default="", help="results key for SmolLM2 rows (default: the top-level "
-                                                  "'variants'/'setup' of earlier runs)")
+    ap.add_argument("--device", default="cpu", help="calibration device of --smollm2-cli / --headroom-cli (cpu, cuda)")
     ap.add_argument("--headroom-cli", type=int, nargs="*", default=None, help="SmolLM2 FPQ W8A8 at these a_headroom "
                     "values through compress/eval on the held-out windows 16-23 (key headroom_cli)")
     ap.add_argument("--export-int-cli", action="store_true", help="MiniLM W4A4 MatMulInteger vs fake-quant through "
@@ -376,46 +292,7 @@ def main() -> None:
                                  "provenance": provenance(threads=args.threads)}
         OUT.write_text(json.dumps(res, indent=1))
         return
-    from edgekit.eval.perplexity import windows
-    from edgekit.models.real import load_smollm2, smollm2_dir
-
-    base, tok = load_smollm2()
-    tok_dir = str(smollm2_dir())
-    texts = {"python_docs": torch.from_numpy(windows(tok, "python_docs", 512, args.offset + args.windows)
-                                              [args.offset:])}
-    if args.gpl3:
-        texts["gpl3"] = torch.from_numpy(windows(tok, "gpl3", 512, args.gpl3_windows))
-    dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                       "cpu" if args.device == "auto" else args.device)
-    data = DataSource(texts=calib_texts())
-    res = json.loads(OUT.read_text()) if OUT.is_file() else {}
-    sec = res.setdefault(args.section, {}) if args.section else res
-    sec.setdefault("variants", {})
-    sec["setup"] = {"model": "SmolLM2-135M-Instruct", "eval": {k: list(v.shape) for k, v in texts.items()},
-                    "python_docs_first_window": args.offset, "threads": args.threads, "device": str(dev),
-                    "calibration": "stdlib docstrings (calib_texts), windows at seeded offsets; per-variant "
-                                   "n_seqs x seq_len in its options (default 8x256)"}
-    fp32 = None
-    for name in ["fp32"] + [v for v in args.variants.split(",") if v != "fp32"]:
-        if name == "fp32":
-            m, info = base, {}
-        else:
-            m, info = run_variant(name, base, data, tok_dir, args.device)
-        t0 = time.perf_counter()
-        m.to(dev)
-        for tname, ids in texts.items():
-            info[f"ppl_{tname}"] = round(perplexity(m, ids), 3)
-        m.to("cpu")
-        info["eval_s"] = round(time.perf_counter() - t0, 1)
-        if name == "fp32":
-            fp32 = info
-        info["ppl_ratio_vs_fp32_same_run"] = round(info["ppl_python_docs"] / fp32["ppl_python_docs"], 3)
-        info["fp32_same_run"] = fp32["ppl_python_docs"]
-        sec["variants"][name] = {**info, "provenance": provenance(threads=args.threads)}
-        print(name, json.dumps(info), flush=True)
-        OUT.parent.mkdir(exist_ok=True)
-        OUT.write_text(json.dumps(res, indent=1))
-        del m
+    ap.error("pick a part: --smollm2-cli, --minilm-cli, --headroom-cli H..., or --export-int-cli")
 
 
 if __name__ == "__main__":

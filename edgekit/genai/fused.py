@@ -87,9 +87,13 @@ def plan(codes: dict[str, WeightCode]) -> dict[str, Any]:
     if block < 16 or block & (block - 1):
         raise ConfigError(f"--fused-decoder: group_size {block} is not a power of two >= 16 (MatMulNBits' block)")
     (b,) = bits
-    if head is not None and head.bits not in (4, 8):
-        raise ConfigError(f"--fused-decoder: the head's codes are {head.bits}-bit; MatMulNBits takes 4 or 8")
-    return {"precision": f"int{b}", "block_size": block, "head_bits": head.bits if head is not None else None}
+    if head is None:
+        raise ConfigError("--fused-decoder: the decoder layers have integer codes but lm_head has none, and the "
+                          "builder quantizes every MatMul; quantize the head too (e.g. --set head_bits=8)")
+    if head.bits not in (b, 8):
+        raise ConfigError(f"--fused-decoder: a {head.bits}-bit head with {b}-bit layers; the builder's graph takes "
+                          f"the layers' width or an 8-bit head")
+    return {"precision": f"int{b}", "block_size": block, "head_bits": head.bits}
 
 
 def _save_hf(lm: nn.Module, tok_dir: Path, out: Path) -> None:

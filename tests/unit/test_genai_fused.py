@@ -129,4 +129,7 @@ def test_fused_decoder_float_export_and_refusals(hf_dir, tmp_path):
         fused.plan({"model.layers.0.mlp.up_proj.weight": c(32), "model.layers.1.mlp.up_proj.weight": c(16)})
     with pytest.raises(ConfigError, match="asymmetric"):
         fused.plan({"model.layers.0.mlp.up_proj.weight": c(None, torch.ones(4))})
-    assert fused.plan({"lm.model.layers.0.mlp.up_proj.weight": c(None)})["precision"] == "int4"
+    with pytest.raises(ConfigError, match="lm_head has none"):
+        fused.plan({"model.layers.0.mlp.up_proj.weight": c(None)})
+    got = fused.plan({"lm.model.layers.0.mlp.up_proj.weight": c(None), "lm.lm_head.weight": c(None)})
+    assert (got["precision"], got["block_size"], got["head_bits"]) == ("int4", 32, 4)
