@@ -24,7 +24,7 @@ same JSON under "litert" (the ORT/OpenVINO part is kept as it was).
 --target tflite --input-range LO,HI` (LO/HI: the normalised pixel range, so the data-free LiteRT file is full
 integer) and once with ratio=0 (no pruning); per runtime the form `auto` kept and its own interleaved ratio to FP32,
 and the top-1 accuracy of the file the artifact ships for that runtime on the 10k Fashion-MNIST test images
-(`edgekit eval ART --task npz --data r20_test.npz --runtime RT`), next to FP32's. Merged under "resnet20".
+(`edgekit eval ART --task npz --data r20_test.npz --runtime RT --arch ...`), next to FP32's. Merged under "resnet20".
 
     python benchmarks/deploy_int8.py [--part ort-ov|litert|resnet20] [--limit N] [--skip-eval] [--work DIR]
 """
@@ -178,7 +178,8 @@ def _accuracy(ek: list[str], art: Path, rt: str, test: Path, log: list[dict]) ->
     """Top-1 accuracy of the artifact's `rt` file on the test images: `edgekit eval ART --task npz --data TEST.npz
     --runtime RT --json F` (the file opened with the settings its export was validated with)."""
     out = art.parent / f"{art.name}-{rt}-eval.json"
-    sh(ek + ["eval", str(art), "--task", "npz", "--data", str(test), "--runtime", rt, "--json", str(out)], log)
+    sh(ek + ["eval", str(art), "--task", "npz", "--data", str(test), "--runtime", rt, "--arch",
+             "benchmarks/train_fashion_resnet.py:build", "--json", str(out)], log)  # --arch: the FP32 reference
     acc = json.loads(out.read_text())["metrics"]["accuracy"]
     out.unlink()
     return acc
