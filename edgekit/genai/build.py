@@ -108,13 +108,25 @@ def export_ort(root: Path, info: DecoderInfo, tok_files: list[str], prompt: list
         weights = fz.build(*fused, d, act8=act8)
         for n in tok_files:  # the artifact's tokenizer files win over the builder's copies
             shutil.copy2(root / "tokenizer" / n, d / n)
-        val = (check.check_act8(d / "model.onnx", "onnxruntime", info.to_dict(), prompt, ref, {}) if act8 else
-               check.check_loop(d / "model.onnx", "onnxruntime", info.to_dict(), prompt, ref, precision, {}))
-        sref, against = _stack_ref(d, info, prompt, ref, {}, act8)
-        stack = check.check_stack(lambda: ort_genai(d, prompt, len(ref.tokens)), sref, "onnxruntime-genai", "", against)
-        out = {"file": "exports/onnxruntime/model.onnx", "precision": precision, "validation": val, "weights": weights,
-               "genai": {"stack": "onnxruntime-genai", "config": "exports/onnxruntime/genai_config.json", **stack}}
-        return {**out, "deploy": _act8_deploy(val, "onnxruntime")} if act8 else out
+        loop_cfg: dict[str, str] = {}  # no DequantizeLinear left: nothing for QDQ transforms to touch
+        val = (check.check_act8(d / "model.onnx", "onnxruntime", info.to_dict(), prompt, ref, loop_cfg) if act8 else
+               check.check_loop(d / "model.onnx", "onnxruntime", info.to_dict(), prompt, ref, precision, loop_cfg))
+    else:
+        loop_cfg = {"session.disable_quant_qdq": "1"}
+        weights, val = _ort_plain(root, d, info, tok_files, prompt, ref, precision, config, act8)
+    why = ("onnxruntime-genai cannot set session.disable_quant_qdq, so ONNX Runtime fuses DequantizeLinear + MatMul "
+           "into MatMulNBits with int8 activations" if weights.get("kind") == "DequantizeLinear" else "")
+    sref, against = _stack_ref(d, info, prompt, ref, loop_cfg, act8)
+    stack = check.check_stack(lambda: ort_genai(d, prompt, len(ref.tokens)), sref, "onnxruntime-genai", why, against)
+    out = {"file": "exports/onnxruntime/model.onnx", "precision": precision, "validation": val, "weights": weights,
+           "genai": {"stack": "onnxruntime-genai", "config": "exports/onnxruntime/genai_config.json", **stack}}
+    return {**out, "deploy": _act8_deploy(val, "onnxruntime")} if act8 else out
+
+
+def _ort_plain(root: Path, d: Path, info: DecoderInfo, tok_files: list[str], prompt: list[int], ref: Any,
+               precision: str, config: dict[str, str], act8: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The canonical graph's ONNX Runtime folder: genai_config + tokenizer, weights as MatMulNBits where they fit
+    (all integer weights with int8 activations under `act8`); (weights record, validation)."""
     write_genai_config(d, info)
     for n in tok_files:
         shutil.copy2(root / "tokenizer" / n, d / n)
@@ -129,17 +141,9 @@ def export_ort(root: Path, info: DecoderInfo, tok_files: list[str], prompt: list
         weights = {"kind": "MatMulNBits", **rep}
         # QDQ transforms on the DequantizeLinear nodes left (the embedding's) cost ~1.5x per decode step here
         # (SmolLM2 RTN W8: 27.1 tok/s with them off, 17.7 on): off, as for the weights-only export
-        val = check.check_act8(d / "model.onnx", "onnxruntime", info.to_dict(), prompt, ref,
-                               {"session.disable_quant_qdq": "1"})
-    else:
-        weights, val = _ort_weights(root / "model.onnx", d / "model.onnx", info, prompt, ref, precision, config)
-    why = ("onnxruntime-genai cannot set session.disable_quant_qdq, so ONNX Runtime fuses DequantizeLinear + MatMul "
-           "into MatMulNBits with int8 activations" if weights.get("kind") == "DequantizeLinear" else "")
-    sref, against = _stack_ref(d, info, prompt, ref, {"session.disable_quant_qdq": "1"}, act8)
-    stack = check.check_stack(lambda: ort_genai(d, prompt, len(ref.tokens)), sref, "onnxruntime-genai", why, against)
-    out = {"file": "exports/onnxruntime/model.onnx", "precision": precision, "validation": val, "weights": weights,
-           "genai": {"stack": "onnxruntime-genai", "config": "exports/onnxruntime/genai_config.json", **stack}}
-    return {**out, "deploy": _act8_deploy(val, "onnxruntime")} if act8 else out
+        return weights, check.check_act8(d / "model.onnx", "onnxruntime", info.to_dict(), prompt, ref,
+                                         {"session.disable_quant_qdq": "1"})
+    return _ort_weights(root / "model.onnx", d / "model.onnx", info, prompt, ref, precision, config)
 
 
 def _stack_ref(d: Path, info: DecoderInfo, prompt: list[int], ref: Any, config: dict[str, str],

@@ -150,8 +150,10 @@ def _set_int_attr(node: Any, name: str, value: int) -> None:
     node.attribute.append(onnx.helper.make_attribute(name, value))
 
 
-def put_codes(model_path: Path, codes: dict[str, WeightCode], block: int, accuracy_level: int) -> dict[str, Any]:
-    """Replace every MatMulNBits weight of the builder's file with the method's codes (module doc); returns the
+def put_codes(model_path: Path, codes: dict[str, WeightCode], block: int, accuracy_level: int,
+              float_head8: bool = False) -> dict[str, Any]:
+    """Replace every MatMulNBits weight of the builder's file with the method's codes (module doc); with
+    `float_head8` an 8-bit lm_head runs as a float MatMul of its dequantized codes instead (_float_head). Returns the
     report (layers rewritten, their bits)."""
     import onnx
     from onnx import numpy_helper
@@ -200,6 +202,8 @@ def put_codes(model_path: Path, codes: dict[str, WeightCode], block: int, accura
     left = sorted(set(by) - used)
     if left:
         raise ConfigError(f"--fused-decoder: {left[0]} has codes but no MatMulNBits in the builder's graph")
+    if float_head8 and by.get("lm_head") is not None and by["lm_head"].bits == 8:
+        _float_head(m, by["lm_head"])
     _save(m, model_path)
     return {"layers": len(layers), "bits": sorted(set(layers.values())), "block_size": block,
             "accuracy_level": accuracy_level}
@@ -225,9 +229,8 @@ def build(lm: nn.Module, codes: dict[str, WeightCode], tok_dir: Path, out_dir: P
         _run_builder(hf, out_dir, Path(tmp) / "cache", p, level)
     rep: dict[str, Any] = {"layers": 0, "bits": []}
     if p["precision"] != "fp32":
-        rep = put_codes(out_dir / "model.onnx", codes, p["block_size"], level)
+        rep = put_codes(out_dir / "model.onnx", codes, p["block_size"], level, float_head8=not act8)
         if not act8 and p["head_bits"] == 8:
-            float_head(out_dir / "model.onnx")
             notes.append("the 8-bit head runs as a float MatMul of its dequantized codes: " + SLOW_INT8)
     cfg = json.loads((out_dir / "genai_config.json").read_text())
     return {"kind": "fused", "layout": "onnxruntime-genai model builder (GroupQueryAttention, "
@@ -240,34 +243,21 @@ SLOW_INT8 = ("8-bit MatMulNBits with fp32 compute (the exact weights-only form) 
              "ONNX Runtime's CPU kernels; --deploy int8 runs 8-bit weights with int8 activations")
 
 
-def float_head(model_path: Path) -> None:
-    """Swap the 8-bit lm_head MatMulNBits for a float MatMul of the same dequantized codes (exact); the tied
-    embedding's GatherBlockQuantized keeps reading the 8-bit codes."""
-    import onnx
+def _float_head(m: Any, code: WeightCode) -> None:
+    """Swap the 8-bit lm_head MatMulNBits of the loaded model `m` for a float MatMul of the head's dequantized codes
+    (exact); a tied embedding's GatherBlockQuantized keeps reading the 8-bit codes, an untied head's are dropped."""
     from onnx import helper, numpy_helper
 
-    m = onnx.load(str(model_path))
-    inits = {i.name: i for i in m.graph.initializer}
     nodes = list(m.graph.node)
-    for i, n in enumerate(nodes):
-        if n.op_type != "MatMulNBits" or not n.name.startswith("/lm_head/"):
-            continue
-        a = {x.name: helper.get_attribute_value(x) for x in n.attribute}
-        if a["bits"] != 8:
-            return
-        b = numpy_helper.to_array(inits[n.input[1]]).astype(np.int32) - 128  # [N, blocks, block]
-        sc = numpy_helper.to_array(inits[n.input[2]]).reshape(b.shape[0], b.shape[1], 1).astype(np.float32)
-        w = (b * sc).reshape(b.shape[0], -1)[:, :a["K"]].T.astype(np.float32)  # [K, N]
-        m.graph.initializer.append(numpy_helper.from_array(w, "lm_head.MatMul.weight_float"))
-        m.graph.node.remove(n)
-        m.graph.node.insert(i, helper.make_node("MatMul", [n.input[0], "lm_head.MatMul.weight_float"],
-                                                list(n.output), name="/lm_head/MatMul"))
-        users = [x for x in m.graph.node for j in x.input if j in (n.input[1], n.input[2])]
-        if not users:  # an untied head: its codes are no longer read
-            for name in (n.input[1], n.input[2]):
-                m.graph.initializer.remove(inits[name])
-        break
-    _save(m, model_path)
+    i, n = next((i, n) for i, n in enumerate(nodes) if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/"))
+    w = code.dequantize().detach().cpu().numpy().astype(np.float32).T.copy()  # [K, N]
+    m.graph.initializer.append(numpy_helper.from_array(w, "lm_head.MatMul.weight_float"))
+    m.graph.node.remove(n)
+    m.graph.node.insert(i, helper.make_node("MatMul", [n.input[0], "lm_head.MatMul.weight_float"], list(n.output),
+                                            name="/lm_head/MatMul"))
+    if not any(j in (n.input[1], n.input[2]) for x in m.graph.node for j in x.input):
+        for init in [x for x in m.graph.initializer if x.name in (n.input[1], n.input[2])]:
+            m.graph.initializer.remove(init)
 
 
 def _save(m: Any, model_path: Path) -> None:
