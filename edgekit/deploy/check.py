@@ -176,7 +176,9 @@ def interleaved(files: dict[str, Path | tuple[Path, bool]], runtime: str, inputs
                            "ratio_to_fp32": {f["label"]: f["ratio"]["p50"] for f in res["files"][1:]},
                            "ratio_ci95": {f["label"]: f["ratio"]["ci95"] for f in res["files"][1:]},
                            "load": res.get("load"), "protocol": "edgekit.profile.interleaved (one worker, rotating "
-                           "order, ratio of medians, paired bootstrap ci95)"}
+                           "order, ratio of medians, paired bootstrap ci95" + (
+                               "; ONNX Runtime threads stop spinning after each run" if runtime == "onnxruntime"
+                               else "") + ")"}
     slow = {k: r for k, r in out["ratio_to_fp32"].items() if r > 1 + slower_tolerance}
     if slow:
         import tempfile

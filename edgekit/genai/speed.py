@@ -65,7 +65,10 @@ def _open(art: Path, man: dict, runtime: str, threads: int):
                           f"add one with `edgekit export {art} --target {runtime}`")
     path = art / entry["file"]
     cfg = validated_config(entry.get("validation"), runtime)
-    return path, cfg, open_decoder(path, runtime, man["decoder"], threads, cfg)
+    # several decoders stay open and run in turn: ONNX Runtime threads stop spinning when a run ends, or they take
+    # the cores from the next decoder's prefill (runtimes.open_session's spin_stop)
+    run_cfg = {**cfg, "session.force_spinning_stop": "1"} if runtime == "onnxruntime" else cfg
+    return path, cfg, open_decoder(path, runtime, man["decoder"], threads, run_cfg)
 
 
 def decode_step_ops(path: Path, man: dict, cfg: dict, threads: int, prompt: list[int], runs: int = 8) -> dict:

@@ -5,7 +5,9 @@ comparison of two separate runs mostly measures the load. Timing the files in on
 every file alike, and the per-round ratio cancels it.
 
 Protocol, in one fresh worker (`edgekit.profile._worker`, spec kind "interleaved"; the parent holds torch):
-1. open every file with its runtime, device (or fallback) and threads (capped to this host's cores); inputs are
+1. open every file with its runtime, device (or fallback) and threads (capped to this host's cores), ONNX Runtime
+   sessions with `spin_stop` (their threads stop spinning when a run ends: otherwise each session's spinning
+   threads slow the next file's run, 2.4x on EfficientNet-Lite0 here; runtimes.open_session); inputs are
    the given arrays (matched by name, else by position) or seeded random feeds from the runtime's input specs,
    with dynamic dims from the file's input hint (a manifest's "inputs");
 2. first inference, then `warmup` untimed runs of each file, file after file;
@@ -93,6 +95,8 @@ def interleaved(files: Sequence[FileSpec], rounds: int = 50, warmup: int = 5, *,
         wall = time.perf_counter() - t0
     out = summarize_interleaved(raw, specs, blocks=blocks, n_boot=n_boot, seed=seed)
     out["subprocess"] = {"wall_s": round(wall, 3), "worker_s": raw.get("worker_s")}
+    if any(s["runtime"] == "onnxruntime" for s in specs):
+        out["onnxruntime_sessions"] = "session.force_spinning_stop=1 (threads stop spinning when a run ends)"
     if with_provenance:
         from .runinfo import provenance
 
@@ -194,7 +198,7 @@ def run_interleaved(spec: dict[str, Any]) -> dict[str, Any]:
         t0 = time.perf_counter()
         try:
             s = open_session(Path(f["path"]), f["runtime"], threads=f["threads"], device=f["device"],
-                             fallback=f["fallback"], ov_dynamic_quant=f["ov_dynamic_quant"])
+                             fallback=f["fallback"], ov_dynamic_quant=f["ov_dynamic_quant"], spin_stop=True)
             load_ms = (time.perf_counter() - t0) * 1e3
             fd = _feeds_for(s, given, f["input_hint"], spec["seed"])
             t0 = time.perf_counter()
