@@ -159,7 +159,8 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
              deploy: str | None = None, arch_args: dict[str, Any] | None = None,
              min_fidelity: float | None = None, kv_cache: bool = False, keep_program: bool = False,
              fidelity_metric: str = "auto", input_range: tuple[float, float] | None = None,
-             deploy_data: Any = None, fused_decoder: bool = False) -> Path:
+             deploy_data: Any = None, fused_decoder: bool = False,
+             deploy_floors: dict[str, float] | None = None) -> Path:
     """Load, apply `method`, write an artifact (model.onnx validated on ONNX Runtime, exports).
 
     `keep_program`: also keep model.pt2, the compressed model as a float torch.export program (as large as the FP32
@@ -181,6 +182,8 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
     (LiteRT full-integer with an int8 input), which is otherwise left float. `deploy_data` (a DataSource or a path):
     the deploy step's calibration samples when they are not the method's `data` (e.g. a method fine-tuned on 28 px
     images that a resize option feeds to a 224 px network, deployed with 224 px calibration images).
+    `deploy_floors` ({"mean_cosine": 0.98, ...}, edgekit.deploy.check.FLOORS): the floors the INT8 forms are
+    validated against, where the defaults do not fit the model's outputs (recorded in the validation's tolerance).
 
     `runtimes` may be runtime names, target profile names/paths or `TargetProfile` objects; the profiles'
     `round_to` hint (their least common multiple) fills a method's `round_to` option when the user did not set it.
@@ -189,7 +192,7 @@ def compress(model_src: str | Path, method: str, options: dict[str, Any] | None,
                           dynamic, arch, allow_class, trust_pickle, on_step, deploy, arch_args=arch_args,
                           min_fidelity=min_fidelity, kv_cache=kv_cache, keep_program=keep_program,
                           fidelity_metric=fidelity_metric, input_range=input_range, deploy_data=deploy_data,
-                          fused_decoder=fused_decoder)
+                          fused_decoder=fused_decoder, deploy_floors=deploy_floors)
 
 
 def check_input_range(input_range: Any, deploy: str | None) -> dict[str, Any]:
@@ -273,7 +276,8 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
                    deploy: str | None = None, arch_args: dict[str, Any] | None = None,
                    min_fidelity: float | None = None, kv_cache: bool = False, keep_program: bool = False,
                    fidelity_metric: str = "auto", input_range: tuple[float, float] | None = None,
-                   deploy_data: Any = None, fused_decoder: bool = False) -> Path:
+                   deploy_data: Any = None, fused_decoder: bool = False,
+                   deploy_floors: dict[str, float] | None = None) -> Path:
     """Apply methods in order (e.g. structured pruning, then quantization) and write one artifact (see compress for
     `keep_program` and `deploy_data`). `data` is a DataSource (`open_data`) or the path of a file/folder, as `--data`
     takes it."""
@@ -298,6 +302,13 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
 
         check_request(deploy, rts, calib_data)
     deploy_opts = check_input_range(input_range, deploy)
+    if deploy_floors:
+        from .deploy.check import check_floors
+
+        if deploy is None:
+            raise ConfigError("--deploy-floor sets the floors of --deploy int8|auto's validation; add --deploy or "
+                              "drop it")
+        deploy_opts["floors"] = check_floors(deploy_floors)
     if fused_decoder and not kv_cache:
         raise ConfigError(FUSED_NEEDS_KV)
     if kv_cache:  # before any work

@@ -87,6 +87,10 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
              deploy_data: Annotated[Optional[Path], typer.Option(
                  help="calibration data of --deploy when it is not --data (e.g. --data trains the method on 28 px "
                       "images, --deploy-data holds inputs of the model's own shape)")] = None,
+             deploy_floor: Annotated[Optional[list[str]], typer.Option(
+                 help="KEY=VALUE: a floor of --deploy's INT8 validation (mean_cosine 0.99, cosine 0.95, "
+                      "response_cosine 0.5, top1_agreement 0.9 by default), e.g. mean_cosine=0.98 for an embedding "
+                      "model whose task tolerates it; repeatable, recorded in the manifest")] = None,
              kv_cache: KvCache = False, fused_decoder: FusedDecoder = False,
              keep_program: Annotated[bool, typer.Option(
                  "--keep-program", help="also keep model.pt2 (the compressed model as a float torch program, as "
@@ -108,7 +112,8 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
                                kv_cache=kv_cache, keep_program=keep_program, fidelity_metric=fidelity_metric,
                                input_range=input_range.split(",") if input_range is not None else None,
                                deploy_data=api.open_data(deploy_data) if deploy_data is not None else None,
-                               fused_decoder=fused_decoder)
+                               fused_decoder=fused_decoder,
+                               deploy_floors=parse_sets(deploy_floor, "--deploy-floor") or None)
         man = api.read_manifest(art)
         rep = man["method"]["report"]
         console.print(f"[green]wrote[/green] {art}  ({method}: params {rep['params_before']:,} -> "

@@ -85,7 +85,7 @@ def parse_sets(items: list[str] | None, flag: str = "--set") -> dict:
     for it in items or []:
         if "=" not in it:
             raise ConfigError(f"{flag} {it!r} is not key=value; write e.g. {flag} "
-                              f"{'width=8' if flag == '--arch-args' else 'ratio=0.3'}")
+                              f"{ {'--arch-args': 'width=8', '--deploy-floor': 'mean_cosine=0.98'}.get(flag, 'ratio=0.3')}")
         k, v = it.split("=", 1)
         try:
             out[k.strip()] = yaml.safe_load(v) if v.strip() else ""

@@ -40,10 +40,32 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..model_io import InputSpec, example_inputs
 
 FLOORS = {"mean_cosine": 0.99, "cosine": 0.95, "response_cosine": 0.5, "top1_agreement": 0.9}
 MARGIN = 0.5  # a "clear winner": top-1 logit minus runner-up >= MARGIN x std of the logits
+
+
+def check_floors(floors: dict[str, Any] | None) -> dict[str, float]:
+    """A user's floors (`--deploy-floor KEY=VALUE`): known keys, numbers in [0, 1]; a clear error otherwise.
+
+    Why a user may set them: the defaults are argued for classifier logits (module docstring); an embedding model
+    can state its own task floor (issue 14's MiniLM goal is cosine >= 0.97), and a user who needs more can raise
+    them. What was used is recorded in the validation's `tolerance`; NaN/Inf fail whatever the floors."""
+    out: dict[str, float] = {}
+    for k, v in (floors or {}).items():
+        if k not in FLOORS:
+            raise ConfigError(f"--deploy-floor {k}: not a deploy floor; choose from {', '.join(FLOORS)} "
+                              f"(e.g. --deploy-floor mean_cosine=0.98)")
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"--deploy-floor {k}={v!r}: give a number in [0, 1], e.g. {k}={FLOORS[k]}") from None
+        if not 0.0 <= x <= 1.0:  # NaN fails this too
+            raise ConfigError(f"--deploy-floor {k}={v}: give a number in [0, 1], e.g. {k}={FLOORS[k]}")
+        out[k] = x
+    return out
 
 
 def validation_inputs(specs: Sequence[InputSpec], samples: Sequence[Sequence[Any]] | None,

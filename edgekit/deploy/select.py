@@ -136,7 +136,7 @@ def _one(model: nn.Module, specs: Sequence[InputSpec], root: Path, rt: str, entr
             from . import check
 
             val_dq = check.fidelity(model, dest, rt, check.validation_inputs(specs, options.get("validation") or calib),
-                                    threads=options.get("threads"), ov_dynamic_quant=True)
+                                    options.get("floors"), threads=options.get("threads"), ov_dynamic_quant=True)
             val_dq["inputs"] = rec["validation"].get("inputs")
             note["ov_dynamic_quant_validation"] = val_dq
             ok["ov-dynamic-quant"] = val_dq["passed"]

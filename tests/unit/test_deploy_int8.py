@@ -311,3 +311,35 @@ def test_deploy_data_calibrates_when_data_trains_at_another_shape(tmp_path):
     r = runner.invoke(app, ["compress", "demo", "--method", "rtn", "--deploy-data", str(tmp_path / "calib.npz"),
                             "-o", str(tmp_path / "c")])
     assert r.exit_code == 2 and "add --deploy" in r.output and not (tmp_path / "c").exists(), r.output
+
+
+def test_deploy_floors_are_checked_recorded_and_decide(tmp_path):
+    """--deploy-floor: unknown keys and values outside [0, 1] (NaN too) are one-line errors before any work; a floor
+    the INT8 file cannot meet fails `int8` closed (no artifact) and makes `auto` reject it; the floors used are in
+    the record."""
+    from edgekit import api
+    from typer.testing import CliRunner
+
+    from edgekit.cli import app
+
+    for bad, msg in (({"cosin": 0.9}, "not a deploy floor"), ({"cosine": 1.5}, r"\[0, 1\]"),
+                     ({"cosine": "nan"}, r"\[0, 1\]"), ({"cosine": "high"}, "give a number")):
+        with pytest.raises(ConfigError, match=msg):
+            check.check_floors(bad)
+    with pytest.raises(ConfigError, match="add --deploy"):
+        api.compress("demo", "rtn", {"bits": 8}, tmp_path / "x", runtimes=["onnxruntime"],
+                     deploy_floors={"cosine": 0.9})
+    r = CliRunner().invoke(app, ["compress", "demo", "--method", "rtn", "--target", "onnxruntime", "--deploy", "int8",
+                                 "--deploy-floor", "top1=0.5", "-o", str(tmp_path / "y")])
+    assert r.exit_code == 2 and "not a deploy floor" in r.output and not (tmp_path / "y").exists()
+    # the demo's INT8 file has a mean cosine below 1 - 1e-9: an (absurd) floor of 1.0 rejects it
+    with pytest.raises(ExportMismatchError, match="mean cosine"):
+        api.compress("demo", "rtn", {"bits": 8}, tmp_path / "a", runtimes=["onnxruntime"], deploy="int8",
+                     deploy_floors={"mean_cosine": 1.0})
+    assert not (tmp_path / "a").exists()
+    art = api.compress("demo", "rtn", {"bits": 8}, tmp_path / "b", runtimes=["onnxruntime"], deploy="auto",
+                       deploy_floors={"mean_cosine": 1.0, "cosine": 0.5})
+    d = json.loads((art / "manifest.json").read_text())["exports"]["onnxruntime"]["deploy"]
+    assert d["form"] != "int8-qdq" and "int8 rejected: output" in d["why"], d["why"]
+    tol = d["int8_validation"]["tolerance"]
+    assert tol["mean_cosine"] == 1.0 and tol["cosine"] == 0.5 and tol["top1_agreement"] == check.FLOORS["top1_agreement"]
