@@ -122,3 +122,38 @@ def test_missing_runtime_names_the_extra(art, monkeypatch):
 def test_missing_export_fails_before_measuring(art):
     with pytest.raises(ConfigError, match="no tflite export"):
         profile_artifact(art, ["host-epyc-zen3", "rpi5-litert"])
+
+
+def test_ort_op_profile_gives_depthwise_convs_their_own_row(tmp_path):
+    """A depthwise conv ([C, 1, k, k] weight on C channels) is its own row in ONNX Runtime's per-op summary, in float
+    and in INT8 (QLinearConv); a conv on a 1-channel input with a [C, 1, k, k] weight is not depthwise."""
+    import onnx
+    import torch
+    from torch import nn
+
+    from edgekit.profile.ops import _depthwise, op_profile
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(1, 8, 3, padding=1)              # weight [8, 1, 3, 3] on 1 channel: not depthwise
+            self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)      # depthwise
+            self.pw = nn.Conv2d(8, 16, 1)
+
+        def forward(self, x):
+            return self.pw(torch.relu(self.dw(torch.relu(self.stem(x)))))
+
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(Net().eval(), (torch.randn(1, 1, 16, 16),), str(path), input_names=["x"], dynamo=False)
+    onnx.checker.check_model(str(path))
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 1, 16, 16)).astype(np.float32)}
+    res = op_profile(path, "onnxruntime", 1, "CPU", None, feeds, 5)
+    kinds = {k for k in res["by_type"] if "Conv" in k}
+    assert any(k.endswith("(depthwise)") for k in kinds), kinds
+    assert any(not k.endswith("(depthwise)") for k in kinds), kinds
+    dw = [v["count"] for k, v in res["by_type"].items() if k.endswith("(depthwise)")]
+    assert sum(dw) == 1, res["by_type"]                          # the stem is not counted as depthwise
+    assert _depthwise("QLinearConv", [{"uint8": [1, 14, 14, 32]}, {}, {}, {"int8": [32, 1, 3, 3]}])  # NHWC int8
+    assert not _depthwise("QLinearConv", [{"uint8": [1, 32, 14, 14]}, {}, {}, {"int8": [64, 32, 1, 1]}])
+    assert not _depthwise("Conv", [{"float": [1, 1, 28, 28]}, {"float": [16, 1, 3, 3]}])
+    assert not _depthwise("Relu", [{"float": [1, 8, 4, 4]}]) and not _depthwise("Conv", None)
