@@ -274,9 +274,43 @@ def bench_part(ek: list[str], args: argparse.Namespace) -> None:
     print(f"wrote {RESULTS} (key 'bench_resnet20')")
 
 
+def effnet_ops_part(ek: list[str], args: argparse.Namespace) -> None:
+    """Where EfficientNet-Lite0's time goes on ONNX Runtime, FP32 vs the data-free INT8 file: `edgekit export` and
+    `edgekit compress --deploy int8`, then `edgekit profile ART --target host` of each (per-op summary from ORT's
+    profiler; depthwise convs have their own row). Written under 'effnet_ort_ops'."""
+    log: list[dict] = []
+    args.work.mkdir(parents=True, exist_ok=True)
+    fp32, q = args.work / "effnet-ops-fp32", args.work / "effnet-ops-int8"
+    sh(ek + ["export", MODEL, "--target", "onnxruntime", "-o", str(fp32), "--overwrite"], log)
+    sh(ek + ["compress", MODEL, "--method", "udfc", "--set", "ratio=0", "--set", "bits=8", "--deploy", "int8",
+             "--target", "onnxruntime", "-o", str(q), "--overwrite"], log)
+    ops = {}
+    for name, art in (("fp32", fp32), ("int8", q)):
+        out = args.work / f"effnet-ops-prof-{name}"
+        sh(ek + ["profile", str(art), "--target", "host", "-o", str(out)], log)
+        doc = json.loads((out / "profile.json").read_text())
+        res = doc["results"][0]
+        ops[name] = {"p50_ms": res["timing_ms"]["warm"]["p50"], "ops": res["ops"]["by_type"], "runs": res["ops"]["runs"]}
+    groups = {}
+    for name, o in ops.items():
+        g = {"depthwise": 0.0, "other conv": 0.0, "rest": 0.0}
+        for k, v in o["ops"].items():
+            key = "depthwise" if k.endswith("(depthwise)") else "other conv" if "Conv" in k else "rest"
+            g[key] += v["time_ms"]
+        groups[name] = {k: round(v, 3) for k, v in g.items()}
+    ratio = {k: round(groups["int8"][k] / groups["fp32"][k], 3) for k in groups["fp32"] if groups["fp32"][k]}
+    prev = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    prev["effnet_ort_ops"] = {"commands": log, "per_run_ms_by_group": groups, "int8_over_fp32_by_group": ratio,
+                              "ops": ops, "host": host(), "git": git_commit(), "date": time.strftime("%Y-%m-%d %H:%M"),
+                              "note": "ONNX Runtime profiler times per op type (profiling on), summed per run; "
+                                      "'other conv' = the stem conv, pointwise and the rest of the convs"}
+    RESULTS.write_text(json.dumps(prev, indent=1, default=str))
+    print(json.dumps({"per_run_ms_by_group": groups, "int8_over_fp32_by_group": ratio}, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--part", choices=("ort-ov", "litert", "resnet20", "bench"), default="ort-ov",
+    ap.add_argument("--part", choices=("ort-ov", "litert", "resnet20", "bench", "effnet-ops"), default="ort-ov",
                     help="ort-ov: ONNX Runtime and OpenVINO (first slice); litert: LiteRT full-integer INT8")
     ap.add_argument("--limit", type=int, default=None, help="fashion-probe test images (default: the task's 1,000)")
     ap.add_argument("--skip-eval", action="store_true", help="latency and validation only")
@@ -289,6 +323,8 @@ def main() -> None:
         return resnet20_part(ek, args)
     if args.part == "bench":
         return bench_part(ek, args)
+    if args.part == "effnet-ops":
+        return effnet_ops_part(ek, args)
     info = {"host_before": host(), "git": git_commit()}
     args.work.mkdir(parents=True, exist_ok=True)
     variants = {}
@@ -307,7 +343,7 @@ def main() -> None:
     info.update(model=MODEL, deploy="data-free INT8 (BatchNorm ranges, k=6)", commands=log, variants=variants,
                 host_after=host(), date=time.strftime("%Y-%m-%d %H:%M"))
     prev = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    for key in ("litert", "resnet20", "bench_resnet20"):  # the other parts' sections are kept
+    for key in ("litert", "resnet20", "bench_resnet20", "effnet_ort_ops"):  # the other parts' sections are kept
         if key in prev:
             info[key] = prev[key]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

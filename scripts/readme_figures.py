@@ -1211,16 +1211,18 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("baselines", "models/minilm/cells/rtn4/metrics/probe_accuracy", f3)]),
     ("edgekit's `--deploy auto` row picks a form per runtime by measuring: EfficientNet-Lite0 (UDFC W8, data-free INT8)\n"
      "keeps probe {} at ORT {}, OV {}, LiteRT {}, faster than each peer on ORT and LiteRT and level with\nNNCF PTQ on "
-     "OpenVINO (measured after the LiteRT data-free fix, which keeps the classifier float in that file);\n"
-     "MiniLM (RTN W8)\nkeeps probe {} "
-     "at ORT {}, OV {}, LiteRT {} (on ORT its INT8 form measured {} but missed the 0.99\nmean-cosine floor",
+     "OpenVINO ({});\n"
+     "MiniLM (RTN W8, with issue 14's floor `--deploy-floor mean_cosine=0.97`)\nkeeps probe {} "
+     "at ORT {} (dynamic INT8; its deploy step measured {}), OV {}, LiteRT {}",
      [("baselines", "models/efficientnet/cells/edgekit_int8/metrics/probe_accuracy", f3)] +
      [("baselines", f"models/efficientnet/cells/edgekit_int8/latency/{rt}/latency_vs_fp32", x2)
       for rt in ("onnxruntime", "openvino", "tflite")] +
-     [("baselines", "models/minilm/cells/edgekit_int8/metrics/probe_accuracy", f3)] +
+     [("baselines", "models/efficientnet/cells/nncf_ptq/latency/openvino/latency_vs_fp32", x2),
+      ("baselines", "models/minilm/cells/edgekit_int8/metrics/probe_accuracy", f3),
+      ("baselines", "models/minilm/cells/edgekit_int8/latency/onnxruntime/latency_vs_fp32", x2),
+      ("baselines", "models/minilm/cells/edgekit_int8/info/deploy/onnxruntime/int8_vs_fp32_in_deploy_step", x2)] +
      [("baselines", f"models/minilm/cells/edgekit_int8/latency/{rt}/latency_vs_fp32", x2)
-      for rt in ("onnxruntime", "openvino", "tflite")] +
-     [("baselines", "models/minilm/cells/edgekit_int8/info/deploy/onnxruntime/int8_vs_fp32_in_deploy_step", x2)]),
+      for rt in ("openvino", "tflite")]),
     ("magnitude 50% breaks EfficientNet-Lite0 (probe {}) and SmolLM2 (perplexity {} there) and costs MiniLM {} points "
      "(probe {})",
      [("baselines", "models/efficientnet/cells/mag50/metrics/probe_accuracy", f3),

@@ -147,15 +147,15 @@ def _ort_plain(root: Path, d: Path, info: DecoderInfo, tok_files: list[str], pro
 
 
 def _stack_ref(d: Path, info: DecoderInfo, prompt: list[int], ref: Any, config: dict[str, str],
-               act8: bool) -> tuple[Any, str]:
-    """What onnxruntime-genai's tokens must equal: transformers' greedy tokens, or for an int8-activation file (whose
-    logits check_act8 allowed to move) the numpy loop's greedy tokens on that same file, so the stack is checked to
-    run the validated file as the loop does."""
+               act8: bool, runtime: str = "onnxruntime", file: str = "model.onnx") -> tuple[Any, str]:
+    """What a genai stack's tokens must equal: transformers' greedy tokens, or for an int8-activation file (whose
+    logits check_act8 allowed to move) the numpy loop's greedy tokens on that same file with the same settings, so
+    the stack is checked to run the validated file as the loop does."""
     if not act8:
         return ref, "transformers' generate"
     from .loop import greedy, open_decoder
 
-    dec = open_decoder(d / "model.onnx", "onnxruntime", info.to_dict(), config=config)
+    dec = open_decoder(d / file, runtime, info.to_dict(), config=config)
     own = greedy(dec, prompt, len(ref.tokens), eos=info.eos_token_ids)
     return own, "the numpy loop on this int8-activation file"
 
@@ -198,7 +198,10 @@ def export_ov(root: Path, info: DecoderInfo, prompt: list[int], ref: Any, precis
     else:
         val = check.check_loop(d / "openvino_model.xml", "openvino", info.to_dict(), prompt, ref, precision, OV_CONFIG)
     if isinstance(files.get("tokenizer_ir"), list):
-        stack = check.check_stack(lambda: ov_genai(d, prompt, len(ref.tokens)), ref, "openvino-genai")
+        cfg = OV_ACT8 if act8 else OV_CONFIG  # the pipeline runs with the settings the file was validated with
+        sref, against = _stack_ref(d, info, prompt, ref, cfg, act8, "openvino", "openvino_model.xml")
+        stack = check.check_stack(lambda: ov_genai(d, prompt, len(ref.tokens), config=cfg), sref, "openvino-genai",
+                                  against=against)
     else:
         stack = {"status": "unavailable", "reason": files["tokenizer_ir"]}
     out = {"file": "exports/openvino/openvino_model.xml", "precision": precision, "stateful": True,

@@ -128,7 +128,7 @@ def generate(art: Path, prompt: str, max_new_tokens: int = 32, runtime: str | No
         elif use_genai:
             from .stacks import ov_genai, ov_pipeline
 
-            pipe = ov_pipeline(folder, threads)
+            pipe = ov_pipeline(folder, threads, validated_config(entry["validation"], rt))
             load_s = time.perf_counter() - t0
             res, name = ov_genai(folder, ids, max_new_tokens, threads, ignore_eos=not stop_at_eos, pipe=pipe), \
                 "openvino-genai"

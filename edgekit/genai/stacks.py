@@ -47,23 +47,26 @@ def ort_genai(folder: Path, prompt: Sequence[int], max_new_tokens: int, threads:
     return out
 
 
-def ov_pipeline(folder: Path, threads: int | None = None):
-    """openvino-genai's LLMPipeline on CPU with the validated settings (fp32 math and KV cache)."""
+def ov_pipeline(folder: Path, threads: int | None = None, config: dict[str, str] | None = None):
+    """openvino-genai's LLMPipeline on CPU with the settings the export was validated with (`config`, its record's
+    runtime_config; default the weights-only settings: fp32 math and KV cache, no dynamic activation quantization).
+    An int8-activation export (`--deploy int8`) records DYNAMIC_QUANTIZATION_GROUP_SIZE=32: opened with the
+    weights-only settings, the pipeline would run another computation than the one validated."""
     ovg = need("openvino_genai", "openvino-genai")
     need("openvino_tokenizers", "openvino-tokenizers")  # registers the tokenizer IRs' custom ops
-    props = dict(OV_CONFIG)
+    props = dict(config or OV_CONFIG)
     if threads:
         props["INFERENCE_NUM_THREADS"] = threads
     return ovg.LLMPipeline(str(folder), "CPU", ATTENTION_BACKEND="SDPA", **props)
 
 
 def ov_genai(folder: Path, prompt: Sequence[int], max_new_tokens: int, threads: int | None = None,
-             ignore_eos: bool = False, pipe=None) -> Greedy:
+             ignore_eos: bool = False, pipe=None, config: dict[str, str] | None = None) -> Greedy:
     """Greedy generation with openvino-genai's LLMPipeline; token times come from a streamer callback."""
     ovg = need("openvino_genai", "openvino-genai")
     import openvino as ov
 
-    pipe = pipe or ov_pipeline(folder, threads)
+    pipe = pipe or ov_pipeline(folder, threads, config)
     cfg = pipe.get_generation_config()
     cfg.max_new_tokens, cfg.do_sample, cfg.ignore_eos = max_new_tokens, False, ignore_eos
     cfg.num_beams = 1

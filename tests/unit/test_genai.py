@@ -416,12 +416,29 @@ def test_deploy_int8_decoder_runs_int8_activations_checked_teacher_forced(hf_dir
     from edgekit.errors import ExportMismatchError
     from edgekit.genai import check
 
+    from edgekit.genai import stacks
+
+    opened = []  # openvino-genai's pipeline must run the int8-activation settings the file was validated with
+    real_pipeline = stacks.ov_pipeline
+    monkeypatch.setattr(stacks, "ov_pipeline", lambda folder, threads=None, config=None: (
+        opened.append(dict(config or {})), real_pipeline(folder, threads, config))[1])
     out = tmp_path / "a8"
     res = runner.invoke(app, ["compress", str(hf_dir), "--method", "rtn", "--set", "bits=4", "--kv-cache", "--deploy",
                               "int8", "--target", "onnxruntime", "--target", "openvino", "-o", str(out)])
     assert res.exit_code == 0, res.stdout + (res.stderr or "")
     assert "deploy int8 -> int8 activations" in res.stdout
     man = json.loads((out / "manifest.json").read_text())
+    for rt in ("onnxruntime", "openvino"):  # each stack is checked against the numpy loop on the same file
+        g8 = man["exports"][rt]["genai"]
+        assert g8["status"] != "ok" or g8["reference"] == "the numpy loop on this int8-activation file", (rt, g8)
+    ov_status = man["exports"]["openvino"]["genai"]["status"]
+    if ov_status != "unavailable":
+        assert opened and all(c.get("DYNAMIC_QUANTIZATION_GROUP_SIZE") == "32" for c in opened), opened
+    if ov_status == "ok":
+        r = runner.invoke(app, ["generate", str(out), "--runtime", "openvino", "--stack", "genai", "--prompt", "a b",
+                                "--max-new-tokens", "3"])
+        assert r.exit_code == 0, r.stdout + (r.stderr or "")
+        assert opened[-1].get("DYNAMIC_QUANTIZATION_GROUP_SIZE") == "32", opened
     assert man["validation"]["onnx"]["greedy_match"]
     for rt in ("onnxruntime", "openvino"):
         e = man["exports"][rt]
