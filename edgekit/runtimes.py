@@ -38,7 +38,7 @@ def runtime_for_file(path: Path) -> str:
 
 def open_session(path: Path, runtime: str | None = None, threads: int | None = None, device: str = "CPU",
                  fallback: str | None = None, profiling: bool = False, ov_dynamic_quant: bool = False,
-                 spin_stop: bool = False) -> Session:
+                 spin_stop: bool = False, optimized_path: Path | None = None) -> Session:
     """Load `path` in `runtime` (default: from the suffix). `device` falls back to `fallback` when absent.
 
     `spin_stop` (ONNX Runtime only): the session's intra-op threads stop spinning when a run ends
@@ -52,7 +52,7 @@ def open_session(path: Path, runtime: str | None = None, threads: int | None = N
     """
     runtime = runtime or runtime_for_file(path)
     if runtime == "onnxruntime":
-        return _ort(Path(path), threads, profiling, spin_stop)
+        return _ort(Path(path), threads, profiling, spin_stop, optimized_path)
     if runtime == "openvino":
         return _ov(Path(path), threads, device, fallback, profiling, ov_dynamic_quant)
     if runtime == "tflite":
@@ -79,7 +79,8 @@ def weight_only_qdq(path: Path) -> bool:
     return "DequantizeLinear" in ops and "QuantizeLinear" not in ops
 
 
-def _ort(path: Path, threads: int | None, profiling: bool, spin_stop: bool = False) -> Session:
+def _ort(path: Path, threads: int | None, profiling: bool, spin_stop: bool = False,
+         optimized_path: Path | None = None) -> Session:
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -97,6 +98,8 @@ def _ort(path: Path, threads: int | None, profiling: bool, spin_stop: bool = Fal
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
     so.enable_profiling = profiling
+    if optimized_path is not None:  # the graph this session runs, after ORT's fusions (per-op attribution)
+        so.optimized_model_filepath = str(optimized_path)
     so.log_severity_level = 3
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     ins = [i.name for i in sess.get_inputs()]

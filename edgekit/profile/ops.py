@@ -32,25 +32,44 @@ def _summary(by_type: dict[str, list[float]], runs: int, source: str, **extra: A
 
 
 def profile_ort(path: Path, threads: int, feeds: dict[str, np.ndarray], runs: int) -> dict[str, Any]:
-    """ONNX Runtime built-in profiler: sums '*_kernel_time' node events per op type."""
-    sess = open_session(path, "onnxruntime", threads=threads, profiling=True)
-    for _ in range(runs):
-        sess.run(feeds)
-    prof = Path(sess.info["session"].end_profiling())
-    events = json.loads(prof.read_text())
-    prof.unlink(missing_ok=True)
-    return ort_events_summary(events, runs)
+    """ONNX Runtime built-in profiler: sums '*_kernel_time' node events per op type. For a graph with convs the
+    session also writes the graph it runs (after ORT's fusions and layout changes), whose `group` attributes say
+    which convs are depthwise: the profiler's events do not list a prepacked int8 weight's shape."""
+    import tempfile
+
+    import onnx
+
+    convs = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node} & {"Conv", "QLinearConv"}
+    with tempfile.TemporaryDirectory(prefix="edgekit-ort-opt-") as tmp:
+        opt = Path(tmp) / "optimized.onnx" if convs else None
+        sess = open_session(path, "onnxruntime", threads=threads, profiling=True, optimized_path=opt)
+        groups = ({n.name: a.i for n in onnx.load(str(opt)).graph.node for a in n.attribute if a.name == "group"}
+                  if opt is not None and opt.is_file() else {})
+        for _ in range(runs):
+            sess.run(feeds)
+        prof = Path(sess.info["session"].end_profiling())
+        events = json.loads(prof.read_text())
+        prof.unlink(missing_ok=True)
+    return ort_events_summary(events, runs, groups)
 
 
 CONV_WEIGHT = {"Conv": 1, "FusedConv": 1, "NhwcFusedConv": 1, "QLinearConv": 3, "ConvInteger": 1}
 
 
-def _depthwise(op: str, shapes: Any) -> bool:
+def _depthwise(op: str, shapes: Any, group: int | None = None, outputs: Any = None) -> bool:
     """Whether a conv event ran a depthwise conv: its weight is [C, 1, k, k] with C > 1 and its input has C channels
     (NCHW or NHWC). Depthwise convs get their own row in the summary, because their kernels behave differently:
     ONNX Runtime's int8 depthwise conv runs at about its float one's speed (EfficientNet-Lite0), while pointwise
     convs run ~3x faster in int8, so a per-type figure that mixes them hides where the time stays."""
-    if op not in CONV_WEIGHT or not isinstance(shapes, list) or len(shapes) <= CONV_WEIGHT[op]:
+    if op not in CONV_WEIGHT:
+        return False
+    if group is not None and group > 1:  # from the optimized graph: depthwise when every channel is its own group
+        try:
+            y = next(iter(outputs[0].values()))
+            return group in (y[1], y[-1])
+        except (AttributeError, IndexError, StopIteration, TypeError):
+            return False
+    if not isinstance(shapes, list) or len(shapes) <= CONV_WEIGHT[op]:
         return False
     try:
         x = next(iter(shapes[0].values()))
@@ -64,7 +83,8 @@ def _depthwise(op: str, shapes: Any) -> bool:
     return w[0] == x[1] or (op == "QLinearConv" and w[0] == x[3])
 
 
-def ort_events_summary(events: list[dict[str, Any]], runs: int) -> dict[str, Any]:
+def ort_events_summary(events: list[dict[str, Any]], runs: int, groups: dict[str, int] | None = None
+                       ) -> dict[str, Any]:
     """ONNX Runtime profiler events -> the per-op-type summary: '*_kernel_time' node events summed per op type,
     the first run skipped when there is more than one (one-off allocations and kernel selection)."""
     starts = sorted(e["ts"] for e in events if e.get("name") == "model_run")
@@ -76,7 +96,9 @@ def ort_events_summary(events: list[dict[str, Any]], runs: int) -> dict[str, Any
         if (e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time")
                 and e.get("ts", 0) >= t_min):
             op = e.get("args", {}).get("op_name", "?")
-            if _depthwise(op, e.get("args", {}).get("input_type_shape")):
+            a = e.get("args", {})
+            if _depthwise(op, a.get("input_type_shape"), (groups or {}).get(e["name"][:-len("_kernel_time")]),
+                          a.get("output_type_shape")):
                 op += " (depthwise)"
             by_type[op].append(e.get("dur", 0) / 1e3)
             providers[op].add(e.get("args", {}).get("provider", "?"))

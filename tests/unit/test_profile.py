@@ -153,6 +153,23 @@ def test_ort_op_profile_gives_depthwise_convs_their_own_row(tmp_path):
     assert any(not k.endswith("(depthwise)") for k in kinds), kinds
     dw = [v["count"] for k, v in res["by_type"].items() if k.endswith("(depthwise)")]
     assert sum(dw) == 1, res["by_type"]                          # the stem is not counted as depthwise
+    # the INT8 file: ORT runs QLinearConv NHWC with a prepacked weight its events do not list; the optimized
+    # graph's group attribute tells the depthwise one
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter([feeds] * 4)
+
+        def get_next(self):
+            return next(self.it, None)
+
+    q = tmp_path / "q.onnx"
+    quantize_static(str(path), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    res = op_profile(q, "onnxruntime", 1, "CPU", None, feeds, 5)
+    qdw = {k: v["count"] for k, v in res["by_type"].items() if k.endswith("(depthwise)")}
+    assert qdw == {"QLinearConv (depthwise)": 1}, res["by_type"]
     assert _depthwise("QLinearConv", [{"uint8": [1, 14, 14, 32]}, {}, {}, {"int8": [32, 1, 3, 3]}])  # NHWC int8
     assert not _depthwise("QLinearConv", [{"uint8": [1, 32, 14, 14]}, {}, {}, {"int8": [64, 32, 1, 1]}])
     assert not _depthwise("Conv", [{"float": [1, 1, 28, 28]}, {"float": [16, 1, 3, 3]}])
