@@ -1145,7 +1145,7 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("deft", lambda r: max(r.get("deft", f"minilm/latency/{rt}/ratio_to_first/deft_skip")
                              for rt in ("onnxruntime", "openvino")), lambda x: "met" if x <= 0.85 else "missed")]),
     ("On ONNX Runtime the PEFT and DEFT block-skipping artifacts (the same graph) measure {} and {} in that\none run "
-     "(DEFT's 95% CI {}-{}):",
+     "(DEFT's 95% CI {}-{}).",
      [("deft", "minilm/latency/onnxruntime/ratio_to_first/peft_skip", x2),
       ("deft", "minilm/latency/onnxruntime/ratio_to_first/deft_skip", x2),
       ("deft", "minilm/latency/onnxruntime/ratio_ci/deft_skip/0", f2),
