@@ -13,6 +13,16 @@ scales and are listed in the report. The fp32 scales cost 32/g bits per weight, 
 channel. SmolLM2 ties lm_head to the token embedding, so 4 bits there quantize both, which alone costs most of W4's
 perplexity loss; NNCF's INT4 default keeps embeddings and lm_head at INT8 for that reason. `head_bits=8` is that
 choice, stated in the report (the head's layer and its bits).
+
+`gptq` (optional, needs `--data`: text through the model's tokenizer, or token-id rows): the Linear layers of the
+model's repeated blocks get GPTQ codes instead of rounded ones (edgekit.quant.gptq; calibration block by block in
+gptq_run.py): the same grid, scales and storage, so every export and runtime format takes them unchanged, but each
+code is chosen so that the layer's output on the calibration data moves least. Layers outside the blocks (the head,
+a pooler) and convolutions keep RTN codes. Why in RTN and not a method of its own: it changes which grid point each
+weight gets, nothing else, and the data-free RTN stays the default. Why written here rather than taken from a
+library: NNCF's GPTQ works on its own OpenVINO/torch graph and writes its own grid (asymmetric by default, its own
+scales), and ONNX Runtime's works on an ONNX file; neither hands back codes on this grid for the torch model that
+every edgekit export starts from.
 """
 from __future__ import annotations
 
@@ -29,7 +39,7 @@ from ...flops import count_params
 from ...quant.codes import attach_codes, symmetric_per_channel, symmetric_per_group
 from ..common import MethodReport
 
-NEEDS: Literal["none", "calibration", "training"] = "none"
+NEEDS: Literal["none", "calibration", "training"] = "calibration"  # only with gptq: see needs()
 SUMMARY = "Baseline: round-to-nearest per-channel symmetric weight quantization (int8/int4), data-free"
 MODELS = ("cnn", "encoder", "decoder")
 
@@ -44,6 +54,20 @@ class Config(BaseModel, extra="forbid"):
     head_bits: int | None = Field(None, ge=2, le=8, description="bits of the output head (head_pattern), per channel; "
                                   "e.g. 8 with bits=4 keeps an LLM's lm_head and the embedding tied to it at 8 bits")
     head_pattern: str = Field(r"(^|\.)lm_head$", description="regex of the head module(s) that head_bits applies to")
+    gptq: bool = Field(False, description="GPTQ codes for the Linear layers of the repeated blocks (needs --data: "
+                       "text or token ids); same grid and storage as RTN, less output error")
+    gptq_damp: float = Field(0.01, gt=0, le=1, description="GPTQ dampening: this fraction of the mean Hessian "
+                             "diagonal is added to it")
+    n_seqs: int = Field(32, ge=1, description="gptq: calibration windows (text) or token-id rows")
+    seq_len: int = Field(512, ge=8, description="gptq: tokens per calibration window (text data)")
+    seed: int = Field(0, description="gptq: seed of the calibration windows' offsets")
+    tokenizer: str | None = Field(None, description="gptq: tokenizer folder for .txt data (default: the HF model's)")
+    progress: bool = Field(True, description="gptq: a progress bar over the blocks on stderr")
+
+
+def needs(cfg: Config) -> str:
+    """Data-free, except with gptq (calibration data)."""
+    return "calibration" if cfg.gptq else "none"
 
 
 def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodReport]:
@@ -51,6 +75,7 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
     t0 = time.perf_counter()
     rep = MethodReport("rtn", params_before=count_params(model))
     qw, scale_bits, code_bits = 0, 0.0, 0.0
+    gptq_codes = _gptq(model, cfg, data, rep) if cfg.gptq else {}
     for name, mod in model.named_modules():
         if not isinstance(mod, (nn.Conv1d, nn.Conv2d, nn.Linear)):
             continue
@@ -63,6 +88,10 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
         if head:
             code = symmetric_per_channel(w, bits, axis=0)
             rep.extra.setdefault("head_layers", {})[name] = bits
+        elif name in gptq_codes:
+            code = gptq_codes[name]
+            if code.group_size:
+                scale_bits += w.numel() * 32 / code.group_size
         elif cfg.group_size and isinstance(mod, nn.Linear) and w.shape[1] % cfg.group_size == 0:
             code = symmetric_per_group(w, cfg.bits, cfg.group_size)
             scale_bits += w.numel() * 32 / cfg.group_size
@@ -87,3 +116,32 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
         rep.extra["group_size"] = cfg.group_size
     rep.seconds = time.perf_counter() - t0
     return model, rep
+
+
+def _gptq(model: nn.Module, cfg: Config, data, rep: MethodReport) -> dict:
+    """GPTQ codes of the blocks' Linear layers (gptq_run.py), already set into the model; the report's `gptq`."""
+    import sys
+
+    from ..llm_fp4.calib import calibration_calls
+    from .gptq_run import gptq_blocks, repeated_blocks
+
+    if data is None or len(data) == 0:
+        raise ConfigError("rtn gptq=true needs calibration data; pass --data calib.txt (text) or .npy (token ids)")
+
+    def skip(n: str) -> bool:
+        return any(re.search(p, n) for p in cfg.skip) or (
+            cfg.head_bits is not None and re.search(cfg.head_pattern, n) is not None)
+
+    calls = calibration_calls(model, cfg, data)
+    found = repeated_blocks(model)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("rtn gptq {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(file=sys.stderr), disable=not cfg.progress, transient=False) as bar:
+        task = bar.add_task("blocks", total=len(found[1]) if found else 0)
+        codes, rec = gptq_blocks(model, calls, cfg.bits, cfg.group_size, cfg.gptq_damp, skip,
+                                 lambda i, n: bar.update(task, completed=i))
+    rep.extra["gptq"] = {**rec, "damp": cfg.gptq_damp, "grid": "RTN's (symmetric)",
+                         "calibration": f"{len(calls)} calls" + (f" of {cfg.seq_len} tokens" if data.texts else "")}
+    return codes
