@@ -80,16 +80,21 @@ BUILD = {
     "rtn_w4_g32_a8_fused": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--set", "group_size=32",
                              "--kv-cache", "--deploy", "int8", "--fused-decoder", "--target", "onnxruntime", "-o",
                              "{d}"]],
-    # RTN's gptq option: the same grid and formats, GPTQ's codes (calibrated on {calib}: stdlib docstrings, disjoint
-    # from the evaluated Python-docs and GPL-3 windows; benchmarks/llm_fp4.py calib_texts)
+    # RTN's gptq option: the same grid and formats, GPTQ's codes. {calib}: stdlib docstrings (benchmarks/llm_fp4.py
+    # calib_texts, the LLM-FP4 rows' calibration); {calib_docs}: held-out Python-docs text, the eval corpus after its
+    # first CALIB_DOCS_FROM characters (the scored windows are its first 16 x 512 tokens, ~35k characters)
     "gptq_w4_g32_h8": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--set", "group_size=32",
                         "--set", "head_bits=8", "--set", "gptq=true", "--data", "{calib}", "--kv-cache", "--target",
                         "onnxruntime", "--target", "openvino", "-o", "{d}"]],
-    "gptq_w4_g32_h8_a8_fused": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--set",
-                                 "group_size=32", "--set", "head_bits=8", "--set", "gptq=true", "--data", "{calib}",
-                                 "--kv-cache", "--deploy", "int8", "--fused-decoder", "--target", "onnxruntime",
-                                 "-o", "{d}"]],
+    "gptq_docs_w4_g32_h8": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--set", "group_size=32",
+                             "--set", "head_bits=8", "--set", "gptq=true", "--data", "{calib_docs}", "--kv-cache",
+                             "--target", "onnxruntime", "--target", "openvino", "-o", "{d}"]],
+    "gptq_docs_w4_g32_h8_a8_fused": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--set",
+                                      "group_size=32", "--set", "head_bits=8", "--set", "gptq=true", "--data",
+                                      "{calib_docs}", "--kv-cache", "--deploy", "int8", "--fused-decoder", "--target",
+                                      "onnxruntime", "-o", "{d}"]],
 }
+CALIB_DOCS_FROM = 150_000  # characters of the Python-docs text skipped before GPTQ's held-out calibration text
 NO_PEER = [False]
 ONLY: list[str] = []  # --only: these variants (+ fp32) instead of all; results go to "<part>_<names>" keys
 OV_DYNQ = {k: v for k, v in loop.OV_CONFIG.items() if k != "DYNAMIC_QUANTIZATION_GROUP_SIZE"}
@@ -138,17 +143,23 @@ def _ensure(name: str) -> tuple[list[str], float | None]:
     """Variant `name`'s artifact under ARTS, built with its CLI command(s) unless an earlier run left it: (the
     commands, build seconds or None when reused)."""
     d = ARTS / name
-    calib = ARTS / "calib.txt"
+    calib, calib_docs = ARTS / "calib.txt", ARTS / "calib_docs.txt"
     if any("{calib}" in x for s in BUILD[name] for x in s) and not calib.is_file():
         from llm_fp4 import calib_texts  # the calibration text of the LLM-FP4 rows
 
         calib.parent.mkdir(parents=True, exist_ok=True)
         calib.write_text("\n\n".join(calib_texts()), encoding="utf-8")
-    cmds = [" ".join(["edgekit", *[shlex.quote(x.format(d=d, calib=calib)) for x in s]]) for s in BUILD[name]]
+    if any("{calib_docs}" in x for s in BUILD[name] for x in s) and not calib_docs.is_file():
+        from edgekit.eval.perplexity import load_text
+
+        calib_docs.parent.mkdir(parents=True, exist_ok=True)
+        calib_docs.write_text(load_text("python_docs")[CALIB_DOCS_FROM:], encoding="utf-8")
+    fmt = {"d": d, "calib": calib, "calib_docs": calib_docs}
+    cmds = [" ".join(["edgekit", *[shlex.quote(x.format(**fmt)) for x in s]]) for s in BUILD[name]]
     if (d / "manifest.json").is_file():
         log(f"{name}: reusing {d}")
         return cmds, None
-    sec = round(sum(_edgekit([x.format(d=d, calib=calib) for x in s])[1] for s in BUILD[name]), 1)
+    sec = round(sum(_edgekit([x.format(**fmt) for x in s])[1] for s in BUILD[name]), 1)
     log(f"{name}: built in {sec} s ({'; '.join(cmds)})")
     return cmds, sec
 
