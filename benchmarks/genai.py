@@ -89,8 +89,11 @@ BUILD = {
     "gptq_docs_w4_g32_h8": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--set", "group_size=32",
                              "--set", "head_bits=8", "--set", "gptq=true", "--data", "{calib_docs}", "--kv-cache",
                              "--target", "onnxruntime", "--target", "openvino", "-o", "{d}"]],
+    # with int8 activations GPTQ needs more dampening: at the default 0.01 the fused W4A8 file failed the product's
+    # int8-activation check (worst logit cosine 0.963 < 0.98, nothing written); at 0.1 it passes (0.993)
     "gptq_docs_w4_g32_h8_a8_fused": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--set",
-                                      "group_size=32", "--set", "head_bits=8", "--set", "gptq=true", "--data",
+                                      "group_size=32", "--set", "head_bits=8", "--set", "gptq=true", "--set",
+                                      "gptq_damp=0.1", "--data",
                                       "{calib_docs}", "--kv-cache", "--deploy", "int8", "--fused-decoder", "--target",
                                       "onnxruntime", "-o", "{d}"]],
 }

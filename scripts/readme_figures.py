@@ -633,7 +633,17 @@ def render_own_model_walk(r: Results) -> str:
 
 def _fused_key(r: Results) -> str:
     """genai.json's key of the `--fused-decoder` CLI run (`genai.py cli --only ...,*_fused`)."""
-    return next(k for k in sorted(r("genai")) if k.startswith("cli_") and "fused" in k)
+    return next(k for k in sorted(r("genai")) if k.startswith("cli_") and "+fp32_fused+" in k)
+
+
+GPTQ_KEYS = ("cli_gptq_docs_w4_g32_h8", "cli_gptq_w4_g32_h8", "cli_rtn_w4_g32_h8_a8_fused+gptq_docs_w4_g32_h8_a8_fused")
+
+
+def render_genai_gptq(r: Results) -> str:
+    """RTN's gptq option on SmolLM2 through the CLI: held-out Python-docs calibration, stdlib-docstring calibration
+    (both ORT and OpenVINO, against FP32 in the same profile run), and the fused W4A8 decoder with RTN's and GPTQ's
+    codes side by side; each table as render_genai_cli."""
+    return "\n\n".join(render_genai_cli(r, k) for k in GPTQ_KEYS)
 
 
 def render_genai_cli(r: Results, key: str = "cli") -> str:
@@ -704,6 +714,7 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     "genai-smollm2": render_genai,
     "genai-smollm2-cli": render_genai_cli,
     "genai-smollm2-fused": lambda r: render_genai_cli(r, _fused_key(r)),
+    "genai-smollm2-gptq": render_genai_gptq,
     "own-model-walk": render_own_model_walk,
     "udfc-zoo": render_udfc_zoo,
     "llm_fp4-smollm2": render_llm_fp4_smollm2,

@@ -97,3 +97,24 @@ def test_rtn_gptq_on_the_tiny_llama_through_the_product(tmp_path):
 
     int4 = [t for t in onnx.load(str(art / "model.onnx")).graph.initializer if t.data_type == onnx.TensorProto.INT4]
     assert len(int4) >= 14, len(int4)  # every GPTQ layer stored as int4 codes (the export checks them equal)
+
+
+def test_block_inputs_carry_no_kv_cache_so_re_runs_agree():
+    """A raw HF causal LM called without use_cache=False hands its layers a KV cache; kept as is, every re-run of a
+    block would append to it and attend to stale keys. The kept inputs drop it, and two runs of a block agree."""
+    from edgekit.methods.rtn.gptq_run import _first_block_inputs, _run_block, repeated_blocks
+    from tests.unit._tiny_llm import tiny_llama
+
+    m = tiny_llama()
+    ids = torch.randint(0, 300, (1, 12), generator=torch.Generator().manual_seed(0))
+    name, blocks = repeated_blocks(m)
+    assert name.endswith("layers") and len(blocks) == 2
+    seen = {}
+    h = blocks[0].register_forward_pre_hook(lambda _m, _a, kw: seen.update(kw), with_kwargs=True)
+    m(input_ids=ids, use_cache=True)
+    h.remove()
+    assert any(type(v).__name__.endswith("Cache") for v in seen.values())  # the layer is handed a cache
+    kept = _first_block_inputs(m, blocks[0], [((), {"input_ids": ids, "use_cache": True})])
+    assert not any(type(v).__name__.endswith("Cache") for v in kept[0][1].values()), kept[0][1]
+    a, b = _run_block(blocks[0], kept), _run_block(blocks[0], kept)
+    assert torch.equal(a[0][0][0], b[0][0][0])

@@ -43,7 +43,13 @@ def _first_block_inputs(model: nn.Module, block: nn.Module, calls: list) -> list
     kept: list[tuple[tuple, dict]] = []
 
     def hook(_m: nn.Module, args: tuple, kwargs: dict) -> None:
-        kept.append((tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args), dict(kwargs)))
+        kw = dict(kwargs)
+        for k, v in kwargs.items():  # a KV cache would grow with every re-run of the block and be attended to
+            if k in ("past_key_values", "past_key_value", "layer_past") or type(v).__name__.endswith("Cache"):
+                kw[k] = None
+        if "use_cache" in kw:
+            kw["use_cache"] = False
+        kept.append((tuple(a.detach() if isinstance(a, torch.Tensor) else a for a in args), kw))
         raise _Stop
 
     h = block.register_forward_pre_hook(hook, with_kwargs=True)
