@@ -1178,6 +1178,19 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("deft", "minilm/rows/deft/sparse_hw_estimate/macs_saved_share_thresholded", lambda x: f"{x * 100:.1f}"),
       ("deft", "minilm/rows/peft_relu/sparse_hw_estimate/macs_saved_share_exact_zeros", lambda x: f"{x * 100:.0f}"),
       ("deft", "minilm/rows/deft_relu/sparse_hw_estimate/macs_saved_share_exact_zeros", lambda x: f"{x * 100:.0f}")]),
+    # RTN gptq on SmolLM2 (genai.py cli --only gptq_*)
+    ("GPTQ takes W4 g32 + 8-bit head from perplexity {}\nto {} on the docs and from {} to {} on GPL-3",
+     [("genai", "cli/variants/rtn_w4_g32_h8/eval/onnxruntime/metrics/perplexity_python_docs", f2),
+      ("genai", "cli_gptq_docs_w4_g32_h8/variants/gptq_docs_w4_g32_h8/eval/onnxruntime/metrics/perplexity_python_docs", f2),
+      ("genai", "cli/variants/rtn_w4_g32_h8/eval/onnxruntime/metrics/perplexity_gpl3", f2),
+      ("genai", "cli_gptq_docs_w4_g32_h8/variants/gptq_docs_w4_g32_h8/eval/onnxruntime/metrics/perplexity_gpl3", f2)]),
+    ("decodes at {} FP32 with perplexity {}, against the RTN codes' {} at {} in the same run",
+     [("genai", lambda r: next(f["decode_ratio"]["p50"] for f in r.get("genai", "cli_rtn_w4_g32_h8_a8_fused+gptq_docs_w4_g32_h8_a8_fused/profile/doc/results")[0]["files"]
+                               if f["artifact"].endswith("gptq_docs_w4_g32_h8_a8_fused")), x2),
+      ("genai", "cli_rtn_w4_g32_h8_a8_fused+gptq_docs_w4_g32_h8_a8_fused/variants/gptq_docs_w4_g32_h8_a8_fused/eval/onnxruntime/metrics/perplexity_python_docs", f2),
+      ("genai", "cli_rtn_w4_g32_h8_a8_fused+gptq_docs_w4_g32_h8_a8_fused/variants/rtn_w4_g32_h8_a8_fused/eval/onnxruntime/metrics/perplexity_python_docs", f2),
+      ("genai", lambda r: next(f["decode_ratio"]["p50"] for f in r.get("genai", "cli_rtn_w4_g32_h8_a8_fused+gptq_docs_w4_g32_h8_a8_fused/profile/doc/results")[0]["files"]
+                               if f["artifact"].endswith("rtn_w4_g32_h8_a8_fused")), x2)]),
     # peer baselines prose
     ("SmolLM2 is scored on 128-token windows (FP32 {} / {} there,",
      [("baselines", "models/smollm2/cells/fp32/metrics/perplexity_python_docs", f2),
