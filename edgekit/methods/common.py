@@ -171,3 +171,15 @@ class Checkpoint:
         tmp = self.path.with_name(self.path.name + ".tmp")
         torch.save({"key": self.key, "model": model.state_dict(), "opt": opt.state_dict(), "step": step}, tmp)
         tmp.replace(self.path)
+
+
+def progress_bar(label: str, enabled: bool):
+    """The methods' rich progress bar on stderr ("<label> <task>", bar, done/total, elapsed); drawn only when
+    `enabled` (a method's `progress` option)."""
+    import sys
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn(f"{label} {{task.description}}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(file=sys.stderr), disable=not enabled, transient=False)

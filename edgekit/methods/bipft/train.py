@@ -2,7 +2,6 @@
 batches, checkpoints and the compact trained-student file (1-bit weights packed, FP side parameters)."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -105,11 +104,9 @@ def kd_loss(hs: list[torch.Tensor], ht: list[torch.Tensor], ss: list[torch.Tenso
 
 
 def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from ..common import progress_bar
 
-    return Progress(TextColumn("bipft {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(file=sys.stderr), disable=not enabled, transient=False)
+    return progress_bar("bipft", enabled)
 
 
 def attn_modules(bert: nn.Module) -> list[BiPFTSelfAttention]:

@@ -8,7 +8,6 @@ floor(t*b/N). density_weight=0 skips the density term entirely, so it is the PEF
 from __future__ import annotations
 
 import math
-import sys
 from typing import Any, Callable
 
 import torch
@@ -60,11 +59,9 @@ class _Quiet:
 def _progress(enabled: bool):
     if not enabled:
         return _Quiet()
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from ..common import progress_bar
 
-    return Progress(TextColumn("deft {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(file=sys.stderr), disable=not enabled, transient=False)
+    return progress_bar("deft", enabled)
 
 
 def train(net: nn.Module, kind: str, ex: Examples, cfg: Any, dev: torch.device, cap: Capture, steps: int,

@@ -8,7 +8,6 @@ included), the optimizer and the step; it is refused when it was written under a
 from __future__ import annotations
 
 import math
-import sys
 import time
 from typing import Any
 
@@ -123,11 +122,9 @@ def _optimizer(model: nn.Module, cfg: Any) -> torch.optim.Optimizer:
 
 
 def _progress(enabled: bool):
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from ..common import progress_bar
 
-    return Progress(TextColumn("denseshift {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(file=sys.stderr), disable=not enabled, transient=False)
+    return progress_bar("denseshift", enabled)
 
 
 def _snapshot(layers: dict[str, nn.Module]) -> torch.Tensor:

@@ -51,7 +51,6 @@ Decisions (why):
 from __future__ import annotations
 
 import re
-import sys
 import time
 from typing import Literal
 
@@ -144,17 +143,9 @@ class FPQLinear(nn.Linear):
 
 def _progress(enabled: bool, total: int):
     """A rich progress bar on stderr (a no-op object when disabled)."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
+    from ..common import progress_bar
 
-    return Progress(TextColumn("llm_fp4 {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=Console(file=sys.stderr), disable=not enabled, transient=False)
+    return progress_bar("llm_fp4", enabled)
 
 
 def _set_module(root: nn.Module, name: str, new: nn.Module) -> None:

@@ -120,10 +120,9 @@ def apply(model: nn.Module, cfg: Config, data=None) -> tuple[nn.Module, MethodRe
 
 def _gptq(model: nn.Module, cfg: Config, data, rep: MethodReport) -> dict:
     """GPTQ codes of the blocks' Linear layers (gptq_run.py), already set into the model; the report's `gptq`."""
-    import sys
-
+    from ..common import progress_bar
     from ..llm_fp4.calib import calibration_calls
-    from .gptq_run import gptq_blocks, repeated_blocks
+    from .gptq_run import gptq_blocks
 
     if data is None or len(data) == 0:
         raise ConfigError("rtn gptq=true needs calibration data; pass --data calib.txt (text) or .npy (token ids)")
@@ -133,15 +132,10 @@ def _gptq(model: nn.Module, cfg: Config, data, rep: MethodReport) -> dict:
             cfg.head_bits is not None and re.search(cfg.head_pattern, n) is not None)
 
     calls = calibration_calls(model, cfg, data)
-    found = repeated_blocks(model)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    with Progress(TextColumn("rtn gptq {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(file=sys.stderr), disable=not cfg.progress, transient=False) as bar:
-        task = bar.add_task("blocks", total=len(found[1]) if found else 0)
+    with progress_bar("rtn gptq", cfg.progress) as bar:
+        task = bar.add_task("blocks", total=None)
         codes, rec = gptq_blocks(model, calls, cfg.bits, cfg.group_size, cfg.gptq_damp, skip,
-                                 lambda i, n: bar.update(task, completed=i))
+                                 lambda i, n: bar.update(task, completed=i, total=n))
     rep.extra["gptq"] = {**rec, "damp": cfg.gptq_damp, "grid": "RTN's (symmetric)",
                          "calibration": f"{len(calls)} calls" + (f" of {cfg.seq_len} tokens" if data.texts else "")}
     return codes

@@ -95,6 +95,7 @@ def gptq_blocks(model: nn.Module, calls: list, bits: int, group_size: int | None
                           "decoders and encoders have); drop --set gptq=true to use RTN")
     list_name, blocks = found
     inputs = _first_block_inputs(model, blocks[0], calls)
+    on_block(0, len(blocks))
     codes: dict[str, WeightCode] = {}
     errs: dict[str, dict[str, float]] = {}
     for bi, block in enumerate(blocks):
