@@ -7,8 +7,9 @@ First slice, ONNX Runtime and OpenVINO:
   attention, where one static range per tensor collapses (int8.choose_form);
 each checked against the float model with stated floors (check.py) and timed interleaved with the FP32 file on the
 same runtime. `select.py` is what `edgekit compress --deploy int8|auto` runs per runtime; LiteRT's forms
-(full-integer static and dynamic-range through ai-edge-quantizer) are in litert.py. Not in this slice: OpenVINO's
-own dynamic activation quantization, NNCF, `edgekit bench --deploy`.
+(full-integer static and dynamic-range through ai-edge-quantizer) are in litert.py. On OpenVINO, `auto` also weighs
+OpenVINO's own dynamic activation quantization (select.py) and, with calibration data, NNCF's static INT8
+(nncf_ptq.py).
 
     deploy_int8(model, specs, out_path, runtime="onnxruntime", calibration=None, ...) -> record dict
 """
@@ -70,14 +71,17 @@ def deploy_int8(model: nn.Module, specs: Sequence[InputSpec], out_path: Path, ru
                 k: float = DEFAULT_K, input_range: tuple[float, float] | None = None, calibrate: str = "minmax",
                 floors: dict[str, float] | None = None, candidates: dict[str, Path] | None = None,
                 threads: int = 2, runs: int = 20, work_dir: Path | None = None,
-                validation: Sequence[Sequence[Any]] | None = None, form: str = "auto") -> dict[str, Any]:
+                validation: Sequence[Sequence[Any]] | None = None, form: str = "auto",
+                nncf_ptq: bool = False) -> dict[str, Any]:
     """Write the INT8 file for `runtime` at out_path (.onnx, or .xml for OpenVINO), validate it, time it vs FP32.
 
     calibration: input tuples (None: data-free from BatchNorm statistics). validation: held-out input tuples to
     judge the file on (default: the calibration samples, else the example inputs). codes: the method's codes, checked
     against the file's int8 weights. candidates: more files of this runtime to time in the same loop (e.g. the
-    artifact's default export). The record's "passed" is the validation verdict; nothing is raised for a failed
-    validation (the caller decides), only for unusable input.
+    artifact's default export). nncf_ptq (OpenVINO, with calibration): also build NNCF's static INT8 IR
+    (nncf_ptq.py) next to out_path (nncf/model.xml), validate it with the same floors and time it as "nncf-ptq";
+    its record is rec["nncf_ptq"] (or the reason it could not be built). The record's "passed" is the validation
+    verdict; nothing is raised for a failed validation (the caller decides), only for unusable input.
     """
     if runtime not in RUNTIMES:
         raise ConfigError(f"INT8 deploy supports {', '.join(RUNTIMES)}, not '{runtime}'")
@@ -103,12 +107,25 @@ def deploy_int8(model: nn.Module, specs: Sequence[InputSpec], out_path: Path, ru
             fp32 = work / "float_ov.xml"
             if not fp32.is_file():
                 _ov_convert(work / "float.onnx", fp32)
-        rec["validation"] = check.fidelity(model, out_path, runtime,
-                                           check.validation_inputs(specs, validation or calibration), floors, threads)
-        rec["validation"]["inputs"] = ("held-out data" if validation else "calibration data" if calibration
-                                       else "example inputs (seeded random)")
+        val_inputs = check.validation_inputs(specs, validation or calibration)
+        judged_on = ("held-out data" if validation else "calibration data" if calibration
+                     else "example inputs (seeded random)")
+        rec["validation"] = check.fidelity(model, out_path, runtime, val_inputs, floors, threads)
+        rec["validation"]["inputs"] = judged_on
         rec["passed"] = rec["validation"]["passed"]
         files = {"fp32": fp32, "int8": out_path, **(candidates or {})}
+        if nncf_ptq and runtime == "openvino" and calibration:
+            from . import nncf_ptq as N
+
+            nx = out_path.parent / "nncf" / "model.xml"
+            try:
+                nrec = N.quantize(fp32, nx, calibration, transformer=N.has_softmax(work / "float.onnx"))
+                nrec["validation"] = check.fidelity(model, nx, runtime, val_inputs, floors, threads)
+                nrec["validation"]["inputs"] = judged_on
+                files["nncf-ptq"] = nx
+            except (RuntimeError, ValueError, TypeError, KeyError) as e:  # NNCF/OpenVINO refusals: recorded
+                nrec = {"error": f"NNCF INT8 could not be built: {str(e).splitlines()[0][:300]}"}
+            rec["nncf_ptq"] = nrec
         rec["speed"] = check.interleaved(files, runtime, example_inputs(list(specs)), threads, runs=runs)
     return rec
 

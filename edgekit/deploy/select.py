@@ -7,6 +7,9 @@
   DequantizeLinear) and the INT8 form are timed in one interleaved loop on the runtime; the fastest form that
   passed its validation is kept. FP32 is always a candidate, so auto never keeps a form that measured slower than
   FP32 in that loop. If INT8 cannot be built or fails validation, the reason is recorded and the others compete.
+  On OpenVINO two more candidates join: OpenVINO's own dynamic activation quantization on the default export's
+  integer weights, and, when calibration arrays are given, NNCF's static INT8 IR of the compressed model
+  (nncf_ptq.py), each validated with the same floors.
 - LiteRT (tflite): litert.py builds full-integer static INT8 and dynamic-range INT8 with ai-edge-quantizer on the
   litert-torch float file; int8 keeps the static form (dynamic-range where static does not apply: no BatchNorm and
   no data, or attention), auto times FP32, the default export and both forms interleaved and keeps the fastest
@@ -107,7 +110,8 @@ def _one(model: nn.Module, specs: Sequence[InputSpec], root: Path, rt: str, entr
     try:
         others = {"default": dest, **({"ov-dynamic-quant": (dest, True)} if ov_dq else {})} if mode == "auto" \
             else None
-        rec = deploy_int8(model, specs, cand, rt, calib, codes, candidates=others, work_dir=work / "build", **options)
+        rec = deploy_int8(model, specs, cand, rt, calib, codes, candidates=others, work_dir=work / "build",
+                          nncf_ptq=rt == "openvino" and mode == "auto", **options)
     except (EdgekitError, RuntimeError, ValueError, KeyError) as e:
         if mode == "int8":
             if isinstance(e, EdgekitError):
@@ -140,8 +144,12 @@ def _one(model: nn.Module, specs: Sequence[InputSpec], root: Path, rt: str, entr
             val_dq["inputs"] = rec["validation"].get("inputs")
             note["ov_dynamic_quant_validation"] = val_dq
             ok["ov-dynamic-quant"] = val_dq["passed"]
+        nrec = rec.get("nncf_ptq")
+        if nrec is not None:
+            note["nncf_ptq"] = nrec
+            ok["nncf-ptq"] = bool((nrec.get("validation") or {}).get("passed"))
         med = speed["median_ms"]
-        pick = min((k for k in med if ok[k]), key=lambda k: med[k])
+        pick = min((k for k in med if ok.get(k)), key=lambda k: med[k])
         times = ", ".join(f"{k} {v:.3g} ms" for k, v in med.items())
         why = f"fastest validated form on this host ({times})"
         if not rec["passed"]:
@@ -149,12 +157,18 @@ def _one(model: nn.Module, specs: Sequence[InputSpec], root: Path, rt: str, entr
         if ov_dq and not ok["ov-dynamic-quant"]:
             why += ("; OpenVINO dynamic quantization rejected: "
                     f"{'; '.join(note['ov_dynamic_quant_validation']['failed'])}")
-    note.update(form={"int8": rec["form"], "default": "default", "fp32": "fp32",
+        if nrec is not None and not ok["nncf-ptq"]:
+            why += "; NNCF INT8 rejected: " + (nrec.get("error") or "; ".join(nrec["validation"]["failed"]))
+    note.update(form={"int8": rec["form"], "default": "default", "fp32": "fp32", "nncf-ptq": "int8-nncf-ptq",
                       "ov-dynamic-quant": "openvino-dynamic-quantization"}[pick], why=why)
     if pick == "int8":
         _install(cand, dest)
         note["default_validation"] = entry["validation"]
         entry.update(precision="int8", validation=val)
+    elif pick == "nncf-ptq":
+        _install(cand.parent / "nncf" / "model.xml", dest)
+        note["default_validation"] = entry["validation"]
+        entry.update(precision="int8", validation=note["nncf_ptq"]["validation"])
     elif pick == "ov-dynamic-quant":  # same file; its recorded runtime_config turns the quantization on for readers
         note["default_validation"] = entry["validation"]
         entry.update(validation=note.pop("ov_dynamic_quant_validation"))

@@ -44,3 +44,42 @@ def test_deploy_auto_times_and_validates_openvino_dynamic_quantization(tmp_path:
         v = d["ov_dynamic_quant_validation"]
         assert v["runtime_config"]["DYNAMIC_QUANTIZATION_GROUP_SIZE"] == str(OV_DQ_GROUP)
         assert "passed" in v and not ov_dynamic_quant(e)
+
+
+def test_deploy_auto_with_data_times_and_validates_nncf_int8_on_openvino(tmp_path: Path) -> None:
+    """With calibration arrays, NNCF's static INT8 IR of the compressed model is one more OpenVINO candidate of
+    `auto`: built (FakeQuantize in the IR), judged by the same floors on the held-out samples, timed in the same loop;
+    auto keeps the fastest form that passed, and a floor NNCF's file cannot meet rejects it with the reason."""
+    pytest.importorskip("transformers")
+    import numpy as np
+    import openvino as ov
+
+    import edgekit
+
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "calib.npz", input_ids=g.integers(0, 100, (40, 16)), attention_mask=np.ones((40, 16), int))
+    kw = dict(input_shape="1x16:int64,1x16:int64", runtimes=["openvino"], deploy="auto",
+              data=str(tmp_path / "calib.npz"))
+    out = tmp_path / "art"
+    edgekit.compress(FACTORY, "rtn", {"bits": 8}, out, **kw)
+    e = json.loads((out / "manifest.json").read_text())["exports"]["openvino"]
+    d = e["deploy"]
+    med, n = d["speed"]["median_ms"], d["nncf_ptq"]
+    assert {"fp32", "int8", "default", "ov-dynamic-quant", "nncf-ptq"} <= set(med), d["speed"]
+    assert n["fake_quantize_ops"] > 0 and n["calibration"]["samples"] == 24, n  # 40 - 16 held out
+    assert n["options"]["model_type"] == "transformer" and n["validation"]["inputs"] == "held-out data"
+    passed = {"fp32": True, "default": True, "int8": d["int8_validation"]["passed"],
+              "ov-dynamic-quant": d.get("ov_dynamic_quant_validation", e["validation"])["passed"],
+              "nncf-ptq": n["validation"]["passed"]}
+    best = min((k for k in med if passed[k]), key=med.get)
+    form = {"nncf-ptq": "int8-nncf-ptq", "int8": "int8-dynamic", "ov-dynamic-quant": "openvino-dynamic-quantization"}
+    assert d["form"] == form.get(best, best), d
+    if d["form"] == "int8-nncf-ptq":  # installed: the artifact's IR is NNCF's, and its validation is the entry's
+        ops = ov.Core().read_model(str(out / e["file"])).get_ops()
+        assert any(op.get_type_name() == "FakeQuantize" for op in ops) and e["precision"] == "int8"
+        assert e["validation"] == n["validation"]
+    out2 = tmp_path / "art2"
+    edgekit.compress(FACTORY, "rtn", {"bits": 8}, out2, deploy_floors={"mean_cosine": 1.0}, **kw)
+    d2 = json.loads((out2 / "manifest.json").read_text())["exports"]["openvino"]["deploy"]
+    assert not d2["nncf_ptq"]["validation"]["passed"] and "NNCF INT8 rejected: " in d2["why"], d2["why"]
+    assert d2["form"] in ("fp32", "default"), d2["form"]
