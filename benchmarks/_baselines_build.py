@@ -15,7 +15,6 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
-import torch
 from torch import nn
 
 from edgekit.artifact import write_manifest
@@ -123,7 +122,7 @@ def _ids(vocab: int, n: int) -> np.ndarray:
 
 
 ALL = ["fp32", "nncf_ptq", "ort_static_pt", "ort_static_pc", "ort_dynamic", "nncf_wc8", "nncf_wc4", "litert_dyn8",
-       "litert_static8", "rtn8", "rtn4", "mag30", "mag50", "edgekit_int8"]
+       "litert_static8", "rtn8", "rtn4", "mag30", "mag50", "edgekit_int8", "edgekit_int8_data"]
 LITERT = ["litert_dyn8", "litert_static8"]
 
 
@@ -144,11 +143,12 @@ def model_specs() -> dict[str, ModelSpec]:
         "smollm2": ModelSpec(
             "smollm2", "perplexity", {}, None, _smollm2, [InputSpec("input_ids", [1, 128], "int64", high=49152)],
             ["logits"], None, _smollm2_calib, lambda: [_ids(49152, 128)], "1x128 prefill",
-            [v for v in ALL if v not in LITERT and v != "edgekit_int8"], "transformer", reuse_export=True,
+            [v for v in ALL if v not in LITERT and not v.startswith("edgekit_int8")], "transformer", reuse_export=True,
             skipped={**{v: "skipped: no LiteRT file for SmolLM2 in this table (litert-torch export of the 135M "
                            "decoder at a static 512-token window was not run here)" for v in LITERT},
-                     "edgekit_int8": "skipped: a decoder's int8 deploy is `edgekit compress smollm2 ... --kv-cache "
-                                     "--deploy int8` (the KV-cache table in the LLM section)"}),
+                     **{v: "skipped: a decoder's int8 deploy is `edgekit compress smollm2 ... --kv-cache "
+                           "--deploy int8` (the KV-cache table in the LLM section)"
+                        for v in ("edgekit_int8", "edgekit_int8_data")}}),
         "demo": ModelSpec(
             "demo", "digits", {}, None, _demo, [InputSpec("input", [1, 1, 8, 8])], ["logits"], None, _demo_calib,
             lambda: [np.zeros((1, 1, 8, 8), np.float32)], "1x1x8x8", ALL, tflite=True),
@@ -222,9 +222,23 @@ DEPLOY = {"efficientnet": (SOURCES["efficientnet"], "udfc", {"ratio": 0, "bits":
           "demo": (SOURCES["demo"], "rtn", {"bits": 8}, {})}
 
 
-def edgekit_deploy(spec: ModelSpec, ctx: Context, root: Path) -> dict[str, Any]:
+def calib_npz(spec: ModelSpec, ctx: Context) -> Path:
+    """The peers' calibration samples (ctx.calib(): the same CALIB_N that NNCF PTQ and ORT static get) as the .npz
+    a user passes to `--data` (one array per model input; edgekit's deploy step calibrates on the first 100 and
+    judges on the next 16)."""
+    path = ctx.work / "calib.npz"
+    if not path.is_file():
+        cols = list(zip(*ctx.calib()))
+        tmp = path.with_name("calib.tmp.npz")
+        np.savez(tmp, **{s.name: np.concatenate(c) for s, c in zip(spec.specs, cols)})
+        tmp.replace(path)
+    return path
+
+
+def edgekit_deploy(spec: ModelSpec, ctx: Context, root: Path, with_data: bool = False) -> dict[str, Any]:
     """The model compressed and lowered by `edgekit compress --deploy auto` for every runtime of the table; the
-    deploy step's decision (form kept, why, its own interleaved ratio) is recorded next to the command."""
+    deploy step's decision (form kept, why, its own interleaved ratio) is recorded next to the command. with_data:
+    `--data` the peers' calibration samples (calib_npz), which also makes NNCF's static INT8 an OpenVINO candidate."""
     import edgekit
     from edgekit.artifact import read_manifest, update_manifest
 
@@ -232,10 +246,13 @@ def edgekit_deploy(spec: ModelSpec, ctx: Context, root: Path) -> dict[str, Any]:
         raise RuntimeError(f"no edgekit deploy row defined for {spec.key}")
     src, method, opts, floors = DEPLOY[spec.key]
     rts = ["onnxruntime", "openvino"] + (["tflite"] if spec.tflite else [])
+    data = calib_npz(spec, ctx) if with_data else None
     cmd = (f"edgekit compress {src} --method {method} " + " ".join(f"--set {k}={v}" for k, v in opts.items())
+           + (f" --data {data}" if data else "")
            + " --deploy auto " + "".join(f"--deploy-floor {k}={v} " for k, v in floors.items())
            + " ".join(f"--target {rt}" for rt in rts) + f" -o {root}")
-    edgekit.compress(src, method, opts, root, runtimes=rts, deploy="auto", deploy_floors=floors or None)
+    edgekit.compress(src, method, opts, root, runtimes=rts, deploy="auto", deploy_floors=floors or None,
+                     data=str(data) if data else None)
     man = read_manifest(root)
     dep = {rt: {k: (e.get("deploy") or {}).get(k) for k in ("form", "why", "warning")}
            | {"int8_vs_fp32_in_deploy_step": ((e.get("deploy") or {}).get("speed") or {}).get("ratio_to_fp32", {})

@@ -11,6 +11,7 @@ LABELS = {
     "litert_dyn8": "LiteRT dynamic-range INT8 (ai-edge-quantizer)", "litert_static8": "LiteRT static INT8 (300 calib.)", "rtn8": "edgekit RTN W8 per-channel",
     "rtn4": "edgekit RTN W4 per-channel", "mag30": "edgekit magnitude 30%", "mag50": "edgekit magnitude 50%",
     "edgekit_int8": "edgekit compress --deploy auto (UDFC W8 / RTN W8 + INT8, data-free for CNNs)",
+    "edgekit_int8_data": "edgekit compress --deploy auto --data (the peers' calib. samples; + NNCF INT8 on OpenVINO)",
 }
 METRICS = {
     "fashion-probe": [("probe_accuracy", "probe", 3), ("top1_agreement", "top-1 agree", 3)],

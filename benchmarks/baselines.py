@@ -51,8 +51,8 @@ def build(spec: B.ModelSpec, ctx: B.Context, name: str, root: Path) -> dict[str,
         return B.fp32_variant(spec, ctx, root)
     if name in ("rtn8", "rtn4", "mag30", "mag50"):
         return B.edgekit_variant(spec, ctx, name, root)
-    if name == "edgekit_int8":
-        return B.edgekit_deploy(spec, ctx, root)
+    if name in ("edgekit_int8", "edgekit_int8_data"):
+        return B.edgekit_deploy(spec, ctx, root, with_data=name.endswith("_data"))
     if name == "nncf_ptq":
         return P.nncf_ptq(spec, ctx, root)
     if name in ("nncf_wc8", "nncf_wc4"):
@@ -106,7 +106,7 @@ def run_cell(spec: B.ModelSpec, ctx: B.Context, name: str, budget_s: float,
                 "build_s": round(build_s, 1)}
     fid = evaluate(root, spec.task, runtime=runtimes[0], limit=spec.limit, threads=THREADS, options=spec.options)
     per_rt = {}
-    if name == "edgekit_int8":  # each runtime got its own INT8 (or kept) file: score every one
+    if name.startswith("edgekit_int8"):  # each runtime got its own INT8 (or kept) file: score every one
         for rt in runtimes[1:]:
             per_rt[rt] = evaluate(root, spec.task, runtime=rt, limit=spec.limit, threads=THREADS,
                                   options=spec.options)["metrics"]

@@ -36,7 +36,6 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 from torch import nn
 
 from ..errors import ConfigError, UnsupportedModelError
