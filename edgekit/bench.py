@@ -92,7 +92,8 @@ def check_source(model_src: Any, source: SourceOptions) -> str:
 
 def _build(model_src: Any, variants: list[str], tgts: list[TargetProfile], specs: Sequence[Any], root: Path,
            source: SourceOptions, method_options: dict[str, dict],
-           data: Any = None, deploy: str | None = None) -> dict[tuple[str, str], dict[str, Any]]:
+           data: Any = None, deploy: str | None = None, deploy_floors: dict[str, float] | None = None
+           ) -> dict[tuple[str, str], dict[str, Any]]:
     """Compress each variant once and export it per target; every failure becomes a cell status with its reason.
     With `deploy` (int8 | auto) a variant is compressed with every target's runtime and the deploy step, so each
     target's cell is that artifact's export for its runtime (the form the deploy step chose, and why)."""
@@ -103,8 +104,8 @@ def _build(model_src: Any, variants: list[str], tgts: list[TargetProfile], specs
     for v in variants:
         base: Any = model_src
         if v != "fp32":
-            dep = {"runtimes": [_export_target(sp, t) for t, sp in zip(tgts, specs)], "deploy": deploy} \
-                if deploy else {}
+            dep = {"runtimes": [_export_target(sp, t) for t, sp in zip(tgts, specs)], "deploy": deploy,
+                   **({"deploy_floors": deploy_floors} if deploy_floors else {})} if deploy else {}
             if not deploy and any(t.runtime == "tflite" for t in tgts):
                 dep["keep_program"] = True  # LiteRT exports are made from the torch program, not model.onnx
             try:
@@ -221,13 +222,15 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
           input_shape: Any = None, method_options: dict[str, dict] | None = None,
           source: SourceOptions | None = None, data: Any = None, sets: dict[str, Any] | None = None,
           deploy: str | None = None, executor: str = "local", address: str | None = None,
-          workers: int | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+          workers: int | None = None, timeout_s: float | None = None,
+          deploy_floors: dict[str, float] | None = None) -> dict[str, Any]:
     """Run the matrix and write bench.json/.md/.html into out_dir; returns the JSON document.
 
     The model source takes what `compress` takes (`source`: --arch, --arch-args, --allow-class, --trust-pickle,
     --input-shape, --dynamic); `data` (a path or DataSource) feeds methods that calibrate; `sets` are the CLI's
     --set METHOD.key=value / key=value (method_options_from_sets); `deploy` (int8 | auto) runs the deploy step
-    for every compressed variant on every target's runtime (edgekit.deploy), so a row is what that step kept.
+    for every compressed variant on every target's runtime (edgekit.deploy), so a row is what that step kept;
+    `deploy_floors` ({"mean_cosine": 0.97, ...}) are its validation floors, as compress's --deploy-floor.
 
     `executor="ray"` runs the matrix as Ray tasks (edgekit.ray_executor: builds on CPU workers, each profile on a
     node advertising `target:NAME`, else on this host; rows gain `placement`); `address` joins a cluster, else a
@@ -263,6 +266,13 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
         from .deploy import check_request
 
         check_request(deploy, [t.runtime for t in tgts], data)
+    if deploy_floors:
+        from .deploy.check import check_floors
+
+        if deploy is None:
+            raise ConfigError("--deploy-floor sets the floors of --deploy int8|auto's validation; add --deploy or "
+                              "drop it")
+        deploy_floors = check_floors(deploy_floors)
     role = check_source(model_src, source)
     out_dir = Path(out_dir)
     outs, exe = None, None
@@ -271,9 +281,10 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
 
         rows, outs, exe = ray_matrix(model_src, variants, tgts, targets, out_dir / "artifacts", source, options,
                                      data, deploy, address, workers, timeout_s=timeout_s or TIMEOUT_S,
-                                     n_fidelity=N_FIDELITY)
+                                     n_fidelity=N_FIDELITY, deploy_floors=deploy_floors)
     else:
-        cells = _build(model_src, variants, tgts, targets, out_dir / "artifacts", source, options, data, deploy)
+        cells = _build(model_src, variants, tgts, targets, out_dir / "artifacts", source, options, data, deploy,
+                       deploy_floors)
         rows = []
         for t in tgts:  # measure per target, variants back to back, so ratios come from one stretch of time
             for v in variants:
@@ -320,7 +331,8 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
     doc = {"schema": SCHEMA, "kind": "bench", "created": now_iso(), "host": host_info(), "provenance": provenance(
                threads=max(t.threads for t in tgts)), "model": str(model_src),
            "input_shape": source.input_shape, "source_options": asdict(source),
-           "method_options": options, "deploy": deploy, "data": getattr(data, "source", None),
+           "method_options": options, "deploy": deploy, "deploy_floors": deploy_floors,
+           "data": getattr(data, "source", None),
            "targets": [t.name for t in tgts],
            "variants": variants,
            "slower_tolerance": SLOWER_TOLERANCE, "rows": rows}

@@ -129,6 +129,9 @@ def bench_cmd(model: str = typer.Argument(..., help="model source, as compress t
               allow_class: AllowClassOpt = None, trust_pickle: TrustPickleOpt = False,
               deploy: Optional[str] = typer.Option(None, "--deploy", help="int8 | auto: lower each compressed "
                                                    "variant to the target runtime's INT8 kernels (see compress)"),
+              deploy_floor: Optional[list[str]] = typer.Option(None, "--deploy-floor", help="KEY=VALUE: a floor of "
+                                                               "--deploy's INT8 validation, as compress takes it "
+                                                               "(repeatable)"),
               out: Path = typer.Option(..., "-o", "--out", help="output folder"),
               executor: ExecutorOpt = "local", address: AddressOpt = None, workers: WorkersOpt = None,
               task_timeout: TaskTimeoutOpt = None) -> None:
@@ -140,7 +143,7 @@ def bench_cmd(model: str = typer.Argument(..., help="model source, as compress t
         src = source_options(arch, arch_args, allow_class, trust_pickle, input_shape)
         doc = api.bench(model, list(target or []) + _split(targets), _split(methods), out, source=src, data=data,
                     sets=parse_sets(sets), deploy=deploy, executor=executor, address=address, workers=workers,
-                    timeout_s=task_timeout)
+                    timeout_s=task_timeout, deploy_floors=parse_sets(deploy_floor, "--deploy-floor") or None)
         head, rows = bench_rows(doc)
         console.print(_table(head, rows, "bench"))
         for n in notes(doc):

@@ -219,7 +219,8 @@ def _enter(cwd: str | None) -> None:
 # ---- tasks (run on workers) ------------------------------------------------------------------------------------
 
 def build_task(model_src: Any, variant: str, tgts: list, specs: list, source: Any, options: dict, data: Any,
-               deploy: str | None, cwd: str | None, n_fidelity: int) -> dict[str, Any]:
+               deploy: str | None, cwd: str | None, n_fidelity: int,
+               deploy_floors: dict[str, float] | None = None) -> dict[str, Any]:
     """Compress one variant, export it per target, run each export on the fidelity inputs; pack what was made.
     `options` is {variant: its method options}, as edgekit.bench._build takes them."""
     from .bench import _build, _outputs, _runtime_file
@@ -229,7 +230,7 @@ def build_task(model_src: Any, variant: str, tgts: list, specs: list, source: An
     where = _where("cpu")
     tmp = Path(_scratch_dir())
     try:
-        cells = _build(model_src, [variant], tgts, specs, tmp, source, options, data, deploy)
+        cells = _build(model_src, [variant], tgts, specs, tmp, source, options, data, deploy, deploy_floors)
         out: dict[str, Any] = {"cells": {}, "blobs": {}, "outputs": {}, "placement": where}
         for t in tgts:
             c = cells[variant, t.name]
@@ -357,7 +358,8 @@ def cancel_all(refs: list, grace_s: float = 10.0) -> None:
 def ray_matrix(model_src: Any, variants: list[str], tgts: list, specs: Sequence[Any], root: Path, source: Any,
                options: dict[str, dict], data: Any, deploy: str | None, address: str | None = None,
                workers: int | None = None, retries: int = RETRIES, timeout_s: float = TIMEOUT_S,
-               n_fidelity: int = 16, argv: Sequence[str] | None = None) -> tuple[list, dict, dict]:
+               n_fidelity: int = 16, argv: Sequence[str] | None = None,
+               deploy_floors: dict[str, float] | None = None) -> tuple[list, dict, dict]:
     """The bench matrix on Ray -> (rows, outputs[(variant, target)], executor info for the bench JSON).
     Rows are edgekit.bench._row rows plus `placement`; outputs feed the same fidelity code as a local bench."""
     import sys
@@ -404,7 +406,7 @@ def ray_matrix(model_src: Any, variants: list[str], tgts: list, specs: Sequence[
 
         cpus = max(1, int(sum(n["cpus"] for n in info["nodes"])))
         run_jobs([(v, "cpu", lambda v=v: build.remote(model_src, v, tgt_refs, list(specs), source, {
-            v: options.get(v, {})}, data_ref, deploy, cwd, n_fidelity)) for v in variants],
+            v: options.get(v, {})}, data_ref, deploy, cwd, n_fidelity, deploy_floors)) for v in variants],
             {"cpu": cpus}, timeout_s, retries, built)
         sec["build"] = time.perf_counter() - t0 - sum(sec.values())
 

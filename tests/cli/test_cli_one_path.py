@@ -139,3 +139,22 @@ def test_bench_deploy_auto_runs_the_deploy_step_per_target(tmp_path: Path) -> No
         assert man["exports"][rt]["deploy"]["form"] == dep["form"]
     assert "rtn -> " in (out / "bench.md").read_text()
 
+
+
+def test_bench_deploy_floor_reaches_the_deploy_step(tmp_path: Path) -> None:
+    """`edgekit bench --deploy-floor` is compress's: checked before any work (unknown key, no --deploy: exit 2, no
+    folder), recorded in bench.json, and applied: an unmeetable floor makes `--deploy int8` fail that variant with
+    the validation's reason while the fp32 row is still measured."""
+    base = ["bench", "demo", "--methods", "rtn", "--target", "x86-avx2-ort"]
+    for extra, msg in ((["--deploy", "int8", "--deploy-floor", "top1=0.5"], "not a deploy floor"),
+                       (["--deploy-floor", "cosine=0.9"], "add --deploy")):
+        res = runner.invoke(app, base + extra + ["-o", str(tmp_path / "bad")])
+        assert res.exit_code == 2 and msg in res.output and not (tmp_path / "bad").exists(), res.output
+    out = tmp_path / "b"
+    res = runner.invoke(app, base + ["--deploy", "int8", "--deploy-floor", "mean_cosine=1.0", "-o", str(out)])
+    assert res.exit_code in (0, 1), res.output
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["deploy_floors"] == {"mean_cosine": 1.0}
+    rows = {r["variant"]: r for r in doc["rows"]}
+    assert rows["fp32"]["status"] == "passed" and rows["fp32"]["p50_ms"], rows["fp32"]
+    assert rows["rtn"]["status"] != "passed" and "mean cosine" in rows["rtn"]["reason"], rows["rtn"]
