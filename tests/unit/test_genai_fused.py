@@ -88,6 +88,13 @@ def test_fused_decoder_holds_the_methods_codes_and_generates_like_torch(hf_dir, 
     assert want.min() >= -7  # a symmetric [-7, 7] grid: the builder's own RTN would have used -8 too
     head = next(n for n in g.node if n.name.startswith("/lm_head/"))
     assert head.op_type == ("MatMulNBits" if deploy else "MatMul")  # weights-only: the 8-bit head as float (exact)
+    if deploy:  # the per-row head scale is stored once per row: one block of K = 64 (the builder wrote blocks of 32)
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in head.attribute}
+        hb, hs = numpy_helper.to_array(inits[head.input[1]]), numpy_helper.to_array(inits[head.input[2]])
+        hc = next(c for k, c in codes.items() if k.endswith("lm_head.weight"))
+        assert attrs["block_size"] == attrs["K"] == 64 and hs.size == attrs["N"], (attrs, hs.shape)
+        assert np.array_equal(hb.reshape(attrs["N"], -1).astype(np.int32) - 128, hc.codes.numpy().astype(np.int32))
+        assert np.array_equal(hs.reshape(-1), hc.scale.numpy().reshape(-1))
     ids = _ids(out)
     dec = open_decoder(out / ex["file"], "onnxruntime", man["decoder"], config=ex["validation"].get("runtime_config"))
     toks = greedy(dec, ids, 12).tokens
