@@ -303,12 +303,9 @@ def compress_chain(model_src: str | Path, chain: Sequence[tuple[str, dict[str, A
         check_request(deploy, rts, calib_data)
     deploy_opts = check_input_range(input_range, deploy)
     if deploy_floors:
-        from .deploy.check import check_floors
+        from .deploy.check import requested_floors
 
-        if deploy is None:
-            raise ConfigError("--deploy-floor sets the floors of --deploy int8|auto's validation; add --deploy or "
-                              "drop it")
-        deploy_opts["floors"] = check_floors(deploy_floors)
+        deploy_opts["floors"] = requested_floors(deploy_floors, deploy)
     if fused_decoder and not kv_cache:
         raise ConfigError(FUSED_NEEDS_KV)
     if kv_cache:  # before any work

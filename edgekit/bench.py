@@ -267,12 +267,9 @@ def bench(model_src: Any, targets: Sequence[Any], methods: Sequence[str], out_di
 
         check_request(deploy, [t.runtime for t in tgts], data)
     if deploy_floors:
-        from .deploy.check import check_floors
+        from .deploy.check import requested_floors
 
-        if deploy is None:
-            raise ConfigError("--deploy-floor sets the floors of --deploy int8|auto's validation; add --deploy or "
-                              "drop it")
-        deploy_floors = check_floors(deploy_floors)
+        deploy_floors = requested_floors(deploy_floors, deploy)
     role = check_source(model_src, source)
     out_dir = Path(out_dir)
     outs, exe = None, None

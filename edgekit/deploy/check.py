@@ -47,6 +47,16 @@ FLOORS = {"mean_cosine": 0.99, "cosine": 0.95, "response_cosine": 0.5, "top1_agr
 MARGIN = 0.5  # a "clear winner": top-1 logit minus runner-up >= MARGIN x std of the logits
 
 
+def requested_floors(floors: dict[str, Any] | None, deploy: str | None) -> dict[str, float] | None:
+    """`--deploy-floor` as compress and bench take it: None when not given; an error without --deploy; else
+    check_floors."""
+    if not floors:
+        return None
+    if deploy is None:
+        raise ConfigError("--deploy-floor sets the floors of --deploy int8|auto's validation; add --deploy or drop it")
+    return check_floors(floors)
+
+
 def check_floors(floors: dict[str, Any] | None) -> dict[str, float]:
     """A user's floors (`--deploy-floor KEY=VALUE`): known keys, numbers in [0, 1]; a clear error otherwise.
 
