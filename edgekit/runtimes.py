@@ -71,11 +71,16 @@ def ov_dynamic_quant(entry: dict[str, Any] | None) -> bool:
     return str(cfg.get("DYNAMIC_QUANTIZATION_GROUP_SIZE", "0")) not in ("0", "")
 
 
-def weight_only_qdq(path: Path) -> bool:
-    """True when the graph dequantizes integer weights but quantizes no activations (no QuantizeLinear)."""
+def graph_ops(path: Path) -> set[str]:
+    """The op types of an ONNX file's main graph."""
     import onnx
 
-    ops = {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+    return {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}
+
+
+def weight_only_qdq(path: Path, ops: set[str] | None = None) -> bool:
+    """True when the graph dequantizes integer weights but quantizes no activations (no QuantizeLinear)."""
+    ops = graph_ops(path) if ops is None else ops
     return "DequantizeLinear" in ops and "QuantizeLinear" not in ops
 
 
@@ -85,13 +90,20 @@ def _ort(path: Path, threads: int | None, profiling: bool, spin_stop: bool = Fal
 
     so = ort.SessionOptions()
     extra: dict[str, str] = {}
-    if weight_only_qdq(path):
+    ops = graph_ops(path)
+    if weight_only_qdq(path, ops):
         # ORT keeps DequantizeLinear nodes unfolded (waiting for QDQ fusion) and re-runs them on every call, which
         # made int8-weight models up to 1.8x slower than fp32; with no activation QDQ there is nothing to fuse,
         # so fold them once at load (same numbers, measured equal to fp32 speed on the demo CNN).
         extra["session.disable_quant_qdq"] = "1"
     if spin_stop:
         extra["session.force_spinning_stop"] = "1"
+    if "LayerNormalization" in ops:
+        # ORT 1.32's SkipLayerNormalization CPU kernel (what its SkipLayerNormFusion makes of Add + LayerNormalization)
+        # ran 4-9x slower than the two ops it replaces on this host (1x128x384: 110 vs 31 us per op at 2 threads),
+        # 1.2-1.5 ms of MiniLM's 6.5 ms INT8 run; the RMSNorm variant showed no such gap. Recorded in the manifest's
+        # runtime_config like every session setting, so an app opens the file the same way.
+        extra["optimization.disable_specified_optimizers"] = "SkipLayerNormFusion"
     for k, v in extra.items():
         so.add_session_config_entry(k, v)
     if threads:

@@ -38,10 +38,40 @@ def _dynamic_shapes(specs: Sequence[InputSpec]) -> tuple | None:
     return tuple({ax: torch.export.Dim.AUTO for ax in s.dynamic} for s in specs)
 
 
-def torch_to_onnx_proto(model: nn.Module, inputs: tuple[torch.Tensor, ...], specs: Sequence[InputSpec]) -> onnx.ModelProto:
-    """Export with torch.onnx.export(dynamo=True); input/output names from the specs."""
+# transformers attention kernels that export as one fused SDPA call; exported as the eager (matmul-softmax-matmul)
+# form instead, see eager_attention()
+_FUSED_ATTENTION = ("sdpa", "flash_attention_2", "flex_attention")
+
+
+@contextlib.contextmanager
+def eager_attention(model: nn.Module):
+    """Export transformers models with their eager attention, then restore the model's own setting.
+
+    transformers reads `config._attn_implementation` at every forward. Its default, "sdpa", exports through the dynamo
+    exporter as SDPA's decomposition, which adds a NaN guard on the softmax (IsNaN + Where over every attention
+    score) and extra Transposes/Reshapes; the eager path is plain MatMul-Softmax-MatMul, the same math. Measured on
+    all-MiniLM-L6-v2 (1x128, 2 threads, this host): FP32 16.1 -> 14.4 ms on ONNX Runtime and 4.5 -> 4.0 ms on
+    OpenVINO; ORT's dynamic INT8 file 9.0 -> 7.4 ms (the guard's IsNaN/Where alone were 1.5 ms of 8.7).
+    """
+    changed = []
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        if getattr(cfg, "_attn_implementation", None) in _FUSED_ATTENTION and all(c is not cfg for c, _ in changed):
+            changed.append((cfg, cfg._attn_implementation))
     try:
-        with _quiet():
+        for cfg, _ in changed:
+            cfg._attn_implementation = "eager"
+        yield [impl for _, impl in changed]
+    finally:
+        for cfg, impl in changed:
+            cfg._attn_implementation = impl
+
+
+def torch_to_onnx_proto(model: nn.Module, inputs: tuple[torch.Tensor, ...], specs: Sequence[InputSpec]) -> onnx.ModelProto:
+    """Export with torch.onnx.export(dynamo=True); input/output names from the specs; transformers attention in its
+    eager form (eager_attention)."""
+    try:
+        with _quiet(), eager_attention(model):
             prog = torch.onnx.export(model, inputs, dynamo=True, opset_version=OPSET, external_data=False,
                                      input_names=[s.name for s in specs], dynamic_shapes=_dynamic_shapes(specs),
                                      verbose=False, report=False)
