@@ -123,6 +123,7 @@ def compress(model: ModelArg, method: Annotated[str, typer.Option("--method", "-
             console.print(_validation_table(man))
         _print_generation(man)
         _print_deploy(man)
+        _print_weight_only_note(man)
         if _print_fidelity(man):
             raise typer.Exit(1)
 
@@ -168,6 +169,32 @@ def _print_generation(man: dict) -> None:
         from .cli_generate import print_generation
 
         print_generation(man)
+
+
+def weight_only_runtimes(man: dict) -> list[str]:
+    """Runtimes whose export stores integer weights but computes in float and had no deploy step (nothing timed it
+    against FP32)."""
+    onnx_int = bool((man.get("integer_weights") or {}).get("integer_weights"))
+    out = []
+    for rt, e in man.get("exports", {}).items():
+        if e.get("deploy") or e.get("precision") not in ("fp32", None):
+            continue
+        ws = str((e.get("weight_storage") or {}).get("weights", ""))
+        if (rt == "tflite" and ws.startswith("int")) or (rt != "tflite" and onnx_int and not man.get("decoder")):
+            out.append(rt)
+    return out
+
+
+def _print_weight_only_note(man: dict) -> None:
+    """A plain export of integer weights keeps float activations and is not timed: say so, and how to get a faster
+    form (measured here: such files ran at 0.9-1.1x FP32's time on ONNX Runtime / OpenVINO, LiteRT int4 files
+    3.6-5.3x; README, Deploy)."""
+    rts = weight_only_runtimes(man)
+    if rts:
+        console.print(f"note: {', '.join(rts)}: integer weights with float activations, not timed against FP32 "
+                      "(weight-only files are not faster than FP32 here; LiteRT int4 files are slower). Add "
+                      "`--deploy auto` to lower to the runtime's integer kernels and keep only a form measured "
+                      "faster, or measure this one with `edgekit profile ART --target T`.", highlight=False)
 
 
 def _print_deploy(man: dict) -> None:

@@ -158,3 +158,24 @@ def test_bench_deploy_floor_reaches_the_deploy_step(tmp_path: Path) -> None:
     rows = {r["variant"]: r for r in doc["rows"]}
     assert rows["fp32"]["status"] == "passed" and rows["fp32"]["p50_ms"], rows["fp32"]
     assert rows["rtn"]["status"] != "passed" and "mean cosine" in rows["rtn"]["reason"], rows["rtn"]
+
+
+def test_plain_integer_weight_export_says_it_was_not_timed(tmp_path: Path) -> None:
+    """Compressed means faster, or we say so: a plain export of integer weights (float activations, no deploy step,
+    nothing timed it) gets a note pointing to --deploy auto / profile; a deployed or float export gets none."""
+    from edgekit.cli import weight_only_runtimes
+
+    r = runner.invoke(app, ["compress", "demo", "--method", "rtn", "--set", "bits=8", "--target", "onnxruntime",
+                            "-o", str(tmp_path / "plain")])
+    assert r.exit_code == 0, r.output
+    assert "not timed against FP32" in r.output and "--deploy auto" in r.output, r.output
+    man = json.loads((tmp_path / "plain" / "manifest.json").read_text())
+    assert weight_only_runtimes(man) == ["onnxruntime"]
+    r = runner.invoke(app, ["compress", "demo", "--method", "rtn", "--set", "bits=8", "--target", "onnxruntime",
+                            "--deploy", "int8", "-o", str(tmp_path / "dep")])
+    assert r.exit_code == 0 and "not timed against FP32" not in r.output, r.output
+    # float weights (magnitude pruning keeps fp32 storage): nothing to say
+    r = runner.invoke(app, ["compress", "demo", "--method", "magnitude", "--target", "onnxruntime",
+                            "-o", str(tmp_path / "mag")])
+    assert r.exit_code == 0 and "not timed against FP32" not in r.output, r.output
+    assert weight_only_runtimes({"exports": {"tflite": {"precision": "fp32", "weight_storage": {"weights": "int4 (x)"}}}}) == ["tflite"]
