@@ -80,6 +80,11 @@ BUILD = {
     "rtn_w4_g32_a8_fused": [["compress", "smollm2", "--method", "rtn", "--set", "bits=4", "--set", "group_size=32",
                              "--kv-cache", "--deploy", "int8", "--fused-decoder", "--target", "onnxruntime", "-o",
                              "{d}"]],
+    # issue 15's W8A8 row in the fused graph: 8-bit codes (group 64: divides SmolLM2's K = 576 and 1536, so each scale is
+    # stored once; per-channel scales would repeat over the builder's blocks of 32), 8-bit head, int8 activations
+    "rtn_w8_g64_h8_a8_fused": [["compress", "smollm2", "--method", "rtn", "--set", "bits=8", "--set", "group_size=64",
+                                "--set", "head_bits=8", "--kv-cache", "--deploy", "int8", "--fused-decoder",
+                                "--target", "onnxruntime", "-o", "{d}"]],
     # RTN's gptq option: the same grid and formats, GPTQ's codes. {calib}: stdlib docstrings (benchmarks/llm_fp4.py
     # calib_texts, the LLM-FP4 rows' calibration); {calib_docs}: held-out Python-docs text, the eval corpus after its
     # first CALIB_DOCS_FROM characters (the scored windows are its first 16 x 512 tokens, ~35k characters)

@@ -165,6 +165,7 @@ def put_codes(model_path: Path, codes: dict[str, WeightCode], block: int, accura
 
     by = {_norm(k): c for k, c in codes.items()}
     m = onnx.load(str(model_path))
+    tied8 = _tie_embedding8(m, by.get("lm_head"))
     inits = {i.name: i for i in m.graph.initializer}
     used: set[str] = set()
     layers: dict[str, int] = {}
@@ -215,7 +216,44 @@ def put_codes(model_path: Path, codes: dict[str, WeightCode], block: int, accura
         _float_head(m, by["lm_head"])
     _save(m, model_path)
     return {"layers": len(layers), "bits": sorted(set(layers.values())), "block_size": block,
-            "accuracy_level": accuracy_level}
+            "accuracy_level": accuracy_level, **({"tied_embedding": "8-bit head codes (GatherBlockQuantized)"}
+                                                 if tied8 else {})}
+
+
+def _tie_embedding8(m: Any, head: WeightCode | None) -> bool:
+    """At int8 precision the builder keeps a tied embedding as a float Gather (its GatherBlockQuantized path is for
+    int4 files only): SmolLM2's 49152 x 576 table stays 113 MB of fp32 next to its 8-bit head. When that table is the
+    8-bit head's dequantized codes (tied, checked value by value), read it from the head's codes instead, as the
+    builder does for an int4 file with an 8-bit head: Reshape([N, blocks, block] -> [N, K]) + GatherBlockQuantized
+    (bits 8, gather axis 0, quantize axis 1, the head's scales). The block is the head MatMulNBits' (a later re-pack
+    updates both, _reblock). Returns whether it rewrote."""
+    from onnx import helper, numpy_helper
+
+    if head is None or head.bits != 8 or head.offset is not None:
+        return False
+    nodes = list(m.graph.node)
+    gather = next((n for n in nodes if n.op_type == "Gather" and n.name.startswith("/model/embed_tokens/")), None)
+    mm = next((n for n in nodes if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/")), None)
+    inits = {i.name: i for i in m.graph.initializer}
+    if gather is None or mm is None or gather.input[0] not in inits:
+        return False
+    table = numpy_helper.to_array(inits[gather.input[0]])
+    w = head.dequantize().detach().cpu().numpy().astype(np.float32)  # [N, K]
+    if table.shape != w.shape or not np.allclose(table, w, rtol=0, atol=1e-6 * max(1.0, float(np.abs(w).max()))):
+        return False  # untied, or not the head's codes: keep the builder's float table
+    attrs = {a.name: helper.get_attribute_value(a) for a in mm.attribute}
+    shape = "edgekit/embed_tokens/codes_shape"
+    m.graph.initializer.append(numpy_helper.from_array(np.array(w.shape, np.int64), shape))
+    i = nodes.index(gather)
+    m.graph.node.remove(gather)
+    m.graph.node.insert(i, helper.make_node("Reshape", [mm.input[1], shape], ["/model/embed_tokens/Reshape/output_0"],
+                                            name="/model/embed_tokens/Reshape"))
+    m.graph.node.insert(i + 1, helper.make_node(
+        "GatherBlockQuantized", ["/model/embed_tokens/Reshape/output_0", gather.input[1], mm.input[2]],
+        list(gather.output), name="/model/embed_tokens/GatherBlockQuantized", domain="com.microsoft", bits=8,
+        block_size=int(attrs["block_size"]), gather_axis=0, quantize_axis=1))
+    m.graph.initializer.remove(inits[gather.input[0]])
+    return True
 
 
 def build(lm: nn.Module, codes: dict[str, WeightCode], tok_dir: Path, out_dir: Path, act8: bool = False) -> dict:

@@ -140,3 +140,48 @@ def test_fused_decoder_float_export_and_refusals(hf_dir, tmp_path):
         fused.plan({"model.layers.0.mlp.up_proj.weight": c(None)})
     got = fused.plan({"lm.model.layers.0.mlp.up_proj.weight": c(None), "lm.lm_head.weight": c(None)})
     assert (got["precision"], got["block_size"], got["head_bits"]) == ("int4", 32, 4)
+
+
+def test_fused_w8a8_reads_a_tied_embedding_from_the_heads_8bit_codes(tmp_path):
+    """At int8 precision the builder keeps a tied embedding as a float Gather; edgekit reads it from the 8-bit head's
+    codes (GatherBlockQuantized) instead, exactly: the float table is gone, and the file passes the product's own
+    int8-activation check against transformers (which a misread embedding fails: every token enters through it)."""
+    import onnx
+    import transformers
+    from onnx import numpy_helper
+
+    from tests.unit._tiny_llm import VOCAB, tiny_tokenizer
+
+    torch.manual_seed(1)
+    cfg = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                   tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    hf = tmp_path / "tied"
+    transformers.LlamaForCausalLM(cfg).eval().save_pretrained(str(hf))
+    tiny_tokenizer(hf)
+    out = tmp_path / "f"
+    res = runner.invoke(app, ["compress", str(hf), "--method", "rtn", "--set", "bits=8", "--set", "group_size=32",
+                              "--set", "head_bits=8", "--kv-cache", "--fused-decoder", "--deploy", "int8",
+                              "--target", "onnxruntime", "-o", str(out)])
+    assert res.exit_code == 0, res.stdout + (res.stderr or "")
+    man = json.loads((out / "manifest.json").read_text())
+    ex = man["exports"]["onnxruntime"]
+    assert ex["weights"]["builder_precision"] == "int8" and ex["weights"]["tied_embedding"], ex["weights"]
+    g = onnx.load(str(out / ex["file"])).graph
+    inits = {i.name: i for i in g.initializer}
+    assert not any(i.data_type == onnx.TensorProto.FLOAT and list(i.dims) == [VOCAB, 64] for i in g.initializer)
+    gbq = next(n for n in g.node if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in g.node if n.op_type == "MatMulNBits" and n.name.startswith("/lm_head/"))
+    reshape = next(n for n in g.node if n.output[0] == gbq.input[0])
+    assert reshape.input[0] == head.input[1] and gbq.input[2] == head.input[2]  # the head's codes and scales
+    a = {x.name: onnx.helper.get_attribute_value(x) for x in gbq.attribute}
+    h = {x.name: onnx.helper.get_attribute_value(x) for x in head.attribute}
+    assert (a["bits"], a["block_size"], a["gather_axis"], a["quantize_axis"]) == (8, h["block_size"], 0, 1)
+    # decoding the table the way GatherBlockQuantized does (uint8 - 128, times the block's scale) gives the codes' weights
+    codes = numpy_helper.to_array(inits[head.input[1]]).reshape(VOCAB, -1).astype(np.float32) - 128
+    scale = numpy_helper.to_array(inits[head.input[2]]).reshape(VOCAB, -1)
+    table = codes * np.repeat(scale, h["block_size"], axis=1)[:, :codes.shape[1]]
+    q, c = _rtn(hf, bits=8, group_size=32, head_bits=8)
+    assert np.allclose(table, q.model.get_input_embeddings().weight.detach().numpy(), atol=1e-6)
+    v = ex["validation"]  # teacher-forced against transformers on the compressed model, the product's floors
+    assert v["cosine_min"] >= v["floors"]["cosine_min"] and v["top1_agreement"] >= v["floors"]["top1_agreement"], v
