@@ -717,6 +717,7 @@ RENDERERS: dict[str, Callable[[Results], str]] = {
     "genai-smollm2-cli": render_genai_cli,
     "genai-smollm2-fused": lambda r: render_genai_cli(r, _fused_key(r)),
     "genai-smollm2-gptq": render_genai_gptq,
+    "genai-smollm2-w8a8-fused": lambda r: render_genai_cli(r, "cli_rtn_w8_g64_h8_a8_fused"),
     "own-model-walk": render_own_model_walk,
     "udfc-zoo": render_udfc_zoo,
     "llm_fp4-smollm2": render_llm_fp4_smollm2,
