@@ -71,6 +71,23 @@ def ov_dynamic_quant(entry: dict[str, Any] | None) -> bool:
     return str(cfg.get("DYNAMIC_QUANTIZATION_GROUP_SIZE", "0")) not in ("0", "")
 
 
+OV_PRECISION_KEY = ["runtime_options", "INFERENCE_PRECISION_HINT"]
+
+
+def ir_precision_hint(model: Any) -> str | None:
+    """The inference precision an OpenVINO IR asks for in its rt_info (runtime_options), else None."""
+    if model.has_rt_info(OV_PRECISION_KEY):
+        return str(model.get_rt_info(OV_PRECISION_KEY).astype(str))
+    return None
+
+
+def ov_bf16_capable() -> bool:
+    """Whether this host's OpenVINO CPU plugin computes in bf16 natively (AMX / AVX-512 BF16)."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
 def graph_ops(path: Path) -> set[str]:
     """The op types of an ONNX file's main graph."""
     import onnx
@@ -132,14 +149,17 @@ def _ov(path: Path, threads: int | None, device: str, fallback: str | None, prof
                               "declare a fallback in the target profile or pick another target")
         used = fallback
     cfg: dict[str, Any] = {}
+    model = core.read_model(str(path))
     if threads and used == "CPU":
         cfg["INFERENCE_NUM_THREADS"] = threads
     if used == "CPU":
-        cfg["INFERENCE_PRECISION_HINT"] = "f32"  # no silent bf16/fp16 on hosts that support it
+        # no silent bf16/fp16 on hosts that support it: f32 unless the file itself asks for another precision (the
+        # bf16 form of --deploy auto records it in the IR's rt_info runtime_options, which OpenVINO also reads)
+        cfg["INFERENCE_PRECISION_HINT"] = ir_precision_hint(model) or "f32"
         cfg["DYNAMIC_QUANTIZATION_GROUP_SIZE"] = OV_DQ_GROUP if dynamic_quant else 0
     if profiling:
         cfg["PERF_COUNT"] = True
-    compiled = core.compile_model(str(path), used, cfg)
+    compiled = core.compile_model(model, used, cfg)
     req = compiled.create_infer_request()
     ins = [p.get_any_name() for p in compiled.inputs]
     outs = [p.get_any_name() for p in compiled.outputs]

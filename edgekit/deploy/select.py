@@ -80,6 +80,22 @@ def _install(src: Path, dest: Path) -> None:
         shutil.copy2(src.with_suffix(".bin"), dest.with_suffix(".bin"))
 
 
+def _bf16_form(dest: Path, out_dir: Path) -> Path | None:
+    """The OpenVINO IR `dest` with INFERENCE_PRECISION_HINT=bf16 in its rt_info runtime_options, written under
+    out_dir; None where OpenVINO's CPU plugin has no native bf16 here (there it would be emulated, not faster)."""
+    from ..runtimes import OV_PRECISION_KEY, ov_bf16_capable
+
+    if not ov_bf16_capable():
+        return None
+    import openvino as ov
+
+    m = ov.Core().read_model(str(dest))
+    m.set_rt_info("bf16", OV_PRECISION_KEY)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ov.save_model(m, str(out_dir / "model.xml"), compress_to_fp16=False)
+    return out_dir / "model.xml"
+
+
 def _float_form(model: nn.Module, specs: Sequence[InputSpec], rt: str, build: Path, dest: Path) -> dict[str, Any]:
     """Install the FP32 form and validate it as any fp32 export (1e-4 of scale)."""
     from ..export.validate import validate
@@ -107,9 +123,18 @@ def _one(model: nn.Module, specs: Sequence[InputSpec], root: Path, rt: str, entr
     # OpenVINO's own dynamic activation quantization on the default export's integer weights (what NNCF weight
     # compression users get by default): a fourth candidate for auto, judged by the same floors
     ov_dq = rt == "openvino" and mode == "auto" and bool(codes)
+    # OpenVINO's bf16 compute on a host that has it natively (AMX / AVX-512 BF16): what OpenVINO does by default with
+    # an FP32 IR there, which edgekit otherwise pins to f32. The same IR with the precision in its rt_info (so every
+    # reader, and OpenVINO itself, opens it that way); judged by the same floors, a fallback where INT8 fails them
+    bf16 = None
+    if rt == "openvino" and mode == "auto":
+        try:
+            bf16 = _bf16_form(dest, work / rt / "bf16")
+        except Exception as e:  # noqa: BLE001 - one candidate fewer, said in the record
+            note["ov_bf16_error"] = str(e).splitlines()[0][:300]
     try:
-        others = {"default": dest, **({"ov-dynamic-quant": (dest, True)} if ov_dq else {})} if mode == "auto" \
-            else None
+        others = {"default": dest, **({"ov-dynamic-quant": (dest, True)} if ov_dq else {}),
+                  **({"ov-bf16": bf16} if bf16 else {})} if mode == "auto" else None
         rec = deploy_int8(model, specs, cand, rt, calib, codes, candidates=others, work_dir=work / "build",
                           nncf_ptq=rt == "openvino" and mode == "auto", **options)
     except (EdgekitError, RuntimeError, ValueError, KeyError) as e:
@@ -144,6 +169,14 @@ def _one(model: nn.Module, specs: Sequence[InputSpec], root: Path, rt: str, entr
             val_dq["inputs"] = rec["validation"].get("inputs")
             note["ov_dynamic_quant_validation"] = val_dq
             ok["ov-dynamic-quant"] = val_dq["passed"]
+        if bf16:
+            from . import check
+
+            val_bf = check.fidelity(model, bf16, rt, check.validation_inputs(specs, options.get("validation") or calib),
+                                    options.get("floors"), threads=options.get("threads"))
+            val_bf["inputs"] = rec["validation"].get("inputs")
+            note["ov_bf16_validation"] = val_bf
+            ok["ov-bf16"] = val_bf["passed"]
         nrec = rec.get("nncf_ptq")
         if nrec is not None:
             note["nncf_ptq"] = nrec
@@ -157,10 +190,12 @@ def _one(model: nn.Module, specs: Sequence[InputSpec], root: Path, rt: str, entr
         if ov_dq and not ok["ov-dynamic-quant"]:
             why += ("; OpenVINO dynamic quantization rejected: "
                     f"{'; '.join(note['ov_dynamic_quant_validation']['failed'])}")
+        if bf16 and not ok["ov-bf16"]:
+            why += f"; OpenVINO bf16 rejected: {'; '.join(note['ov_bf16_validation']['failed'])}"
         if nrec is not None and not ok["nncf-ptq"]:
             why += "; NNCF INT8 rejected: " + (nrec.get("error") or "; ".join(nrec["validation"]["failed"]))
     note.update(form={"int8": rec["form"], "default": "default", "fp32": "fp32", "nncf-ptq": "int8-nncf-ptq",
-                      "ov-dynamic-quant": "openvino-dynamic-quantization"}[pick], why=why)
+                      "ov-dynamic-quant": "openvino-dynamic-quantization", "ov-bf16": "openvino-bf16"}[pick], why=why)
     if pick == "int8":
         _install(cand, dest)
         note["default_validation"] = entry["validation"]
@@ -172,6 +207,10 @@ def _one(model: nn.Module, specs: Sequence[InputSpec], root: Path, rt: str, entr
     elif pick == "ov-dynamic-quant":  # same file; its recorded runtime_config turns the quantization on for readers
         note["default_validation"] = entry["validation"]
         entry.update(validation=note.pop("ov_dynamic_quant_validation"))
+    elif pick == "ov-bf16":  # the IR with its bf16 precision in rt_info
+        _install(bf16, dest)
+        note["default_validation"] = entry["validation"]
+        entry.update(precision="bf16", validation=note.pop("ov_bf16_validation"))
     elif pick == "fp32":
         note["default_validation"] = entry["validation"]
         entry.update(precision="fp32", validation=_float_form(model, specs, rt, work / "build", dest))
