@@ -1241,10 +1241,12 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("baselines", "models/smollm2/cells/rtn4/reference/perplexity_python_docs", f1),
       ("baselines", "models/minilm/cells/rtn4/metrics/probe_accuracy", f3)]),
     ("edgekit's `--deploy auto` row picks a form per runtime by measuring: EfficientNet-Lite0 (UDFC W8, data-free INT8)\n"
-     "keeps probe {} at ORT {}, OV {}, LiteRT {}, faster than each peer on ORT and LiteRT and level with\nNNCF PTQ on "
-     "OpenVINO ({});\n"
+     "keeps probe {} at ORT {}, OV {}, LiteRT {}, faster than each peer on ORT and LiteRT and than NNCF PTQ\n"
+     "on OpenVINO ({};"
+     " the EfficientNet peers are from the earlier run, these two edgekit rows were rebuilt on\n2026-12-02 after the bf16 "
+     "candidate was added, which `auto` did not keep for this CNN);\n"
      "MiniLM (RTN W8, with issue 14's floor `--deploy-floor mean_cosine=0.97`)\nkeeps probe {} "
-     "at ORT {} (dynamic INT8; its deploy step measured {}), OV {}, LiteRT {}",
+     "at ORT {} (dynamic INT8; its deploy step measured {}), OV {} (`openvino-bf16`, probe\n{}), LiteRT {}",
      [("baselines", "models/efficientnet/cells/edgekit_int8/metrics/probe_accuracy", f3)] +
      [("baselines", f"models/efficientnet/cells/edgekit_int8/latency/{rt}/latency_vs_fp32", x2)
       for rt in ("onnxruntime", "openvino", "tflite")] +
@@ -1252,8 +1254,9 @@ CLAIMS: list[tuple[str, list[tuple[str, Any, Callable[[Any], str]]]]] = [
       ("baselines", "models/minilm/cells/edgekit_int8/metrics/probe_accuracy", f3),
       ("baselines", "models/minilm/cells/edgekit_int8/latency/onnxruntime/latency_vs_fp32", x2),
       ("baselines", "models/minilm/cells/edgekit_int8/info/deploy/onnxruntime/int8_vs_fp32_in_deploy_step", x2)] +
-     [("baselines", f"models/minilm/cells/edgekit_int8/latency/{rt}/latency_vs_fp32", x2)
-      for rt in ("openvino", "tflite")]),
+     [("baselines", "models/minilm/cells/edgekit_int8/latency/openvino/latency_vs_fp32", x2),
+      ("baselines", "models/minilm/cells/edgekit_int8/metrics_by_runtime/openvino/probe_accuracy", f3),
+      ("baselines", "models/minilm/cells/edgekit_int8/latency/tflite/latency_vs_fp32", x2)]),
     ("magnitude 50% breaks EfficientNet-Lite0 (probe {}) and SmolLM2 (perplexity {} there) and costs MiniLM {} points "
      "(probe {})",
      [("baselines", "models/efficientnet/cells/mag50/metrics/probe_accuracy", f3),
