@@ -118,9 +118,9 @@ def _ort(path: Path, threads: int | None, profiling: bool, spin_stop: bool = Fal
     if "LayerNormalization" in ops:
         # ORT 1.32's SkipLayerNormalization CPU kernel (what its SkipLayerNormFusion makes of Add + LayerNormalization)
         # ran slower than the two ops it replaces at every shape tried on this host (1.4-6x at 2 threads, 2.5-9x at
-        # 1; 1x128x384: 110 vs 31 us per op at 2 threads),
-        # 1.2-1.5 ms of MiniLM's 6.5 ms INT8 run; the RMSNorm variant showed no such gap. Recorded in the manifest's
-        # runtime_config like every session setting, so an app opens the file the same way.
+        # 1; 1x128x384: 110 vs 31 us per op at 2 threads), 1.2-1.5 ms of MiniLM's 6.5 ms INT8 run; the RMSNorm variant
+        # showed no such gap. Recorded in the manifest's runtime_config like every session setting, so an app opens
+        # the file the same way.
         extra["optimization.disable_specified_optimizers"] = "SkipLayerNormFusion"
     for k, v in extra.items():
         so.add_session_config_entry(k, v)

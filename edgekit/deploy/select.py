@@ -161,22 +161,20 @@ def _one(model: nn.Module, specs: Sequence[InputSpec], root: Path, rt: str, entr
                                + (f": {cause.split('; ', 1)[-1]}" if cause else ""))
     else:
         ok = {"fp32": True, "default": True, "int8": rec["passed"]}
-        if ov_dq:
+        # OpenVINO run-time forms of the default export (dynamic quantization on the same file, bf16 on a copy that
+        # carries its precision): judged by the same floors on the same inputs
+        ov_forms = {"ov-dynamic-quant": ("ov_dynamic_quant_validation", "OpenVINO dynamic quantization", dest, True),
+                    "ov-bf16": ("ov_bf16_validation", "OpenVINO bf16", bf16, False)}
+        ov_forms = {k: v for k, v in ov_forms.items() if k in (others or {})}
+        if ov_forms:
             from . import check
 
-            val_dq = check.fidelity(model, dest, rt, check.validation_inputs(specs, options.get("validation") or calib),
-                                    options.get("floors"), threads=options.get("threads"), ov_dynamic_quant=True)
-            val_dq["inputs"] = rec["validation"].get("inputs")
-            note["ov_dynamic_quant_validation"] = val_dq
-            ok["ov-dynamic-quant"] = val_dq["passed"]
-        if bf16:
-            from . import check
-
-            val_bf = check.fidelity(model, bf16, rt, check.validation_inputs(specs, options.get("validation") or calib),
-                                    options.get("floors"), threads=options.get("threads"))
-            val_bf["inputs"] = rec["validation"].get("inputs")
-            note["ov_bf16_validation"] = val_bf
-            ok["ov-bf16"] = val_bf["passed"]
+            inputs = check.validation_inputs(specs, options.get("validation") or calib)
+        for k, (key, _, path, dq) in ov_forms.items():
+            v = check.fidelity(model, path, rt, inputs, options.get("floors"), threads=options.get("threads"),
+                               ov_dynamic_quant=dq)
+            v["inputs"] = rec["validation"].get("inputs")
+            note[key], ok[k] = v, v["passed"]
         nrec = rec.get("nncf_ptq")
         if nrec is not None:
             note["nncf_ptq"] = nrec
@@ -187,11 +185,9 @@ def _one(model: nn.Module, specs: Sequence[InputSpec], root: Path, rt: str, entr
         why = f"fastest validated form on this host ({times})"
         if not rec["passed"]:
             why += f"; int8 rejected: {'; '.join(val['failed'])}"
-        if ov_dq and not ok["ov-dynamic-quant"]:
-            why += ("; OpenVINO dynamic quantization rejected: "
-                    f"{'; '.join(note['ov_dynamic_quant_validation']['failed'])}")
-        if bf16 and not ok["ov-bf16"]:
-            why += f"; OpenVINO bf16 rejected: {'; '.join(note['ov_bf16_validation']['failed'])}"
+        for k, (key, label, _, _) in ov_forms.items():
+            if not ok[k]:
+                why += f"; {label} rejected: {'; '.join(note[key]['failed'])}"
         if nrec is not None and not ok["nncf-ptq"]:
             why += "; NNCF INT8 rejected: " + (nrec.get("error") or "; ".join(nrec["validation"]["failed"]))
     note.update(form={"int8": rec["form"], "default": "default", "fp32": "fp32", "nncf-ptq": "int8-nncf-ptq",
